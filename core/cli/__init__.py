@@ -1,0 +1,57 @@
+"""The headless CLI (`tiwiz COMMAND ...`). Each command lives in its own module with `register(subparsers)`.
+
+Heavy imports (torch, diffusers) happen inside command handlers, never at module level, so `tiwiz --help` is instant
+and the TUI can import this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from core import __version__
+from core.errors import TiwizError
+
+# Order here is the order in `tiwiz --help`.
+COMMAND_MODULES = [
+    "core.cli.train",      # train, demo
+    "core.cli.runs",       # attach, runs, stop, resume
+    "core.cli.preprocess", # preprocess
+    "core.cli.doctor",     # doctor
+    "core.cli.models",     # demo-model, models
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tiwiz",
+        description="Train Stable Diffusion textual-inversion embeddings. Run `tiwiz` with no command for the wizard.",
+    )
+    parser.add_argument("--version", action="version", version=f"tiwiz {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not written yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TiwizError as exc:
+        print(f"tiwiz: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tiwiz: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,22 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny random-weight SD1-shaped diffusers folder (the `tiwiz demo-model --random` output). Read-only: copy it
+    before modifying."""
+    from core.models.demo import write_random_demo_model
+
+    return write_random_demo_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0)
