@@ -1,0 +1,271 @@
+"""`TrainConfig`: every training option, with TOML round-trip and validation that names the field. Torch-free.
+
+Defaults follow A1111's Train tab where users rely on them (lr "0.005", the `style_filewords` template, 512x512,
+batch 1, save/preview every 500) and fix what users complain about: aspect-preserving crop instead of a stretch,
+3000 steps instead of 100000 (2000-3000 is where TI converges in practice), and a fixed-seed validation loss.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from core.errors import TiwizError
+from core.schedule import parse_schedule
+
+CHOICES = {
+    "resize": ("crop", "stretch", "none"),
+    "latent_sampling": ("once", "deterministic", "random"),
+    "clip_grad": ("none", "value", "norm"),
+    "preview_sampler": ("euler_a", "dpmpp_2m", "ddim", "euler"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+}
+
+HELP = {
+    "model": "Base model: a diffusers folder or a .safetensors/.ckpt file (SD1.x/SD2.x)",
+    "data": "Folder of training images; same-stem .txt files are their captions",
+    "name": "Embedding name: the word you type in prompts and the output file name",
+    "init_text": "Text whose token embeddings start the vectors ('*' like A1111; empty = zeros)",
+    "vectors": "Vectors per token (1-75): more vectors learn more but use more prompt tokens",
+    "steps": "Max optimizer steps (one step = batch_size x grad_accum images)",
+    "lr": "Learning rate or A1111 schedule, e.g. '0.005' or '0.005:100, 1e-3:1000, 1e-5'",
+    "batch_size": "Images per forward pass",
+    "grad_accum": "Forward passes accumulated per optimizer step (the loss is divided by this)",
+    "width": "Training width in pixels (multiple of 8)",
+    "height": "Training height in pixels (multiple of 8)",
+    "resize": "crop: keep aspect, centre-crop; stretch: A1111 stretch; none: native sizes (equal-size batches)",
+    "latent_sampling": "once: sample the VAE posterior once; deterministic: its mean; random: resample every step",
+    "template": "Prompt template name (style, style_filewords, subject, subject_filewords, none) or a .txt path",
+    "shuffle_tags": "Shuffle the comma-separated tags of each caption every step",
+    "tag_dropout": "Probability of dropping each caption tag every step (0-1)",
+    "clip_grad": "Gradient clipping: none, value or norm",
+    "clip_grad_value": "Clip threshold (a number or a schedule string like lr)",
+    "save_every": "Save the embedding and resume state every N steps (0 = only at the end)",
+    "preview_every": "Render a preview image every N steps (0 = off)",
+    "validate_every": "Compute the fixed-seed validation loss every N steps (-1 = like save_every/preview_every, 0 = off)",
+    "validation_images": "How many training images the validation loss uses (fixed images, noise and timesteps)",
+    "output": "Output (run) folder; empty = runs/NAME-TIMESTAMP",
+    "seed": "Random seed (data order, noise, timesteps, templates); same seed and config = same result",
+    "device": "auto, cpu, cuda or mps",
+    "init_from": "Continue from an existing embedding file instead of init_text (empty = off)",
+    "preview_prompt": "Preview prompt with [name] (empty = first template line with the first caption)",
+    "preview_negative": "Preview negative prompt",
+    "preview_sampler": "Preview sampler: euler_a, dpmpp_2m, ddim or euler",
+    "preview_steps": "Preview sampling steps",
+    "preview_cfg": "Preview CFG scale",
+    "preview_seed": "Preview seed (fixed, so previews are comparable across steps)",
+    "preview_width": "Preview width (0 = training width)",
+    "preview_height": "Preview height (0 = training height)",
+    "max_nan_steps": "Stop with an error after this many consecutive NaN/inf losses",
+    "overwrite": "Allow writing into an output folder that already holds a run",
+}
+
+
+@dataclass
+class TrainConfig:
+    model: str = ""
+    data: str = ""
+    name: str = ""
+    init_text: str = "*"
+    vectors: int = 1
+    steps: int = 3000
+    lr: str = "0.005"
+    batch_size: int = 1
+    grad_accum: int = 1
+    width: int = 512
+    height: int = 512
+    resize: str = "crop"
+    latent_sampling: str = "once"
+    template: str = "style_filewords"
+    shuffle_tags: bool = False
+    tag_dropout: float = 0.0
+    clip_grad: str = "none"
+    clip_grad_value: str = "0.1"
+    save_every: int = 500
+    preview_every: int = 500
+    validate_every: int = -1
+    validation_images: int = 4
+    output: str = ""
+    seed: int = 0
+    device: str = "auto"
+    init_from: str = ""
+    preview_prompt: str = ""
+    preview_negative: str = ""
+    preview_sampler: str = "euler_a"
+    preview_steps: int = 20
+    preview_cfg: float = 7.0
+    preview_seed: int = 0
+    preview_width: int = 0
+    preview_height: int = 0
+    max_nan_steps: int = 10
+    overwrite: bool = False
+
+    # ---- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict, *, validate: bool = True) -> "TrainConfig":
+        """Build from a dict (TOML, JSON, CLI). Unknown keys are refused; values are type-checked per field."""
+        if not isinstance(data, dict):
+            raise TiwizError(f"config: expected a table of settings, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in data.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise TiwizError(f"config: unknown key '{key}'.{hint} Allowed keys: {', '.join(known)}")
+            values[key] = _coerce(key, value, known[key].default)
+        config = cls(**values)
+        if validate:
+            config.validate()
+        return config
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, *, validate: bool = True) -> "TrainConfig":
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise TiwizError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise TiwizError(f"{path}: not valid TOML: {exc}") from None
+        data = data.get("train", data) if isinstance(data.get("train"), dict) else data
+        try:
+            return cls.from_dict(data, validate=validate)
+        except TiwizError as exc:
+            raise TiwizError(f"{path}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_toml_text(self) -> str:
+        lines = ["# tiwiz training config (tiwiz train --config FILE.toml)"]
+        for key, value in self.to_dict().items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    def to_toml(self, path: str | os.PathLike) -> Path:
+        from core.atomic import atomic_write_text
+
+        return atomic_write_text(path, self.to_toml_text())
+
+    def replace(self, **changes) -> "TrainConfig":
+        data = self.to_dict()
+        data.update(changes)
+        return TrainConfig.from_dict(data)
+
+    # ---- validation ---------------------------------------------------------------------------------------------
+    def validate(self, *, require_paths: bool = True) -> "TrainConfig":
+        """Raise TiwizError naming the first bad field. `require_paths=False` skips model/data/name presence."""
+        for key, allowed in CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise TiwizError(f"{key}: must be one of {', '.join(allowed)} (got {value!r})")
+        if require_paths:
+            for key in ("model", "data", "name"):
+                if not str(getattr(self, key)).strip():
+                    raise TiwizError(f"{key}: required ({HELP[key]})")
+        _check_range("vectors", self.vectors, 1, 75)
+        _check_range("steps", self.steps, 1, None)
+        _check_range("batch_size", self.batch_size, 1, None)
+        _check_range("grad_accum", self.grad_accum, 1, None)
+        for key in ("width", "height"):
+            value = getattr(self, key)
+            _check_range(key, value, 64, 4096)
+            if value % 8:
+                raise TiwizError(f"{key}: must be a multiple of 8 (got {value})")
+        for key in ("preview_width", "preview_height"):
+            value = getattr(self, key)
+            if value:
+                _check_range(key, value, 64, 4096)
+                if value % 8:
+                    raise TiwizError(f"{key}: must be a multiple of 8, or 0 for the training size (got {value})")
+        if not 0.0 <= self.tag_dropout < 1.0:
+            raise TiwizError(f"tag_dropout: must be between 0 and 1 (got {self.tag_dropout})")
+        _check_range("save_every", self.save_every, 0, None)
+        _check_range("preview_every", self.preview_every, 0, None)
+        _check_range("validate_every", self.validate_every, -1, None)
+        _check_range("validation_images", self.validation_images, 1, 64)
+        _check_range("preview_steps", self.preview_steps, 1, 1000)
+        _check_range("max_nan_steps", self.max_nan_steps, 1, None)
+        if not math.isfinite(self.preview_cfg) or self.preview_cfg < 0:
+            raise TiwizError(f"preview_cfg: must be a number >= 0 (got {self.preview_cfg})")
+        parse_schedule(self.lr, "lr")
+        parse_schedule(self.clip_grad_value, "clip_grad_value")
+        if any(ch in self.name for ch in "/\\") or self.name.strip() in (".", ".."):
+            raise TiwizError(f"name: must not contain path separators (got {self.name!r})")
+        return self
+
+    # ---- derived values -----------------------------------------------------------------------------------------
+    def effective_validate_every(self) -> int:
+        if self.validate_every >= 0:
+            return self.validate_every
+        return self.save_every or self.preview_every
+
+
+def _check_range(key: str, value, low, high) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TiwizError(f"{key}: must be a whole number (got {value!r})")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise TiwizError(f"{key}: must be {bound} (got {value})")
+
+
+def _coerce(key: str, value, default):
+    """Convert a TOML/JSON/CLI value to the field's type; error names the field."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.strip().lower() in ("true", "yes", "1", "on")
+        raise TiwizError(f"{key}: must be true or false (got {value!r})")
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise TiwizError(f"{key}: must be a whole number (got {value!r})")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise TiwizError(f"{key}: must be a whole number (got {value!r})")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise TiwizError(f"{key}: must be a number (got {value!r})")
+    if key in ("lr", "clip_grad_value") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value) if isinstance(value, float) else str(value)
+    if not isinstance(value, str):
+        raise TiwizError(f"{key}: must be a string (got {value!r})")
+    return value
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+    # JSON string escapes are valid TOML basic-string escapes.
+    return json.dumps(str(value), ensure_ascii=False)
