@@ -1,0 +1,244 @@
+"""Train the tiny "shapes world" model from scratch (issue 6) and write it as the shipped weights.
+
+    python tools/train_world.py --out core/data/world_model            # VAE, then UNet (~15 min on 2 idle cores)
+    python tools/train_world.py --out /tmp/wm --stage unet --vae-from /tmp/wm   # UNet only, reusing a VAE
+
+The result is an SD1-shaped diffusers folder without the tokenizer (`tiwiz demo-model` adds the bundled CLIP
+tokenizer): AutoencoderKL (3 blocks, 64 px -> 16x16x4 latents), UNet2DConditionModel conditioned on a frozen random
+CLIPTextModel (hidden 32), the SD1.5 noise schedule, epsilon prediction. The held-out concept (core.shapes) is part
+of the training images only with the empty caption. Deterministic for a given seed, machine and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from core import shapes  # noqa: E402
+
+IMAGE_SIZE = 64
+CONCEPT_FRACTION = 0.05
+CAPTION_DROPOUT = 0.10
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build_components(seed: int):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    ))
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 64, 64), layers_per_block=1, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
+    )
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, norm_num_groups=32, sample_size=IMAGE_SIZE,
+    )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        clip_sample=False, steps_offset=1, prediction_type="epsilon",
+    )
+    return text_encoder, unet, vae, scheduler
+
+
+def to_tensor(images) -> torch.Tensor:
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def batches(seed: int, batch_size: int):
+    stream = shapes.world_samples(seed, 10**9, size=IMAGE_SIZE, concept_fraction=CONCEPT_FRACTION)
+    while True:
+        items = [next(stream) for _ in range(batch_size)]
+        yield to_tensor([i[0] for i in items]), [i[1] for i in items]
+
+
+def train_vae(vae, steps: int, seed: int, batch_size: int = 16, lr: float = 1e-3, kl_weight: float = 1e-4):
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    data = batches(seed + 100, batch_size)
+    vae.train()
+    start = time.time()
+    for step in range(1, steps + 1):
+        x, _ = next(data)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        rec = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x)
+        kl = post.kl().mean() / z[0].numel()
+        loss = rec + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, step / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        opt.step()
+        if step % 25 == 0 or step == steps:
+            log(f"vae step {step}/{steps} rec {rec.item():.4f} kl {kl.item():.3f} ({time.time() - start:.0f}s)")
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def set_scaling_factor(vae, seed: int) -> float:
+    x, _ = next(batches(seed + 200, 256))
+    z = vae.encode(x).latent_dist.mean
+    factor = float(1.0 / z.std())
+    vae.register_to_config(scaling_factor=round(factor, 5))
+    mse = F.mse_loss(vae.decode(z).sample, x).item()
+    log(f"vae scaling_factor {factor:.4f}; held-out reconstruction MSE {mse:.5f}")
+    return factor
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
+    ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    return torch.cat([text_encoder(ids[i:i + 128])[0] for i in range(0, len(ids), 128)])
+
+
+def train_unet(unet, vae, text_encoder, tokenizer, scheduler, steps: int, seed: int, n_images: int,
+               batch_size: int = 32, lr: float = 1e-3, ema_decay: float = 0.995, out: Path | None = None):
+    captions = [""] + shapes.all_captions()
+    index = {c: i for i, c in enumerate(captions)}
+    cond = encode_prompts(text_encoder, tokenizer, captions)
+    log(f"encoded {len(captions)} captions")
+
+    stream = shapes.world_samples(seed + 300, n_images, size=IMAGE_SIZE, concept_fraction=CONCEPT_FRACTION)
+    means, stds, caps = [], [], []
+    chunk = []
+    for item in stream:
+        chunk.append(item)
+        if len(chunk) == 64:
+            with torch.no_grad():
+                post = vae.encode(to_tensor([c[0] for c in chunk])).latent_dist
+            means.append(post.mean)
+            stds.append(post.std)
+            caps += [index[c[1]] for c in chunk]
+            chunk = []
+    means, stds, caps = torch.cat(means), torch.cat(stds), torch.tensor(caps)
+    log(f"encoded {len(caps)} training latents")
+
+    sf = vae.config.scaling_factor
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight_t = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(seed + 400)
+    unet.train()
+    start = time.time()
+    running = None
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(caps), (batch_size,), generator=gen)
+        z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * sf
+        c = caps[idx].clone()
+        c[torch.rand(batch_size, generator=gen) < CAPTION_DROPOUT] = 0
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch_size,), generator=gen)
+        noisy = scheduler.add_noise(z, noise, t)
+        pred = unet(noisy, t, cond[c]).sample
+        loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (loss * weight_t[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, step / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        opt.step()
+        d = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - d)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == steps:
+            log(f"unet step {step}/{steps} loss {running:.4f} ({time.time() - start:.0f}s)")
+        if out is not None and (step % 500 == 0 or step == steps):
+            ema.save_pretrained(out / "unet", safe_serialization=True)
+            log(f"saved EMA unet at step {step}")
+    return ema
+
+
+def save_common(out: Path, text_encoder, vae, scheduler) -> None:
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+        "safety_checker": [None, None], "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stage", choices=["all", "vae", "unet"], default="all")
+    p.add_argument("--vae-from", type=Path, help="reuse text_encoder/vae/scheduler from this folder (stage unet)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=500)
+    p.add_argument("--unet-steps", type=int, default=1800)
+    p.add_argument("--images", type=int, default=16000, help="fixed training images for the UNet stage")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from core.models.demo import TOKENIZER_DIR
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    text_encoder, unet, vae, scheduler = build_components(args.seed)
+    text_encoder.requires_grad_(False).eval()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if args.stage in ("all", "vae"):
+        vae = train_vae(vae, args.vae_steps, args.seed)
+        set_scaling_factor(vae, args.seed)
+        save_common(out, text_encoder, vae, scheduler)
+        log(f"VAE done in {time.time() - t0:.0f}s")
+    else:
+        src = args.vae_from or out
+        vae = AutoencoderKL.from_pretrained(src / "vae")
+        text_encoder = CLIPTextModel.from_pretrained(src / "text_encoder")
+        if src != out:
+            save_common(out, text_encoder, vae, scheduler)
+    vae.requires_grad_(False).eval()
+    if args.stage in ("all", "unet"):
+        train_unet(unet, vae, text_encoder, tokenizer, scheduler, args.unet_steps, args.seed, args.images, out=out)
+        log(f"all done in {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
