@@ -1,0 +1,80 @@
+"""The exact-resume state file `state/latest.pt`: plain types and tensors only, so it loads with weights_only=True.
+
+It holds the trainable vectors, optimizer and grad-scaler state, every RNG the run draws from (python, numpy, torch
+CPU, CUDA, the trainer's own generator and data/template rng), the step, epoch, batch order and loss-history position.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from core.atomic import atomic_write_with
+from core.errors import TiwizError
+
+STATE_VERSION = 1
+
+
+def capture_global_rng() -> dict:
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": _py_state(random.getstate()),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_global_rng(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(py_state_from(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def py_state(rng: random.Random) -> list:
+    return _py_state(rng.getstate())
+
+
+def py_state_from(saved: list) -> tuple:
+    version, internal, gauss = saved
+    return (version, tuple(internal), gauss)
+
+
+def save_state(path: str | os.PathLike, state: dict) -> Path:
+    import torch
+
+    state = {"version": STATE_VERSION, **state}
+    return atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | os.PathLike) -> dict:
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise TiwizError(f"nothing to resume: {path} does not exist (the run saved no state yet)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TiwizError(f"{path}: cannot read the resume state ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise TiwizError(f"{path}: not a tiwiz resume state (or from an incompatible version)")
+    return state

@@ -1,0 +1,518 @@
+"""The textual-inversion training loop. Read it top to bottom: setup, the loop, then the pieces it calls.
+
+- The trainable vectors are one `nn.Parameter [n, dim]` (fp32 master copy). Placeholder tokens are added to the
+  tokenizer for tokenisation only; hooks on the text encoder's token embedding splice the vectors in at those
+  positions (`VectorSplice`). The optimizer (AdamW, weight decay 0) never sees the vocabulary matrix.
+- Text encoder, UNet and VAE are frozen; latents are cached by `core.dataset`. One step = one optimizer update over
+  batch_size x grad_accum images. A template line is drawn for every image of every step.
+- Every RNG the loop uses is its own (a torch Generator for noise/timesteps, a random.Random for data order and
+  templates), saved in `state/latest.pt`, so `run(resume=True)` continues exactly. Previews and the validation loss
+  use separate fixed-seed generators and never perturb training.
+- Files (in `out_dir`, the run folder): config.toml, loss.csv, embeddings/NAME-STEP.{pt,safetensors},
+  previews/NAME-STEP.png, state/latest.pt, and the final NAME.pt / NAME.safetensors at the top.
+- Events: started, step, validation, checkpoint, preview, warning, error, stopped, finished (paths relative to out_dir).
+  `run()` emits `error` for any exception before re-raising it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+from core.config import TrainConfig
+from core.errors import TiwizError
+from core.schedule import parse_schedule
+
+VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
+PLACEHOLDER = "<tiwiz-vec-{}>"
+
+
+def _dep(module: str, name: str):
+    """TEMPORARY: teammates' modules, or the stand-in until they land."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        from core import _trainer_standins
+
+        return getattr(_trainer_standins, name)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out_dir, sink, poll_commands: Callable[[], list[str]] | None = None):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.sink = sink
+        self.poll_commands = poll_commands or (lambda: [])
+        self._stop_requested = False  # a plain attribute: safe to set from a signal handler or another thread
+
+    def request_stop(self) -> None:
+        """Ask the loop to save and stop after the current step (thread and signal safe)."""
+        self._stop_requested = True
+
+    def run(self, resume: bool = False) -> dict:
+        try:
+            return self._run(resume)
+        except BaseException as exc:
+            message = str(exc) if isinstance(exc, TiwizError) else f"{exc.__class__.__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                self.sink.emit("error", message=message)
+            raise
+        finally:
+            if getattr(self, "loss_log", None) is not None:
+                self.loss_log.close()
+
+    # ---- the whole run --------------------------------------------------------------------------------------------
+    def _run(self, resume: bool) -> dict:
+        import torch
+
+        cfg = self.config.validate()
+        self._prepare_out_dir(resume)
+        self.lr_schedule = parse_schedule(cfg.lr, "lr")
+        self.clip_schedule = parse_schedule(cfg.clip_grad_value, "clip_grad_value")
+        state = self._load_resume_state() if resume else None
+
+        self._setup_model()
+        self._setup_vectors(state)
+        self._setup_data()
+        self._setup_optimizer()
+        self.step, self.epoch, self.elapsed_before = 0, 0, 0.0
+        if state is not None:
+            self._restore(state)
+
+        end_step = self.lr_schedule.end_step(cfg.steps)
+        if self.lr_schedule.stops_early(cfg.steps):
+            self.sink.emit("warning", message=(
+                f"the lr schedule {cfg.lr!r} ends at step {end_step}, so training stops there although steps = "
+                f"{cfg.steps} (A1111 behaviour). End the schedule with a bare rate to train to {cfg.steps}."))
+        if self.step >= end_step:
+            raise TiwizError(f"this run is already at step {self.step} of {end_step}; raise steps to continue "
+                             f"(e.g. `tiwiz resume RUN --steps {self.step + 1000}`)")
+        cfg.to_toml(self.out_dir / "config.toml")
+        from core.lossfile import LossLog
+
+        self.loss_log = LossLog(self.out_dir / "loss.csv", keep_until_step=self.step if state is not None else None)
+
+        self.sink.emit("started", max_steps=end_step, step=self.step, name=self.name, device=str(self.device),
+                       dtype=str(self.precision.autocast_dtype or torch.float32).replace("torch.", ""),
+                       n_images=len(self.dataset), model=self.model.name, resumed=state is not None)
+        self.t_start = time.monotonic()
+        if state is None and self.validate_every:
+            val = self._validation_loss()
+            self.loss_log.write(0, 0, None, val, None, 0.0)
+        self.last_saved_step = self.step if state is not None else -1
+
+        reason = self._loop(end_step)
+        pt, st = self._save(final=True)
+        if reason == "finished":
+            self.sink.emit("finished", step=self.step, pt=pt, safetensors=st)
+        else:
+            self.sink.emit("stopped", step=self.step, reason=reason, pt=pt, safetensors=st)
+        return {"state": reason, "step": self.step, "max_steps": end_step, "pt": pt, "safetensors": st,
+                "last_loss": self.last_loss, "last_val_loss": self.last_val_loss}
+
+    def _loop(self, end_step: int) -> str:
+        """Train until end_step, or until a stop. Returns "finished" or the stop reason."""
+        import torch
+
+        cfg = self.config
+        nan_streak = 0
+        self.last_loss = None
+        self.last_val_loss = None
+        self._good = self._snapshot()
+        ema, step_times = None, []
+        while self.step < end_step:
+            reason = self._handle_commands()
+            if reason:
+                return reason
+            lr = self.lr_schedule.rate_at(self.step)
+            t0 = time.monotonic()
+            loss = self._train_step(lr)
+            if loss is None:
+                nan_streak += 1
+                self._restore_snapshot(self._good)
+                self.sink.emit("warning", message=(
+                    f"loss was NaN/inf at step {self.step + 1}; step skipped and vectors rolled back to the last "
+                    f"good state ({nan_streak}/{cfg.max_nan_steps} in a row)"))
+                if nan_streak >= cfg.max_nan_steps:
+                    raise TiwizError(f"the loss was NaN/inf for {nan_streak} steps in a row at step {self.step}; "
+                                     "lower the learning rate (lr) or try another init text. The last good "
+                                     "checkpoint in embeddings/ is intact.")
+                continue
+            nan_streak = 0
+            self.step += 1
+            self._good = self._snapshot()
+            self.last_loss = loss
+            ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+            step_times = (step_times + [time.monotonic() - t0])[-20:]
+            it_s = len(step_times) / sum(step_times) if sum(step_times) > 0 else 0.0  # training steps only
+            elapsed = self._elapsed()
+
+            val = None
+            if self.validate_every and self.step % self.validate_every == 0:
+                val = self._validation_loss()
+            self.loss_log.write(self.step, self.epoch, loss, val, lr, elapsed)
+            self.sink.emit("step", step=self.step, max_steps=end_step, epoch=self.epoch, loss=loss,
+                           loss_avg=ema, lr=lr, it_s=it_s, elapsed=round(elapsed, 3))
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end_step:
+                self._save()
+            if cfg.preview_every and self.step % cfg.preview_every == 0:
+                self._preview()
+        return "finished"
+
+    def _handle_commands(self) -> str | None:
+        for command in self.poll_commands() or []:
+            if command == "save":
+                self._save()
+            elif command == "preview":
+                self._preview()
+            elif command == "stop":
+                return "stop"
+            else:
+                self.sink.emit("warning", message=f"ignored unknown command {command!r}")
+        if self._stop_requested:
+            return "interrupted"
+        return None
+
+    # ---- one optimizer step -----------------------------------------------------------------------------------------
+    def _train_step(self, lr: float) -> float | None:
+        """Accumulate grad_accum micro-batches and apply one update. Returns the loss, or None (not applied) if it
+        was not finite."""
+        import torch
+
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            indices = self._next_batch()
+            loss = self._batch_loss(indices, self.generator) / cfg.grad_accum
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            self.scaler.scale(loss).backward() if self.scaler else loss.backward()
+            total += float(loss.detach())
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.clip_grad != "none":
+            limit = self.clip_schedule.rate_at(self.step)
+            if cfg.clip_grad == "value":
+                torch.nn.utils.clip_grad_value_([self.vectors], limit)
+            else:
+                torch.nn.utils.clip_grad_norm_([self.vectors], limit)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if not torch.isfinite(self.vectors.detach()).all():
+            return None
+        return total
+
+    def _batch_loss(self, indices: list[int], generator, prompts: list[str] | None = None, latents=None,
+                    noise=None, timesteps=None):
+        """Diffusion loss for one batch. Training draws noise/timesteps from `generator`; validation passes its own."""
+        import torch
+        import torch.nn.functional as F
+
+        sched = self.model.noise_scheduler
+        if latents is None:
+            latents = self.dataset.latents(indices, generator)
+        if prompts is None:
+            prompts = [self._prompt_for(i) for i in indices]
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator)
+        if timesteps is None:
+            timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+        latents, noise, timesteps = latents.to(self.device), noise.to(self.device), timesteps.to(self.device)
+        noisy = sched.add_noise(latents, noise, timesteps)
+        target = sched.get_velocity(latents, noise, timesteps) if self.model.prediction_type == "v_prediction" else noise
+        with self._autocast():
+            cond = self._encode(prompts)
+            pred = self.model.unet(noisy.to(self.unet_dtype), timesteps, cond.to(self.unet_dtype)).sample
+        return F.mse_loss(pred.float(), target.float())
+
+    def _encode(self, prompts: list[str]):
+        tok = self.model.tokenizer
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(self.device)
+        return self.model.text_encoder(ids)[0]
+
+    def _next_batch(self) -> list[int]:
+        if self.batch_pos >= len(self.batches):
+            self.epoch += 1
+            self.batches = self.dataset.epoch_batches(self.data_rng, self.batch_size)
+            self.batch_pos = 0
+        batch = self.batches[self.batch_pos]
+        self.batch_pos += 1
+        return batch
+
+    def _prompt_for(self, index: int) -> str:
+        cfg = self.config
+        line = self.data_rng.choice(self.template.lines)
+        return self._render(line, self.placeholder, self.dataset.items[index].caption,
+                            shuffle_tags=cfg.shuffle_tags, tag_dropout=cfg.tag_dropout, rng=self.data_rng)
+
+    def _autocast(self):
+        import torch
+
+        if self.precision.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.autocast_dtype)
+
+    # ---- validation, previews, saving -------------------------------------------------------------------------------
+    def _validation_loss(self) -> float:
+        """Mean loss over fixed images x fixed timesteps x fixed noise, with fixed prompts. Independent of training."""
+        import torch
+
+        total = 0.0
+        with torch.no_grad():
+            for latents, noise, timesteps, prompt in self.validation_set:
+                loss = self._batch_loss([], None, prompts=[prompt] * len(timesteps), latents=latents, noise=noise,
+                                        timesteps=timesteps)
+                total += float(loss)
+        val = total / len(self.validation_set)
+        self.last_val_loss = val
+        self.sink.emit("validation", step=self.step, val_loss=val)
+        return val
+
+    def _build_validation_set(self) -> list:
+        import torch
+
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+        n = min(cfg.validation_images, len(self.dataset))
+        picks = sorted({round(k * (len(self.dataset) - 1) / max(1, n - 1)) for k in range(n)})
+        timesteps = torch.tensor(VALIDATION_TIMESTEPS, dtype=torch.long)
+        out = []
+        for i in picks:
+            item = self.dataset.items[i]
+            latents = item.mean.unsqueeze(0).repeat(len(timesteps), 1, 1, 1)
+            noise = torch.randn(latents.shape, generator=gen)
+            prompt = self._render(self.template.lines[0], self.placeholder, item.caption, rng=random.Random(0))
+            out.append((latents, noise, timesteps, prompt))
+        return out
+
+    def _preview(self) -> str | None:
+        import torch
+
+        cfg = self.config
+        prompt = (cfg.preview_prompt or self.validation_set[0][3]).replace("[name]", self.placeholder)
+        if cfg.preview_prompt and "[name]" not in cfg.preview_prompt:
+            prompt = f"{prompt}, {self.placeholder}"
+        pipe = self.model.make_pipeline(cfg.preview_sampler)
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(cfg.preview_seed)
+        with self._autocast():
+            image = pipe(prompt=prompt, negative_prompt=cfg.preview_negative or None,
+                         num_inference_steps=cfg.preview_steps, guidance_scale=cfg.preview_cfg, generator=generator,
+                         width=cfg.preview_width or cfg.width, height=cfg.preview_height or cfg.height).images[0]
+        from core.atomic import atomic_write_with
+
+        rel = f"previews/{self.name}-{self.step}.png"
+        atomic_write_with(self.out_dir / rel, lambda tmp: image.save(tmp, format="PNG"))
+        self.sink.emit("preview", step=self.step, path=rel)
+        return rel
+
+    def _save(self, final: bool = False) -> tuple[str, str]:
+        """Checkpoint embeddings/NAME-STEP.* and state/latest.pt (once per step); with final=True also NAME.*."""
+        if self.last_saved_step != self.step:
+            pt, st = self._save_embedding(f"embeddings/{self.name}-{self.step}")
+            self._save_state()
+            self.last_saved_step = self.step
+            self.sink.emit("checkpoint", step=self.step, pt=pt, safetensors=st)
+        if final:
+            return self._save_embedding(self.name)
+        return f"embeddings/{self.name}-{self.step}.pt", f"embeddings/{self.name}-{self.step}.safetensors"
+
+    def _save_embedding(self, rel_stem: str) -> tuple[str, str]:
+        pt, st = self._save_embedding_fn(
+            self.vectors.detach().float().cpu(), self.out_dir / rel_stem, name=self.name, step=self.step,
+            base_model=self.model.name, base_hash=self.model.short_hash, init_text=self.config.init_text,
+            overwrite=True)
+        return str(Path(pt).relative_to(self.out_dir)), str(Path(st).relative_to(self.out_dir))
+
+    def _save_state(self) -> None:
+        from core.train_state import capture_global_rng, py_state, save_state
+
+        save_state(self.out_dir / "state" / "latest.pt", {
+            "name": self.name,
+            "step": self.step,
+            "epoch": self.epoch,
+            "elapsed_s": self._elapsed(),
+            "vectors": self.vectors.detach().float().cpu().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "generator": self.generator.get_state(),
+            "data_rng": py_state(self.data_rng),
+            "batches": [list(b) for b in self.batches],
+            "batch_pos": self.batch_pos,
+            "global_rng": capture_global_rng(),
+            "loss_rows_until_step": self.step,
+        })
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self.t_start)
+
+    # ---- setup ------------------------------------------------------------------------------------------------------
+    def _prepare_out_dir(self, resume: bool) -> None:
+        cfg = self.config
+        self.name = _dep("core.embeddings", "sanitize_name")(cfg.name)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            return
+        markers = [p for p in ("state/latest.pt", "loss.csv", f"{self.name}.pt") if (self.out_dir / p).exists()]
+        if markers and not cfg.overwrite:
+            raise TiwizError(f"{self.out_dir} already holds a training run ({markers[0]}); resume it, choose another "
+                             "output folder, or pass --overwrite to start over in it")
+
+    def _load_resume_state(self) -> dict:
+        from core.train_state import load_state
+
+        state = load_state(self.out_dir / "state" / "latest.pt")
+        if state["vectors"].shape[0] != self.config.vectors and not self.config.init_from:
+            self.config.vectors = int(state["vectors"].shape[0])
+        return state
+
+    def _setup_model(self) -> None:
+        import torch
+
+        pick_device = _dep("core.models.device", "pick_device")
+        precision_for = _dep("core.models.device", "precision_for")
+        load_model = _dep("core.models.loader", "load_model")
+        self.device = pick_device(self.config.device)
+        self.precision = precision_for(self.device)
+        self.model = load_model(self.config.model, device=self.device)
+        for module in (self.model.text_encoder, self.model.unet, self.model.vae):
+            module.requires_grad_(False)
+            module.eval()
+        self.unet_dtype = next(self.model.unet.parameters()).dtype
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_grad_scaler else None
+
+    def _setup_vectors(self, state: dict | None) -> None:
+        import torch
+
+        cfg, tokenizer, encoder = self.config, self.model.tokenizer, self.model.text_encoder
+        dim = encoder.get_input_embeddings().weight.shape[1]
+        if state is not None:
+            initial = state["vectors"].float()
+        elif cfg.init_from:
+            initial = _dep("core.embeddings", "load_embedding")(cfg.init_from, expected_dim=dim).vectors.float()
+            if initial.shape[0] != cfg.vectors:
+                self.sink.emit("warning", message=f"init_from has {initial.shape[0]} vectors; using that instead of "
+                                                  f"vectors = {cfg.vectors}")
+        else:
+            initial = _dep("core.embeddings", "init_vectors")(tokenizer, encoder, cfg.init_text, cfg.vectors).float()
+        if initial.shape[-1] != dim:
+            raise TiwizError(f"the embedding is {initial.shape[-1]} wide but this model's text encoder is {dim} wide")
+        self.vectors = torch.nn.Parameter(initial.detach().clone().to(self.device))
+        tokens = [PLACEHOLDER.format(i) for i in range(initial.shape[0])]
+        tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_vocab()])
+        self.placeholder = " ".join(tokens)
+        self.splice = VectorSplice(encoder, tokenizer.convert_tokens_to_ids(tokens), self.vectors)
+        self._save_embedding_fn = _dep("core.embeddings", "save_embedding")
+
+    def _setup_data(self) -> None:
+        cfg = self.config
+        from core.dataset import build_dataset
+
+        self.template = _dep("core.templates", "load_template")(cfg.template)
+        self._render = _dep("core.templates", "render")
+        self.dataset = build_dataset(cfg.data, vae=self.model.vae, width=cfg.width, height=cfg.height,
+                                     resize=cfg.resize, latent_sampling=cfg.latent_sampling, seed=cfg.seed,
+                                     sink=self.sink, device=self.device)
+        self.batch_size = min(cfg.batch_size, len(self.dataset))
+        if self.batch_size < cfg.batch_size:
+            self.sink.emit("warning", message=f"batch_size {cfg.batch_size} is more than the {len(self.dataset)} "
+                                              f"images; using {self.batch_size}")
+        self.validate_every = cfg.effective_validate_every()
+        self.validation_set = self._build_validation_set()
+        self.data_rng = random.Random(cfg.seed)
+        self.batches, self.batch_pos = [], 0
+
+    def _setup_optimizer(self) -> None:
+        import torch
+
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.optimizer = torch.optim.AdamW([self.vectors], lr=self.lr_schedule.rate_at(0), weight_decay=0.0)
+
+    def _restore(self, state: dict) -> None:
+        from core.train_state import py_state_from, restore_global_rng
+
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.elapsed_before = float(state["elapsed_s"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.data_rng.setstate(py_state_from(state["data_rng"]))
+        self.batches = [list(b) for b in state["batches"]]
+        self.batch_pos = int(state["batch_pos"])
+        restore_global_rng(state["global_rng"])
+
+    # ---- NaN rollback -----------------------------------------------------------------------------------------------
+    def _snapshot(self) -> dict:
+        import copy
+
+        return {"vectors": self.vectors.detach().clone(), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "scaler": self.scaler.state_dict() if self.scaler else None}
+
+    def _restore_snapshot(self, snap: dict) -> None:
+        import copy
+
+        import torch
+
+        with torch.no_grad():
+            self.vectors.copy_(snap["vectors"])
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        if self.scaler and snap["scaler"]:
+            self.scaler.load_state_dict(snap["scaler"])
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class VectorSplice:
+    """Splices trainable vectors into the text encoder's token embeddings wherever placeholder ids appear.
+
+    A pre-hook maps placeholder ids (which lie past the vocabulary) to id 0 for the lookup; a forward hook replaces
+    those positions with the vectors. Works for our own encoding and for a diffusers pipeline sharing the encoder.
+    """
+
+    def __init__(self, text_encoder, token_ids: list[int], vectors) -> None:
+        import torch
+
+        self.vectors = vectors
+        self.token_ids = torch.tensor(token_ids, dtype=torch.long)
+        self._ids = None
+        embedding = text_encoder.get_input_embeddings()
+        self._handles = [embedding.register_forward_pre_hook(self._before),
+                         embedding.register_forward_hook(self._after)]
+
+    def _before(self, module, args):
+        ids = args[0]
+        self._ids = ids
+        return (ids.masked_fill(self._mask(ids), 0),) + tuple(args[1:])
+
+    def _mask(self, ids):
+        return (ids.unsqueeze(-1) == self.token_ids.to(ids.device)).any(-1)
+
+    def _after(self, module, args, output):
+        import torch
+
+        ids = self._ids
+        self._ids = None
+        mask = self._mask(ids)
+        if not bool(mask.any()):
+            return output
+        which = (ids.unsqueeze(-1) == self.token_ids.to(ids.device)).long().argmax(-1)
+        spliced = self.vectors.to(output.dtype)[which]
+        return torch.where(mask.unsqueeze(-1), spliced, output)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
