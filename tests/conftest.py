@@ -20,3 +20,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from core.models.demo import write_random_demo_model
 
     return write_random_demo_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight BLIP captioner + processor saved with `save_pretrained` (load it like a real one).
+    Read-only."""
+    from tests.tiny_blip import write_tiny_blip
+
+    return write_tiny_blip(tmp_path_factory.mktemp("tiny-blip") / "blip", seed=0)
