@@ -62,6 +62,16 @@ def phash(image: Image.Image, *, mirror: bool = False) -> int:
     return _hash_pixels(np.asarray(gray.resize((32, 32), Image.BICUBIC), dtype=np.float64))
 
 
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 element (numpy>=2 has a ufunc; older numpy gets a byte table)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return _BYTE_BITS[x.view(np.uint8).reshape(*x.shape, 8)].sum(axis=-1)
+
+
 def hamming(a: int, b: int) -> int:
     return bin(a ^ b).count("1")
 
@@ -162,8 +172,7 @@ def _correlation(query: np.ndarray, gray: Image.Image, box: Box) -> float:
 def _one_way(a: Fingerprint, b: Fingerprint, mirror: bool) -> tuple[int, float]:
     best = (65, 0.0)
     for pixels, h in _query_hashes(a, mirror):
-        dists = np.bitwise_count(b.hashes ^ np.uint64(h)) if hasattr(np, "bitwise_count") else np.array(
-            [hamming(int(x), h) for x in b.hashes])
+        dists = _popcount(b.hashes ^ np.uint64(h))
         for i in np.argsort(dists, kind="stable")[:3]:
             d = int(dists[i])
             if d > HASH_THRESHOLD:
@@ -184,3 +193,27 @@ def similarity(a: Fingerprint, b: Fingerprint, *, mirror: bool = False) -> tuple
 
 def is_near_duplicate(a: Fingerprint, b: Fingerprint, *, mirror: bool = False) -> bool:
     return similarity(a, b, mirror=mirror)[1] >= CORRELATION_THRESHOLD
+
+
+def candidate_pairs(fps: list[Fingerprint], *, mirror: bool = False) -> set[tuple[int, int]]:
+    """Index pairs (i < j) whose whole-image/centre hashes (mirrored when `mirror`) come within `HASH_THRESHOLD` of a
+    window of the other; only these need `similarity`. One vectorised pass instead of n² calls."""
+    if len(fps) < 2:
+        return set()
+    q_hashes, q_owner = [], []
+    for i, fp in enumerate(fps):
+        for _, h in _query_hashes(fp, mirror):
+            q_hashes.append(h)
+            q_owner.append(i)
+    w_hashes = np.concatenate([fp.hashes for fp in fps])
+    w_owner = np.concatenate([np.full(len(fp.hashes), i) for i, fp in enumerate(fps)])
+    q = np.array(q_hashes, dtype=np.uint64)
+    pairs: set[tuple[int, int]] = set()
+    for start in range(0, len(q), 64):  # bounded memory
+        block = q[start:start + 64]
+        close = _popcount(block[:, None] ^ w_hashes[None, :]) <= HASH_THRESHOLD
+        for qi, wi in zip(*np.nonzero(close)):
+            a, b = q_owner[start + qi], int(w_owner[wi])
+            if a != b:
+                pairs.add((min(a, b), max(a, b)))
+    return pairs
