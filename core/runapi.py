@@ -1,0 +1,220 @@
+"""The run API for UIs (the TUI and the CLI): start, follow, command, list and resume runs. Torch-free.
+
+Training always happens in a detached `python -m core.worker RUN_DIR` process; nothing here holds a pipe to it, so a
+viewer can die at any moment without touching the training.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from core import runs
+from core.errors import TiwizError
+from core.runs import RunInfo, inspect_run, list_runs, send_command  # noqa: F401 - re-exported for the TUI
+
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PATH_FIELDS = ("model", "data", "init_from")
+
+
+def _as_config(config):
+    from core.config import TrainConfig
+
+    if isinstance(config, TrainConfig):
+        return TrainConfig.from_dict(config.to_dict())  # a validated copy; the caller's object stays as it was
+    if isinstance(config, dict):
+        return TrainConfig.from_dict(config)
+    raise TiwizError(f"start_run: expected a TrainConfig or a dict, got {type(config).__name__}")
+
+
+def _absolutize(config) -> None:
+    """The worker may be resumed from any directory: store paths absolute."""
+    for key in _PATH_FIELDS:
+        value = getattr(config, key)
+        if value:
+            setattr(config, key, str(Path(value).expanduser().resolve()))
+    template = config.template
+    if template and (template.endswith(".txt") or os.sep in template) and Path(template).expanduser().exists():
+        config.template = str(Path(template).expanduser().resolve())
+
+
+def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
+    root = Path(root) if root is not None else runs.default_root()
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (name or "run")).strip("._") or "run"
+    base = root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _holds_run(run_dir: Path) -> str | None:
+    for marker in (runs.STATE, "loss.csv", runs.EVENTS):
+        if (run_dir / marker).exists() and (run_dir / marker).stat().st_size > 0:
+            return marker
+    return None
+
+
+def start_run(config, root: str | os.PathLike | None = None, name: str | None = None) -> Path:
+    """Create the run folder (config.output, or ROOT/NAME-YYYYmmdd-HHMMSS), write config.toml and spawn the worker.
+    Returns the run folder. Raises TiwizError for a bad config or a folder that already holds a run."""
+    config = _as_config(config)
+    _absolutize(config)
+    if config.output:
+        run_dir = Path(config.output).expanduser().resolve()
+    else:
+        run_dir = new_run_dir(name or config.name, root).resolve()
+    info = inspect_run(run_dir) if run_dir.exists() else None
+    if info is not None and info.alive:
+        raise TiwizError(f"{run_dir}: a worker is already training there (pid {info.pid}); "
+                         f"`tiwiz attach {run_dir}` to watch it")
+    marker = _holds_run(run_dir) if run_dir.exists() else None
+    if marker and not config.overwrite:
+        raise TiwizError(f"{run_dir} already holds a training run ({marker}); `tiwiz resume {run_dir}` continues "
+                         "it, or choose another output folder, or pass --overwrite to start over in it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if marker:  # --overwrite: keep the old log beside the new one rather than mixing two runs in one file
+        old = run_dir / runs.EVENTS
+        if old.exists():
+            os.replace(old, run_dir / f"events-{time.strftime('%Y%m%d-%H%M%S')}.jsonl.old")
+    config.output = str(run_dir)
+    config.to_toml(run_dir / runs.CONFIG)
+    _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
+    return run_dir
+
+
+def resume_run(run_dir: str | os.PathLike, steps: int | None = None) -> Path:
+    """Continue a stopped, killed, failed or finished run from state/latest.pt; `steps` raises the step count."""
+    from core.config import TrainConfig
+
+    run_dir = Path(run_dir).resolve()
+    info = inspect_run(run_dir)
+    if info.alive:
+        raise TiwizError(f"{run_dir} is still training (pid {info.pid}); `tiwiz attach {run_dir}` to watch it")
+    if not (run_dir / runs.STATE).is_file():
+        raise TiwizError(f"nothing to resume in {run_dir}: no checkpoint was saved yet ({runs.STATE} is missing); "
+                         "start the training again")
+    config = TrainConfig.from_toml(run_dir / runs.CONFIG)
+    saved = info.last_checkpoint or 0
+    if steps is not None:
+        if steps <= saved:
+            raise TiwizError(f"--steps {steps}: the run's last checkpoint is at step {saved}; give more steps")
+        config.steps = int(steps)
+        config.to_toml(run_dir / runs.CONFIG)
+    elif info.state == "finished" and saved >= (info.max_steps or config.steps):
+        raise TiwizError(f"{run_dir.name} finished all {saved} steps; `tiwiz resume {run_dir} --steps "
+                         f"{saved + 1000}` trains further")
+    _spawn(run_dir, resume=True, name=config.name, max_steps=config.steps,
+           previous=info)
+    return run_dir
+
+
+def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: RunInfo | None = None) -> int:
+    # Stale commands from an earlier life (e.g. a `stop` the killed worker never read) must not hit the new one.
+    box = run_dir / runs.COMMANDS
+    box.mkdir(exist_ok=True)
+    for entry in os.scandir(box):
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
+    runs.write_status(run_dir, {
+        "pid": None, "state": "starting", "name": name, "step": previous.step if previous else 0,
+        "max_steps": max_steps, "last_checkpoint": previous.last_checkpoint if previous else None,
+        "last_loss": previous.last_loss if previous else None, "resumed": resume, "reason": "",
+    })
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [sys.executable, "-m", "core.worker", str(run_dir)] + (["--resume"] if resume else [])
+    with open(run_dir / runs.LOG, "ab") as log, open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    try:  # record the pid unless the worker already wrote its own status (same pid: -m runs in this process)
+        status = runs.read_status(run_dir) or {}
+        if status.get("state") == "starting" and status.get("pid") is None:
+            runs.write_status(run_dir, {**status, "pid": proc.pid})
+    except (TiwizError, OSError):
+        pass
+    # Reap it when it ends so a long-lived UI collects no zombies; the worker never depends on this process.
+    threading.Thread(target=proc.wait, name=f"reap-worker-{proc.pid}", daemon=True).start()
+    return proc.pid
+
+
+def stop_run(run_dir: str | os.PathLike, timeout: float | None = 120.0, poll_s: float = 0.2) -> RunInfo:
+    """Ask the worker to save and stop (commands/stop) and wait up to `timeout` s for it to end. Returns the final
+    RunInfo (still alive if the timeout ran out)."""
+    run_dir = Path(run_dir)
+    info = inspect_run(run_dir)
+    if not info.alive:
+        return info
+    send_command(run_dir, "stop")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(poll_s)
+        info = inspect_run(run_dir)
+        if not info.alive:
+            break
+    return info
+
+
+class Follower:
+    """Replays a run's events.jsonl from the start, then follows it. `poll()` never blocks: it returns the complete
+    events appended since the previous call ([] when nothing is new). Several followers may watch one run."""
+
+    def __init__(self, run_dir: str | os.PathLike, max_bytes_per_poll: int | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.reader = runs.EventReader(self.run_dir / runs.EVENTS)
+        self.max_bytes = max_bytes_per_poll
+        self.count = 0
+
+    def poll(self) -> list[dict]:
+        events = self.reader.read(self.max_bytes)
+        self.count += len(events)
+        return events
+
+    @property
+    def bad_lines(self) -> int:
+        return self.reader.bad_lines
+
+    def caught_up(self) -> bool:
+        """True when every complete line has been returned."""
+        try:
+            size = self.reader.path.stat().st_size
+        except OSError:
+            return True
+        if size <= self.reader.offset:
+            return True
+        with open(self.reader.path, "rb") as fh:
+            fh.seek(self.reader.offset)
+            return b"\n" not in fh.read()
+
+    def info(self) -> RunInfo:
+        return inspect_run(self.run_dir)
+
+    def done(self) -> bool:
+        """True when no worker is running and everything it wrote has been returned."""
+        return not self.info().alive and self.caught_up()
+
+    def iter(self, interval: float = 0.25):
+        """Blocking generator for scripts and the CLI: yields events until the run is over."""
+        while True:
+            events = self.poll()
+            yield from events
+            if not events:
+                if self.done():
+                    yield from self.poll()
+                    return
+                time.sleep(interval)
+
+
+def follow(run_dir: str | os.PathLike) -> Follower:
+    run_dir = Path(run_dir)
+    if not runs.is_run_dir(run_dir):
+        raise TiwizError(f"{run_dir}: not a run folder")
+    return Follower(run_dir)

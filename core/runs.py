@@ -1,0 +1,497 @@
+"""The run folder: layout, `status.json`, the worker lock, liveness, listing, reading/following `events.jsonl`, and
+the `commands/` drop box. Torch-free (the TUI imports it).
+
+```
+RUN_DIR/
+  config.toml      the TrainConfig (what `tiwiz resume` restarts from)
+  events.jsonl     append-only event log, one JSON object a line (the source of truth for every viewer)
+  status.json      atomic snapshot: pid, state, step, max_steps, last checkpoint, last loss, updated
+  commands/        a viewer drops an empty file named stop / save / preview; the worker consumes it between steps
+  worker.lock      flock held by the worker for its whole life
+  worker.log       the worker's stdout/stderr (tracebacks)
+  embeddings/ previews/ state/latest.pt loss.csv NAME.pt NAME.safetensors   (written by the trainer)
+```
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.atomic import atomic_write_json, atomic_write_text
+from core.errors import TiwizError
+
+CONFIG = "config.toml"
+EVENTS = "events.jsonl"
+STATUS = "status.json"
+COMMANDS = "commands"
+LOCK = "worker.lock"
+LOG = "worker.log"
+STATE = "state/latest.pt"
+
+# Worker states written to status.json. "starting" is written by whoever spawns the worker, before it runs.
+ACTIVE_STATES = ("starting", "running", "stopping")
+FINAL_STATES = ("finished", "failed", "interrupted")
+COMMAND_NAMES = ("stop", "save", "preview")
+_COMMAND_ALIASES = {"save-now": "save", "preview-now": "preview"}
+STARTING_GRACE_S = 60.0  # a "starting" status without a live worker for longer than this means the start failed
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("TIWIZ_RUNS_DIR") or "runs")
+
+
+# ---- status.json --------------------------------------------------------------------------------------------------
+def read_status(run_dir: str | os.PathLike) -> dict | None:
+    """The status dict, None when there is none yet. A corrupt file raises TiwizError naming it."""
+    path = Path(run_dir) / STATUS
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TiwizError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise TiwizError(f"{path}: corrupt ({exc})") from None
+    if not isinstance(data, dict):
+        raise TiwizError(f"{path}: corrupt (not a JSON object)")
+    return data
+
+
+def write_status(run_dir: str | os.PathLike, status: dict) -> dict:
+    status = dict(status)
+    status["updated"] = round(time.time(), 3)
+    atomic_write_json(Path(run_dir) / STATUS, status)
+    return status
+
+
+# ---- liveness -----------------------------------------------------------------------------------------------------
+def pid_is_worker(pid, run_dir: str | os.PathLike | None = None) -> bool:
+    """True when `pid` is a live `core.worker` process (of `run_dir` when given): not a zombie, not a reused pid."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    proc = Path("/proc")
+    if proc.is_dir():
+        try:
+            cmdline = (proc / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            return False
+        if run_dir is not None and os.fsencode(Path(run_dir).name) not in cmdline:
+            return False
+        return b"core.worker" in cmdline  # a zombie has an empty cmdline
+    try:  # no /proc (macOS): existence only
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_is_held(run_dir: str | os.PathLike) -> bool:
+    """True when some process holds the worker lock of this folder."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class WorkerLock:
+    """An exclusive flock on RUN_DIR/worker.lock, held until release() or process exit (the kernel drops it on
+    kill -9, so a dead worker never leaves a stale lock)."""
+
+    def __init__(self, run_dir: str | os.PathLike, fd: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.fd = fd
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def acquire_lock(run_dir: str | os.PathLike, wait_s: float = 1.0) -> WorkerLock:
+    """Take the worker lock or raise TiwizError naming the worker that holds it. Retries for `wait_s` because a
+    viewer's liveness probe holds a shared lock for a few microseconds."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise TiwizError(f"{path}: cannot lock ({exc.strerror})") from None
+            if time.monotonic() >= deadline:
+                try:
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                except OSError:
+                    holder = ""
+                os.close(fd)
+                who = f" (pid {holder})" if holder else ""
+                raise TiwizError(f"another worker{who} is already running in {run_dir}; attach to it with "
+                                 f"`tiwiz attach {run_dir}` or stop it with `tiwiz stop {run_dir}`") from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return WorkerLock(run_dir, fd)
+
+
+# ---- events.jsonl -------------------------------------------------------------------------------------------------
+def parse_lines(data: bytes) -> tuple[list[dict], int]:
+    """Parse complete JSON lines. Returns (events, bad_lines); lines that are not a JSON object are skipped."""
+    if not data:
+        return [], 0
+    try:  # fast path: one json.loads for the whole chunk
+        events = json.loads(b"[" + data.rstrip(b"\n").replace(b"\n", b",") + b"]")
+        if all(isinstance(e, dict) for e in events):
+            return events, 0
+    except ValueError:
+        pass
+    events, bad = [], 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+        else:
+            bad += 1
+    return events, bad
+
+
+class EventReader:
+    """Incremental reader of events.jsonl: each `read()` returns the complete lines appended since the last call.
+    An unterminated last line (a write in progress, or a crash mid-write) is left for the next call."""
+
+    CHUNK = 8 << 20
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.offset = 0
+        self.bad_lines = 0
+        self._ino = None
+
+    def read(self, max_bytes: int | None = None) -> list[dict]:
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return []
+        with fh:
+            st = os.fstat(fh.fileno())
+            if self._ino is not None and (st.st_ino != self._ino or st.st_size < self.offset):
+                self.offset = 0  # the file was replaced: start over
+            self._ino = st.st_ino
+            if st.st_size <= self.offset:
+                return []
+            fh.seek(self.offset)
+            data = fh.read(min(st.st_size - self.offset, max_bytes or st.st_size))
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        data = data[: end + 1]
+        self.offset += len(data)
+        events, bad = parse_lines(data)
+        self.bad_lines += bad
+        return events
+
+    def pending_partial(self) -> bool:
+        """True when the file ends with an unterminated line (a truncated last line once the writer is gone)."""
+        try:
+            return self.path.stat().st_size > self.offset
+        except OSError:
+            return False
+
+
+def read_events(run_dir: str | os.PathLike) -> tuple[list[dict], dict]:
+    """All complete events of a run and a report {"bad_lines": n, "truncated_tail": bool}."""
+    reader = EventReader(Path(run_dir) / EVENTS)
+    events = reader.read()
+    return events, {"bad_lines": reader.bad_lines, "truncated_tail": reader.pending_partial()}
+
+
+def last_events(run_dir: str | os.PathLike, max_bytes: int = 256 << 10) -> list[dict]:
+    """The complete events in the last `max_bytes` of the log (cheap, for listing)."""
+    path = Path(run_dir) / EVENTS
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            fh.seek(start)
+            data = fh.read()
+    except OSError:
+        return []
+    if start:
+        data = data[data.find(b"\n") + 1:]  # drop the first, probably partial, line
+    end = data.rfind(b"\n")
+    return parse_lines(data[: end + 1])[0] if end >= 0 else []
+
+
+def repair_event_log(run_dir: str | os.PathLike) -> bool:
+    """Terminate an unterminated last line (left by a kill mid-write) so the next append starts a fresh line.
+    The partial line stays in the file and readers skip it. Returns True when a repair was made."""
+    path = Path(run_dir) / EVENTS
+    try:
+        with open(path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return False
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return False
+            fh.write(b"\n")
+            return True
+    except FileNotFoundError:
+        return False
+
+
+# ---- commands/ ----------------------------------------------------------------------------------------------------
+def send_command(run_dir: str | os.PathLike, command: str) -> Path:
+    command = _COMMAND_ALIASES.get(command, command)
+    if command not in COMMAND_NAMES:
+        raise TiwizError(f"unknown command {command!r}; one of {', '.join(COMMAND_NAMES)}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TiwizError(f"{run_dir}: no such run folder")
+    return atomic_write_text(run_dir / COMMANDS / command, f"{time.time():.3f}\n")
+
+
+class CommandBox:
+    """The worker's side of commands/: `take()` returns and consumes pending commands (cheap: one scandir)."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / COMMANDS
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def take(self) -> list[str]:
+        try:
+            entries = sorted(os.scandir(self.path), key=_mtime)
+        except FileNotFoundError:
+            return []
+        taken = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # an atomic write in progress
+            name = _COMMAND_ALIASES.get(entry.name, entry.name)
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue  # someone else consumed it
+            if name in COMMAND_NAMES and name not in taken:
+                taken.append(name)
+        return taken
+
+
+def _mtime(entry) -> float:
+    try:
+        return entry.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# ---- listing ------------------------------------------------------------------------------------------------------
+@dataclass
+class RunInfo:
+    path: Path
+    name: str
+    state: str  # running/stopping/starting/finished/failed/interrupted/killed/unknown
+    step: int = 0
+    max_steps: int = 0
+    last_loss: float | None = None
+    last_checkpoint: int | None = None
+    updated: float | None = None
+    pid: int | None = None
+    alive: bool = False
+    reason: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float | None:
+        return self.last_loss
+
+    @property
+    def description(self) -> str:
+        """Human state, e.g. 'killed at step 120 (last checkpoint 100)'."""
+        ckpt = f"last checkpoint {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
+        if self.state == "killed":
+            return f"killed at step {self.step} ({ckpt})"
+        if self.state == "failed":
+            return f"failed at step {self.step}" + (f": {self.reason}" if self.reason else "")
+        if self.state == "interrupted":
+            return f"stopped at step {self.step}" + (f" ({self.reason})" if self.reason else "")
+        return self.state
+
+    @property
+    def resumable(self) -> bool:
+        return not self.alive and (self.path / STATE).is_file()
+
+
+def inspect_run(run_dir: str | os.PathLike) -> RunInfo:
+    """What state a run folder is in, never raising for a damaged folder (problems are listed instead)."""
+    run_dir = Path(run_dir)
+    info = RunInfo(path=run_dir, name=run_dir.name, state="unknown")
+    try:
+        status = read_status(run_dir)
+    except TiwizError as exc:
+        status = None
+        info.problems.append(str(exc))
+    tail = last_events(run_dir)
+    if status is None and not tail and not (run_dir / CONFIG).is_file():
+        info.problems.append("not a run folder (no status.json, events.jsonl or config.toml)")
+    _apply_events(info, tail)
+    if status:
+        _apply_status(info, status)
+    if (run_dir / EVENTS).is_file():
+        try:
+            with open(run_dir / EVENTS, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                if size:
+                    fh.seek(size - 1)
+                    if fh.read(1) != b"\n" and not info.alive:
+                        info.problems.append(f"{run_dir / EVENTS}: the last line is truncated (skipped)")
+        except OSError as exc:
+            info.problems.append(f"{run_dir / EVENTS}: cannot read ({exc.strerror})")
+    return info
+
+
+def _num(value, kind=float):
+    try:
+        return kind(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _apply_events(info: RunInfo, events: list[dict]) -> None:
+    """Fill `info` from the log alone (the fallback when status.json is missing or corrupt)."""
+    for event in events:
+        kind = event.get("type")
+        step = _num(event.get("step"), int)
+        if step is not None:  # a resume's `started` goes back to its checkpoint; otherwise steps only grow
+            info.step = step if kind == "started" else max(info.step, step)
+        if _num(event.get("max_steps"), int):
+            info.max_steps = _num(event["max_steps"], int)
+        if kind == "step":
+            info.last_loss = _num(event.get("loss"))
+        elif kind == "checkpoint":
+            info.last_checkpoint = _num(event.get("step"), int)
+        elif kind == "started":
+            info.state, info.reason = "running", ""
+        elif kind == "finished":
+            info.state = "finished"
+        elif kind == "stopped":
+            info.state, info.reason = "interrupted", str(event.get("reason") or "")
+        elif kind == "error":
+            info.state, info.reason = "failed", str(event.get("message") or "")
+        elif kind == "exit" and event.get("state") in FINAL_STATES:
+            info.state, info.reason = event["state"], str(event.get("reason") or info.reason)
+        info.updated = _num(event.get("time")) or info.updated
+    if info.state == "running":  # the log says running; without a status the lock tells whether a worker lives
+        info.alive = lock_is_held(info.path)
+        if not info.alive:
+            info.state = "killed"
+
+
+def _apply_status(info: RunInfo, status: dict) -> None:
+    info.name = str(status.get("name") or info.name)
+    info.pid = _num(status.get("pid"), int)
+    info.step = _num(status.get("step"), int) or info.step
+    info.max_steps = _num(status.get("max_steps"), int) or info.max_steps
+    info.last_loss = _num(status.get("last_loss")) if status.get("last_loss") is not None else info.last_loss
+    info.last_checkpoint = _num(status.get("last_checkpoint"), int) or info.last_checkpoint
+    info.updated = _num(status.get("updated")) or info.updated
+    state = str(status.get("state") or "unknown")
+    info.reason = str(status.get("reason") or status.get("error") or info.reason or "")
+    if state in ACTIVE_STATES:
+        alive = pid_is_worker(info.pid, info.path) if info.pid else lock_is_held(info.path)
+        if alive:
+            info.state, info.alive = state, True
+        elif state == "starting" and info.pid is None and time.time() - (info.updated or 0) < STARTING_GRACE_S:
+            info.state, info.alive = "starting", True  # being spawned this very moment
+        elif state == "starting":
+            info.state, info.reason = "failed", info.reason or f"the worker did not start; see {info.path / LOG}"
+        else:
+            info.state = "killed"
+    else:
+        info.state, info.alive = state, False
+
+
+def loss_history(events: list[dict]) -> list[dict]:
+    """The `step` events of the run's current timeline: a `started` event at step M (a resume) supersedes the step
+    events after M that a killed life wrote after its last checkpoint."""
+    steps: list[dict] = []
+    for event in events:
+        kind = event.get("type")
+        if kind == "step":
+            steps.append(event)
+        elif kind == "started":
+            start = _num(event.get("step"), int) or 0
+            while steps and (_num(steps[-1].get("step"), int) or 0) > start:
+                steps.pop()
+    return steps
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in (STATUS, EVENTS, CONFIG))
+
+
+def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
+    """Runs directly under `root` (default ./runs), newest first. A missing root is an empty list."""
+    root = Path(root) if root is not None else default_root()
+    try:
+        children = [p for p in root.iterdir() if is_run_dir(p)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    runs = [inspect_run(p) for p in children]
+    runs.sort(key=lambda r: (r.updated or 0.0, r.name), reverse=True)
+    return runs
+
+
+def resolve_run(run: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """A run given as a path, or as a folder name (or unique prefix) under the runs root."""
+    path = Path(run)
+    if is_run_dir(path):
+        return path
+    root = Path(root) if root is not None else default_root()
+    if is_run_dir(root / run):
+        return root / run
+    try:
+        matches = sorted(p for p in root.iterdir() if p.name.startswith(str(run)) and is_run_dir(p))
+    except OSError:
+        matches = []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        names = ", ".join(p.name for p in matches[:5])
+        raise TiwizError(f"{run!r} matches several runs under {root}: {names}; give the full folder name")
+    raise TiwizError(f"{run}: not a run folder (no status.json, events.jsonl or config.toml); "
+                     f"`tiwiz runs` lists the runs under {root}")
