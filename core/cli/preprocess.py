@@ -86,7 +86,7 @@ def _run_with_progress(args, options) -> int:
     with progress:
         report = run_preprocess(args.src, args.dest, options, CallbackSink(on_event), workers=args.workers)
 
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     sources = len(report.sources)
     used = sum(1 for s in report.sources if s["status"] == "written")
     out.print(f"Wrote {len(report.written)} image(s) from {used} of {sources} source file(s) to {report.dest}")
