@@ -1,0 +1,169 @@
+"""The tiwiz Textual app: one wizard state, one screen per stage, Next/Back between them.
+
+Screen modules are imported when first shown, so the cold start only pays for the start screen."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+
+from core.errors import TiwizError
+from tui.state import STAGES, WizardState, default_state_path, load_state, save_state
+
+SCREEN_CLASSES = {
+    "start": ("tui.screens.start", "StartScreen"),
+    "model": ("tui.screens.model", "ModelScreen"),
+    "folders": ("tui.screens.folders", "FoldersScreen"),
+    "preprocess": ("tui.screens.preprocess", "PreprocessScreen"),
+    "captions": ("tui.screens.captions", "CaptionsScreen"),
+    "embedding": ("tui.screens.embedding", "EmbeddingScreen"),
+    "training": ("tui.screens.training", "TrainingScreen"),
+    "monitor": ("tui.screens.monitor", "MonitorScreen"),
+    "finish": ("tui.screens.finish", "FinishScreen"),
+}
+IMAGE_PROTOCOLS = ("auto", "tgp", "sixel", "halfcell")
+
+
+def screen_class(stage: str):
+    module, name = SCREEN_CLASSES[stage]
+    return getattr(importlib.import_module(module), name)
+
+
+class TiwizApp(App):
+    """The wizard. Everything environment-dependent (state file, runs folder, image protocol, the clock used for
+    display) is injected, so tests and snapshots are deterministic."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "tiwiz"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+
+    def __init__(self, *, state: WizardState | None = None, state_path: str | os.PathLike | None = None,
+                 runs_root: str | os.PathLike | None = None, image_protocol: str = "halfcell",
+                 attach: str | os.PathLike | None = None, demo: bool = False, save: bool = True,
+                 start_stage: str | None = None, finder_roots=None) -> None:
+        super().__init__()
+        self.state_path = Path(state_path) if state_path else default_state_path()
+        self.saved_state = load_state(self.state_path) if state is None else None
+        self.state = state if state is not None else WizardState()
+        self.runs_root = Path(runs_root) if runs_root else None
+        self.image_protocol = image_protocol
+        self.attach_dir = Path(attach) if attach else None
+        self.start_demo = demo
+        self.save_enabled = save
+        self.start_stage = start_stage
+        self.finder_roots = finder_roots  # checkpoint search roots (None: the usual A1111/ComfyUI/HF places)
+        self.exit_message = ""
+
+    def on_mount(self) -> None:
+        if self.attach_dir is not None:
+            self.state.run_dir = str(self.attach_dir)
+            self.push_screen(screen_class("monitor")())
+            return
+        stage = self.start_stage or "start"
+        self.state.stage = stage
+        self.push_screen(screen_class(stage)())
+        if self.start_demo and stage == "start":
+            self.call_after_refresh(self.screen.action_demo)
+
+    # --- navigation ------------------------------------------------------------------------------------------
+
+    def goto(self, stage: str) -> None:
+        """Show `stage` (replacing the current screen) and save the state."""
+        if stage not in STAGES:
+            raise ValueError(stage)
+        self.state.stage = stage
+        self.save()
+        self.switch_screen(screen_class(stage)())
+
+    def next_stage(self, current: str) -> None:
+        self.goto(self.neighbour(current, +1))
+
+    def prev_stage(self, current: str) -> None:
+        self.goto(self.neighbour(current, -1))
+
+    def neighbour(self, current: str, direction: int) -> str:
+        order = ["start", "model", "folders", "preprocess", "captions", "embedding", "training", "monitor"]
+        if current not in order:
+            return "start"
+        i = order.index(current) + direction
+        i = min(max(i, 0), len(order) - 1)
+        if order[i] == "preprocess" and self.state.skip_preprocess:
+            i += direction
+        return order[i]
+
+    def save(self) -> None:
+        if not self.save_enabled:
+            return
+        try:
+            save_state(self.state, self.state_path)
+        except OSError as exc:
+            self.notify(f"Could not save the wizard state to {self.state_path}: {exc.strerror or exc}",
+                        severity="warning")
+
+    def detach(self, run_dir: Path) -> None:
+        """Leave the UI while the run goes on, telling the user how to come back."""
+        self.exit_message = (f"Training continues in the background.\nAttach again with:\n  tiwiz attach {run_dir}\n"
+                             f"or reopen the wizard's monitor with:\n  tiwiz wizard --attach {run_dir}")
+        self.save()
+        self.exit()
+
+    def _handle_exception(self, error: Exception) -> None:
+        # A TiwizError is a message for the user: show it and keep the app alive instead of dying with a traceback.
+        if isinstance(error, TiwizError):
+            self.notify(str(error), title="Error", severity="error", timeout=10)
+            return
+        super()._handle_exception(error)
+
+
+def resolve_image_protocol(requested: str) -> str:
+    """Pick tgp/sixel/halfcell. Probing the terminal must happen before Textual takes it over, so it happens here."""
+    if requested == "halfcell":
+        return "halfcell"
+    if not sys.stdout.isatty() or os.environ.get("TEXTUAL_DRIVER", "").endswith("WebDriver"):
+        return "halfcell"
+    try:
+        from textual_image import renderable
+        from textual_image.renderable import sixel, tgp
+        import textual_image.widget  # noqa: F401  (fills the cell-size cache while the terminal can still answer)
+    except Exception:
+        return "halfcell"
+    if requested in ("tgp", "sixel"):
+        return requested
+    if renderable.Image is tgp.Image:
+        return "tgp"
+    if renderable.Image is sixel.Image:
+        return "sixel"
+    return "halfcell"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tiwiz", description="The tiwiz wizard (run `tiwiz --help` for commands).")
+    parser.add_argument("--demo", action="store_true", help="start the demo: the tiny model and sample images")
+    parser.add_argument("--attach", metavar="RUN_DIR", help="open the training monitor of a run folder")
+    parser.add_argument("--image-protocol", choices=IMAGE_PROTOCOLS, default=os.environ.get("TIWIZ_IMAGES", "auto"),
+                        help="how previews are drawn: auto (Kitty/Sixel when the terminal supports it), tgp, sixel, "
+                             "or halfcell (works everywhere)")
+    parser.add_argument("--runs", metavar="DIR", help="where runs are kept (default: the runs folder)")
+    parser.add_argument("--fresh", action="store_true", help="ignore the saved wizard state")
+    return parser
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv or [])
+    if args.attach and not Path(args.attach).is_dir():
+        print(f"tiwiz: error: {args.attach} is not a run folder.", file=sys.stderr)
+        return 2
+    protocol = resolve_image_protocol(args.image_protocol)
+    state = WizardState() if args.fresh else None
+    app = TiwizApp(state=state, runs_root=args.runs, image_protocol=protocol, attach=args.attach, demo=args.demo)
+    app.run()
+    if app.exit_message:
+        print(app.exit_message)
+    return int(app.return_code or 0)

@@ -1,0 +1,118 @@
+"""What every wizard screen shares: the stage header, the footer, Next/Back keys, and errors shown as messages."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+from textual.worker import Worker, WorkerState
+
+from core.errors import TiwizError
+from tui.state import STAGE_TITLES, WIZARD_STAGES
+
+
+def error_text(error: BaseException | None) -> str:
+    """A user-facing sentence for an exception: TiwizError as is, anything else with its type, never a traceback."""
+    if error is None:
+        return "Something went wrong."
+    if isinstance(error, TiwizError):
+        return str(error)
+    if isinstance(error, FileNotFoundError):
+        return f"File not found: {error.filename or error}"
+    if isinstance(error, PermissionError):
+        return f"Permission denied: {error.filename or error}"
+    return f"{type(error).__name__}: {error}"
+
+
+class StageHeader(Static):
+    """"tiwiz · 3/6 Folders" plus the trail of stages."""
+
+    DEFAULT_CSS = """
+    StageHeader { dock: top; height: 1; background: $primary-background; color: $text; padding: 0 1; }
+    """
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def render(self):
+        from rich.text import Text
+
+        text = Text()
+        text.append("tiwiz ", "bold")
+        if self.stage in WIZARD_STAGES:
+            text.append(f"{WIZARD_STAGES.index(self.stage) + 1}/{len(WIZARD_STAGES)} ")
+            for name in WIZARD_STAGES:
+                style = "reverse" if name == self.stage else "dim"
+                text.append(f" {STAGE_TITLES[name]} ", style)
+        else:
+            text.append(STAGE_TITLES.get(self.stage, self.stage), "bold")
+        return text
+
+
+class WizardScreen(Screen):
+    """A wizard stage. Subclasses set STAGE, compose their body in `compose_body`, save edits into `self.state`
+    as they happen, and return an error message from `check()` when Next must not proceed."""
+
+    STAGE = ""
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("ctrl+n", "next", "Next", priority=True),
+    ]
+
+    @property
+    def state(self):
+        return self.app.state
+
+    def compose(self) -> ComposeResult:
+        yield StageHeader(self.STAGE)
+        yield from self.compose_body()
+        yield Static("", id="message", classes="message")
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    # --- messages ----------------------------------------------------------------------------------------------
+
+    def show_message(self, text: str, kind: str = "error") -> None:
+        """A readable line above the footer (errors in red); empty text hides it."""
+        widget = self.query_one("#message", Static)
+        widget.update(text)
+        widget.set_class(bool(text), "visible")
+        for k in ("error", "info", "ok", "warning"):
+            widget.set_class(k == kind, k)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            self.worker_failed(event.worker, event.worker.error)
+
+    def worker_failed(self, worker: Worker, error: BaseException | None) -> None:
+        self.show_message(error_text(error))
+
+    # --- navigation --------------------------------------------------------------------------------------------
+
+    def check(self) -> str | None:
+        """An error message when the stage is not complete, else None."""
+        return None
+
+    def action_next(self) -> None:
+        problem = self.check()
+        if problem:
+            self.show_message(problem)
+            return
+        self.show_message("")
+        self.app.next_stage(self.STAGE)
+
+    def action_back(self) -> None:
+        self.app.prev_stage(self.STAGE)
+
+
+class Row(Horizontal):
+    """A label + field row in a form."""
+
+    DEFAULT_CSS = """
+    Row { height: auto; }
+    """

@@ -1,0 +1,252 @@
+"""Caption review: the image list beside a preview, the caption edited in place with its CLIP token count, bulk tag
+add/remove/replace, and the dataset doctor's findings shown beside the image they concern."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from core.captions import CaptionSet, split_tags
+from core.tokens import TOKEN_LIMIT, count_tokens
+from tui.jobs import run_json
+from tui.screens.base import WizardScreen, error_text
+from tui.screens.dialogs import PromptModal
+from tui.widgets.image_preview import ImagePreview
+
+
+def _finding_fields(f) -> tuple[list[str], str, str]:
+    """(files, severity, message) of a `tiwiz doctor --json` finding."""
+    if not isinstance(f, dict):
+        return [], "info", str(f)
+    files = f.get("files") or []
+    files = [str(x) for x in files] if isinstance(files, list) else [str(files)]
+    return files, str(f.get("severity") or "info"), str(f.get("message") or f.get("code") or "")
+
+
+def item_label(item) -> str:
+    mark = " "
+    if item.is_missing:
+        mark = "∅"
+    elif item.over_limit:
+        mark = "!"
+    name = item.image.name
+    if len(name) > 22:
+        name = name[:21] + "…"
+    return f"{mark} {name:<22} {item.tokens:>3}t"
+
+
+class CaptionsScreen(WizardScreen):
+    STAGE = "captions"
+    BINDINGS = [
+        Binding("f2", "add_tag", "Add tag"),
+        Binding("f3", "remove_tag", "Remove tag"),
+        Binding("f4", "replace_tag", "Replace tag"),
+        Binding("f5", "doctor", "Doctor"),
+        Binding("pagedown", "move(1)", "Next image", show=False),
+        Binding("pageup", "move(-1)", "Prev image", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list = []
+        self.index = 0
+        self.findings: dict[str, list[tuple[str, str]]] = {}
+        self.general_findings: list[tuple[str, str]] = []
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(classes="body"):
+            with Vertical(id="cap-left"):
+                yield Static("", id="cap-count", classes="hint")
+                yield OptionList(id="cap-list")
+            with Vertical(id="cap-right"):
+                yield ImagePreview(id="cap-preview")
+                yield Label("", id="cap-title")
+                yield Input("", placeholder="a caption: comma-separated tags or a sentence", id="cap-input")
+                yield Static("", id="cap-tokens")
+                yield Static("", id="cap-findings", classes="hint")
+        yield Static("↑/↓ in the caption: previous/next image (saved as you go) · Enter: save and next",
+                     classes="hint keys-hint")
+
+    def on_mount(self) -> None:
+        self.reload()
+        self.query_one("#cap-input", Input).focus()
+        self.action_doctor()
+
+    @property
+    def caption_set(self) -> CaptionSet:
+        return CaptionSet(self.state.dataset)
+
+    def reload(self, keep: Path | None = None) -> None:
+        try:
+            self.items = self.caption_set.items()
+        except Exception as exc:
+            self.items = []
+            self.show_message(error_text(exc))
+        menu = self.query_one("#cap-list", OptionList)
+        menu.clear_options()
+        for item in self.items:
+            menu.add_option(Option(item_label(item), id=item.image.name))
+        missing = sum(1 for i in self.items if i.is_missing)
+        over = sum(1 for i in self.items if i.over_limit)
+        self.query_one("#cap-count", Static).update(
+            f"{len(self.items)} images · {missing} uncaptioned · {over} > {TOKEN_LIMIT} tokens"
+        )
+        if keep is not None:
+            names = [i.image for i in self.items]
+            self.index = names.index(keep) if keep in names else 0
+        self.show_item(min(self.index, max(len(self.items) - 1, 0)))
+
+    def show_item(self, index: int) -> None:
+        if not self.items:
+            self.query_one("#cap-title", Label).update("No images in this folder.")
+            return
+        self.index = index
+        item = self.items[index]
+        self.query_one("#cap-list", OptionList).highlighted = index
+        self.query_one("#cap-preview", ImagePreview).set_image(item.image)
+        self.query_one("#cap-title", Label).update(f"{index + 1}/{len(self.items)}  {item.image.name}")
+        field = self.query_one("#cap-input", Input)
+        with field.prevent(Input.Changed):
+            field.value = item.caption
+        field.cursor_position = len(item.caption)
+        self._show_tokens(item.caption)
+        self._show_findings(item.image.name)
+
+    def _show_tokens(self, caption: str) -> None:
+        n = count_tokens(caption)
+        tags = len(split_tags(caption))
+        text = f"{n} tokens · {tags} tags"
+        if n > TOKEN_LIMIT:
+            text = f"[yellow]{text} · over {TOKEN_LIMIT}: the rest spills into a second prompt chunk[/]"
+        self.query_one("#cap-tokens", Static).update(text)
+
+    def _show_findings(self, name: str) -> None:
+        lines = [f"{sev}: {msg}" for sev, msg in self.findings.get(name, [])]
+        if not lines and self.general_findings and self.index == 0:
+            lines = [f"{sev}: {msg}" for sev, msg in self.general_findings[:3]]
+        self.query_one("#cap-findings", Static).update("\n".join(lines[:4]))
+
+    # --- editing -----------------------------------------------------------------------------------------------
+
+    @on(Input.Changed, "#cap-input")
+    def _typed(self, event: Input.Changed) -> None:
+        self._show_tokens(event.value)
+
+    def save_current(self) -> None:
+        if not self.items:
+            return
+        item = self.items[self.index]
+        text = self.query_one("#cap-input", Input).value.strip()
+        if text == item.caption and item.has_file:
+            return
+        try:
+            self.items[self.index] = self.caption_set.set_caption(item.image, text)
+        except Exception as exc:
+            self.show_message(error_text(exc))
+            return
+        self.query_one("#cap-list", OptionList).replace_option_prompt_at_index(
+            self.index, item_label(self.items[self.index]))
+
+    @on(Input.Submitted, "#cap-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.action_move(1)
+
+    def action_move(self, delta: int) -> None:
+        if not self.items:
+            return
+        self.save_current()
+        self.show_item(max(0, min(len(self.items) - 1, self.index + delta)))
+
+    @on(OptionList.OptionHighlighted, "#cap-list")
+    def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option_index != self.index:
+            self.save_current()
+            self.show_item(event.option_index)
+
+    @on(OptionList.OptionSelected, "#cap-list")
+    def _selected(self, event: OptionList.OptionSelected) -> None:
+        self.query_one("#cap-input", Input).focus()
+
+    def on_key(self, event) -> None:
+        if self.focused is self.query_one("#cap-input", Input) and event.key in ("up", "down"):
+            event.stop()
+            event.prevent_default()
+            self.action_move(1 if event.key == "down" else -1)
+
+    # --- bulk ----------------------------------------------------------------------------------------------------
+
+    def _bulk(self, question: str, apply) -> None:
+        self.save_current()
+
+        def answered(value: str | None) -> None:
+            if value is None or not value.strip():
+                return
+            try:
+                changed = apply(value.strip())
+            except Exception as exc:
+                self.show_message(error_text(exc))
+                return
+            self.show_message(f"{changed} caption file{'s' if changed != 1 else ''} changed.", "ok")
+            self.reload(keep=self.items[self.index].image if self.items else None)
+
+        self.app.push_screen(PromptModal(question), answered)
+
+    def action_add_tag(self) -> None:
+        self._bulk("Add this tag to every caption (at the start):",
+                   lambda tag: self.caption_set.add_tag(tag, position="prepend"))
+
+    def action_remove_tag(self) -> None:
+        self._bulk("Remove this tag from every caption:", lambda tag: self.caption_set.remove_tag(tag))
+
+    def action_replace_tag(self) -> None:
+        def apply(text: str) -> int:
+            if "=>" not in text:
+                raise ValueError("Write it as: old tag => new tag")
+            old, new = (part.strip() for part in text.split("=>", 1))
+            return self.caption_set.replace_tag(old, new)
+
+        self._bulk("Replace a tag everywhere, written as: old tag => new tag", apply)
+
+    # --- doctor --------------------------------------------------------------------------------------------------
+
+    def action_doctor(self) -> None:
+        self.run_doctor()
+
+    @work(exclusive=True, group="doctor", exit_on_error=False)
+    async def run_doctor(self) -> None:
+        try:
+            result = await run_json(["doctor", self.state.dataset, "--json"], what="The dataset doctor")
+        except Exception as exc:
+            self.query_one("#cap-findings", Static).update(f"doctor: {error_text(exc)}")
+            return
+        findings = result.get("findings", result) if isinstance(result, dict) else result
+        self.findings, self.general_findings = {}, []
+        for f in findings if isinstance(findings, list) else []:
+            files, severity, message = _finding_fields(f)
+            for file in files:
+                self.findings.setdefault(Path(file).name, []).append((severity, message))
+            if not files:
+                self.general_findings.append((severity, message))
+        count = sum(len(v) for v in self.findings.values()) + len(self.general_findings)
+        self.query_one("#cap-count", Static).update(
+            self.query_one("#cap-count", Static).content.split(" · doctor")[0] + f" · doctor: {count} finding"
+            + ("s" if count != 1 else "")
+        )
+        if self.items:
+            self._show_findings(self.items[self.index].image.name)
+
+    def check(self) -> str | None:
+        self.save_current()
+        if not self.items:
+            return "There are no images in the dataset folder."
+        return None
+
+    def action_back(self) -> None:
+        self.save_current()
+        super().action_back()

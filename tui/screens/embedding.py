@@ -1,0 +1,116 @@
+"""Embedding: its name (the trigger word), the init text and the vectors per token, with how the init text
+tokenizes into the vectors; asks before reusing a name that already has a run."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Input, Label, Static
+
+from tui import runs_info
+from tui.screens.base import WizardScreen, error_text
+from tui.screens.dialogs import ConfirmModal
+
+
+def token_pieces(text: str) -> list[str]:
+    """The CLIP tokens of `text` as readable pieces ("</w>" ends a word)."""
+    from core import tokens
+
+    ids = tokens.token_ids(text)
+    tok = tokens._get_tokenizer()
+    return [(tok.id_to_token(i) or "?").replace("</w>", "") for i in ids]
+
+
+def vector_plan(pieces: list[str], n_vectors: int) -> list[str]:
+    """Which init token starts each vector (A1111: vector i takes token i*len/n); "zeros" without init text."""
+    if not pieces:
+        return ["zeros"] * n_vectors
+    return [pieces[i * len(pieces) // n_vectors] for i in range(n_vectors)]
+
+
+class EmbeddingScreen(WizardScreen):
+    STAGE = "embedding"
+
+    def compose_body(self) -> ComposeResult:
+        with Vertical(classes="body narrow"):
+            yield Label("Name: the word you will type in prompts, and the file name", classes="field-label")
+            yield Input(self.state.name, placeholder="my-style", id="emb-name", max_length=64)
+            yield Label("Init text: what the vectors start from ('*' like A1111; empty = zeros)",
+                        classes="field-label")
+            yield Input(self.state.init_text, id="emb-init")
+            yield Label("Vectors per token (1-75): more learn more detail but use more of the 75-token prompt",
+                        classes="field-label")
+            yield Input(str(self.state.vectors), type="integer", id="emb-vectors", max_length=2)
+            yield Static("", id="emb-plan")
+
+    def on_mount(self) -> None:
+        self.query_one("#emb-name", Input).focus()
+        self._update_plan()
+
+    @on(Input.Changed)
+    def _changed(self, event: Input.Changed) -> None:
+        if event.input.id == "emb-name":
+            self.state.name = event.value.strip()
+        elif event.input.id == "emb-init":
+            self.state.init_text = event.value
+        elif event.input.id == "emb-vectors":
+            try:
+                self.state.vectors = int(event.value)
+            except ValueError:
+                pass
+        self._update_plan()
+
+    def _update_plan(self) -> None:
+        widget = self.query_one("#emb-plan", Static)
+        problem = self._problem()
+        if problem:
+            widget.update(f"[red]{problem}[/]")
+            return
+        pieces = token_pieces(self.state.init_text)
+        n = self.state.vectors
+        plan = vector_plan(pieces, n)
+        lines = [f"init text → {len(pieces)} token{'s' if len(pieces) != 1 else ''}: "
+                 + (" · ".join(pieces) if pieces else "(none)")]
+        shown = ", ".join(f"{i + 1}←{p}" for i, p in enumerate(plan[:12])) + (" …" if n > 12 else "")
+        lines.append(f"{n} vector{'s' if n != 1 else ''}: {shown}")
+        lines.append(f"In prompts, “{self.state.name}” uses {n} of the 75 tokens.")
+        widget.update("\n".join(lines))
+
+    def _problem(self) -> str | None:
+        name = self.state.name
+        if not name:
+            return "Give the embedding a name."
+        if any(c in name for c in "/\\:*?\"<>|") or name in (".", ".."):
+            return "The name must be usable as a file name: no / \\ : * ? \" < > |."
+        if " " in name:
+            return "Use a single word (dashes and underscores are fine): it is typed in prompts."
+        if not 1 <= self.state.vectors <= 75:
+            return "Vectors per token must be between 1 and 75."
+        return None
+
+    def check(self) -> str | None:
+        return self._problem()
+
+    def action_next(self) -> None:
+        problem = self.check()
+        if problem:
+            self.show_message(problem)
+            return
+        try:
+            same = [r for r in runs_info.list_runs(self.app.runs_root) if r.name == self.state.name]
+        except Exception as exc:
+            self.show_message(error_text(exc))
+            return
+        if same and not self.state.overwrite:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.state.overwrite = True
+                    self.app.next_stage(self.STAGE)
+
+            self.app.push_screen(ConfirmModal(
+                f"An embedding named “{self.state.name}” was trained before ({len(same)} run(s)).",
+                "Train another with the same name? Files in the new run folder will use this name; "
+                "copying it into A1111/ComfyUI later will ask before replacing the old one."), answered)
+            return
+        self.app.next_stage(self.STAGE)

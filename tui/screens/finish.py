@@ -1,0 +1,134 @@
+"""Finish: where the files are, copying them into a detected A1111 or ComfyUI embeddings folder, the trigger word
+and a diffusers snippet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from tui import runs_info
+from tui.run_view import RunView
+from tui.screens.base import WizardScreen, error_text
+from tui.screens.dialogs import ConfirmModal
+from tui.targets import copy_embedding, find_targets
+
+
+def final_files(run_dir: Path) -> RunView:
+    """Replay the run's events to learn its final files."""
+    view = RunView(run_dir)
+    follower = runs_info.follow(run_dir)
+    for _ in range(1000):
+        events = follower.poll()
+        if not events:
+            break
+        view.apply_all(events)
+    close = getattr(follower, "close", None)
+    if close:
+        close()
+    return view
+
+
+def diffusers_snippet(model: str, embedding: str, name: str) -> str:
+    loader = "from_single_file" if Path(model).suffix.lower() in (".safetensors", ".ckpt") else "from_pretrained"
+    return (
+        "import torch\n"
+        "from diffusers import StableDiffusionPipeline\n\n"
+        f'pipe = StableDiffusionPipeline.{loader}("{model}", torch_dtype=torch.float16).to("cuda")\n'
+        f'pipe.load_textual_inversion("{embedding}", token="{name}")\n'
+        f'image = pipe("a photo in the style of {name}").images[0]\n'
+        'image.save("out.png")'
+    )
+
+
+class FinishScreen(WizardScreen):
+    STAGE = "finish"
+    BINDINGS = [
+        Binding("c", "copy", "Copy to selected"),
+        Binding("m", "monitor", "Monitor"),
+        Binding("n", "new", "New embedding"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def compose_body(self) -> ComposeResult:
+        with VerticalScroll(classes="body"):
+            yield Label("Files", classes="section")
+            yield Static("", id="fin-files")
+            yield Label("Copy into a UI's embeddings folder", classes="section")
+            yield OptionList(id="fin-targets")
+            yield Label("Use it", classes="section")
+            yield Static("", id="fin-usage")
+            yield Static("", id="fin-snippet", classes="code")
+
+    def on_mount(self) -> None:
+        run_dir = Path(self.state.run_dir)
+        try:
+            self.view = final_files(run_dir)
+        except Exception as exc:
+            self.view = RunView(run_dir)
+            self.show_message(error_text(exc))
+        name = self.view.name or self.state.name
+        st = self.view.final_safetensors or f"{name}.safetensors"
+        pt = self.view.final_pt or f"{name}.pt"
+        self.files = [self.view.resolve(st), self.view.resolve(pt)]
+        self.query_one("#fin-files", Static).update(
+            f"Run folder   {run_dir}\n"
+            f"Embedding    {st}  (diffusers, ComfyUI, A1111)\n"
+            f"             {pt}  (A1111 classic)\n"
+            f"Checkpoints  embeddings/ · previews/ · loss.csv · config.toml"
+        )
+        self.query_one("#fin-usage", Static).update(
+            f"Trigger word: [b]{name}[/b]. Type it in a prompt, e.g. “a portrait, {name}”. "
+            f"A1111 and ComfyUI (embedding:{name}) pick it up from their embeddings folder."
+        )
+        self.query_one("#fin-snippet", Static).update(diffusers_snippet(self.state.model or "MODEL", str(self.files[0]), name))
+        menu = self.query_one("#fin-targets", OptionList)
+        self.targets = find_targets(self.app.finder_roots)
+        for t in self.targets:
+            menu.add_option(Option(f"{t.app:<8} {t.path}"))
+        if not self.targets:
+            menu.add_option(Option("No A1111 or ComfyUI install found under /workspace, ~ or here.", disabled=True))
+        menu.focus()
+
+    @on(OptionList.OptionSelected, "#fin-targets")
+    def _picked(self) -> None:
+        self.action_copy()
+
+    def action_copy(self, overwrite: bool = False) -> None:
+        menu = self.query_one("#fin-targets", OptionList)
+        if not self.targets or menu.highlighted is None:
+            self.show_message("No embeddings folder to copy into.", "info")
+            return
+        target = self.targets[menu.highlighted]
+        src = self.files[0]
+        existing = target.path / src.name
+        if existing.exists() and not overwrite:
+            self.app.push_screen(ConfirmModal(f"{existing} exists. Replace it?"),
+                                 lambda yes: yes and self.action_copy(overwrite=True))
+            return
+        try:
+            written = copy_embedding(src, target.path, overwrite=overwrite)
+        except Exception as exc:
+            self.show_message(error_text(exc))
+            return
+        self.show_message(f"Copied to {written}. Refresh the embeddings list in {target.app}.", "ok")
+
+    def action_monitor(self) -> None:
+        self.app.goto("monitor")
+
+    def action_new(self) -> None:
+        from tui.state import WizardState
+
+        self.app.state = WizardState()
+        self.app.goto("model")
+
+    def action_back(self) -> None:
+        self.app.goto("monitor")
+
+    def action_next(self) -> None:
+        pass

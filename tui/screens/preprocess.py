@@ -1,0 +1,188 @@
+"""Preprocess options: a form built from `core.preprocess_options` (every option, its default and one-line help),
+then `tiwiz preprocess SRC DEST --jsonl` in a subprocess with a progress bar and the skipped files with reasons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Checkbox, Input, Label, Log, ProgressBar, Select, Static
+
+from core.captions import list_images
+from tui.jobs import run_jsonl
+from tui.screens.base import WizardScreen, error_text
+from tui.screens.dialogs import ConfirmModal
+
+
+def option_fields() -> list[dict]:
+    from core.preprocess_options import option_fields as fields
+
+    return fields()
+
+
+def cli_args(values: dict) -> list[str]:
+    """The `tiwiz preprocess` flags for the values that differ from the defaults."""
+    args: list[str] = []
+    for f in option_fields():
+        value = values.get(f["name"], f["default"])
+        if value == f["default"]:
+            continue
+        flag = f.get("cli") or "--" + f["name"].replace("_", "-")
+        if isinstance(f["default"], bool):
+            args.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            args.extend([flag, str(value)])
+    return args
+
+
+class PreprocessScreen(WizardScreen):
+    STAGE = "preprocess"
+    BINDINGS = [Binding("ctrl+r", "run", "Run", priority=True)]
+
+    def compose_body(self) -> ComposeResult:
+        values = self.state.preprocess
+        with Horizontal(classes="body"):
+            with VerticalScroll(id="pp-form"):
+                for f in option_fields():
+                    name, default = f["name"], f["default"]
+                    value = values.get(name, default)
+                    with Horizontal(classes="form-row"):
+                        yield Label(name.replace("_", " "), classes="form-label")
+                        if isinstance(default, bool):
+                            yield Checkbox("", bool(value), id=f"pp-{name}", classes="form-field", compact=True)
+                        elif f.get("choices"):
+                            yield Select([(c, c) for c in f["choices"]], value=value, allow_blank=False,
+                                         id=f"pp-{name}", classes="form-field", compact=True)
+                        else:
+                            kind = {"int": "integer", "float": "number"}.get(f["type"], "text")
+                            yield Input(str(value), type=kind, id=f"pp-{name}", classes="form-field", compact=True)
+                    yield Static(f.get("help", ""), classes="form-help")
+            with Vertical(id="pp-side"):
+                yield Static(self._summary(), id="pp-summary")
+                yield Button("Run preprocessing (ctrl+r)", id="pp-run", variant="primary")
+                yield ProgressBar(total=None, show_eta=False, id="pp-progress")
+                yield Static("", id="pp-status")
+                yield Label("Skipped", classes="section")
+                yield Log(id="pp-skipped", max_lines=500)
+
+    def _summary(self) -> str:
+        return f"From  {self.state.source}\nInto  {self.state.dataset}"
+
+    def on_mount(self) -> None:
+        self.query_one(".form-field").focus()
+
+    # --- form --------------------------------------------------------------------------------------------------
+
+    def _set(self, name: str, value) -> None:
+        self.state.preprocess[name] = value
+        self.show_message("")
+
+    @on(Checkbox.Changed)
+    def _checkbox(self, event: Checkbox.Changed) -> None:
+        if event.checkbox.id and event.checkbox.id.startswith("pp-"):
+            self._set(event.checkbox.id[3:], event.value)
+
+    @on(Select.Changed)
+    def _select(self, event: Select.Changed) -> None:
+        if event.select.id and event.select.id.startswith("pp-"):
+            self._set(event.select.id[3:], event.value)
+
+    @on(Input.Changed)
+    def _input(self, event: Input.Changed) -> None:
+        if not (event.input.id and event.input.id.startswith("pp-")):
+            return
+        name = event.input.id[3:]
+        field = next(f for f in option_fields() if f["name"] == name)
+        text = event.value.strip()
+        try:
+            value = int(text) if field["type"] == "int" else float(text) if field["type"] == "float" else text
+        except ValueError:
+            event.input.add_class("-invalid")
+            self.show_message(f"{name.replace('_', ' ')}: not a number")
+            return
+        event.input.remove_class("-invalid")
+        self._set(name, value)
+        problem = self.validate_options()
+        if problem:
+            self.show_message(problem)
+
+    def validate_options(self) -> str | None:
+        from core.preprocess_options import PreprocessOptions
+
+        try:
+            PreprocessOptions.from_dict(dict(self.state.preprocess))
+        except Exception as exc:
+            return error_text(exc)
+        return None
+
+    # --- running -----------------------------------------------------------------------------------------------
+
+    @on(Button.Pressed, "#pp-run")
+    def _run_pressed(self) -> None:
+        self.action_run()
+
+    def action_run(self) -> None:
+        problem = self.validate_options()
+        if problem:
+            self.show_message(problem)
+            return
+        dest = Path(self.state.dataset).expanduser()
+        has_files = dest.is_dir() and any(dest.iterdir())
+        if has_files and not self.state.preprocess.get("overwrite"):
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.preprocess(overwrite=True)
+
+            self.app.push_screen(ConfirmModal(f"{self.state.dataset} already has files. Overwrite them?",
+                                              "Your source images are never modified."), answered)
+            return
+        self.preprocess()
+
+    @work(exclusive=True, group="preprocess", exit_on_error=False)
+    async def preprocess(self, overwrite: bool = False) -> None:
+        values = dict(self.state.preprocess)
+        if overwrite:
+            values["overwrite"] = True
+        bar = self.query_one("#pp-progress", ProgressBar)
+        log = self.query_one("#pp-skipped", Log)
+        status = self.query_one("#pp-status", Static)
+        log.clear()
+        bar.update(total=None, progress=0)
+        status.update("starting…")
+        self.show_message("")
+        self.running = True
+
+        def on_event(event: dict) -> None:
+            kind = event.get("type")
+            if kind == "progress":
+                bar.update(total=event.get("total") or None, progress=event.get("done", 0))
+                status.update(f"{event.get('done', 0)}/{event.get('total', '?')}  {Path(str(event.get('file', ''))).name}")
+            elif kind == "skipped":
+                log.write_line(f"{Path(str(event.get('file', ''))).name}: {event.get('reason', '')}")
+            elif kind == "warning":
+                log.write_line(f"warning: {event.get('message', '')}")
+            elif kind == "finished":
+                status.update(f"[green]done: {event.get('written', 0)} written, {event.get('skipped', 0)} skipped[/]")
+
+        try:
+            await run_jsonl(["preprocess", self.state.source, self.state.dataset, "--jsonl", *cli_args(values)],
+                            on_event, what="Preprocessing")
+        finally:
+            self.running = False
+        self.show_message("Preprocessing finished. Next (ctrl+n) reviews the captions.", "ok")
+
+    running = False
+
+    def check(self) -> str | None:
+        if self.running:
+            return "Preprocessing is still running."
+        try:
+            n = len(list_images(self.state.dataset))
+        except Exception:
+            n = 0
+        if n == 0:
+            return "Run preprocessing first (ctrl+r): the destination has no images yet."
+        return None

@@ -1,0 +1,136 @@
+"""Start: a new embedding, continue where you left off, the demo, or a run found on disk (attach or resume)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from tui import runs_info
+from tui.screens.base import WizardScreen, error_text
+from tui.state import STAGE_TITLES, WizardState
+
+
+class StartScreen(WizardScreen):
+    STAGE = "start"
+    BINDINGS = [
+        Binding("n", "new", "New"),
+        Binding("c", "continue", "Continue", show=False),
+        Binding("d", "demo", "Demo"),
+        Binding("a", "attach", "Attach run"),
+        Binding("r", "resume", "Resume run"),
+        Binding("escape", "back", "Back", show=False),
+        Binding("ctrl+n", "next", "Next", show=False),
+    ]
+
+    def compose_body(self) -> ComposeResult:
+        with Vertical(id="start-body"):
+            yield Static("Train a textual-inversion embedding for Stable Diffusion.", classes="lead")
+            yield OptionList(id="start-menu")
+            yield Label("Runs on disk", classes="section")
+            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="runs-empty", classes="hint")
+
+    def on_mount(self) -> None:
+        menu = self.query_one("#start-menu", OptionList)
+        menu.add_option(Option("New embedding", id="new"))
+        saved = self.app.saved_state
+        if saved is not None and saved.has_progress():
+            what = saved.name or Path(saved.dataset or saved.source or saved.model).name
+            menu.add_option(Option(f"Continue: {STAGE_TITLES.get(saved.stage, saved.stage)}"
+                                   f"{' (' + what + ')' if what else ''}", id="continue"))
+        menu.add_option(Option("Demo: the tiny model and sample images", id="demo"))
+        menu.add_option(Option("Quit", id="quit"))
+        menu.focus()
+        table = self.query_one("#runs", DataTable)
+        table.add_columns("Run", "State", "Step", "Loss")
+        self.load_runs()
+
+    @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
+    def load_runs(self) -> None:
+        runs = runs_info.list_runs(self.app.runs_root)
+        self.app.call_from_thread(self._show_runs, runs)
+
+    def _show_runs(self, runs: list[runs_info.RunSummary]) -> None:
+        table = self.query_one("#runs", DataTable)
+        table.clear()
+        for run in runs:
+            loss = "" if run.loss is None else f"{run.loss:.4f}"
+            step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
+            table.add_row(run.name, run.state, step, loss, key=str(run.path))
+        self.query_one("#runs-empty", Static).update(
+            "" if runs else "No runs yet. They appear here while training and after it, ready to attach or resume."
+        )
+        table.display = bool(runs)
+
+    @on(OptionList.OptionSelected, "#start-menu")
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        action = {"new": self.action_new, "continue": self.action_continue, "demo": self.action_demo,
+                  "quit": self.app.exit}[event.option.id]
+        action()
+
+    def action_new(self) -> None:
+        self.app.state = WizardState()
+        self.app.goto("model")
+
+    def action_continue(self) -> None:
+        saved = self.app.saved_state
+        if saved is None or not saved.has_progress():
+            self.show_message("There is nothing to continue.", "info")
+            return
+        self.app.state = saved
+        self.app.goto(saved.stage if saved.stage != "start" else "model")
+
+    def action_demo(self) -> None:
+        self.show_message("Preparing the demo: the tiny model and sample images…", "info")
+        self.prepare_demo()
+
+    @work(exclusive=True, group="demo", exit_on_error=False)
+    async def prepare_demo(self) -> None:
+        from tui.demo import prepare_demo_state
+
+        state = await prepare_demo_state()
+        self.app.state = state
+        self.app.goto("captions" if state.skip_preprocess else "folders")
+
+    def _selected_run(self) -> Path | None:
+        table = self.query_one("#runs", DataTable)
+        if not table.row_count:
+            self.show_message("No run to pick: start a new embedding or the demo.", "info")
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return Path(key)
+
+    def action_attach(self) -> None:
+        run = self._selected_run()
+        if run is None:
+            return
+        self.app.state.run_dir = str(run)
+        self.app.goto("monitor")
+
+    def action_resume(self) -> None:
+        run = self._selected_run()
+        if run is None:
+            return
+        try:
+            runs_info.resume(run)
+        except Exception as exc:  # a finished or live run cannot be resumed: say why
+            self.show_message(error_text(exc))
+            return
+        self.app.state.run_dir = str(run)
+        self.app.goto("monitor")
+
+    @on(DataTable.RowSelected, "#runs")
+    def _run_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_attach()
+
+    def action_back(self) -> None:
+        pass
+
+    def action_next(self) -> None:
+        self.action_new()

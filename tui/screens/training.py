@@ -1,0 +1,252 @@
+"""Training settings: every TrainConfig option (the ones not set on earlier screens), grouped into basic, preview and
+advanced, validated as typed; a template picker showing prompts rendered from the real captions; TOML save/load.
+Next starts the detached worker and opens the monitor."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import fields
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Checkbox, Input, Label, Select, Static, TabbedContent, TabPane
+
+from core.config import CHOICES, HELP, TrainConfig
+from tui import runs_info
+from tui.screens.base import WizardScreen, error_text
+from tui.screens.dialogs import PromptModal
+
+SET_EARLIER = ("model", "data", "name", "init_text", "vectors", "overwrite")
+BASIC = ("steps", "lr", "batch_size", "grad_accum", "width", "height", "resize", "template", "save_every",
+         "preview_every", "seed", "device")
+PREVIEW_PREFIX = "preview_"
+
+
+def groups() -> dict[str, list]:
+    out: dict[str, list] = {"Basic": [], "Preview": [], "Advanced": []}
+    for f in fields(TrainConfig):
+        if f.name in SET_EARLIER:
+            continue
+        if f.name in BASIC:
+            out["Basic"].append(f)
+        elif f.name.startswith(PREVIEW_PREFIX) and f.name != "preview_every":
+            out["Preview"].append(f)
+        else:
+            out["Advanced"].append(f)
+    out["Basic"].sort(key=lambda f: BASIC.index(f.name))
+    return out
+
+
+def template_names() -> list[str]:
+    try:
+        from core.templates import list_templates
+
+        return list(list_templates())
+    except Exception:
+        return []
+
+
+def sample_prompts(template: str, name: str, dataset: str, *, n: int = 3, shuffle_tags=False,
+                   tag_dropout=0.0) -> list[str]:
+    """A few prompts the trainer would see: template lines rendered with real captions of the dataset."""
+    from core.captions import CaptionSet
+    from core.templates import load_template, render
+
+    tmpl = load_template(template)
+    try:
+        captions = [i.caption for i in CaptionSet(dataset).items()] or [""]
+    except Exception:
+        captions = [""]
+    rng = random.Random(0)
+    out = []
+    for i in range(n):
+        line = tmpl.lines[i % len(tmpl.lines)]
+        out.append(render(line, name or "NAME", captions[i % len(captions)], shuffle_tags=shuffle_tags,
+                          tag_dropout=tag_dropout, rng=rng))
+    return out
+
+
+class TrainingScreen(WizardScreen):
+    STAGE = "training"
+    BINDINGS = [
+        Binding("ctrl+s", "save_toml", "Save TOML", priority=True),
+        Binding("ctrl+l", "load_toml", "Load TOML", priority=True),
+    ]
+
+    def compose_body(self) -> ComposeResult:
+        defaults = TrainConfig()
+        templates = template_names()
+        with Horizontal(classes="body"):
+            with TabbedContent(id="tr-tabs"):
+                for group, group_fields in groups().items():
+                    with TabPane(group, id=f"tab-{group.lower()}"):
+                        with VerticalScroll():
+                            for f in group_fields:
+                                yield from self._field(f, defaults, templates)
+            with Vertical(id="tr-side"):
+                yield Label("Sample prompts", classes="section")
+                yield Static("", id="tr-samples")
+                yield Label("Run", classes="section")
+                yield Static("", id="tr-summary")
+
+    def _field(self, f, defaults: TrainConfig, templates: list[str]):
+        value = self.state.train.get(f.name, getattr(defaults, f.name))
+        with Horizontal(classes="form-row"):
+            yield Label(f.name.replace("_", " "), classes="form-label")
+            if isinstance(f.default, bool):
+                yield Checkbox("", bool(value), id=f"tr-{f.name}", classes="form-field", compact=True)
+            elif f.name in CHOICES:
+                yield Select([(c, c) for c in CHOICES[f.name]], value=value, allow_blank=False,
+                             id=f"tr-{f.name}", classes="form-field", compact=True)
+            elif f.name == "template" and templates:
+                options = [(t, t) for t in templates]
+                if value not in templates:
+                    options.append((str(value), str(value)))
+                yield Select(options, value=value, allow_blank=False, id=f"tr-{f.name}", classes="form-field", compact=True)
+            else:
+                kind = "integer" if isinstance(f.default, int) else "number" if isinstance(f.default, float) else "text"
+                yield Input(str(value), type=kind, id=f"tr-{f.name}", classes="form-field", compact=True)
+        yield Static(HELP.get(f.name, ""), classes="form-help")
+
+    def on_mount(self) -> None:
+        self.query_one("#tr-steps").focus()
+        self._after_change()
+
+    # --- editing -----------------------------------------------------------------------------------------------
+
+    def _store(self, name: str, value) -> None:
+        self.state.train[name] = value
+        self._after_change()
+
+    @on(Input.Changed)
+    def _input(self, event: Input.Changed) -> None:
+        if event.input.id and event.input.id.startswith("tr-"):
+            self._store(event.input.id[3:], event.value.strip())
+
+    @on(Checkbox.Changed)
+    def _checkbox(self, event: Checkbox.Changed) -> None:
+        if event.checkbox.id and event.checkbox.id.startswith("tr-"):
+            self._store(event.checkbox.id[3:], event.value)
+
+    @on(Select.Changed)
+    def _select(self, event: Select.Changed) -> None:
+        if event.select.id and event.select.id.startswith("tr-") and event.value != Select.NULL:
+            self._store(event.select.id[3:], event.value)
+
+    def build_config(self, require_paths: bool = True) -> TrainConfig:
+        config = TrainConfig.from_dict(self.state.train_config(), validate=False)
+        return config.validate(require_paths=require_paths)
+
+    def _after_change(self) -> None:
+        for widget in self.query(".form-field"):
+            widget.remove_class("-invalid")
+        problem = None
+        try:
+            config = self.build_config(require_paths=False)
+        except Exception as exc:
+            config, problem = None, error_text(exc)
+            field = problem.split(":", 1)[0].strip()
+            for widget in self.query(f"#tr-{field}"):
+                widget.add_class("-invalid")
+        self.show_message(problem or "")
+        self._update_side(config)
+
+    def _update_side(self, config: TrainConfig | None) -> None:
+        if config is None:
+            return
+        images = 0
+        try:
+            from core.captions import list_images
+
+            images = len(list_images(config.data))
+        except Exception:
+            pass
+        per_step = config.batch_size * config.grad_accum
+        epochs = config.steps * per_step / images if images else 0
+        self.query_one("#tr-summary", Static).update(
+            f"{config.steps} steps × {per_step} image{'s' if per_step != 1 else ''} "
+            f"≈ {epochs:.1f} epochs of {images} images\n"
+            f"{config.width}×{config.height}, lr {config.lr}\n"
+            f"saves every {config.save_every or 'end'}, previews every {config.preview_every or 'never'}"
+        )
+        self.render_samples(config.template, config.shuffle_tags, config.tag_dropout)
+
+    @work(thread=True, exclusive=True, group="samples", exit_on_error=False)
+    def render_samples(self, template: str, shuffle: bool, dropout: float) -> None:
+        try:
+            lines = sample_prompts(template, self.state.name, self.state.dataset, shuffle_tags=shuffle,
+                                   tag_dropout=dropout)
+            text = "\n".join(f"• {line}" for line in lines)
+        except Exception as exc:
+            text = f"[red]{error_text(exc)}[/]"
+        self.app.call_from_thread(self.query_one("#tr-samples", Static).update, text)
+
+    # --- TOML --------------------------------------------------------------------------------------------------
+
+    def _default_toml(self) -> str:
+        return str(Path(self.state.dataset or ".").expanduser().parent / f"{self.state.name or 'tiwiz'}.toml")
+
+    def action_save_toml(self) -> None:
+        def answered(path: str | None) -> None:
+            if not path:
+                return
+            try:
+                config = self.build_config()
+                written = config.to_toml(Path(path).expanduser())
+            except Exception as exc:
+                self.show_message(error_text(exc))
+                return
+            self.show_message(f"Saved {written}", "ok")
+
+        self.app.push_screen(PromptModal("Save the training config as TOML:", self._default_toml()), answered)
+
+    def action_load_toml(self) -> None:
+        def answered(path: str | None) -> None:
+            if not path:
+                return
+            try:
+                config = TrainConfig.from_toml(Path(path).expanduser(), validate=False)
+            except Exception as exc:
+                self.show_message(error_text(exc))
+                return
+            data = config.to_dict()
+            for key in ("model", "data", "name", "init_text", "vectors"):
+                if data.get(key) not in ("", None):
+                    setattr(self.state, {"data": "dataset"}.get(key, key), data[key])
+            defaults = TrainConfig().to_dict()
+            self.state.train = {k: v for k, v in data.items() if k not in SET_EARLIER and v != defaults.get(k)}
+            self.app.goto("training")  # rebuild the form from the loaded values
+            self.app.notify(f"Loaded {path}")
+
+        self.app.push_screen(PromptModal("Load a training config (TOML):", self._default_toml()), answered)
+
+    # --- start -------------------------------------------------------------------------------------------------
+
+    def check(self) -> str | None:
+        try:
+            self.build_config()
+        except Exception as exc:
+            return error_text(exc)
+        return None
+
+    def action_next(self) -> None:
+        problem = self.check()
+        if problem:
+            self.show_message(problem)
+            return
+        self.show_message("Starting the training worker…", "info")
+        self.start_training()
+
+    @work(thread=True, exclusive=True, group="start", exit_on_error=False)
+    def start_training(self) -> None:
+        config = self.build_config()
+        run_dir = runs_info.start(config.to_dict(), self.app.runs_root)
+
+        def started() -> None:
+            self.state.run_dir = str(run_dir)
+            self.app.goto("monitor")
+
+        self.app.call_from_thread(started)

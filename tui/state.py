@@ -1,0 +1,114 @@
+"""The one wizard-state object. Every screen reads its fields from it and writes edits back at once, so Back never
+loses input; it is saved as JSON (atomically) after each change of stage so a restarted `tiwiz` offers to continue."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from core.atomic import atomic_write_json
+
+STAGES = ("start", "model", "folders", "preprocess", "captions", "embedding", "training", "monitor", "finish")
+STAGE_TITLES = {
+    "start": "Start",
+    "model": "Base model",
+    "folders": "Folders",
+    "preprocess": "Preprocess",
+    "captions": "Captions",
+    "embedding": "Embedding",
+    "training": "Training settings",
+    "monitor": "Training",
+    "finish": "Finished",
+}
+# The stages a user walks through with Next/Back (start and monitor are entered, not stepped into).
+WIZARD_STAGES = ("model", "folders", "preprocess", "captions", "embedding", "training")
+
+
+def tiwiz_home() -> Path:
+    """`$TIWIZ_HOME`, else `~/.config/tiwiz`."""
+    env = os.environ.get("TIWIZ_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tiwiz"
+
+
+def default_state_path() -> Path:
+    return tiwiz_home() / "wizard.json"
+
+
+@dataclass
+class WizardState:
+    stage: str = "start"
+    demo: bool = False
+    model: str = ""
+    source: str = ""
+    dataset: str = ""  # the preprocessed (training) folder: the preprocess destination
+    skip_preprocess: bool = False
+    preprocess: dict = field(default_factory=dict)  # PreprocessOptions field -> value (only what the user set)
+    name: str = ""
+    init_text: str = "*"
+    vectors: int = 1
+    overwrite: bool = False
+    train: dict = field(default_factory=dict)  # TrainConfig field -> value (only what the user set)
+    run_dir: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WizardState":
+        """Build from saved JSON; unknown keys (from another version) are dropped, wrong types fall back to defaults."""
+        state = cls()
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            default = getattr(state, f.name)
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, type(default))
+            if ok:
+                setattr(state, f.name, value)
+        if state.stage not in STAGES:
+            state.stage = "start"
+        return state
+
+    def train_config(self) -> dict:
+        """The TrainConfig fields this wizard state sets (the user's settings plus the earlier stages)."""
+        cfg = dict(self.train)
+        cfg.update(
+            model=self.model,
+            data=self.dataset,
+            name=self.name,
+            init_text=self.init_text,
+            vectors=int(self.vectors),
+            overwrite=bool(self.overwrite),
+        )
+        return cfg
+
+    def has_progress(self) -> bool:
+        """Whether there is anything worth offering to continue."""
+        return self.stage not in ("start",) and bool(self.model or self.source or self.dataset or self.name)
+
+
+def load_state(path: str | os.PathLike | None = None) -> WizardState | None:
+    """The saved state, or None when there is none or it cannot be read (a broken file never stops the app)."""
+    path = Path(path) if path else default_state_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return WizardState.from_dict(data)
+
+
+def save_state(state: WizardState, path: str | os.PathLike | None = None) -> Path:
+    path = Path(path) if path else default_state_path()
+    return atomic_write_json(path, state.to_dict())

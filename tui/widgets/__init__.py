@@ -1,0 +1,1 @@
+"""Widgets of the wizard: image preview, loss plot, run header."""

@@ -1,0 +1,139 @@
+"""An image preview. Half-block rendering (two pixels per cell, works in every truecolor terminal, tmux and the
+browser) unless the app was started with Kitty (TGP) or Sixel graphics, which use textual-image.
+
+Images are decoded and shrunk in a thread, so a big photo never stalls the UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.style import Style
+from rich.text import Text
+from textual import work
+from textual.widget import Widget
+from textual.worker import get_current_worker
+
+THUMB_MAX = 256  # pixels kept in memory per preview (longest side)
+
+
+def load_thumbnail(path: Path, max_side: int = THUMB_MAX):
+    """An RGB PIL image no larger than `max_side`, or raises OSError/ValueError for unreadable files."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.draft("RGB", (max_side, max_side))
+        im = ImageOps.exif_transpose(im)
+        im.thumbnail((max_side, max_side))
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+            background.alpha_composite(im)
+            im = background
+        return im.convert("RGB")
+
+
+def halfcell_text(image, width: int, height: int) -> Text:
+    """`image` fitted into `width` x `height` cells, aspect kept, as rows of '▀' (top pixel fg, bottom pixel bg)."""
+    if width < 1 or height < 1:
+        return Text()
+    w, h = image.size
+    scale = min(width / w, (height * 2) / h)
+    tw, th = max(1, int(w * scale)), max(2, int(h * scale))
+    th += th % 2
+    small = image.resize((tw, th))
+    px = small.load()
+    text = Text(no_wrap=True, overflow="crop")
+    for y in range(0, th, 2):
+        if y:
+            text.append("\n")
+        for x in range(tw):
+            top, bottom = px[x, y], px[x, y + 1] if y + 1 < th else (0, 0, 0)
+            text.append("▀", Style(color=f"rgb({top[0]},{top[1]},{top[2]})",
+                                   bgcolor=f"rgb({bottom[0]},{bottom[1]},{bottom[2]})"))
+    return text
+
+
+class ImagePreview(Widget):
+    """Shows one image file; `set_image(path)` switches it, `None` clears it."""
+
+    DEFAULT_CSS = """
+    ImagePreview { height: 1fr; width: 1fr; content-align: center middle; }
+    """
+
+    def __init__(self, protocol: str | None = None, *, placeholder: str = "no image", id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._protocol = protocol
+        self.placeholder = placeholder
+        self.path: Path | None = None
+        self._thumb = None
+        self._message = ""
+        self._graphics = None
+
+    @property
+    def protocol(self) -> str:
+        if self._protocol:
+            return self._protocol
+        return getattr(self.app, "image_protocol", "halfcell")
+
+    def set_image(self, path: str | Path | None) -> None:
+        path = Path(path) if path else None
+        if path == self.path and (self._thumb is not None or self._graphics is not None):
+            return
+        self.path = path
+        self._thumb = None
+        self._message = ""
+        if path is None:
+            self._show_graphics(None)
+            self.refresh()
+            return
+        if self.protocol in ("tgp", "sixel"):
+            self._show_graphics(path)
+        else:
+            self._load(path)
+        self.refresh()
+
+    def _show_graphics(self, path: Path | None) -> None:
+        if self.protocol not in ("tgp", "sixel"):
+            return
+        try:
+            from textual_image import widget as ti
+        except Exception:  # textual-image missing or terminal probing failed: half-block instead
+            self._protocol = "halfcell"
+            if path is not None:
+                self._load(path)
+            return
+        if self._graphics is None:
+            cls = ti.TGPImage if self.protocol == "tgp" else ti.SixelImage
+            self._graphics = cls()
+            self._graphics.styles.width = "100%"
+            self._graphics.styles.height = "100%"
+            self.mount(self._graphics)
+        self._graphics.image = path
+
+    @work(thread=True, exclusive=True, group="image-preview", exit_on_error=False)
+    def _load(self, path: Path) -> None:
+        try:
+            thumb = load_thumbnail(path)
+            message = ""
+        except Exception as exc:  # unreadable or not an image: say so in place
+            thumb, message = None, f"cannot show {path.name}: {exc}"
+        if get_current_worker().is_cancelled:
+            return
+        self.app.call_from_thread(self._loaded, path, thumb, message)
+
+    def _loaded(self, path: Path, thumb, message: str) -> None:
+        if path != self.path:
+            return
+        self._thumb, self._message = thumb, message
+        self.refresh()
+
+    def render(self) -> Text:
+        if self._graphics is not None and self.path is not None:
+            return Text()
+        if self._message:
+            return Text(self._message, style="red")
+        if self._thumb is None:
+            return Text(self.placeholder if self.path is None else "loading…", style="dim")
+        size = self.content_size
+        return halfcell_text(self._thumb, size.width, size.height)
