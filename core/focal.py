@@ -76,9 +76,10 @@ def detect_faces(img: Image.Image) -> list[Point]:
     """Faces as points (x centre, y at a third of the face height), in `img` coordinates."""
     import cv2
 
-    scale = min(1.0, FACE_DETECT_SHORT_SIDE / min(img.size), 8 * FACE_DETECT_SHORT_SIDE / max(img.size))
+    # Small images are scaled up too: the cascade's smallest window is 24 px.
+    scale = min(FACE_DETECT_SHORT_SIDE / min(img.size), 8 * FACE_DETECT_SHORT_SIDE / max(img.size))
     small = img.convert("L")
-    if scale < 1.0:
+    if scale != 1.0:
         small = small.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
     gray = np.asarray(small)  # no equalizeHist: on a canvas with flat areas it hides faces
     min_side = max(20, int(min(small.size) * FACE_MIN_FRACTION))
