@@ -1,0 +1,168 @@
+"""Textual-inversion embeddings: names, initial vectors, saving (A1111 `.pt` + single-key `.safetensors`) and loading.
+
+Loading every known file layout lives in `core.embedding_formats`; `load_embedding` is re-exported here.
+Torch is imported inside functions so that `sanitize_name` is cheap to import.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+from core.embedding_formats import LoadedEmbedding, describe_width, load_embedding  # noqa: F401  (re-exported)
+from core.errors import TiwizError
+
+MAX_VECTORS = 75  # one CLIP chunk; A1111's slider range
+MAX_NAME_LENGTH = 100  # leaves room for "-STEP" and ".safetensors" within a 255-byte file name
+A1111_STAR_TOKEN = 265  # CLIP id of "*", the constant A1111 writes in string_to_token
+
+__all__ = [
+    "LoadedEmbedding", "MAX_VECTORS", "check_trigger", "init_vectors", "load_embedding", "sanitize_name",
+    "save_embedding", "trigger_problems",
+]
+
+
+def sanitize_name(name: str) -> str:
+    """The embedding name as A1111 keeps it (`[alnum._- ]` only), safe as a file stem: no path separators, no `..`,
+    no leading dots or spaces, no trailing dots or spaces. Raises TiwizError if nothing usable is left."""
+    if not isinstance(name, str):
+        raise TiwizError(f"embedding name must be text, not {type(name).__name__}")
+    kept = "".join(ch for ch in name if ch.isalnum() or ch in "._- ")
+    kept = re.sub(r"\.{2,}", ".", kept)
+    kept = re.sub(r"\s+", " ", kept).strip(" .")
+    kept = kept.lstrip("-")  # a leading dash reads as an option on command lines
+    if not kept:
+        raise TiwizError(f"embedding name {name!r} has no usable characters; use letters, digits, '.', '_', '-' "
+                         "or spaces (for example 'my-style')")
+    if len(kept) > MAX_NAME_LENGTH:
+        raise TiwizError(f"embedding name is {len(kept)} characters long; keep it to {MAX_NAME_LENGTH} or fewer")
+    return kept
+
+
+def trigger_problems(tokenizer, name: str, n_vectors: int = 1) -> list[str]:
+    """Reasons `name` makes a bad trigger word for this tokenizer (empty list: fine).
+
+    - it is already in the vocabulary: diffusers' `load_textual_inversion` refuses it;
+    - it encodes to a single existing CLIP token: in A1111 it would replace that ordinary word in every prompt;
+    - `name_1`… already exist: diffusers names the extra vectors of a multi-vector embedding that way.
+    """
+    problems = []
+    vocab = tokenizer.get_vocab()
+    ids = tokenizer(name, add_special_tokens=False).input_ids
+    if name in vocab:
+        problems.append(f"'{name}' is already a word in the CLIP vocabulary (diffusers refuses to load it)")
+    elif len(ids) == 1:
+        word = tokenizer.convert_ids_to_tokens(ids)[0].replace("</w>", "")
+        problems.append(f"'{name}' is the existing CLIP word '{word}'; the embedding would replace that word in every "
+                        "prompt")
+    taken = [f"{name}_{i}" for i in range(1, max(int(n_vectors), 2)) if f"{name}_{i}" in vocab]
+    if taken:
+        problems.append(f"{', '.join(repr(t) for t in taken)} already exist in the vocabulary (diffusers names the "
+                        f"extra vectors of '{name}' that way)")
+    return problems
+
+
+def check_trigger(tokenizer, name: str, n_vectors: int = 1) -> None:
+    """Raise TiwizError if `name` is a bad trigger word (see `trigger_problems`)."""
+    problems = trigger_problems(tokenizer, name, n_vectors)
+    if problems:
+        raise TiwizError(f"embedding name '{name}' makes a poor trigger: " + "; ".join(problems)
+                         + ". Pick a made-up word such as 'zxq-" + re.sub(r"\s+", "-", name.lower()) + "'.")
+
+
+def _check_n_vectors(n_vectors) -> int:
+    if isinstance(n_vectors, bool) or not isinstance(n_vectors, int) or not 1 <= n_vectors <= MAX_VECTORS:
+        raise TiwizError(f"vectors per token must be a whole number from 1 to {MAX_VECTORS}, not {n_vectors!r}")
+    return n_vectors
+
+
+def init_vectors(tokenizer, text_encoder, init_text: str, n_vectors: int):
+    """Starting vectors with A1111's semantics: vector i is the token embedding of init token `i*n_tok//n_vectors`
+    (tokens repeat when there are fewer than `n_vectors`, are subsampled when there are more); no tokens → zeros.
+    Returns a new fp32 CPU tensor [n_vectors, dim]."""
+    import torch
+
+    n_vectors = _check_n_vectors(n_vectors)
+    weight = text_encoder.get_input_embeddings().weight
+    dim = weight.shape[1]
+    text = (init_text or "").strip()
+    ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids if text else []
+    if not ids:
+        return torch.zeros(n_vectors, dim, dtype=torch.float32)
+    rows = [ids[i * len(ids) // n_vectors] for i in range(n_vectors)]
+    with torch.no_grad():
+        picked = weight[torch.tensor(rows, device=weight.device)]
+    return picked.detach().to("cpu", torch.float32).clone()
+
+
+def _clean_vectors(vectors):
+    import torch
+
+    if not isinstance(vectors, torch.Tensor):
+        raise TiwizError(f"embedding vectors must be a tensor, not {type(vectors).__name__}")
+    vec = vectors.detach().to("cpu", torch.float32)
+    if vec.ndim == 1:
+        vec = vec.unsqueeze(0)
+    if vec.ndim != 2 or vec.shape[0] < 1 or vec.shape[1] < 1:
+        raise TiwizError(f"embedding vectors must have shape [n, dim], not {list(vectors.shape)}")
+    if not torch.isfinite(vec).all():
+        raise TiwizError("the embedding contains NaN or infinite values; it was not saved (the last good file is "
+                         "kept)")
+    # clone: a view would drag its whole storage into torch.save, and safetensors refuses shared storage
+    return vec.contiguous().clone()
+
+
+def save_embedding(vectors, path_stem, *, name: str, step: int, base_model: str, base_hash: str | None,
+                   init_text: str, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write `path_stem.pt` (A1111 layout, plain types only) and `path_stem.safetensors` (one fp32 [n, dim] tensor
+    keyed by `name`, provenance in string metadata), each atomically. Existing files need `overwrite=True`.
+    Returns (pt_path, safetensors_path)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from core import __version__
+    from core.atomic import atomic_write_with
+
+    if not isinstance(name, str) or not name.strip():
+        raise TiwizError("an embedding needs a name")
+    vec = _clean_vectors(vectors)
+    stem = Path(path_stem)
+    pt_path = stem.with_name(stem.name + ".pt")
+    st_path = stem.with_name(stem.name + ".safetensors")
+    existing = [p for p in (pt_path, st_path) if p.exists()]
+    if existing and not overwrite:
+        raise TiwizError(f"{existing[0]} already exists; choose another name or allow overwriting (--overwrite)")
+    for p in existing:
+        if p.is_dir():
+            raise TiwizError(f"{p} is a folder; cannot write an embedding there")
+    step = int(step)
+    pt_data = {
+        "string_to_token": {"*": A1111_STAR_TOKEN},
+        "string_to_param": {"*": vec},
+        "name": name,
+        "step": step,
+        "sd_checkpoint": None if base_hash is None else str(base_hash),
+        "sd_checkpoint_name": None if base_model is None else str(base_model),
+    }
+    metadata = {
+        "format": "pt",
+        "name": name,
+        "base_model": "" if base_model is None else str(base_model),
+        "base_model_hash": "" if base_hash is None else str(base_hash),
+        "step": str(step),
+        "vectors": str(vec.shape[0]),
+        "dim": str(vec.shape[1]),
+        "init_text": "" if init_text is None else str(init_text),
+        "tiwiz_version": __version__,
+    }
+    os.makedirs(stem.parent, exist_ok=True)
+    atomic_write_with(pt_path, lambda tmp: torch.save(pt_data, tmp))
+    atomic_write_with(st_path, lambda tmp: save_file({name: vec}, tmp, metadata=metadata))
+    return pt_path, st_path
+
+
+def vector_norms(vectors) -> list[float]:
+    """Per-vector L2 norms, for summaries."""
+    return [float(math.sqrt(float((v.float() ** 2).sum()))) for v in vectors]

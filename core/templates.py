@@ -1,0 +1,132 @@
+"""Prompt templates: one prompt per line, `[name]` becomes the embedding's trigger and `[filewords]` the image's caption.
+
+Torch-free (the TUI imports it). Built-in templates live in the repo's `templates/` folder, or in
+`sys.prefix/share/tiwiz/templates` for a non-editable install. Users can point at their own `.txt` file instead.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import TiwizError
+
+NAME = "[name]"
+FILEWORDS = "[filewords]"
+DEFAULT_TEMPLATE = "style_filewords"
+MAX_TEMPLATE_BYTES = 1024 * 1024
+_PLACEHOLDER = re.compile(r"\[(name|filewords)\]")
+
+
+@dataclass
+class Template:
+    name: str  # built-in name ("style_filewords") or the user's file stem
+    lines: list[str]
+    path: Path | None = None
+
+    @property
+    def uses_filewords(self) -> bool:
+        return any(FILEWORDS in line for line in self.lines)
+
+    @property
+    def lines_without_name(self) -> list[str]:
+        """Lines that train nothing (no `[name]`); loading keeps them, the UI can warn."""
+        return [line for line in self.lines if NAME not in line]
+
+    def pick(self, rng: random.Random) -> str:
+        return rng.choice(self.lines)
+
+
+def templates_dir() -> Path:
+    """The folder holding the built-in templates."""
+    candidates = [
+        Path(__file__).resolve().parent.parent / "templates",
+        Path(sys.prefix) / "share" / "tiwiz" / "templates",
+        Path(sys.base_prefix) / "share" / "tiwiz" / "templates",
+    ]
+    for folder in candidates:
+        if folder.is_dir() and any(folder.glob("*.txt")):
+            return folder
+    raise TiwizError("tiwiz's built-in templates are missing (looked in " + ", ".join(str(c) for c in candidates)
+                     + "); reinstall tiwiz, or pass a template file path")
+
+
+def list_templates() -> list[str]:
+    """Names of the built-in templates, sorted ("none", "style", "style_filewords", ...)."""
+    return sorted(p.stem for p in templates_dir().glob("*.txt") if p.is_file())
+
+
+def load_template(name_or_path: str | os.PathLike) -> Template:
+    """A built-in template by name (`style_filewords`, `style_filewords.txt`) or a user's file by path.
+    Blank lines are ignored; a template with no `[name]` anywhere is refused."""
+    text = str(name_or_path).strip()
+    if not text:
+        raise TiwizError("no template given; choose one of: " + ", ".join(list_templates()))
+    given = Path(os.path.expanduser(text))
+    if given.is_dir():
+        raise TiwizError(f"template {given} is a folder; give a .txt file with one prompt per line")
+    if given.is_file():
+        return _load_file(given, given.stem)
+    builtin = text[:-4] if text.lower().endswith(".txt") else text
+    if "/" not in builtin and os.sep not in builtin:
+        path = templates_dir() / f"{builtin}.txt"
+        if path.is_file():
+            return _load_file(path, builtin)
+    if "/" in text or os.sep in text:
+        raise TiwizError(f"template file not found: {given}")
+    raise TiwizError(f"unknown template {text!r}; built-in templates: {', '.join(list_templates())} "
+                     "(or give the path of your own .txt file)")
+
+
+def _load_file(path: Path, name: str) -> Template:
+    size = path.stat().st_size
+    if size > MAX_TEMPLATE_BYTES:
+        raise TiwizError(f"template {path} is {size // 1024} KB; a template is a short text file of prompts")
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise TiwizError(f"template {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise TiwizError(f"cannot read template {path}: {exc.strerror or exc}") from None
+    lines = [line.strip() for line in raw.splitlines() if line.strip()]
+    if not lines:
+        raise TiwizError(f"template {path} is empty; write one prompt per line, each with [name] where the "
+                         "embedding goes, e.g. 'a photo of [name], [filewords]'")
+    if not any(NAME in line for line in lines):
+        raise TiwizError(f"template {path} has no [name] on any line, so training would learn nothing; put [name] "
+                         "where the embedding goes, e.g. 'a painting of [filewords], art by [name]'")
+    return Template(name=name, lines=lines, path=path)
+
+
+def split_tags(filewords: str) -> list[str]:
+    return [tag.strip() for tag in (filewords or "").split(",") if tag.strip()]
+
+
+def render(line: str, name: str, filewords: str, *, shuffle_tags: bool = False, tag_dropout: float = 0.0,
+           rng: random.Random) -> str:
+    """Substitute `[name]` and `[filewords]` in one template line. The caption is split on commas; each tag is
+    dropped with probability `tag_dropout`, then the rest are shuffled if `shuffle_tags` (A1111's order), using
+    `rng` only. Separators left dangling by an empty caption are tidied."""
+    if not 0.0 <= float(tag_dropout) <= 1.0:
+        raise TiwizError(f"tag dropout must be between 0 and 1, not {tag_dropout}")
+    words = ""
+    if FILEWORDS in line:
+        tags = split_tags(filewords)
+        if tag_dropout > 0:
+            tags = [tag for tag in tags if rng.random() >= tag_dropout]
+        if shuffle_tags:
+            rng.shuffle(tags)
+        words = ", ".join(tags)
+    text = _PLACEHOLDER.sub(lambda m: name if m.group(1) == "name" else words, line)
+    return _tidy(text) if not words and FILEWORDS in line else text
+
+
+def _tidy(text: str) -> str:
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s*,(\s*,)+", ",", text)
+    text = re.sub(r"\s+,", ",", text)
+    return text.strip(" ,")
