@@ -116,6 +116,7 @@ def load_model(path, device=None, dtype=None, prediction_type: str | None = None
     path = resolve_model_path(path)
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = dtype or torch.float32
+    quiet_libraries()
     if path.is_dir():
         model = _load_folder(path, prediction_type)
     elif path.suffix.lower() in SAFETENSORS_EXTS + TORCH_EXTS:
@@ -123,10 +124,27 @@ def load_model(path, device=None, dtype=None, prediction_type: str | None = None
     else:
         raise TiwizError(f"{path}: not a model (expected a diffusers folder, .safetensors or .ckpt)")
     for module in (model.text_encoder, model.unet, model.vae):
-        module.to(device=device, dtype=dtype)
+        if next(module.parameters()).dtype != dtype:
+            module.to(dtype=dtype)
+        module.to(device)
         module.eval()
     model.device = device
+    if device.type == "cuda":
+        from core.models.device import enable_sdpa
+
+        enable_sdpa(model.unet, model.vae)
     return model
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info chatter from diffusers/transformers in our output (errors still show)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def resolve_model_path(path) -> Path:
@@ -289,6 +307,8 @@ def read_state_dict(path: Path) -> tuple[dict, dict, str]:
         raise TiwizError(f"{path}: cannot read the checkpoint: the file is corrupt or truncated ({text})") from exc
     if not isinstance(obj, dict):
         raise TiwizError(f"{path}: not a checkpoint (it holds a {type(obj).__name__}, not a dict of tensors)")
+    if {"string_to_param", "emb_params", "emp_params"} & set(obj):
+        raise TiwizError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint: a textual-inversion embedding, not a model")
     metadata = {}
     if isinstance(obj.get(TIWIZ_CONFIG_KEY), str):
         metadata[TIWIZ_CONFIG_KEY] = obj[TIWIZ_CONFIG_KEY]
