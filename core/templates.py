@@ -19,7 +19,6 @@ NAME = "[name]"
 FILEWORDS = "[filewords]"
 DEFAULT_TEMPLATE = "style_filewords"
 MAX_TEMPLATE_BYTES = 1024 * 1024
-_PLACEHOLDER = re.compile(r"\[(name|filewords)\]")
 
 
 @dataclass
@@ -110,7 +109,8 @@ def render(line: str, name: str, filewords: str, *, shuffle_tags: bool = False, 
            rng: random.Random) -> str:
     """Substitute `[name]` and `[filewords]` in one template line. The caption is split on commas; each tag is
     dropped with probability `tag_dropout`, then the rest are shuffled if `shuffle_tags` (A1111's order), using
-    `rng` only. Separators left dangling by an empty caption are tidied."""
+    `rng` only. A `[name]` inside the caption is substituted too (A1111 does the same). Separators left dangling by
+    an empty caption are tidied."""
     if not 0.0 <= float(tag_dropout) <= 1.0:
         raise TiwizError(f"tag dropout must be between 0 and 1, not {tag_dropout}")
     words = ""
@@ -121,7 +121,8 @@ def render(line: str, name: str, filewords: str, *, shuffle_tags: bool = False, 
         if shuffle_tags:
             rng.shuffle(tags)
         words = ", ".join(tags)
-    text = _PLACEHOLDER.sub(lambda m: name if m.group(1) == "name" else words, line)
+    # [filewords] first, then [name], as A1111 does: a caption may itself say where the trigger goes
+    text = line.replace(FILEWORDS, words).replace(NAME, name)
     return _tidy(text) if not words and FILEWORDS in line else text
 
 
