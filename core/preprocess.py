@@ -330,13 +330,14 @@ def _blip_captions(captioner, options: PreprocessOptions, dest: Path, pending, r
     size = max(1, options.blip_batch_size)
     for start in range(0, total, size):
         batch = jobs[start:start + size]
-        images = []
-        for _, _, out in batch:
-            with Image.open(dest / out["image"]) as im:
-                images.append(im.convert("RGB"))
-        captions = captioner.caption(images)
-        if len(captions) != len(images):
-            raise TiwizError(f"BLIP returned {len(captions)} captions for {len(images)} images.")
+        paths = [dest / out["image"] for _, _, out in batch]
+        if hasattr(captioner, "caption_results"):  # reports unusable captions as warnings naming the image
+            results = captioner.caption_results(paths, sink=sink, names=[p.name for p in paths])
+            captions = [r.text if not r.problem else "" for r in results]
+        else:
+            captions = captioner.caption([Image.open(p).convert("RGB") for p in paths])
+        if len(captions) != len(paths):
+            raise TiwizError(f"BLIP returned {len(captions)} captions for {len(paths)} images.")
         for (record, existing, out), generated in zip(batch, captions):
             caption = apply_existing_caption(generated, existing, options.caption_action)
             record.setdefault("captions", [])

@@ -1,0 +1,35 @@
+"""`--blip`: captions from a tiny random BLIP saved to disk (the captions engineer's fixture), loaded like a real one."""
+
+import pytest
+
+from core.errors import TiwizError
+from core.preprocess import run_preprocess
+from core.preprocess_options import PreprocessOptions
+from tests.preprocess_cases import photo
+
+
+def test_blip_captions_are_written(tmp_path, tiny_blip_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("astronaut", "chelsea"):
+        photo(name, (96, 64)).save(src / f"{name}.jpg")
+    (src / "chelsea.txt").write_text("my cat", encoding="utf-8")
+    opts = PreprocessOptions(width=64, height=64, blip=str(tiny_blip_dir), blip_batch_size=2, flip=True,
+                             caption_action="prepend")
+    report = run_preprocess(src, tmp_path / "out", opts, workers=1)
+    out = tmp_path / "out"
+    captions = {p.stem: p.read_text(encoding="utf-8") for p in out.glob("*.txt")}
+    assert report.captions["blip"] == str(tiny_blip_dir)
+    assert set(captions) == {"astronaut", "astronaut-flip", "chelsea", "chelsea-flip"}
+    assert all(c.strip() for c in captions.values())
+    assert captions["chelsea"].startswith("my cat ") and len(captions["chelsea"]) > len("my cat ")
+    assert captions["astronaut-flip"] == captions["astronaut"]  # the mirrored copy shares its caption
+
+
+def test_blip_model_missing_fails_before_writing(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    photo("coffee", (96, 64)).save(src / "coffee.jpg")
+    with pytest.raises(TiwizError, match="no-such-blip"):
+        run_preprocess(src, tmp_path / "out", PreprocessOptions(blip=str(tmp_path / "no-such-blip")), workers=1)
+    assert not (tmp_path / "out").exists()
