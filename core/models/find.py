@@ -141,10 +141,7 @@ def _scan_hf_cache(hub: Path, found: dict) -> None:
         repo_id = repo.name[len("models--"):].replace("--", "/")
         for snap in sorted((repo / "snapshots").glob("*")):
             if (snap / "model_index.json").is_file():
-                info = _safe_inspect(snap, "hf-cache")
-                if info:
-                    info.name = repo_id
-                _add(found, info)
+                _add(found, _safe_inspect(snap, "hf-cache"))
                 continue
             for f in sorted(snap.glob("*")):
                 if f.suffix.lower() in CHECKPOINT_EXTS and f.is_file():
@@ -210,7 +207,15 @@ def _inspect_diffusers(path: Path, source: str) -> CheckpointInfo:
         family = family_from_text_config(te)
         if not (path / "unet").is_dir():
             problem = "no unet folder"
-    return CheckpointInfo(path, "diffusers", family, size, source, path.name, problem, pred)
+    return CheckpointInfo(path, "diffusers", family, size, source, folder_display_name(path), problem, pred)
+
+
+def folder_display_name(path: Path) -> str:
+    """A folder's name, or the repo id (`org/name`) for a Hugging Face cache snapshot."""
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--"):].replace("--", "/")
+    return path.name
 
 
 def family_from_text_config(te: dict) -> str:

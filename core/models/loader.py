@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.errors import TiwizError
 from core.models.demo import TOKENIZER_DIR
-from core.models.find import family_from_text_config, hf_cache_dir
+from core.models.find import family_from_text_config, folder_display_name, hf_cache_dir
 from core.models.headers import (
     SAFETENSORS_EXTS, TIWIZ_CONFIG_KEY, TORCH_EXTS, detect_family, read_safetensors_header,
 )
@@ -205,7 +205,7 @@ def _load_folder(path: Path, prediction_type: str | None) -> LoadedModel:
         scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type=prediction_type)
     return LoadedModel(
         tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, noise_scheduler=scheduler, family=family,
-        prediction_type=scheduler.config.prediction_type, path=path, name=_folder_name(path), device=None,
+        prediction_type=scheduler.config.prediction_type, path=path, name=folder_display_name(path), device=None,
         kind="diffusers", prediction_source=source,
     )
 
@@ -228,13 +228,6 @@ def _variant(sub: Path) -> dict:
     if not plain and any(".fp16." in n for n in names):
         return {"variant": "fp16"}
     return {}
-
-
-def _folder_name(path: Path) -> str:
-    parts = path.parts
-    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
-        return parts[-3][len("models--"):].replace("--", "/")
-    return path.name
 
 
 def bundled_tokenizer(family: str):
