@@ -1,0 +1,61 @@
+"""A NaN/inf loss is never applied: the vectors roll back, the user is warned, and a persistent NaN stops the run."""
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from core.errors import TiwizError
+from core.events import CallbackSink, ListSink
+from core.trainer import Trainer
+from train_helpers import make_images, tiny_config
+
+
+def _nan_on_calls(monkeypatch, bad_calls):
+    """Make the (dependency) UNet return NaN on the given 1-based forward calls."""
+    original = UNet2DConditionModel.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        calls["n"] += 1
+        out = original(self, *args, **kwargs)
+        if bad_calls == "all" or calls["n"] in bad_calls:
+            out.sample = out.sample * float("nan")
+        return out
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", forward)
+
+
+def test_nan_step_rolls_back_and_training_continues(tiny_model_dir, tmp_path, monkeypatch):
+    data = make_images(tmp_path / "data", n=2)
+    _nan_on_calls(monkeypatch, {3})
+    cfg = tiny_config(tiny_model_dir, data, steps=4, lr="0.05")
+    sink = ListSink()
+    seen = []  # (event, the live vectors when it was emitted)
+
+    def record(event):
+        sink.events.append(event)
+        seen.append((event, trainer.vectors.detach().clone() if hasattr(trainer, "vectors") else None))
+
+    trainer = Trainer(cfg, tmp_path / "out", CallbackSink(record))
+    summary = trainer.run()
+    assert summary["state"] == "finished" and summary["step"] == 4
+    warnings = [e for e in sink.of_type("warning") if "NaN" in e["message"]]
+    assert len(warnings) == 1 and "rolled back" in warnings[0]["message"]
+    # the vectors after the rollback equal the vectors after step 2
+    after_step2 = next(v for e, v in seen if e["type"] == "step" and e["step"] == 2)
+    at_warning = next(v for e, v in seen if e["type"] == "warning")
+    assert torch.equal(after_step2, at_warning)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in sink.of_type("step"))
+    assert torch.isfinite(trainer.vectors).all()
+
+
+def test_persistent_nan_stops_with_error(tiny_model_dir, tmp_path, monkeypatch):
+    data = make_images(tmp_path / "data", n=2)
+    _nan_on_calls(monkeypatch, "all")
+    cfg = tiny_config(tiny_model_dir, data, steps=10, max_nan_steps=3)
+    sink = ListSink()
+    with pytest.raises(TiwizError, match="NaN/inf for 3 steps"):
+        Trainer(cfg, tmp_path / "out", sink).run()
+    assert len(sink.of_type("warning")) == 3
+    assert "lower the learning rate" in sink.of_type("error")[0]["message"]
+    assert not sink.of_type("finished")

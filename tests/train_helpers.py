@@ -1,0 +1,34 @@
+"""Shared helpers for the trainer tests (tests/test_train_*.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_images(folder: Path, n: int = 4, size=(64, 64), seed: int = 0, captions: bool = True) -> Path:
+    """Write n smooth random RGB images (and captions) into folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize(size, Image.BICUBIC).save(folder / f"{i:03d}-img.png")
+        if captions:
+            (folder / f"{i:03d}-img.txt").write_text(f"thing {i}, red, blue")
+    return folder
+
+
+def write_template(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_config(model_dir, data_dir, **changes):
+    from core.config import TrainConfig
+
+    base = dict(model=str(model_dir), data=str(data_dir), name="tcat", steps=4, width=64, height=64,
+                save_every=0, preview_every=0, validate_every=0, lr="0.01", seed=3, device="cpu")
+    base.update(changes)
+    return TrainConfig.from_dict(base)
