@@ -77,7 +77,7 @@ def infer_unet_config(shapes, base: dict, family: str) -> dict:
         cfg["cross_attention_dim"] = int(cross)
     if proj_in is not None:
         cfg["use_linear_projection"] = len(proj_in) == 2
-    if depth:
+    if depth and max(depth) > 0:
         cfg["transformer_layers_per_block"] = max(depth) + 1
     if channels != base["block_out_channels"]:
         # Head counts are not visible in tensors: SD1 uses 8 heads, SD2 uses 64-wide heads.
