@@ -109,7 +109,8 @@ def _read_torch(path: Path):
         raise TiwizError(f"{path.name} is {size / 2**20:.0f} MB, far too big for an embedding (a few KB); "
                          "did you pick a model checkpoint?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:  # a file object: torch.load would switch readers on a ".safetensors" name
+            return torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise TiwizError(
             f"refused to load {path.name}: it contains pickled Python objects beyond plain tensors "
@@ -224,11 +225,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _unsupported_global(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        line = line.strip()
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return line.split(" To allowlist")[0][:200]
-    return _first_line(exc)
+    """What the pickle asked for, without torch's advice to allow-list it."""
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return f"it asks for {found.group(1)}"
+    found = re.search(r"Unsupported operand \S+", str(exc))
+    return found.group(0) if found else "unsupported pickle content"
 
 
 def looks_like_embedding(path: str | os.PathLike) -> bool:
