@@ -103,19 +103,26 @@ class WorkerSink:
 
 
 def describe_failure(exc: BaseException, tracker: StatusTracker) -> str:
-    """A message the user can act on; write failures name the file and say the last checkpoint is intact."""
+    """A message the user can act on: write errors name the file, and the last good checkpoint is pointed at."""
     if isinstance(exc, TiwizError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.errno is not None:
+        message = str(exc)
+    elif isinstance(exc, OSError) and exc.errno is not None:
         target = exc.filename2 or exc.filename or "a file"
-        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-                errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror or str(exc))
-        last = tracker.status.get("last_checkpoint")
-        keep = (f"the last good checkpoint (step {last}) is intact; fix this and `tiwiz resume {tracker.run_dir}`"
-                if last else "no checkpoint had been saved yet")
-        return f"cannot write {target}: {what}; {keep}"
-    return f"{exc.__class__.__name__}: {exc}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+            what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                    errno.EROFS: "the file system is read-only", errno.EFBIG: "the file is too large"}[exc.errno]
+            message = f"cannot write {target}: {what}"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            message = f"permission denied: {target}"
+        else:
+            message = f"{exc.strerror or exc}: {target}"
+    else:
+        message = f"{exc.__class__.__name__}: {exc}"
+    last = tracker.status.get("last_checkpoint")
+    if last and (tracker.run_dir / runs.STATE).is_file():
+        message += (f" (the last good checkpoint, step {last}, is intact: fix this and "
+                    f"`tiwiz resume {tracker.run_dir}` continues from it)")
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,8 +184,7 @@ def _run_locked(run_dir: Path, resume: bool) -> int:
         summary = trainer.run(resume=resume)
     except BaseException as exc:  # noqa: BLE001 - every failure must end as state "failed" with its reason
         reason = describe_failure(exc, tracker)
-        if not isinstance(exc, TiwizError):
-            traceback.print_exc()
+        traceback.print_exc()  # worker.log is for debugging: the user sees `reason`
         print(f"tiwiz worker: failed: {reason}", file=sys.stderr, flush=True)
         if trainer is None:  # the trainer emits its own error event; failures before it need one here
             _safe_emit(sink, "error", message=reason)
