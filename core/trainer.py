@@ -31,18 +31,6 @@ VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
 PLACEHOLDER = "<tiwiz-vec-{}>"
 
 
-def _dep(module: str, name: str):
-    """TEMPORARY: teammates' modules, or the stand-in until they land."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        from core import _trainer_standins
-
-        return getattr(_trainer_standins, name)
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, out_dir, sink, poll_commands: Callable[[], list[str]] | None = None):
         self.config = config
@@ -260,11 +248,7 @@ class Trainer:
                             shuffle_tags=cfg.shuffle_tags, tag_dropout=cfg.tag_dropout, rng=self.data_rng)
 
     def _autocast(self):
-        import torch
-
-        if self.precision.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.precision.autocast_dtype)
+        return self.precision.autocast()
 
     # ---- validation, previews, saving -------------------------------------------------------------------------------
     def _validation_loss(self) -> float:
@@ -363,7 +347,9 @@ class Trainer:
     # ---- setup ------------------------------------------------------------------------------------------------------
     def _prepare_out_dir(self, resume: bool) -> None:
         cfg = self.config
-        self.name = _dep("core.embeddings", "sanitize_name")(cfg.name)
+        from core.embeddings import sanitize_name
+
+        self.name = sanitize_name(cfg.name)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             return
@@ -381,34 +367,34 @@ class Trainer:
         return state
 
     def _setup_model(self) -> None:
-        import torch
+        from core.models.device import pick_device, precision_for
+        from core.models.loader import load_model
 
-        pick_device = _dep("core.models.device", "pick_device")
-        precision_for = _dep("core.models.device", "precision_for")
-        load_model = _dep("core.models.loader", "load_model")
         self.device = pick_device(self.config.device)
         self.precision = precision_for(self.device)
-        self.model = load_model(self.config.model, device=self.device)
+        self.model = load_model(self.config.model, device=self.device)  # fp32 weights; autocast does mixed precision
         for module in (self.model.text_encoder, self.model.unet, self.model.vae):
             module.requires_grad_(False)
             module.eval()
         self.unet_dtype = next(self.model.unet.parameters()).dtype
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_grad_scaler else None
+        self.scaler = self.precision.grad_scaler()
 
     def _setup_vectors(self, state: dict | None) -> None:
         import torch
+
+        from core.embeddings import init_vectors, load_embedding, save_embedding, trigger_problems
 
         cfg, tokenizer, encoder = self.config, self.model.tokenizer, self.model.text_encoder
         dim = encoder.get_input_embeddings().weight.shape[1]
         if state is not None:
             initial = state["vectors"].float()
         elif cfg.init_from:
-            initial = _dep("core.embeddings", "load_embedding")(cfg.init_from, expected_dim=dim).vectors.float()
+            initial = load_embedding(cfg.init_from, expected_dim=dim).vectors.float()
             if initial.shape[0] != cfg.vectors:
                 self.sink.emit("warning", message=f"init_from has {initial.shape[0]} vectors; using that instead of "
                                                   f"vectors = {cfg.vectors}")
         else:
-            initial = _dep("core.embeddings", "init_vectors")(tokenizer, encoder, cfg.init_text, cfg.vectors).float()
+            initial = init_vectors(tokenizer, encoder, cfg.init_text, cfg.vectors).float()
         if initial.shape[-1] != dim:
             raise TiwizError(f"the embedding is {initial.shape[-1]} wide but this model's text encoder is {dim} wide")
         self.vectors = torch.nn.Parameter(initial.detach().clone().to(self.device))
@@ -416,14 +402,17 @@ class Trainer:
         tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_vocab()])
         self.placeholder = " ".join(tokens)
         self.splice = VectorSplice(encoder, tokenizer.convert_tokens_to_ids(tokens), self.vectors)
-        self._save_embedding_fn = _dep("core.embeddings", "save_embedding")
+        self._save_embedding_fn = save_embedding
+        for problem in trigger_problems(tokenizer, self.name, initial.shape[0]):
+            self.sink.emit("warning", message=f"name: {problem}")
 
     def _setup_data(self) -> None:
         cfg = self.config
         from core.dataset import build_dataset
+        from core.templates import load_template, render
 
-        self.template = _dep("core.templates", "load_template")(cfg.template)
-        self._render = _dep("core.templates", "render")
+        self.template = load_template(cfg.template)
+        self._render = render
         self.dataset = build_dataset(cfg.data, vae=self.model.vae, width=cfg.width, height=cfg.height,
                                      resize=cfg.resize, latent_sampling=cfg.latent_sampling, seed=cfg.seed,
                                      sink=self.sink, device=self.device)
