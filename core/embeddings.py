@@ -17,6 +17,7 @@ from core.errors import TiwizError
 MAX_VECTORS = 75  # one CLIP chunk; A1111's slider range
 MAX_NAME_LENGTH = 100  # leaves room for "-STEP" and ".safetensors" within a 255-byte file name
 A1111_STAR_TOKEN = 265  # CLIP id of "*", the constant A1111 writes in string_to_token
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 __all__ = [
     "LoadedEmbedding", "MAX_VECTORS", "check_trigger", "init_vectors", "load_embedding", "sanitize_name",
@@ -36,6 +37,9 @@ def sanitize_name(name: str) -> str:
     if not kept:
         raise TiwizError(f"embedding name {name!r} has no usable characters; use letters, digits, '.', '_', '-' "
                          "or spaces (for example 'my-style')")
+    if kept.split(".")[0].strip().upper() in _WINDOWS_RESERVED:
+        raise TiwizError(f"embedding name {kept!r} is a reserved file name on Windows (A1111 could not load it there); "
+                         "pick another name")
     if len(kept) > MAX_NAME_LENGTH:
         raise TiwizError(f"embedding name is {len(kept)} characters long; keep it to {MAX_NAME_LENGTH} or fewer")
     return kept

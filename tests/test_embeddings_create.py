@@ -46,6 +46,13 @@ def test_sanitize_name_refuses_empty(raw):
         sanitize_name(raw)
 
 
+@pytest.mark.parametrize("raw", ["con", "NUL.v2", "com1", "Lpt9"])
+def test_sanitize_name_refuses_windows_device_names(raw):
+    with pytest.raises(TiwizError, match="reserved file name on Windows"):
+        sanitize_name(raw)
+    assert sanitize_name("x" + raw) == "x" + raw
+
+
 def test_sanitize_name_refuses_too_long():
     assert sanitize_name("a" * 100) == "a" * 100
     with pytest.raises(TiwizError, match="100"):
@@ -157,6 +164,11 @@ def test_save_writes_single_tensor_safetensors(tmp_path):
     assert meta["base_model"] == "tiny-model" and meta["base_model_hash"] == "0123456789"
     assert meta["step"] == "7" and meta["vectors"] == "1" and meta["init_text"] == ""
     assert meta["tiwiz_version"] == core.__version__
+
+
+def test_save_keeps_dots_in_the_stem(tmp_path):
+    pt, st = _save(tmp_path / "style-v1.5", torch.zeros(1, 32), name="style-v1.5")
+    assert (pt.name, st.name) == ("style-v1.5.pt", "style-v1.5.safetensors")
 
 
 def test_save_view_does_not_drag_storage(tmp_path):
