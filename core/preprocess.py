@@ -181,7 +181,8 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=None, workers: int | None = None) -> Report:
+def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=None,
+                   workers: int | None = None) -> Report:
     options = (options or PreprocessOptions()).validate()
     if sink is None:
         from core.events import ListSink

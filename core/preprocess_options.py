@@ -24,7 +24,7 @@ class PreprocessOptions:
     height: int = _opt(512, "Output height in pixels (multiple of 8).", min=64, max=4096, cli="--height")
     split: bool = _opt(False, "Split images much longer than the target into overlapping crops (A1111 math).",
                        cli="--split")
-    split_threshold: float = _opt(0.5, "Split only when the image's aspect ratio relative to the target is at most this.",
+    split_threshold: float = _opt(0.5, "Split only when the image's aspect ratio relative to the target is <= this.",
                                   min=0.0, max=1.0, cli="--split-threshold")
     split_overlap: float = _opt(0.2, "Fraction of each split crop that overlaps its neighbour.", min=0.0, max=0.9,
                                 cli="--split-overlap")

@@ -1,8 +1,8 @@
 """A1111's "split oversized images" math (modules/textual_inversion/preprocess.py `split_pic`), kept exact.
 
 For a portrait image the ratio is (w·H)/(h·W); otherwise the axes swap. An image splits iff ratio < 1 and
-ratio <= threshold. Its short side is resized to the target, then n = ceil((L − T·ov)/(T·(1−ov))) crops of length T
-are taken along the long side L at offsets int(i·(L−T)/(n−1)).
+ratio <= threshold. Its short side is resized to the target, then n = ceil((L − T·ov)/(T·(1−ov))) crops of
+length T are taken along the long side L at offsets int(i·(L−T)/(n−1)).
 """
 
 from __future__ import annotations

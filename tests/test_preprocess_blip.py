@@ -1,4 +1,4 @@
-"""`--blip`: captions from a tiny random BLIP saved to disk (the captions engineer's fixture), loaded like a real one."""
+"""`--blip`: captions from a tiny random BLIP saved to disk (the shared fixture), loaded like a real model."""
 
 import pytest
 
