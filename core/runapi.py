@@ -65,6 +65,9 @@ def start_run(config, root: str | os.PathLike | None = None, name: str | None = 
     Returns the run folder. Raises TiwizError for a bad config or a folder that already holds a run."""
     config = _as_config(config)
     _absolutize(config)
+    for key in ("model", "data"):
+        if not Path(getattr(config, key)).exists():
+            raise TiwizError(f"{key}: {getattr(config, key)} does not exist")
     if config.output:
         run_dir = Path(config.output).expanduser().resolve()
     else:

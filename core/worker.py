@@ -29,12 +29,10 @@ class StatusTracker:
 
     def __init__(self, run_dir: Path, resume: bool) -> None:
         self.run_dir = run_dir
-        previous = {}
-        if resume:
-            try:
-                previous = runs.read_status(run_dir) or {}
-            except TiwizError:
-                previous = {}
+        try:  # the spawner's "starting" status (or the previous life's, on resume)
+            previous = runs.read_status(run_dir) or {}
+        except TiwizError:
+            previous = {}
         self.status = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,12 @@ ASK_TIMEOUT_S = 30.0
 
 
 def register(subparsers) -> None:
+    train = subparsers.choices.get("train")  # core.cli.train registers first; its handler calls us
+    if train is not None and "--detach" not in train._option_string_actions:
+        train.add_argument("--detach", action="store_true",
+                           help="start the training in the background and return; prints the run folder last")
+        train.add_argument("--foreground", action="store_true",
+                           help="train in this process instead of a detached worker (Ctrl-C stops it)")
     p = subparsers.add_parser("attach", help="watch a training run: replay its history, then follow it live",
                               description="Replay a run's events, then follow it live until it ends. Ctrl-C asks "
                                           "whether to detach (the default) or stop the training.")
@@ -92,6 +99,42 @@ def cmd_runs(args) -> int:
         for problem in info.problems:
             print(f"warning: {info.path.name}: {problem}", file=sys.stderr)
     return 0
+
+
+# ---- tiwiz train (detached) ---------------------------------------------------------------------------------------
+def wait_until_running(run_dir: Path, timeout: float = 15.0) -> runs.RunInfo:
+    """Wait until the worker holds the run (it took the lock and wrote its pid); raise if it died starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = runs.inspect_run(run_dir)
+        if info.state != "starting":
+            break
+        if time.monotonic() > deadline:
+            return info
+        time.sleep(0.1)
+    if not info.alive and info.state not in ("finished", "interrupted"):
+        log = ""
+        try:
+            log = (run_dir / runs.LOG).read_text(errors="replace").strip().splitlines()[-1]
+        except (OSError, IndexError):
+            pass
+        raise TiwizError(f"the training worker did not start ({info.description}). {log}".strip()
+                         + f" See {run_dir / runs.LOG}")
+    return info
+
+
+def start_detached_training(config, detach: bool = False, root=None) -> int:
+    """`tiwiz train`: start the worker; with detach print the run folder as the last line, else attach."""
+    run_dir = runapi.start_run(config, root=root)
+    info = wait_until_running(run_dir)
+    if detach:
+        print(f"training in the background (pid {info.pid}). Watch: tiwiz attach {run_dir}   "
+              f"Stop: tiwiz stop {run_dir}")
+        print(run_dir)
+        return 0
+    code = attach(run_dir)
+    print(run_dir)
+    return code
 
 
 # ---- tiwiz stop ---------------------------------------------------------------------------------------------------
@@ -205,6 +248,7 @@ class AttachView:
         self.last_step: dict | None = None
         self._drawn = 0.0
         self._bar_visible = False
+        self._printed: dict | None = None
         self.min_interval = 0.25 if self.tty else 5.0
 
     def _write(self, text: str) -> None:
@@ -224,11 +268,11 @@ class AttachView:
         if not force and now - self._drawn < self.min_interval:
             return
         self._drawn = now
+        if not self.tty and self.last_step is self._printed:
+            return
+        self._printed = self.last_step
         if self.tty:
-            try:
-                cols = os.get_terminal_size(self.out.fileno()).columns
-            except (OSError, ValueError, AttributeError):
-                cols = 120
+            cols = shutil.get_terminal_size((120, 24)).columns
             text = progress_line(self.last_step)
             if len(text) >= cols:  # narrow terminal: shrink the bar before cutting the numbers
                 text = progress_line(self.last_step, width=max(3, 20 - (len(text) - cols + 1)))
@@ -264,11 +308,12 @@ class AttachView:
             self.draw()
         elif (text := describe_event(event, self.run_dir)) is not None:
             self.line(text)
-            self.draw(force=True)
+            if self.tty:
+                self.draw(force=True)
 
     def end(self) -> None:
-        if self.tty and self._bar_visible:
-            self.draw(force=True)
+        self.draw(force=True)
+        if self._bar_visible:
             self._write("\n")
             self._bar_visible = False
 
@@ -313,6 +358,8 @@ def _attach(run_dir: Path, as_json: bool, follow: bool, interval: float) -> int:
     else:
         print(f"run: {run_dir}", flush=True)
         view.replay(history)
+        if follow and not any(e.get("type") == "started" for e in history) and runs.inspect_run(run_dir).alive:
+            print("waiting for the worker to load the model ...", flush=True)
     stopping = False
     while follow:
         try:
