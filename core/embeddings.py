@@ -1,7 +1,8 @@
 """Textual-inversion embeddings: names, initial vectors, saving (A1111 `.pt` + single-key `.safetensors`) and loading.
 
 Loading every known file layout lives in `core.embedding_formats`; `load_embedding` is re-exported here.
-Torch is imported inside functions so that `sanitize_name` is cheap to import.
+Torch-free at import time (torch is imported inside functions), so the TUI may use `sanitize_name` and
+`trigger_problems(None, name)`.
 """
 
 from __future__ import annotations
@@ -46,19 +47,27 @@ def sanitize_name(name: str) -> str:
 
 
 def trigger_problems(tokenizer, name: str, n_vectors: int = 1) -> list[str]:
-    """Reasons `name` makes a bad trigger word for this tokenizer (empty list: fine).
+    """Reasons `name` makes a bad trigger word for this tokenizer (empty list: fine). `tokenizer` is a transformers
+    CLIP tokenizer, or None for the bundled CLIP tokenizer (torch-free, for the TUI).
 
     - it is already in the vocabulary: diffusers' `load_textual_inversion` refuses it;
     - it encodes to a single existing CLIP token: in A1111 it would replace that ordinary word in every prompt;
     - `name_1`… already exist: diffusers names the extra vectors of a multi-vector embedding that way.
     """
+    if tokenizer is None:
+        from core.tokens import _get_tokenizer, token_ids
+
+        bundled = _get_tokenizer()
+        vocab, ids = bundled.get_vocab(with_added_tokens=True), token_ids(name)
+        to_token = bundled.id_to_token
+    else:
+        vocab, ids = tokenizer.get_vocab(), tokenizer(name, add_special_tokens=False).input_ids
+        to_token = tokenizer.convert_ids_to_tokens
     problems = []
-    vocab = tokenizer.get_vocab()
-    ids = tokenizer(name, add_special_tokens=False).input_ids
     if name in vocab:
         problems.append(f"'{name}' is already a word in the CLIP vocabulary (diffusers refuses to load it)")
     elif len(ids) == 1:
-        word = tokenizer.convert_ids_to_tokens(ids)[0].replace("</w>", "")
+        word = to_token(ids[0]).replace("</w>", "")
         problems.append(f"'{name}' is the existing CLIP word '{word}'; the embedding would replace that word in every "
                         "prompt")
     taken = [f"{name}_{i}" for i in range(1, max(int(n_vectors), 2)) if f"{name}_{i}" in vocab]

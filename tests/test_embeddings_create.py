@@ -1,6 +1,9 @@
 """Creating and saving embeddings: names, trigger checks, A1111 init-text semantics, the two files we write."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,6 +79,23 @@ def test_trigger_checks(clip):
     assert "'zxqfoo_1', 'zxqfoo_2'" in problem
     # diffusers checks `name_1` even for single-vector embeddings
     assert trigger_problems(local, "zxqfoo", n_vectors=1)
+
+
+def test_trigger_checks_without_torch_tokenizer(clip):
+    tokenizer, _ = clip
+    for name in ("cat", "Cat", "zxq-mystyle", "my style", "sunset", "a"):
+        assert trigger_problems(None, name, 3) == trigger_problems(tokenizer, name, 3)
+    assert trigger_problems(None, "Dog") and not trigger_problems(None, "zxq-dog")
+
+
+def test_embeddings_import_is_torch_free():
+    code = ("import sys; from core.embeddings import sanitize_name, trigger_problems; sanitize_name('x'); "
+            "assert trigger_problems(None, 'cat'); "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'safetensors') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # ---- init vectors -----------------------------------------------------------------------------------------------
