@@ -48,7 +48,7 @@ def describe_width(dim: int) -> str:
 
 def load_embedding(path, expected_dim: int | None = None) -> LoadedEmbedding:
     """Load an embedding file; `expected_dim` (the text encoder's width) is checked when given."""
-    path = Path(path)
+    path = Path(os.path.expanduser(str(path)))
     if not path.exists():
         raise TiwizError(f"embedding file not found: {path}")
     if path.is_dir():

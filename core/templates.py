@@ -75,8 +75,8 @@ def load_template(name_or_path: str | os.PathLike) -> Template:
         path = templates_dir() / f"{builtin}.txt"
         if path.is_file():
             return _load_file(path, builtin)
-    if "/" in text or os.sep in text:
-        raise TiwizError(f"template file not found: {given}")
+    if "/" in text or os.sep in text or text.lower().endswith(".txt"):
+        raise TiwizError(f"template file not found: {given} (built-in templates: {', '.join(list_templates())})")
     raise TiwizError(f"unknown template {text!r}; built-in templates: {', '.join(list_templates())} "
                      "(or give the path of your own .txt file)")
 

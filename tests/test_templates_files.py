@@ -62,6 +62,8 @@ def test_bad_template_arguments(tmp_path):
         load_template("nope")
     with pytest.raises(TiwizError, match="not found"):
         load_template(str(tmp_path / "missing" / "t.txt"))
+    with pytest.raises(TiwizError, match="not found: my_prompts.txt"):
+        load_template("my_prompts.txt")
     with pytest.raises(TiwizError, match="folder"):
         load_template(tmp_path)
     with pytest.raises(TiwizError, match="no template"):
