@@ -86,8 +86,7 @@ def test_sd2_folder_reads_v_prediction_and_openclip_padding(sd2_dir, tmp_path):
     assert (forced.prediction_type, forced.prediction_source) == ("epsilon", "override")
 
 
-@pytest.mark.parametrize("family,suffix", [("sd1", ".safetensors"), ("sd1", ".ckpt"), ("sd2", ".safetensors"),
-                                           ("sd2", ".ckpt")])
+@pytest.mark.parametrize("family,suffix", [("sd1", ".safetensors"), ("sd1", ".ckpt"), ("sd2", ".safetensors")])
 def test_single_file_round_trip_gives_identical_outputs(family, suffix, tiny_model_dir, sd2_dir, tmp_path):
     folder = tiny_model_dir if family == "sd1" else sd2_dir
     path = save_single_file(folder, tmp_path / f"model{suffix}")
@@ -144,6 +143,10 @@ def test_sd2_without_metadata_guesses_and_accepts_an_override(sd2_dir, tmp_path)
     forced = load_model(bare, prediction_type="v_prediction")
     assert (forced.prediction_type, forced.prediction_source) == ("v_prediction", "override")
     assert forced.unet.config.sample_size == 96  # SD2 768-v
+    bare.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "v"\n')  # A1111's sidecar config
+    sidecar = load_model(bare)
+    assert (sidecar.prediction_type, sidecar.prediction_source) == ("v_prediction", "sidecar")
+    bare.with_suffix(".yaml").unlink()
     sd = load_file(bare)
     sd["v_pred"] = torch.tensor([])  # ComfyUI's marker for v-prediction checkpoints
     save_file(sd, tmp_path / "marked.safetensors")

@@ -37,7 +37,8 @@ class LoadedModel:
     name: str
     device: object
     kind: str = "diffusers"  # "diffusers" | "safetensors" | "ckpt"
-    prediction_source: str = "config"  # "config" | "override" | "metadata" | "key" | "heuristic" | "default"
+    # where prediction_type came from: "config" | "override" | "metadata" | "sidecar" | "key" | "heuristic" | "default"
+    prediction_source: str = "config"
     _short_hash: str | None = field(default=None, repr=False)
 
     @property
@@ -397,6 +398,9 @@ def _assign(path, label, family, module, weights) -> None:
 def _guess_prediction_type(path, sd: dict, family: str, configs: dict, override: str | None) -> tuple[str, str]:
     if override:
         return override, "override"
+    sidecar = sidecar_prediction_type(path)
+    if sidecar:
+        return sidecar, "sidecar"
     if "v_pred" in sd:  # ComfyUI's marker key for v-prediction checkpoints
         return "v_prediction", "key"
     if family != "sd2":
@@ -404,6 +408,22 @@ def _guess_prediction_type(path, sd: dict, family: str, configs: dict, override:
     _check_unet(configs["unet"], path)
     unet = _build_modules(path, sd, family, configs, only=("unet",))
     return ("v_prediction" if looks_like_v_prediction(unet) else "epsilon"), "heuristic"
+
+
+def sidecar_prediction_type(path: Path) -> str | None:
+    """A1111's convention: a `<checkpoint name>.yaml` (a copy of the original inference config) next to the file.
+    `parameterization: "v"` in it means v-prediction."""
+    yaml = path.with_suffix(".yaml")
+    if not yaml.is_file():
+        return None
+    try:
+        text = yaml.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^\s*parameterization:\s*[\"']?(\w+)", text, re.MULTILINE)
+    if m:
+        return "v_prediction" if m.group(1) == "v" else "epsilon"
+    return "epsilon" if re.search(r"^\s*unet_config:", text, re.MULTILINE) else None
 
 
 def looks_like_v_prediction(unet) -> bool:
