@@ -283,10 +283,13 @@ def read_state_dict(path: Path) -> tuple[dict, dict, str]:
 
     if path.suffix.lower() in SAFETENSORS_EXTS:
         header = read_safetensors_header(path)  # clear messages for corrupt/truncated files
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            return load_file(str(path)), header.metadata, "safetensors"
+            with safe_open(str(path), framework="pt", device="cpu") as fh:
+                # EMA copies (`model_ema.*`) are never used: skip them (they double the memory of full checkpoints)
+                sd = {k: fh.get_tensor(k) for k in fh.keys() if not k.startswith("model_ema.")}
+            return sd, header.metadata, "safetensors"
         except Exception as exc:
             raise TiwizError(f"{path}: the safetensors file is damaged ({_first_line(exc)})") from exc
     try:
