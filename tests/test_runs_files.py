@@ -185,3 +185,46 @@ def test_runapi_imports_no_torch():
             "bad = [m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def test_cli_reports_damaged_run_folders_without_crashing(tmp_path):
+    broken = tmp_path / "broken-20250101-000000"
+    write_events(broken, [{"type": "started", "time": 1.0, "step": 0, "max_steps": 50, "name": "b"}] + steps(1, 9, 50)
+                 + [{"type": "checkpoint", "time": 9.5, "step": 8, "pt": "e/b-8.pt", "safetensors": "e/b-8.st"}],
+                 tail=b'{"type":"step","step":10,"lo')
+    (broken / runs.STATUS).write_bytes(b"\x00\x00garbage")
+    listed = cli("runs", "--root", tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "killed at step 9 (last checkpoint 8)" in listed.stdout
+    assert "9/50" in listed.stdout
+    assert "status.json: corrupt" in listed.stderr and "last line is truncated" in listed.stderr
+    assert "Traceback" not in listed.stderr
+    shown = cli("attach", broken)
+    assert shown.returncode == 1  # killed
+    assert "killed at step 9 (last checkpoint 8)" in shown.stdout
+    assert "9/50" in shown.stdout and "tiwiz resume" not in shown.stdout  # no state/latest.pt to resume from
+    assert "status.json: corrupt" in shown.stderr and "Traceback" not in shown.stderr
+    as_json = cli("runs", "--root", tmp_path, "--json")
+    (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert (row["state"], row["step"], row["last_checkpoint"], row["alive"]) == ("killed", 9, 8, False)
+    stop = cli("stop", broken)
+    assert stop.returncode == 1 and "is not running (killed at step 9" in stop.stderr
+    resume = cli("resume", broken)
+    assert resume.returncode == 2 and "nothing to resume" in resume.stderr and "Traceback" not in resume.stderr
+    missing = cli("attach", tmp_path / "nope")
+    assert missing.returncode == 2 and "not a run folder" in missing.stderr
+
+
+def test_progress_line_has_the_tqdm_shape():
+    from core.cli.runs import progress_line
+
+    line = progress_line({"step": 420, "max_steps": 1000, "it_s": 2.21, "elapsed": 190.0, "loss": 0.0734,
+                          "loss_avg": 0.0801, "lr": 0.005})
+    assert line == " 42%|████████▍           | 420/1000 [03:10<04:22, 2.21it/s, loss=0.0734, avg=0.0801, lr=5.00e-03]"
+    slow = progress_line({"step": 1, "max_steps": 4, "it_s": 0.5, "elapsed": 2.0, "loss": 1.0, "lr": 0.1})
+    assert slow == " 25%|█████               | 1/4 [00:02<00:06, 2.00s/it, loss=1.0000, lr=1.00e-01]"

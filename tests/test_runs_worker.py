@@ -54,7 +54,7 @@ def worker_log(run_dir: Path) -> str:
 
 def cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=SAFETY_S, **kw)
+                          cwd=ROOT, timeout=SAFETY_S, stdin=subprocess.DEVNULL, **kw)
 
 
 def load_vectors(path: Path):
@@ -63,6 +63,40 @@ def load_vectors(path: Path):
     tensors = load_file(str(path))
     assert len(tensors) == 1
     return next(iter(tensors.values())).float()
+
+
+def attach_in_terminal_and_interrupt(run: Path, answer: bytes) -> str:
+    """Run `tiwiz attach RUN` on a pseudo-terminal, press Ctrl-C once it shows the run, then type `answer`."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: become the viewer
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "core.cli", "attach", str(run)])
+    out = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal out
+        deadline = time.monotonic() + SAFETY_S
+        while marker not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:  # the child closed the terminal
+                    return
+
+    try:
+        read_until(b"started at step")
+        os.write(fd, b"\x03")
+        read_until(b"[D/s]")
+        os.write(fd, answer)
+        read_until(b"Reattach with")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")
+    finally:
+        os.close(fd)
+    return out.decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +151,22 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir,
 
 
 def test_live_run_survives_viewers_and_obeys_commands(tmp_path, tiny_model_dir, data_dir):
-    run = runapi.start_run(tiny_config(tiny_model_dir, data_dir, steps=100000, save_every=0, preview_every=0,
-                                       preview_steps=2), root=tmp_path / "runs")
+    started = cli("train", "--model", tiny_model_dir, "--data", data_dir, "--name", "tcat", "--steps", 100000,
+                  "--width", 64, "--height", 64, "--save-every", 0, "--preview-every", 0, "--validate-every", 0,
+                  "--preview-steps", 2, "--device", "cpu", "--detach", env={**os.environ, "TIWIZ_RUNS_DIR":
+                                                                             str(tmp_path / "runs")})
+    assert started.returncode == 0, started.stderr
+    run = Path(started.stdout.splitlines()[-1])  # the run folder is the last line
     assert run.parent == (tmp_path / "runs").resolve() and run.name.startswith("tcat-")
     follower = runapi.follow(run)
     next_events(follower, lambda e: e["type"] == "step", "the first step")
     worker_pid = runs.read_status(run)["pid"]
+
+    # Ctrl-C in an attached terminal asks; no answer (EOF) detaches, and the worker goes on.
+    transcript = attach_in_terminal_and_interrupt(run, answer=b"\x04")
+    assert "Detach (training continues) or stop & save? [D/s]" in transcript
+    assert f"detached; training continues (pid {worker_pid})" in transcript
+    assert runs.pid_is_worker(worker_pid, run)
 
     # A second worker on the same folder is refused, and touches nothing.
     second = subprocess.run([sys.executable, "-m", "core.worker", str(run)], capture_output=True, text=True,

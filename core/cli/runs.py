@@ -345,24 +345,32 @@ def attach(run_dir: Path, as_json: bool = False, follow: bool = True, interval: 
         return 0
 
 
-def _attach(run_dir: Path, as_json: bool, follow: bool, interval: float) -> int:
-    follower = runapi.follow(run_dir)
-    view = AttachView(run_dir)
-    emit = (lambda e: print(json.dumps(e, ensure_ascii=False), flush=True)) if as_json else view.live
+def _replay(run_dir: Path, follower, view, emit, as_json: bool, follow: bool) -> None:
     history = follower.poll()
     while batch := follower.poll():  # a log that is still growing fast: catch up first
         history.extend(batch)
     if as_json:
         for event in history:
             emit(event)
-    else:
-        print(f"run: {run_dir}", flush=True)
-        view.replay(history)
-        if follow and not any(e.get("type") == "started" for e in history) and runs.inspect_run(run_dir).alive:
-            print("waiting for the worker to load the model ...", flush=True)
-    stopping = False
-    while follow:
+        return
+    print(f"run: {run_dir}", flush=True)
+    view.replay(history)
+    if follow and not any(e.get("type") == "started" for e in history) and runs.inspect_run(run_dir).alive:
+        print("waiting for the worker to load the model ...", flush=True)
+
+
+def _attach(run_dir: Path, as_json: bool, follow: bool, interval: float) -> int:
+    follower = runapi.follow(run_dir)
+    view = AttachView(run_dir)
+    emit = (lambda e: print(json.dumps(e, ensure_ascii=False), flush=True)) if as_json else view.live
+    replayed = stopping = False
+    while True:
         try:
+            if not replayed:
+                replayed = True
+                _replay(run_dir, follower, view, emit, as_json, follow)
+            if not follow:
+                break
             events = follower.poll()
             for event in events:
                 emit(event)
@@ -376,7 +384,7 @@ def _attach(run_dir: Path, as_json: bool, follow: bool, interval: float) -> int:
             if as_json or stopping or _ask_detach_or_stop() == "detach":
                 view.end()
                 info = runs.inspect_run(run_dir)
-                print(f"detached; training continues{f' (pid {info.pid})' if info.pid else ''}. "
+                print(f"detached; training continues{f' (pid {info.pid})' if info.alive and info.pid else ''}. "
                       f"Reattach with: tiwiz attach {run_dir}", file=sys.stderr)
                 return 0
             runs.send_command(run_dir, "stop")
