@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +125,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers fork from a clean server process, not from a parent that may hold threads or torch.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(True,))
 
 
 def _run_in_order(tasks: list[SourceTask], workers: int, handle: Callable[[SourceResult], None]) -> None:
@@ -138,7 +138,11 @@ def _run_in_order(tasks: list[SourceTask], workers: int, handle: Callable[[Sourc
     remaining = list(tasks)
     try:
         with _pool(workers) as pool:
-            _drain(pool, remaining, workers * 4, handle)
+            try:
+                _drain(pool, remaining, workers * 4, handle)
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
         return
     except BrokenProcessPool:
         pass
@@ -224,11 +228,11 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
             base = namer.claim(path, [o.suffix for o in res.outputs])
             for out in res.outputs:
                 name = f"{base}{out.suffix}.png"
-                _write(dest / name, out.png)
+                writer.submit(dest / name, out.png)
                 record["outputs"].append({"image": name, "kind": out.kind, "flipped": out.flipped})
             for suffix, png in res.debug:
                 debug_name = f"{DEBUG_DIR}/{base}{suffix}.png"
-                _write(dest / debug_name, png)
+                writer.submit(dest / debug_name, png)
                 record.setdefault("debug", []).append(debug_name)
             if res.faces:
                 record["faces"] = res.faces
@@ -241,13 +245,25 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
             if captioner is not None and not (options.caption_action == "copy" and existing):
                 pending_captions.append((record, existing))
             else:
-                _write_captions(dest, record, apply_existing_caption("", existing, options.caption_action))
+                _write_captions(dest, record, apply_existing_caption("", existing, options.caption_action),
+                                writer.submit)
         report.sources.append(record)
         done += 1
         sink.emit("progress", done=done, total=len(sources), file=path.name, phase="images")
 
     tasks = [SourceTask(i, str(p), options, detect_faces=options.flip) for i, p in enumerate(sources)]
-    _run_in_order(tasks, workers, handle)
+    writer = _Writer()
+    try:
+        _run_in_order(tasks, workers, handle)
+    except KeyboardInterrupt:
+        writer.close()
+        report.warnings.append(f"Interrupted after {done} of {len(sources)} files.")
+        _write(dest / REPORT_NAME, None, report.to_dict())
+        raise
+    except BaseException:
+        writer.pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    writer.close()  # every image is on disk before captioning reads them back
 
     if options.flip:
         with_faces = [s["file"] for s in report.sources if s.get("faces")]
@@ -285,6 +301,37 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
     return report
 
 
+class _Writer:
+    """Writes output files on a few threads: each atomic write ends in fsyncs (~15 ms), which would otherwise make
+    this parent process the bottleneck of the worker pool. `check()` re-raises the first failure."""
+
+    def __init__(self, threads: int = 4):
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tiwiz-write")
+        self.futures = []
+
+    def submit(self, path: Path, data) -> None:
+        self.futures.append(self.pool.submit(_write, path, data))
+        if len(self.futures) > 64:
+            self.check(wait_all=False)
+
+    def check(self, wait_all: bool = True) -> None:
+        if wait_all:
+            wait(self.futures)
+        still = []
+        for f in self.futures:
+            if f.done():
+                f.result()  # raises TiwizError for a failed write
+            else:
+                still.append(f)
+        self.futures = still
+
+    def close(self) -> None:
+        try:
+            self.check()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 def _write(path: Path, data: bytes | None, obj=None) -> None:
     try:
         if obj is not None:
@@ -297,15 +344,16 @@ def _write(path: Path, data: bytes | None, obj=None) -> None:
         raise TiwizError(f"Cannot write {path}: {exc.strerror or exc}. Check free space and permissions.") from None
 
 
-def _write_captions(dest: Path, record: dict, caption: str) -> None:
+def _write_captions(dest: Path, record: dict, caption: str, write=None) -> None:
     """Write `caption` beside every output of the source (flips share the caption); none when it is empty."""
+    write = write or _write
     caption = caption.strip()
     record["captions"] = []
     if not caption:
         return
     for out in record["outputs"]:
         name = str(Path(out["image"]).with_suffix(".txt"))
-        _write(dest / name, caption)
+        write(dest / name, caption)
         record["captions"].append(name)
     record["caption"] = caption
 

@@ -52,8 +52,13 @@ class SourceResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def init_worker() -> None:
-    """Each worker is one process on one core: keep OpenCV from starting its own thread pool."""
+def init_worker(in_pool: bool = False) -> None:
+    """Each worker is one process on one core: keep OpenCV from starting its own thread pool. Pool workers ignore
+    Ctrl-C: the parent handles it and cancels the queued work."""
+    if in_pool:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import cv2
 
