@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 import os
+import re
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -26,8 +27,8 @@ CHOICES = {
     "latent_sampling": ("once", "deterministic", "random"),
     "clip_grad": ("none", "value", "norm"),
     "preview_sampler": ("euler_a", "dpmpp_2m", "ddim", "euler"),
-    "device": ("auto", "cpu", "cuda", "mps"),
 }
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 HELP = {
     "model": "Base model: a diffusers folder or a .safetensors/.ckpt file (SD1.x/SD2.x)",
@@ -173,6 +174,8 @@ class TrainConfig:
             value = getattr(self, key)
             if value not in allowed:
                 raise TiwizError(f"{key}: must be one of {', '.join(allowed)} (got {value!r})")
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise TiwizError(f"device: must be one of auto, cpu, cuda, cuda:N, mps (got {self.device!r})")
         if require_paths:
             for key in ("model", "data", "name"):
                 if not str(getattr(self, key)).strip():

@@ -64,6 +64,7 @@ def test_bad_enum_names_field_and_allowed_values(key):
         ({"shuffle_tags": "maybe"}, "shuffle_tags"),
         ({"name": "../evil"}, "name"),
         ({"name": ""}, "name"),
+        ({"device": "gpu"}, "device"),
     ],
 )
 def test_bad_values_name_the_field(changes, field):
