@@ -59,8 +59,13 @@ def cmd_demo_model(args) -> int:
         demo.write_random_demo_model(dest, seed=args.seed)
         kind = f"random weights, seed {args.seed}"
     else:
-        writer(dest, seed=args.seed, random=False)
-        kind = "shipped demo weights"
+        try:
+            writer(dest, seed=args.seed, random=False)
+            kind = "shipped demo weights"
+        except TiwizError as exc:  # shipped weights not installed: the random model still works everywhere
+            print(f"note: {exc}; writing random weights instead")
+            demo.write_random_demo_model(dest, seed=args.seed)
+            kind = f"random weights, seed {args.seed}"
     print(f"wrote the demo model ({kind}) to {dest}")
     return 0
 
