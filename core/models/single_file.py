@@ -7,7 +7,6 @@ model) load back exactly; A1111 and ComfyUI ignore it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from core.atomic import atomic_write_with
@@ -77,7 +76,3 @@ def _jsonable(value):
     if isinstance(value, (tuple, set)):
         return list(value)
     return str(value)
-
-
-def default_output_name(model_dir: str | os.PathLike) -> str:
-    return Path(model_dir).name.rstrip("/") + ".safetensors"
