@@ -284,6 +284,16 @@ class Trainer:
         return out
 
     def _preview(self) -> str | None:
+        """Render a preview; a failure (e.g. out of memory) is a warning, never the end of the training."""
+        try:
+            return self._render_preview()
+        except TiwizError:
+            raise
+        except Exception as exc:
+            self.sink.emit("warning", message=f"preview at step {self.step} failed: {exc.__class__.__name__}: {exc}")
+            return None
+
+    def _render_preview(self) -> str:
         import torch
 
         cfg = self.config
@@ -306,6 +316,13 @@ class Trainer:
 
     def _save(self, final: bool = False) -> tuple[str, str]:
         """Checkpoint embeddings/NAME-STEP.* and state/latest.pt (once per step); with final=True also NAME.*."""
+        try:
+            return self._write_checkpoint(final)
+        except OSError as exc:
+            raise TiwizError(f"could not save at step {self.step}: {exc.strerror or exc} ({exc.filename or self.out_dir})"
+                             "; earlier checkpoints are intact") from exc
+
+    def _write_checkpoint(self, final: bool) -> tuple[str, str]:
         if self.last_saved_step != self.step:
             pt, st = self._save_embedding(f"embeddings/{self.name}-{self.step}")
             self._save_state()

@@ -59,3 +59,25 @@ def test_persistent_nan_stops_with_error(tiny_model_dir, tmp_path, monkeypatch):
     assert len(sink.of_type("warning")) == 3
     assert "lower the learning rate" in sink.of_type("error")[0]["message"]
     assert not sink.of_type("finished")
+
+
+def test_failed_preview_is_a_warning_not_the_end(tiny_model_dir, tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    def out_of_memory(self, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", out_of_memory)
+    data = make_images(tmp_path / "data", n=1)
+    sink = ListSink()
+    summary = Trainer(tiny_config(tiny_model_dir, data, steps=2, preview_every=1), tmp_path / "out", sink).run()
+    assert summary["state"] == "finished" and summary["step"] == 2
+    assert sum("preview at step" in e["message"] for e in sink.of_type("warning")) == 2
+
+
+def test_schedule_that_ends_early_stops_there_and_says_so(tiny_model_dir, tmp_path):
+    data = make_images(tmp_path / "data", n=1)
+    sink = ListSink()
+    summary = Trainer(tiny_config(tiny_model_dir, data, steps=50, lr="0.01:2, 0.005:3"), tmp_path / "out", sink).run()
+    assert summary["step"] == 3 and sink.of_type("started")[0]["max_steps"] == 3
+    assert any("ends at step 3" in e["message"] for e in sink.of_type("warning"))

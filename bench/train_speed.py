@@ -1,0 +1,223 @@
+"""Training speed: seconds per step (median of steady steps) and peak memory, against the floor.
+
+The floor is the text encoder plus UNet forward and backward on the same inputs (batch 1, 77 tokens, the same
+latent size), with no data loading, VAE, optimizer or bookkeeping. Our step / floor is what the loop costs on top.
+
+Cases (each runs in its own subprocess so peak memory is its own):
+  tiny       the tiny demo model at 128 px, fp32, CPU
+  sd15       the SD1.5 architecture with random weights (UNet 320/640/1280/1280 xattn 768, VAE 128/256/512/512,
+             CLIP-L 12 layers, built from the bundled configs) at 256 px, fp32, CPU   (target: ratio <= 1.10)
+  sd15-cuda  the same at 512 px, bf16 autocast, CUDA (skipped without a GPU)
+
+    python bench/train_speed.py                     # tiny, then sd15, then sd15-cuda if CUDA is there
+    python bench/train_speed.py --case tiny --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CASES = {
+    "tiny": dict(size=128, device="cpu", warmup=3, timed=15),
+    "sd15": dict(size=256, device="cpu", warmup=2, timed=3),
+    "sd15-cuda": dict(size=512, device="cuda", warmup=3, timed=10),
+}
+
+
+def make_images(folder: Path, n: int, size: int) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"{i:03d}-thing.png")
+        (folder / f"{i:03d}-thing.txt").write_text("a thing, red, blue")
+    return folder
+
+
+def build_sd15(device):
+    """The SD1.5 architecture with random weights, as a LoadedModel (built in memory, not written to disk)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from core.models.configs import bundled_config
+    from core.models.demo import TOKENIZER_DIR
+    from core.models.device import enable_sdpa
+    from core.models.loader import LoadedModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(bundled_config("sd1", "unet"))
+    vae = AutoencoderKL.from_config(bundled_config("sd1", "vae"))
+    te_config = {k: v for k, v in bundled_config("sd1", "text_encoder").items() if not k.startswith("_")}
+    text_encoder = CLIPTextModel(CLIPTextConfig(**te_config))
+    for module in (unet, vae, text_encoder):
+        module.to(device).eval()
+    if device.type == "cuda":
+        enable_sdpa(unet, vae)
+    return LoadedModel(
+        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER_DIR), text_encoder=text_encoder, unet=unet, vae=vae,
+        noise_scheduler=DDPMScheduler.from_config(bundled_config("sd1", "scheduler")), family="sd1",
+        prediction_type="epsilon", path=Path("sd15-random"), name="sd15-random", device=device,
+        _short_hash="random",
+    )
+
+
+def measure_trainer(case: str, model_path: str, data: Path, out: Path, steps: int) -> list[float]:
+    from core.config import TrainConfig
+    from core.events import CallbackSink
+    from core.trainer import Trainer
+
+    spec = CASES[case]
+    stamps = []
+    config = TrainConfig.from_dict(dict(
+        model=model_path, data=str(data), name="benchemb", steps=steps, width=spec["size"], height=spec["size"],
+        save_every=0, preview_every=0, validate_every=0, device=spec["device"], vectors=4, init_text="a thing",
+        template="style_filewords"))
+
+    def on_event(event):
+        if event["type"] == "step":
+            sync(spec["device"])
+            stamps.append(time.perf_counter())
+        elif event["type"] == "started":
+            stamps.append(time.perf_counter())
+
+    Trainer(config, out, CallbackSink(on_event)).run()
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def measure_floor(model, size: int, steps: int) -> list[float]:
+    """Text encoder + UNet forward and backward, gradients flowing into the token embeddings as in TI."""
+    import torch
+    import torch.nn.functional as F
+
+    from core.models.device import precision_for
+
+    device = model.device
+    precision = precision_for(device)
+    ids = model.tokenizer(["a painting of a thing, red, blue, art by someone"], padding="max_length",
+                          max_length=model.tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids.to(device)
+    handle = model.text_encoder.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: out.detach().requires_grad_(True))
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, size // 8, size // 8, generator=gen).to(device)
+    noise = torch.randn(latents.shape, generator=gen).to(device)
+    t = torch.tensor([500], device=device)
+    noisy = model.noise_scheduler.add_noise(latents, noise, t)
+    times = []
+    for _ in range(steps):
+        sync(device.type)
+        t0 = time.perf_counter()
+        with precision.autocast():
+            cond = model.text_encoder(ids)[0]
+            pred = model.unet(noisy, t, cond).sample
+        F.mse_loss(pred.float(), noise.float()).backward()
+        sync(device.type)
+        times.append(time.perf_counter() - t0)
+    handle.remove()
+    return times
+
+
+def sync(device_type: str) -> None:
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run_case(case: str, steps_override: int | None) -> dict:
+    import torch
+
+    import core.models.loader as loader
+
+    spec = CASES[case]
+    warmup, timed = spec["warmup"], steps_override or spec["timed"]
+    if spec["device"] == "cuda" and not torch.cuda.is_available():
+        return {"case": case, "skipped": "no CUDA device"}
+    device = torch.device(spec["device"])
+    with tempfile.TemporaryDirectory(prefix="tiwiz-bench-") as tmp:
+        tmp = Path(tmp)
+        data = make_images(tmp / "data", 4, spec["size"])
+        if case == "tiny":
+            from core.models.demo import write_random_demo_model
+
+            model_path = str(write_random_demo_model(tmp / "model"))
+            model = None
+        else:
+            t0 = time.perf_counter()
+            model = build_sd15(device)
+            print(f"  built the SD1.5 architecture in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            loader.load_model = lambda *a, **k: model  # the trainer loads "the model" through this function
+            model_path = "sd15-random"
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        step_times = measure_trainer(case, model_path, data, tmp / "out", warmup + timed)[warmup:]
+        ours_mem = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+        if model is None:  # the tiny model: load it the same way for the floor
+            model = loader.load_model(model_path, device=device)
+        floor_times = measure_floor(model, spec["size"], warmup + timed)[warmup:]
+    ours, floor = statistics.median(step_times), statistics.median(floor_times)
+    result = {
+        "case": case, "size": spec["size"], "device": spec["device"],
+        "dtype": "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else
+                 ("fp16" if device.type == "cuda" else "fp32"),
+        "timed_steps": timed, "s_per_step": round(ours, 4), "floor_s": round(floor, 4),
+        "ratio": round(ours / floor, 3), "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "threads": torch.get_num_threads(),
+    }
+    if ours_mem is not None:
+        result["cuda_max_allocated_gib"] = round(ours_mem / 2**30, 2)
+        result["gpu"] = torch.cuda.get_device_name()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=sorted(CASES), help="run one case in this process (default: all, each in "
+                                                              "a subprocess)")
+    parser.add_argument("--steps", type=int, help="timed steps (after warmup)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line per case")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.case:
+        result = run_case(args.case, args.steps)
+        print(json.dumps(result))
+        return 0
+    for case in CASES:
+        cmd = [sys.executable, __file__, "--case", case] + (["--steps", str(args.steps)] if args.steps else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = (proc.stdout.strip().splitlines() or ["{}"])[-1]
+        if proc.returncode != 0:
+            print(f"{case}: failed\n{proc.stderr[-2000:]}")
+            continue
+        result = json.loads(line)
+        if args.json:
+            print(line)
+        elif "skipped" in result:
+            print(f"{case:10s} skipped ({result['skipped']})")
+        else:
+            mem = f"peak RSS {result['peak_rss_gib']} GiB"
+            if "cuda_max_allocated_gib" in result:
+                mem += f", CUDA max allocated {result['cuda_max_allocated_gib']} GiB ({result['gpu']})"
+            print(f"{case:10s} {result['size']} px {result['dtype']} {result['device']}: {result['s_per_step']:.4f} s/step, "
+                  f"floor {result['floor_s']:.4f} s, ratio {result['ratio']:.3f}, {mem}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
