@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Report:
     sources: list[dict] = field(default_factory=list)  # one per source file, in order
     warnings: list[str] = field(default_factory=list)
     captions: dict = field(default_factory=dict)  # {"blip": model, "written": n, "error": msg}
+    stats: dict = field(default_factory=dict)  # seconds, parent/worker CPU seconds, workers
 
     @property
     def written(self) -> list[str]:
@@ -55,7 +57,7 @@ class Report:
     def to_dict(self) -> dict:
         return {"version": 1, "src": self.src, "dest": self.dest, "options": self.options,
                 "written": len(self.written), "skipped": len(self.skipped), "warnings": self.warnings,
-                "captions": self.captions, "sources": self.sources}
+                "captions": self.captions, "stats": self.stats, "sources": self.sources}
 
 
 # --- inputs -------------------------------------------------------------------------------------------------------
@@ -125,6 +127,8 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers fork from a clean server process, not from a parent that may hold threads or torch.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if ctx.get_start_method() == "forkserver":
+        ctx.set_forkserver_preload(["core.preprocess_worker", "core.focal", "core.split", "cv2"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(True,))
 
 
@@ -210,9 +214,11 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
 
     pending_captions: list[tuple[dict, str | None]] = []  # (source record, existing caption) for BLIP
     done = 0
+    wall0, cpu0, worker_cpu = time.perf_counter(), time.process_time(), 0.0
 
     def handle(res: SourceResult) -> None:
-        nonlocal done
+        nonlocal done, worker_cpu
+        worker_cpu += res.timings.get("cpu", 0.0)
         path = Path(res.path)
         record = {"file": path.name, "status": "skipped" if res.reason else "written", "outputs": []}
         if res.size:
@@ -224,7 +230,13 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
             record["reason"] = res.reason
             sink.emit("skipped", file=path.name, reason=res.reason)
         else:
-            existing = read_caption(path) if options.caption_action != "ignore" else None
+            existing = None
+            if options.caption_action != "ignore":
+                try:
+                    existing = read_caption(path)
+                except TiwizError as exc:  # an unreadable caption file must not stop the run
+                    record["warnings"] = [str(exc)]
+                    sink.emit("warning", message=str(exc), file=path.name)
             base = namer.claim(path, [o.suffix for o in res.outputs])
             for out in res.outputs:
                 name = f"{base}{out.suffix}.png"
@@ -240,7 +252,8 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
                 w, h = res.size
                 msg = (f"{path.name} is {w}×{h}, smaller than {options.width}×{options.height}: upscaled "
                        f"{res.upscale:.1f}×, expect a blurry training image")
-                record["warnings"] = [msg]
+                record["upscaled"] = round(res.upscale, 2)
+                record.setdefault("warnings", []).append(msg)
                 sink.emit("warning", message=msg, file=path.name)
             if captioner is not None and not (options.caption_action == "copy" and existing):
                 pending_captions.append((record, existing))
@@ -264,6 +277,9 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
         writer.pool.shutdown(wait=False, cancel_futures=True)
         raise
     writer.close()  # every image is on disk before captioning reads them back
+    report.stats = {"workers": workers, "seconds": round(time.perf_counter() - wall0, 3),
+                    "parent_cpu_seconds": round(time.process_time() - cpu0, 3),
+                    "worker_cpu_seconds": round(worker_cpu, 3) if workers > 1 else 0.0}
 
     if options.flip:
         with_faces = [s["file"] for s in report.sources if s.get("faces")]
@@ -273,7 +289,7 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
                    "likeness (faces are not symmetric); consider running without --flip for a person.")
             report.warnings.append(msg)
             sink.emit("warning", message=msg)
-    upscaled = [s["file"] for s in report.sources if s.get("warnings")]
+    upscaled = [s["file"] for s in report.sources if s.get("upscaled")]
     if upscaled:
         report.warnings.append(f"{len(upscaled)} image(s) were smaller than {options.width}×{options.height} and "
                                f"were upscaled: {', '.join(upscaled[:5])}{' ...' if len(upscaled) > 5 else ''}")

@@ -8,22 +8,34 @@ from core.preprocess_options import PreprocessOptions
 from tests.preprocess_cases import photo
 
 
-def test_blip_captions_are_written(tmp_path, tiny_blip_dir):
+@pytest.mark.parametrize("action", ["ignore", "copy", "prepend", "append"])
+def test_blip_captions_with_every_caption_action(tmp_path, tiny_blip_dir, action):
     src = tmp_path / "src"
     src.mkdir()
     for name in ("astronaut", "chelsea"):
         photo(name, (96, 64)).save(src / f"{name}.jpg")
     (src / "chelsea.txt").write_text("my cat", encoding="utf-8")
     opts = PreprocessOptions(width=64, height=64, blip=str(tiny_blip_dir), blip_batch_size=2, flip=True,
-                             caption_action="prepend")
+                             caption_action=action)
     report = run_preprocess(src, tmp_path / "out", opts, workers=1)
     out = tmp_path / "out"
     captions = {p.stem: p.read_text(encoding="utf-8") for p in out.glob("*.txt")}
-    assert report.captions["blip"] == str(tiny_blip_dir)
+    assert report.captions["blip"] == str(tiny_blip_dir) and "error" not in report.captions
     assert set(captions) == {"astronaut", "astronaut-flip", "chelsea", "chelsea-flip"}
-    assert all(c.strip() for c in captions.values())
-    assert captions["chelsea"].startswith("my cat ") and len(captions["chelsea"]) > len("my cat ")
+    assert all(c.strip() == c and c for c in captions.values())
     assert captions["astronaut-flip"] == captions["astronaut"]  # the mirrored copy shares its caption
+    assert captions["chelsea-flip"] == captions["chelsea"]
+    generated = captions["astronaut"]  # no existing caption: BLIP's own, whatever the action
+    assert "my cat" not in generated
+    cat = captions["chelsea"]
+    if action == "ignore":
+        assert "my cat" not in cat
+    elif action == "copy":
+        assert cat == "my cat"
+    elif action == "prepend":
+        assert cat.startswith("my cat ") and len(cat) > len("my cat ")
+    else:
+        assert cat.endswith(" my cat") and len(cat) > len(" my cat")
 
 
 def test_blip_model_missing_fails_before_writing(tmp_path):
