@@ -292,8 +292,17 @@ class CommandBox:
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / COMMANDS
         self.path.mkdir(parents=True, exist_ok=True)
+        self._seen_mtime: int | None = None
 
     def take(self) -> list[str]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return []
+        # Unchanged since the last scan: skip it. Folder mtimes are coarse (a few ms), so trust only old ones.
+        if st.st_mtime_ns == self._seen_mtime and time.time() - st.st_mtime > 2.0:
+            return []
+        self._seen_mtime = st.st_mtime_ns
         try:
             entries = sorted(os.scandir(self.path), key=_mtime)
         except FileNotFoundError:

@@ -261,9 +261,13 @@ def test_write_errors_become_clear_messages(tmp_path):
     (run / "state").mkdir()
     (run / runs.STATE).write_bytes(b"x")
     tracker.on_event({"type": "checkpoint", "step": 40})
+    tracker.flush()
     try:
         open(run / runs.STATE / "inside", "w")
     except OSError as exc:  # a real ENOTDIR from the file system
         message = describe_failure(exc, tracker)
     assert message.startswith(f"Not a directory: {run}/state/latest.pt/inside (the last good checkpoint, step 40")
     assert runs.read_status(run)["last_checkpoint"] == 40
+    tracker.set(state="failed", reason=message, sync=True)
+    assert runs.read_status(run)["state"] == "failed"
+    tracker.close()
