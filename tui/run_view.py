@@ -9,7 +9,7 @@ from pathlib import Path
 EMA_ALPHA = 0.1  # smoothing of the loss curve (weight of the newest point)
 
 # states shown in the header; "running" until a terminal event arrives
-TERMINAL_STATES = ("finished", "stopped", "failed")
+TERMINAL_STATES = ("finished", "stopped", "failed", "killed")
 
 
 def format_duration(seconds: float | None) -> str:
@@ -165,6 +165,21 @@ class RunView:
                          ("gpu_name", "name"), ("cuda_mem_allocated", "mem_used"), ("cuda_mem_total", "mem_total")):
             if e.get(src) is not None:
                 self.gpu[dst] = e[src]
+
+    def set_liveness(self, state: str, reason: str = "") -> bool:
+        """Take the run's liveness from core.runs (status.json + worker lock): a worker that died without a final
+        event shows as killed. Returns True when the displayed state changed."""
+        if state == "killed" and self.state in ("waiting", "running", "stopping", "starting"):
+            self.state = "killed"
+            self.error = f"The worker is gone (killed at step {self.step}). Resume it from the start screen (r)."
+        elif state == "starting" and self.state == "waiting":
+            self.state = "starting"
+        elif state == "failed" and self.state in ("waiting", "starting") and reason:
+            self.state, self.error = "failed", reason
+        else:
+            return False
+        self.version += 1
+        return True
 
     # --- derived figures -------------------------------------------------------------------------------------
 

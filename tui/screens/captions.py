@@ -95,7 +95,7 @@ class CaptionsScreen(WizardScreen):
         missing = sum(1 for i in self.items if i.is_missing)
         over = sum(1 for i in self.items if i.over_limit)
         self.query_one("#cap-count", Static).update(
-            f"{len(self.items)} images · {missing} uncaptioned · {over} > {TOKEN_LIMIT} tokens"
+            f"{len(self.items)} images · {missing} uncaptioned · {over} >{TOKEN_LIMIT}t"
         )
         if keep is not None:
             names = [i.image for i in self.items]

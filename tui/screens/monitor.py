@@ -23,6 +23,7 @@ from tui.widgets.loss_plot import LossPlot
 from tui.widgets.run_header import RunHeader
 
 REDRAW_SECONDS = 0.25  # 4 Hz at most
+LIVENESS_EVERY = 8  # polls between checks that the worker still lives (every 2 s)
 
 
 class MonitorScreen(Screen):
@@ -64,6 +65,7 @@ class MonitorScreen(Screen):
             self.follower = runs_info.follow(self.run_dir)
         except Exception as exc:
             self.show_message(error_text(exc))
+        self.polls = 0
         self.poll()
         self.set_interval(REDRAW_SECONDS, self.poll)
 
@@ -86,6 +88,13 @@ class MonitorScreen(Screen):
             return
         if events:
             self.view.apply_all(events)
+        self.polls += 1
+        if getattr(self.app, "check_liveness", True) and (self.polls % LIVENESS_EVERY == 1) and not events:
+            try:
+                info = self.follower.info()
+                self.view.set_liveness(info.state, info.reason)
+            except Exception:
+                pass
         if self.view.version != self.shown_version:
             self.shown_version = self.view.version
             self.redraw()
@@ -111,7 +120,8 @@ class MonitorScreen(Screen):
         if view.state in TERMINAL_STATES:
             tail = {"finished": "Finished. f: where the files are and how to use them.",
                     "stopped": "Stopped and saved. Resume it from the start screen.",
-                    "failed": "The run failed; see the error above and worker.log in the run folder."}[view.state]
+                    "failed": "The run failed; see the error above and worker.log in the run folder.",
+                    "killed": "The worker was killed. Escape, then r on the start screen resumes it."}[view.state]
             self.show_message(tail, "ok" if view.state == "finished" else "warning")
 
     def _show_preview(self) -> None:

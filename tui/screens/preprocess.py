@@ -72,6 +72,7 @@ class PreprocessScreen(WizardScreen):
         return f"From  {self.state.source}\nInto  {self.state.dataset}"
 
     def on_mount(self) -> None:
+        self.query_one("#pp-progress", ProgressBar).display = False
         self.query_one(".form-field").focus()
 
     # --- form --------------------------------------------------------------------------------------------------
@@ -151,6 +152,7 @@ class PreprocessScreen(WizardScreen):
         status = self.query_one("#pp-status", Static)
         log.clear()
         bar.update(total=None, progress=0)
+        bar.display = True
         status.update("starting…")
         self.show_message("")
         self.running = True
