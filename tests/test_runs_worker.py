@@ -130,7 +130,15 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir,
     Trainer(tiny_config(tiny_model_dir, data_dir, output=str(tmp_path / "ref"), **settings), tmp_path / "ref",
             reference).run()
 
+    # Resume; SIGTERM (a pod shutdown) stops it gracefully with a save; resume again to the end.
     assert runapi.resume_run(run) == run
+    follower = runapi.follow(run)
+    next_events(follower, lambda e: e["type"] == "started" and e.get("resumed"), "the resumed start")
+    os.kill(runs.read_status(run)["pid"], signal.SIGTERM)
+    terminated = wait_done(run)
+    assert (terminated.state, terminated.reason) == ("interrupted", "SIGTERM received"), worker_log(run)
+    assert terminated.last_checkpoint == terminated.step < 14
+    runapi.resume_run(run)
     info = wait_done(run)
     assert info.state == "finished", worker_log(run)
     assert info.step == 14
@@ -143,8 +151,9 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir,
     ref_losses = [e["loss"] for e in reference.of_type("step")]
     assert [e["loss"] for e in history] == pytest.approx(ref_losses, abs=1e-5)
     started = [e for e in events if e["type"] == "started"]
-    assert [e["resumed"] for e in started] == [False, True]
-    assert started[1]["step"] == killed.last_checkpoint
+    assert [e["resumed"] for e in started] == [False, True, True]
+    assert [e["step"] for e in started] == [0, killed.last_checkpoint, terminated.step]
+    assert [e["reason"] for e in events if e["type"] == "stopped"] == ["interrupted"]
     # A finished run resumes only to a higher step count.
     with pytest.raises(runs.TiwizError, match="finished all 14 steps"):
         runapi.resume_run(run)
@@ -191,6 +200,10 @@ def test_live_run_survives_viewers_and_obeys_commands(tmp_path, tiny_model_dir, 
         before = runs.inspect_run(run).step
         next_events(follower, lambda e: e["type"] == "step" and e["step"] >= before + 2, "steps after the viewer died")
         assert runs.pid_is_worker(worker_pid, run)
+    os.kill(worker_pid, signal.SIGHUP)  # the worker itself ignores hang-ups
+    before = runs.inspect_run(run).step
+    next_events(follower, lambda e: e["type"] == "step" and e["step"] >= before + 2, "steps after a SIGHUP")
+    assert runs.pid_is_worker(worker_pid, run)
 
     # save now / preview now through commands/.
     runs.send_command(run, "save")
