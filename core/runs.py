@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -441,7 +442,8 @@ def _apply_status(info: RunInfo, status: dict) -> None:
     state = str(status.get("state") or "unknown")
     info.reason = str(status.get("reason") or status.get("error") or info.reason or "")
     if state in ACTIVE_STATES:
-        alive = pid_is_worker(info.pid, info.path) if info.pid else lock_is_held(info.path)
+        same_host = status.get("host") in (None, socket.gethostname())  # pids mean nothing on another machine
+        alive = pid_is_worker(info.pid, info.path) if info.pid and same_host else lock_is_held(info.path)
         if alive:
             info.state, info.alive = state, True
         elif state == "starting" and info.pid is None and time.time() - (info.updated or 0) < STARTING_GRACE_S:

@@ -184,9 +184,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_locked(run_dir: Path, resume: bool) -> int:
-    runs.repair_event_log(run_dir)
     tracker = StatusTracker(run_dir, resume)
-    sink = WorkerSink(run_dir, tracker)
+    try:
+        runs.repair_event_log(run_dir)
+        sink = WorkerSink(run_dir, tracker)
+    except OSError as exc:
+        reason = f"cannot write the event log: {describe_failure(exc, tracker)}"
+        print(f"tiwiz worker: failed: {reason}", file=sys.stderr, flush=True)
+        tracker.set(state="failed", reason=reason, sync=True)
+        tracker.close()
+        return 1
     box = runs.CommandBox(run_dir)
     trainer = None
     stop_signal: list[str] = []
