@@ -202,7 +202,7 @@ class Follower:
 
     def done(self) -> bool:
         """True when no worker is running and everything it wrote has been returned."""
-        return not self.info().alive and self.caught_up()
+        return self.caught_up() and not self.info().alive
 
     def iter(self, interval: float = 0.25):
         """Blocking generator for scripts and the CLI: yields events until the run is over."""

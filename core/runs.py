@@ -375,11 +375,12 @@ def inspect_run(run_dir: str | os.PathLike) -> RunInfo:
     except TiwizError as exc:
         status = None
         info.problems.append(str(exc))
-    tail = last_events(run_dir)
-    if status is None and not tail and not (run_dir / CONFIG).is_file():
-        info.problems.append("not a run folder (no status.json, events.jsonl or config.toml)")
-    _apply_events(info, tail)
-    if status:
+    if not status:  # rebuild what we can from the end of the event log
+        tail = last_events(run_dir)
+        if not tail and not (run_dir / CONFIG).is_file():
+            info.problems.append("not a run folder (no status.json, events.jsonl or config.toml)")
+        _apply_events(info, tail)
+    else:
         _apply_status(info, status)
     if (run_dir / EVENTS).is_file():
         try:
