@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         meta = f.metadata
         kwargs = {"dest": f.name, "help": meta["help"]}
         if isinstance(f.default, bool):
-            kwargs.update(action="store_true", default=f.default)
+            kwargs.update(action=argparse.BooleanOptionalAction, default=f.default)  # --flip / --no-flip
         else:
             kwargs.update(type=type(f.default), default=f.default)
             if "choices" in meta:
