@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "core.cli.preprocess", # preprocess
     "core.cli.doctor",     # doctor
     "core.cli.models",     # demo-model, models
+    "core.cli.demo",       # demo
 ]
 
 

@@ -65,3 +65,33 @@ def write_random_demo_model(dest: str | os.PathLike, seed: int = 0) -> Path:
     pipe.save_pretrained(dest, safe_serialization=True)
     copy_clip_tokenizer(dest / "tokenizer")
     return dest
+
+
+WORLD_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "world_model"
+WORLD_MODEL_FILES = (
+    "model_index.json", "scheduler/scheduler_config.json",
+    "text_encoder/config.json", "text_encoder/model.safetensors",
+    "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+)
+
+
+def write_demo_model(dest: str | os.PathLike, seed: int = 0, random: bool = False) -> Path:
+    """Write the demo model as an ordinary diffusers folder: by default the shipped "shapes world" weights (trained by
+    tools/train_world.py; `seed` is then unused), or with `random=True` the random-weight tiny model from `seed`."""
+    if random:
+        return write_random_demo_model(dest, seed=seed)
+    from core.atomic import atomic_write_with
+    from core.errors import TiwizError
+
+    missing = [name for name in WORLD_MODEL_FILES if not (WORLD_MODEL_DIR / name).is_file()]
+    if missing:
+        raise TiwizError(
+            f"the shipped demo model is incomplete ({WORLD_MODEL_DIR / missing[0]} is missing); reinstall tiwiz, "
+            "or use the random-weight model (`tiwiz demo-model DIR --random`)"
+        )
+    dest = Path(dest)
+    for name in WORLD_MODEL_FILES:
+        atomic_write_with(dest / name, lambda tmp, src=WORLD_MODEL_DIR / name: shutil.copyfile(src, tmp))
+    copy_clip_tokenizer(dest / "tokenizer")
+    return dest
