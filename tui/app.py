@@ -39,7 +39,7 @@ class TiwizApp(App):
     """The wizard. Everything environment-dependent (state file, runs folder, image protocol, the clock used for
     display) is injected, so tests and snapshots are deterministic."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "tiwiz"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
