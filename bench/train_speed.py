@@ -77,7 +77,8 @@ def build_sd15(device):
     )
 
 
-def measure_trainer(case: str, model_path: str, data: Path, out: Path, steps: int) -> list[float]:
+def measure_trainer(case: str, model_path: str, data: Path, out: Path, steps: int) -> tuple[list[float], list[float]]:
+    """(wall, cpu) seconds of each training step, from the trainer's own step events."""
     from core.config import TrainConfig
     from core.events import CallbackSink
     from core.trainer import Trainer
@@ -92,15 +93,15 @@ def measure_trainer(case: str, model_path: str, data: Path, out: Path, steps: in
     def on_event(event):
         if event["type"] == "step":
             sync(spec["device"])
-            stamps.append(time.perf_counter())
+            stamps.append((time.perf_counter(), time.process_time()))
         elif event["type"] == "started":
-            stamps.append(time.perf_counter())
+            stamps.append((time.perf_counter(), time.process_time()))
 
     Trainer(config, out, CallbackSink(on_event)).run()
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return ([b[0] - a[0] for a, b in zip(stamps, stamps[1:])], [b[1] - a[1] for a, b in zip(stamps, stamps[1:])])
 
 
-def measure_floor(model, size: int, steps: int) -> list[float]:
+def measure_floor(model, size: int, steps: int) -> tuple[list[float], list[float]]:
     """Text encoder + UNet forward and backward, gradients flowing into the token embeddings as in TI."""
     import torch
     import torch.nn.functional as F
@@ -109,6 +110,8 @@ def measure_floor(model, size: int, steps: int) -> list[float]:
 
     device = model.device
     precision = precision_for(device)
+    for module in (model.text_encoder, model.unet, model.vae):  # TI trains no weights: no weight gradients
+        module.requires_grad_(False)
     ids = model.tokenizer(["a painting of a thing, red, blue, art by someone"], padding="max_length",
                           max_length=model.tokenizer.model_max_length, truncation=True,
                           return_tensors="pt").input_ids.to(device)
@@ -119,18 +122,19 @@ def measure_floor(model, size: int, steps: int) -> list[float]:
     noise = torch.randn(latents.shape, generator=gen).to(device)
     t = torch.tensor([500], device=device)
     noisy = model.noise_scheduler.add_noise(latents, noise, t)
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
         sync(device.type)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with precision.autocast():
             cond = model.text_encoder(ids)[0]
             pred = model.unet(noisy, t, cond).sample
         F.mse_loss(pred.float(), noise.float()).backward()
         sync(device.type)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     handle.remove()
-    return times
+    return times, cpu
 
 
 def sync(device_type: str) -> None:
@@ -166,18 +170,20 @@ def run_case(case: str, steps_override: int | None) -> dict:
             model_path = "sd15-random"
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        step_times = measure_trainer(case, model_path, data, tmp / "out", warmup + timed)[warmup:]
+        step_times, step_cpu = measure_trainer(case, model_path, data, tmp / "out", warmup + timed)
         ours_mem = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
         if model is None:  # the tiny model: load it the same way for the floor
             model = loader.load_model(model_path, device=device)
-        floor_times = measure_floor(model, spec["size"], warmup + timed)[warmup:]
-    ours, floor = statistics.median(step_times), statistics.median(floor_times)
+        floor_times, floor_cpu = measure_floor(model, spec["size"], warmup + timed)
+    ours, floor = statistics.median(step_times[warmup:]), statistics.median(floor_times[warmup:])
+    ours_cpu, floor_cpu = statistics.median(step_cpu[warmup:]), statistics.median(floor_cpu[warmup:])
     result = {
         "case": case, "size": spec["size"], "device": spec["device"],
         "dtype": "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else
                  ("fp16" if device.type == "cuda" else "fp32"),
         "timed_steps": timed, "s_per_step": round(ours, 4), "floor_s": round(floor, 4),
-        "ratio": round(ours / floor, 3), "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "ratio": round(ours / floor, 3), "cpu_s_per_step": round(ours_cpu, 4), "floor_cpu_s": round(floor_cpu, 4),
+        "cpu_ratio": round(ours_cpu / floor_cpu, 3), "load_avg": round(os.getloadavg()[0], 1), "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "threads": torch.get_num_threads(),
     }
     if ours_mem is not None:
@@ -215,7 +221,8 @@ def main() -> int:
             if "cuda_max_allocated_gib" in result:
                 mem += f", CUDA max allocated {result['cuda_max_allocated_gib']} GiB ({result['gpu']})"
             print(f"{case:10s} {result['size']} px {result['dtype']} {result['device']}: {result['s_per_step']:.4f} s/step, "
-                  f"floor {result['floor_s']:.4f} s, ratio {result['ratio']:.3f}, {mem}")
+                  f"floor {result['floor_s']:.4f} s, ratio {result['ratio']:.3f} (CPU time: {result['cpu_s_per_step']:.4f} vs "
+                  f"{result['floor_cpu_s']:.4f} s, ratio {result['cpu_ratio']:.3f}), {mem}, load avg {result['load_avg']}")
     return 0
 
 
