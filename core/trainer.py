@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from pathlib import Path
@@ -90,6 +89,7 @@ class Trainer:
                        dtype=str(self.precision.autocast_dtype or torch.float32).replace("torch.", ""),
                        n_images=len(self.dataset), model=self.model.name, resumed=state is not None)
         self.t_start = time.monotonic()
+        self.last_loss = self.last_val_loss = None
         if state is None and self.validate_every:
             val = self._validation_loss()
             self.loss_log.write(0, 0, None, val, None, 0.0)
@@ -106,12 +106,8 @@ class Trainer:
 
     def _loop(self, end_step: int) -> str:
         """Train until end_step, or until a stop. Returns "finished" or the stop reason."""
-        import torch
-
         cfg = self.config
         nan_streak = 0
-        self.last_loss = None
-        self.last_val_loss = None
         self._good = self._snapshot()
         ema, step_times = None, []
         while self.step < end_step:

@@ -12,7 +12,6 @@ from dataclasses import fields
 from pathlib import Path
 
 from core.config import CHOICES, HELP, TrainConfig
-from core.errors import TiwizError
 
 EPILOG = """examples:
   tiwiz train --model ./sd15 --data ./my-cat --name zxq-cat --init-text cat --vectors 4 --steps 2000
