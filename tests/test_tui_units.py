@@ -155,3 +155,21 @@ def test_monitor_commands_and_detach(tmp_path, monkeypatch):
             await wait_idle(pilot)
     asyncio.run(drive())
     assert f"tiwiz attach {run}" in app.exit_message
+
+
+def test_demo_entry_fills_every_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIWIZ_HOME", str(tmp_path / "home"))
+    app = TiwizApp(state=WizardState(), save=False, runs_root=tmp_path / "runs", finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(pilot)
+            await pilot.press("d")
+            await wait_idle(pilot, timeout=120)
+            assert app.screen.STAGE == "captions"
+            assert len(app.screen.items) > 0
+    asyncio.run(drive())
+    from core.config import TrainConfig
+
+    config = TrainConfig.from_dict(app.state.train_config())  # a complete, valid training config
+    assert config.name == "demo-ring" and (tmp_path / "home" / "demo" / "model" / "model_index.json").is_file()

@@ -153,11 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
                              "or halfcell (works everywhere)")
     parser.add_argument("--runs", metavar="DIR", help="where runs are kept (default: the runs folder)")
     parser.add_argument("--fresh", action="store_true", help="ignore the saved wizard state")
+    parser.add_argument("--serve", metavar="PORT", type=int, nargs="?", const=8000,
+                        help="serve the wizard to a browser on localhost:PORT (needs textual-serve; default 8000)")
     return parser
+
+
+def serve(port: int, argv: list[str]) -> int:
+    """Run the wizard in browsers through textual-serve, bound to localhost (reach it with `ssh -L`)."""
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        print("tiwiz: error: --serve needs textual-serve: pip install textual-serve\n"
+              "(or, with textual-dev installed: textual serve --port 8000 \"tiwiz wizard\")", file=sys.stderr)
+        return 2
+    rest = [a for a in argv if not a.startswith("--serve")]
+    command = " ".join([sys.executable, "-m", "tui.main", "wizard", "--image-protocol", "halfcell", *rest])
+    Server(command, host="localhost", port=port, title="tiwiz").serve()
+    return 0
 
 
 def run_app(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv or [])
+    if args.serve:
+        return serve(args.serve, list(argv or []))
     if args.attach and not Path(args.attach).is_dir():
         print(f"tiwiz: error: {args.attach} is not a run folder.", file=sys.stderr)
         return 2
