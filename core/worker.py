@@ -230,17 +230,19 @@ def _run_locked(run_dir: Path, resume: bool) -> int:
         print(f"tiwiz worker: failed: {reason}", file=sys.stderr, flush=True)
         if trainer is None:  # the trainer emits its own error event; failures before it need one here
             _safe_emit(sink, "error", message=reason)
-        tracker.set(state="failed", reason=reason, sync=True)
+        # The log's last word goes first: once status.json says the run is over, viewers stop reading.
         _safe_emit(sink, "exit", state="failed", step=tracker.status["step"], reason=reason)
         sink.close()
+        tracker.set(state="failed", reason=reason, sync=True)
         tracker.close()
         return 1
     state = "finished" if summary.get("state") == "finished" else "interrupted"
     reason = "" if state == "finished" else _stop_reason(summary.get("state"), stop_signal)
-    tracker.set(state=state, reason=reason, step=summary.get("step", tracker.status["step"]),
-                last_loss=summary.get("last_loss", tracker.status["last_loss"]), sync=True)
-    _safe_emit(sink, "exit", state=state, step=tracker.status["step"], reason=reason)
+    step = summary.get("step", tracker.status["step"])
+    _safe_emit(sink, "exit", state=state, step=step, reason=reason)
     sink.close()
+    tracker.set(state=state, reason=reason, step=step, last_loss=summary.get("last_loss", tracker.status["last_loss"]),
+                sync=True)
     tracker.close()
     print(f"tiwiz worker: {state} at step {tracker.status['step']}", file=sys.stderr, flush=True)
     return 0
