@@ -48,7 +48,8 @@ class StartScreen(WizardScreen):
         menu.add_option(Option("Quit", id="quit"))
         menu.focus()
         table = self.query_one("#runs", DataTable)
-        table.add_columns("Run", "State", "Step", "Loss")
+        for label, width in (("Run", 40), ("State", 12), ("Step", 12), ("Loss", 8)):
+            table.add_column(label, width=width)
         self.load_runs()
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
