@@ -453,6 +453,11 @@ def _apply_status(info: RunInfo, status: dict) -> None:
             info.state, info.reason = "failed", info.reason or f"the worker did not start; see {info.path / LOG}"
         else:
             info.state = "killed"
+            # The log may be a moment ahead of the status: take the step and checkpoint it last recorded.
+            from_log = RunInfo(path=info.path, name=info.name, state="unknown")
+            _apply_events(from_log, last_events(info.path))
+            info.step = max(info.step, from_log.step)
+            info.last_checkpoint = max(info.last_checkpoint or 0, from_log.last_checkpoint or 0) or None
     else:
         info.state, info.alive = state, False
 

@@ -117,6 +117,8 @@ class StatusTracker:
         else:
             return
         self.write()
+        if kind == "checkpoint":  # rare and next to a much slower save: keep status in step with state/latest.pt
+            self.flush()
 
 
 class WorkerSink:
