@@ -29,3 +29,28 @@ def tiny_blip_dir(tmp_path_factory) -> Path:
     from tests.tiny_blip import write_tiny_blip
 
     return write_tiny_blip(tmp_path_factory.mktemp("tiny-blip") / "blip", seed=0)
+
+
+def _kill_workers_under(folder: Path) -> None:
+    """Kill detached `core.worker` processes whose run folder lies under `folder` (a failed test must not leave
+    a training worker running after the suite)."""
+    import signal
+
+    prefix = str(folder)
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "core.worker" in args and any(a.startswith(prefix) for a in args):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_workers(request):
+    yield
+    if "tmp_path" in request.fixturenames:
+        _kill_workers_under(request.getfixturevalue("tmp_path"))

@@ -7,10 +7,12 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("wizard",):
+    # `tiwiz`, `tiwiz --demo`, `tiwiz --attach RUN` ... open the wizard; `tiwiz wizard ...` is the explicit form.
+    wizard_flag = bool(argv) and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")
+    if not argv or wizard_flag or argv[0] == "wizard":
         from tui.app import run_app
 
-        return run_app(argv[1:])
+        return run_app(argv if wizard_flag else argv[1:])
     from core.cli import main as cli_main
 
     return cli_main(argv)
