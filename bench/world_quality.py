@@ -57,13 +57,16 @@ def world_quality(model_dir, *, n: int = 50, steps: int = 25, cfg: float = 5.0, 
     return {"n": n, "fg": fg_ok / n, "bg": bg_ok / n, "both": both / n, "cfg": cfg, "steps": steps}
 
 
-def textual_inversion(workdir: Path, steps: int, grid_png=None) -> dict:
+def textual_inversion(workdir: Path, steps: int, grid_png=None, model_dir=None, **overrides) -> dict:
     from core.config import TrainConfig
     from core.events import ListSink
     from core.trainer import Trainer
 
+    if model_dir is not None:  # evaluate another model folder: link it where prepare_demo expects the demo model
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "model").symlink_to(Path(model_dir).resolve())
     prep = demo.prepare_demo(workdir, steps=steps)
-    cfg = dict(prep["config"], preview_every=0, validate_every=steps, save_every=steps)
+    cfg = dict(prep["config"], preview_every=0, validate_every=steps, save_every=steps, **overrides)
     sink = ListSink()
     t0 = time.time()
     Trainer(TrainConfig.from_dict(cfg), Path(cfg["output"]), sink).run()
@@ -82,6 +85,9 @@ def main(argv=None) -> int:
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--ti", action="store_true", help="also run textual inversion on the held-out concept")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", help="override the demo's learning rate")
+    p.add_argument("--vectors", type=int, help="override the demo's vectors per token")
+    p.add_argument("--skip-world", action="store_true", help="only the textual-inversion part")
     p.add_argument("--images-dir", type=Path, help="write world_samples.png and demo_before_after.png here")
     args = p.parse_args(argv)
 
@@ -95,12 +101,14 @@ def main(argv=None) -> int:
 
             model_dir = write_demo_model(Path(tmp) / "model")
         grid = args.images_dir / "world_samples.png" if args.images_dir else None
-        q = world_quality(model_dir, n=args.n, cfg=args.cfg, grid_png=grid)
-        print(f"world quality over {q['n']} fixed-seed prompts (DDIM {q['steps']} steps, CFG {q['cfg']}): "
-              f"foreground {q['fg']:.0%}, background {q['bg']:.0%}, both {q['both']:.0%}")
+        if not args.skip_world:
+            q = world_quality(model_dir, n=args.n, cfg=args.cfg, grid_png=grid)
+            print(f"world quality over {q['n']} fixed-seed prompts (DDIM {q['steps']} steps, CFG {q['cfg']}): "
+                  f"foreground {q['fg']:.0%}, background {q['bg']:.0%}, both {q['both']:.0%}", flush=True)
         if args.ti:
             grid = args.images_dir / "demo_before_after.png" if args.images_dir else None
-            t = textual_inversion(Path(tmp) / "demo", args.steps, grid)
+            overrides = {k: v for k, v in (("lr", args.lr), ("vectors", args.vectors)) if v is not None}
+            t = textual_inversion(Path(tmp) / "demo", args.steps, grid, model_dir=args.model, **overrides)
             print(f"textual inversion, {t['steps']} steps in {t['seconds']:.0f}s: fixed-seed validation loss "
                   f"{t['val_first']:.4f} -> {t['val_last']:.4f} ({t['val_drop']:.1%} lower)")
             print(f"colour-histogram distance to the concept: init {t['distance_before']:.3f}, learned "

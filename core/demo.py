@@ -24,7 +24,7 @@ def demo_config(model_dir, data_dir, output, *, steps: int = DEMO_STEPS, seed: i
     preview_every = max(1, steps // 4)
     return {
         "model": str(model_dir), "data": str(data_dir), "name": DEMO_NAME,
-        "init_text": shapes.CONCEPT_INIT_TEXT, "vectors": 2, "steps": steps, "lr": "0.02:100, 0.01",
+        "init_text": shapes.CONCEPT_INIT_TEXT, "vectors": 2, "steps": steps, "lr": "0.005",
         "batch_size": 4, "width": DEMO_SIZE, "height": DEMO_SIZE, "template": str(Path(data_dir).parent / "template.txt"),
         "save_every": preview_every, "preview_every": preview_every, "validate_every": max(1, steps // 10),
         "validation_images": 4, "output": str(output), "seed": seed, "device": "cpu",
