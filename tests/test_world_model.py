@@ -40,14 +40,16 @@ def test_write_demo_model_loads_through_our_loader(world_model_dir):
     assert a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a)
 
 
-def test_random_flag_writes_the_random_model(tmp_path):
+def test_random_flag_writes_the_random_model(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("random")
     out = model_demo.write_demo_model(tmp_path / "r", seed=3, random=True)
     again = model_demo.write_random_demo_model(tmp_path / "r2", seed=3)
     a = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert a == (again / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
 
 
-def test_missing_weights_give_a_clear_error(tmp_path, monkeypatch):
+def test_missing_weights_give_a_clear_error(tmp_path_factory, monkeypatch):
+    tmp_path = tmp_path_factory.mktemp("missing")
     from core.errors import TiwizError
 
     monkeypatch.setattr(model_demo, "WORLD_MODEL_DIR", tmp_path / "nowhere")
@@ -55,18 +57,23 @@ def test_missing_weights_give_a_clear_error(tmp_path, monkeypatch):
         model_demo.write_demo_model(tmp_path / "m")
 
 
-def test_world_model_draws_the_prompted_colours(world_model_dir):
-    """A small version of bench/world_quality.py: background colour follows the prompt."""
+def test_world_model_follows_the_prompted_colours(world_model_dir):
+    """A small version of bench/world_quality.py (its first 10 prompts and seeds): the shape's colour follows the
+    prompt far above chance (1 in 7 per image). The full figures are in bench/RESULTS.md."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from world_quality import world_prompts
+
+    cases = world_prompts(10)
     pipe = demo.load_pipeline(world_model_dir)
-    cases = [("red", "circle", "blue"), ("yellow", "square", "black"), ("white", "star", "green"),
-             ("blue", "ring", "orange")]
-    prompts = [shapes.caption_for(*c) for c in cases]
-    images = demo.generate(pipe, prompts, [0, 1, 2, 3], steps=15, cfg=5.0)
+    images = demo.generate(pipe, [shapes.caption_for(*c) for c in cases], list(range(10)), steps=25, cfg=5.0)
     got = [shapes.dominant_colors(im) for im in images]
-    assert sum(g[1] == c[2] for g, c in zip(got, cases)) >= 3, got
+    assert sum(g[0] == c[0] for g, c in zip(got, cases)) >= 5, got
 
 
-def test_prepare_demo_writes_model_images_and_a_valid_config(tmp_path):
+def test_prepare_demo_writes_model_images_and_a_valid_config(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("prep")
     from core.config import TrainConfig
 
     prep = demo.prepare_demo(tmp_path / "demo", steps=50)
@@ -78,7 +85,8 @@ def test_prepare_demo_writes_model_images_and_a_valid_config(tmp_path):
     assert (Path(config.template)).read_text().strip() == "[name]"
 
 
-def test_textual_inversion_learns_on_the_shipped_model(tmp_path):
+def test_textual_inversion_learns_on_the_shipped_model(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("ti")
     """CI-sized: ~100 steps on a handful of concept images through the real trainer; the fixed-seed validation loss
     (fixed images, noise and timesteps) must drop clearly below the init embedding's."""
     from core.config import TrainConfig
@@ -91,5 +99,5 @@ def test_textual_inversion_learns_on_the_shipped_model(tmp_path):
     Trainer(TrainConfig.from_dict(cfg), Path(cfg["output"]), sink).run()
     vals = [e["val_loss"] for e in sink.events if e["type"] == "validation"]
     assert len(vals) == 2
-    assert vals[-1] < 0.9 * vals[0], vals
+    assert vals[-1] < 0.9 * vals[0], vals  # measured: 0.0655 -> 0.0561 (-14%)
     assert (Path(cfg["output"]) / "demo-ring.safetensors").is_file()
