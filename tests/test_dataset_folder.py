@@ -5,6 +5,9 @@ from PIL import Image
 from core.dataset import build_dataset, clean_stem, read_caption, resize_image
 from core.errors import TiwizError
 from core.events import ListSink
+from train_helpers import one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(

@@ -6,16 +6,19 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from core.config import TrainConfig
-from train_helpers import make_images
+from train_helpers import make_images, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiwiz(*args, **kwargs):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, env=env,
                           cwd=kwargs.pop("cwd", ROOT), timeout=300, **kwargs)
 
@@ -39,31 +42,17 @@ def test_train_cli_end_to_end_with_config_file(tiny_model_dir, tmp_path):
     assert torch.load(out / "zxqcat.pt", weights_only=True)["string_to_param"]["*"].shape == (2, 32)
 
 
-def test_train_cli_previews_off_and_bad_input(tiny_model_dir, tmp_path):
-    data = make_images(tmp_path / "data", n=1)
-    out = tmp_path / "out"
-    result = _tiwiz("train", "--foreground", "--model", str(tiny_model_dir), "--data", str(data), "--name", "zxqdog", "--steps", "2",
-                    "--width", "64", "--height", "64", "--preview-every", "0", "--save-every", "0",
-                    "--output", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "2/2" in result.stderr and "it/s" in result.stderr and "ETA" in result.stderr and "lr" in result.stderr
-    assert result.stdout.strip().splitlines()[-1] == str(out)
-    assert not (out / "previews").exists() or not list((out / "previews").iterdir())
-    assert (out / "zxqdog.safetensors").is_file()
-
-    bad = _tiwiz("train", "--model", str(tiny_model_dir), "--data", str(data), "--name", "x", "--lr", "0.1:abc")
+def test_train_cli_bad_config_is_a_clear_error(tiny_model_dir, tmp_path):
+    bad = _tiwiz("train", "--model", str(tiny_model_dir), "--data", str(tmp_path), "--name", "x", "--lr", "0.1:abc")
     assert bad.returncode == 2 and "lr:" in bad.stderr and "Traceback" not in bad.stderr
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    none = _tiwiz("train", "--foreground", "--model", str(tiny_model_dir), "--data", str(empty), "--name", "x", "--width", "64",
-                  "--height", "64", "--output", str(tmp_path / "o2"))
-    assert none.returncode == 2 and "no images" in none.stderr and "Traceback" not in none.stderr
+    bad = _tiwiz("train", "--model", str(tiny_model_dir), "--data", str(tmp_path), "--name", "x", "--resize", "fit")
+    assert bad.returncode == 2 and "crop" in bad.stderr and "stretch" in bad.stderr
 
 
-def test_ctrl_c_saves_and_stops(tiny_model_dir, tmp_path):
+def test_foreground_ctrl_c_saves_and_stops(tiny_model_dir, tmp_path):
     data = make_images(tmp_path / "data", n=2)
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "train", "--model", str(tiny_model_dir), "--data",
                              str(data), "--name", "zxqint", "--steps", "100000", "--foreground", "--width", "64", "--height", "64",
                              "--preview-every", "0", "--save-every", "0", "--output", str(out)],
@@ -79,7 +68,9 @@ def test_ctrl_c_saves_and_stops(tiny_model_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr
-    assert "stopped at step" in stdout
+    assert "stopped at step" in stdout and stdout.strip().splitlines()[-1] == str(out)
+    assert "it/s" in stderr and "ETA" in stderr and "lr" in stderr and "Traceback" not in stderr
+    assert not (out / "previews").exists() or not list((out / "previews").iterdir())  # --preview-every 0
     step = torch.load(out / "state" / "latest.pt", weights_only=True)["step"]
     assert 1 <= step < 100000
     assert (out / "zxqint.safetensors").is_file()

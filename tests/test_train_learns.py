@@ -8,11 +8,14 @@ training starts from a different init text and must clearly lower the validation
 
 import shutil
 
+import pytest
 import torch
 
 from core.events import ListSink
 from core.trainer import Trainer
-from train_helpers import tiny_config, write_template
+from train_helpers import tiny_config, write_template, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _text_sensitive_copy(src, dst, factor=20.0):

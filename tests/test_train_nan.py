@@ -7,7 +7,9 @@ from diffusers import UNet2DConditionModel
 from core.errors import TiwizError
 from core.events import CallbackSink, ListSink
 from core.trainer import Trainer
-from train_helpers import make_images, tiny_config
+from train_helpers import make_images, tiny_config, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nan_on_calls(monkeypatch, bad_calls):

@@ -7,11 +7,13 @@ from core.config import TrainConfig
 from core.events import ListSink
 from core.lossfile import read_loss_csv
 from core.trainer import Trainer
-from train_helpers import make_images, tiny_config
+from train_helpers import make_images, tiny_config, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def run(tiny_model_dir, tmp_path_factory):
+def run(one_thread, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("train-out")
     data = make_images(root / "data", n=3)
     cfg = tiny_config(tiny_model_dir, data, vectors=2, steps=4, save_every=2, preview_every=2, preview_steps=2,

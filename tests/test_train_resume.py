@@ -7,11 +7,13 @@ from core.errors import TiwizError
 from core.events import ListSink
 from core.lossfile import read_loss_csv
 from core.trainer import Trainer
-from train_helpers import make_images, tiny_config
+from train_helpers import make_images, tiny_config, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Every random stream the loop has: latent resampling, shuffled tags, tag dropout, template lines, data order,
 # accumulation and an lr schedule that changes in the second half.
-OPTIONS = dict(latent_sampling="random", shuffle_tags=True, tag_dropout=0.3, grad_accum=2, batch_size=2,
+OPTIONS = dict(latent_sampling="random", shuffle_tags=True, tag_dropout=0.3, grad_accum=2, batch_size=1,
                lr="0.05:8, 0.02", template="subject_filewords", save_every=3, validate_every=4, clip_grad="norm",
                clip_grad_value="1.0")
 

@@ -5,7 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny-model steps are far faster on one thread, and two OpenMP threads spin badly on a shared 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_images(folder: Path, n: int = 4, size=(64, 64), seed: int = 0, captions: bool = True) -> Path:
