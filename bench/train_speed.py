@@ -11,6 +11,7 @@ Cases (each runs in its own subprocess so peak memory is its own):
 
     python bench/train_speed.py                     # tiny, then sd15, then sd15-cuda if CUDA is there
     python bench/train_speed.py --case tiny --steps 20
+    OMP_NUM_THREADS=1 python bench/train_speed.py   # on a shared, oversubscribed machine (2 threads spin there)
 """
 
 from __future__ import annotations
