@@ -12,7 +12,7 @@ from pathlib import Path
 from core import shapes
 
 DEMO_NAME = "demo-ring"
-DEMO_STEPS = 200
+DEMO_STEPS = 150
 DEMO_IMAGES = 16
 DEMO_SIZE = 64
 DEMO_CAPTION = "a pink and teal segmented ring on a black background"

@@ -15,10 +15,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="train a demo embedding on the built-in shapes-world model (CPU, about a minute)",
         description="Write the built-in demo model and images of a held-out concept, train an embedding for it, and "
-                    "render a before/after grid. Example: tiwiz demo --output tiwiz-demo --steps 200",
+                    "render a before/after grid. Example: tiwiz demo --output tiwiz-demo --steps 150",
     )
     p.add_argument("--output", type=Path, default=Path("tiwiz-demo"), help="demo folder (default: ./tiwiz-demo)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 200)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 150)")
     p.add_argument("--seed", type=int, default=0, help="seed for the concept images and training (default: 0)")
     p.add_argument("--random-model", action="store_true",
                    help="use the random-weight tiny model instead (exercises the code; learns nothing visible)")
@@ -128,7 +128,7 @@ def run_demo(args) -> int:
         raise TiwizError(f"demo training ended without an embedding ({emb} is missing); see {run_dir}")
     print("Rendering the before/after grid ...", flush=True)
     result = before_after(prep["model_dir"], prep["data_dir"], emb, out / "before_after.png")
-    previews = sorted((run_dir / "previews").glob("*.png"))
+    previews = sorted((run_dir / "previews").glob("*.png"), key=lambda p: p.stat().st_mtime)
     print(f"\nDone in {time.time() - t0:.0f}s. Results:")
     print(f"  embedding:  {run_dir / (name + '.pt')}  and  {emb}")
     if previews:
