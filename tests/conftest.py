@@ -51,6 +51,7 @@ def _kill_workers_under(folder: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_stray_workers(request):
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
-    if "tmp_path" in request.fixturenames:
-        _kill_workers_under(request.getfixturevalue("tmp_path"))
+    if tmp is not None:
+        _kill_workers_under(tmp)
