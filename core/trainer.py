@@ -36,6 +36,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.sink = sink
         self.poll_commands = poll_commands or (lambda: [])
+        self._gpu_polled = 0.0
         self._stop_requested = False  # a plain attribute: safe to set from a signal handler or another thread
 
     def request_stop(self) -> None:
@@ -106,6 +107,8 @@ class Trainer:
 
     def _loop(self, end_step: int) -> str:
         """Train until end_step, or until a stop. Returns "finished" or the stop reason."""
+        from core.models.device import gpu_fields
+
         cfg = self.config
         nan_streak = 0
         self._good = self._snapshot()
@@ -141,8 +144,11 @@ class Trainer:
             if self.validate_every and self.step % self.validate_every == 0:
                 val = self._validation_loss()
             self.loss_log.write(self.step, self.epoch, loss, val, lr, elapsed)
+            gpu = {}
+            if self.device.type == "cuda" and time.monotonic() - self._gpu_polled > 2.0:
+                self._gpu_polled, gpu = time.monotonic(), gpu_fields(self.device)
             self.sink.emit("step", step=self.step, max_steps=end_step, epoch=self.epoch, loss=loss,
-                           loss_avg=ema, lr=lr, it_s=it_s, elapsed=round(elapsed, 3))
+                           loss_avg=ema, lr=lr, it_s=it_s, elapsed=round(elapsed, 3), **gpu)
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end_step:
                 self._save()
             if cfg.preview_every and self.step % cfg.preview_every == 0:

@@ -109,3 +109,23 @@ def prepare_for_device(model, device) -> Precision:
     if device.type == "cuda":
         enable_sdpa(model.unet, model.vae)
     return precision_for(device)
+
+
+def gpu_fields(device) -> dict:
+    """GPU memory (bytes, whole device) and utilisation (%) for step events; {} off CUDA. Utilisation needs NVML
+    (pynvml) and is left out without it."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return {}
+    fields = {}
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+        fields.update(gpu_mem_used=total - free, gpu_mem_total=total)
+    except RuntimeError:
+        pass
+    try:
+        fields["gpu_util"] = torch.cuda.utilization(device)
+    except Exception:  # no NVML: optional
+        pass
+    return fields
