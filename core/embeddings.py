@@ -91,6 +91,11 @@ def _check_n_vectors(n_vectors) -> int:
     return n_vectors
 
 
+def init_token_plan(n_tokens: int, n_vectors: int) -> list[int]:
+    """Which init token starts each vector (A1111): vector i takes token `i*n_tokens//n_vectors`; [] for no tokens."""
+    return [i * n_tokens // n_vectors for i in range(n_vectors)] if n_tokens else []
+
+
 def init_vectors(tokenizer, text_encoder, init_text: str, n_vectors: int):
     """Starting vectors with A1111's semantics: vector i is the token embedding of init token `i*n_tok//n_vectors`
     (tokens repeat when there are fewer than `n_vectors`, are subsampled when there are more); no tokens → zeros.
@@ -104,7 +109,7 @@ def init_vectors(tokenizer, text_encoder, init_text: str, n_vectors: int):
     ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids if text else []
     if not ids:
         return torch.zeros(n_vectors, dim, dtype=torch.float32)
-    rows = [ids[i * len(ids) // n_vectors] for i in range(n_vectors)]
+    rows = [ids[i] for i in init_token_plan(len(ids), n_vectors)]
     with torch.no_grad():
         picked = weight[torch.tensor(rows, device=weight.device)]
     return picked.detach().to("cpu", torch.float32).clone()

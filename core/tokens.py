@@ -37,6 +37,12 @@ def token_ids(text: str) -> list[int]:
     return ids[1:-1] if len(ids) >= 2 else []
 
 
+def token_pieces(text: str) -> list[str]:
+    """The CLIP tokens of `text` as readable pieces (the end-of-word marker dropped)."""
+    tok = _get_tokenizer()
+    return [(tok.id_to_token(i) or "?").replace("</w>", "") for i in token_ids(text)]
+
+
 def count_tokens(text: str) -> int:
     """Number of CLIP tokens in `text`, excluding start/end (the figure the 75-token limit applies to)."""
     return count_tokens_many([text])[0]

@@ -13,20 +13,11 @@ from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
 
 
-def token_pieces(text: str) -> list[str]:
-    """The CLIP tokens of `text` as readable pieces ("</w>" ends a word)."""
-    from core import tokens
-
-    ids = tokens.token_ids(text)
-    tok = tokens._get_tokenizer()
-    return [(tok.id_to_token(i) or "?").replace("</w>", "") for i in ids]
-
-
 def vector_plan(pieces: list[str], n_vectors: int) -> list[str]:
-    """Which init token starts each vector (A1111: vector i takes token i*len/n); "zeros" without init text."""
-    if not pieces:
-        return ["zeros"] * n_vectors
-    return [pieces[i * len(pieces) // n_vectors] for i in range(n_vectors)]
+    """Which init token starts each vector; "zeros" without init text."""
+    from core.embeddings import init_token_plan
+
+    return [pieces[i] for i in init_token_plan(len(pieces), n_vectors)] if pieces else ["zeros"] * n_vectors
 
 
 class EmbeddingScreen(WizardScreen):
@@ -67,6 +58,8 @@ class EmbeddingScreen(WizardScreen):
         if problem:
             widget.update(f"[red]{problem}[/]")
             return
+        from core.tokens import token_pieces
+
         pieces = token_pieces(self.state.init_text)
         n = self.state.vectors
         plan = vector_plan(pieces, n)
