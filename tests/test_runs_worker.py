@@ -92,8 +92,14 @@ def attach_in_terminal_and_interrupt(run: Path, answer: bytes) -> str:
         read_until(b"[D/s]")
         os.write(fd, answer)
         read_until(b"Reattach with")
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")
+        deadline = time.monotonic() + SAFETY_S
+        while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if waited[0] == 0:  # never hang the suite: kill the viewer and fail with what it printed
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the attached viewer did not detach:\n" + out.decode(errors="replace"))
+        assert os.waitstatus_to_exitcode(waited[1]) == 0, out.decode(errors="replace")
     finally:
         os.close(fd)
     return out.decode(errors="replace")
