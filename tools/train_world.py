@@ -2,6 +2,8 @@
 
     python tools/train_world.py --out core/data/world_model            # VAE, then UNet (~6 min on 2 idle cores)
     python tools/train_world.py --out /tmp/wm --stage unet --vae-from /tmp/wm   # UNet only, reusing a VAE
+    python tools/train_world.py --out /tmp/wm --stage unet --vae-from core/data/world_model \
+        --unet-from core/data/world_model --te-lr 1e-3 --lr 5e-4   # continue the shipped UNet, text encoder trained
 
 The result is an SD1-shaped diffusers folder without the tokenizer (`tiwiz demo-model` adds the bundled CLIP
 tokenizer): AutoencoderKL (4 blocks, 64 px -> 8x8x4 latents as in SD), UNet2DConditionModel conditioned on a frozen random
@@ -126,11 +128,16 @@ def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
 
 
 def train_unet(unet, vae, text_encoder, tokenizer, scheduler, steps: int, seed: int, n_images: int,
-               batch_size: int = 32, lr: float = 1e-3, ema_decay: float = 0.995, out: Path | None = None):
+               batch_size: int = 32, lr: float = 1e-3, ema_decay: float = 0.995, out: Path | None = None,
+               te_lr: float = 0.0, warmup: int = 100):
+    """Train the UNet (and, with te_lr > 0, the text encoder jointly) on the world; returns the EMA UNet. With a
+    trained text encoder its EMA is saved too, so the saved pair always matches."""
     captions = [""] + shapes.all_captions()
     index = {c: i for i, c in enumerate(captions)}
-    cond = encode_prompts(text_encoder, tokenizer, captions)
-    log(f"encoded {len(captions)} captions")
+    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    train_te = te_lr > 0
+    cond = None if train_te else encode_prompts(text_encoder, tokenizer, captions)
+    log(f"encoded {len(captions)} captions" + (" (text encoder trained jointly)" if train_te else ""))
 
     stream = shapes.world_samples(seed + 300, n_images, size=IMAGE_SIZE, concept_fraction=CONCEPT_FRACTION)
     means, stds, caps = [], [], []
@@ -152,7 +159,14 @@ def train_unet(unet, vae, text_encoder, tokenizer, scheduler, steps: int, seed: 
     snr = alphas / (1 - alphas)
     weight_t = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction
     ema = copy.deepcopy(unet).requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    groups = [{"params": list(unet.parameters()), "base_lr": lr, "weight_decay": 1e-2}]
+    if train_te:
+        text_encoder.requires_grad_(True).train()
+        ema_te = copy.deepcopy(text_encoder).requires_grad_(False).eval()
+        # no weight decay: it would shrink every unused token's embedding (and so the TI init vectors)
+        groups.append({"params": list(text_encoder.parameters()), "base_lr": te_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=lr)
+    trained = [p for g in groups for p in g["params"]]
     gen = torch.Generator().manual_seed(seed + 400)
     unet.train()
     start = time.time()
@@ -165,25 +179,32 @@ def train_unet(unet, vae, text_encoder, tokenizer, scheduler, steps: int, seed: 
         noise = torch.randn(z.shape, generator=gen)
         t = torch.randint(0, 1000, (batch_size,), generator=gen)
         noisy = scheduler.add_noise(z, noise, t)
-        pred = unet(noisy, t, cond[c]).sample
+        enc = text_encoder(ids[c])[0] if train_te else cond[c]
+        pred = unet(noisy, t, enc).sample
         loss = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (loss * weight_t[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, step / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            g["lr"] = g["base_lr"] * min(1.0, step / warmup) * (
+                0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         opt.step()
         d = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), unet.parameters()):
                 pe.lerp_(p, 1 - d)
+            if train_te:
+                for pe, p in zip(ema_te.parameters(), text_encoder.parameters()):
+                    pe.lerp_(p, 1 - d)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == steps:
             log(f"unet step {step}/{steps} loss {running:.4f} ({time.time() - start:.0f}s)")
         if out is not None and (step % 500 == 0 or step == steps):
             ema.save_pretrained(out / "unet", safe_serialization=True)
-            log(f"saved EMA unet at step {step}")
+            if train_te:
+                ema_te.save_pretrained(out / "text_encoder", safe_serialization=True)
+            log(f"saved EMA unet{' and text encoder' if train_te else ''} at step {step}")
     return ema
 
 
@@ -210,6 +231,11 @@ def main(argv=None) -> int:
     p.add_argument("--vae-steps", type=int, default=500)
     p.add_argument("--unet-steps", type=int, default=1500)
     p.add_argument("--images", type=int, default=4000, help="fixed training images for the UNet stage")
+    p.add_argument("--unet-from", type=Path, help="continue the UNet (as the EMA) from this folder's unet/ instead "
+                   "of from scratch (stage unet; use with --vae-from)")
+    p.add_argument("--lr", type=float, default=1e-3, help="UNet peak learning rate (cosine to 5%%)")
+    p.add_argument("--te-lr", type=float, default=0.0, help="> 0: train the text encoder jointly at this peak lr")
+    p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
 
@@ -238,8 +264,14 @@ def main(argv=None) -> int:
         if src != out:
             save_common(out, text_encoder, vae, scheduler)
     vae.requires_grad_(False).eval()
+    if args.unet_from:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(args.unet_from / "unet")
+        log(f"continuing the UNet from {args.unet_from}")
     if args.stage in ("all", "unet"):
-        train_unet(unet, vae, text_encoder, tokenizer, scheduler, args.unet_steps, args.seed, args.images, out=out)
+        train_unet(unet, vae, text_encoder, tokenizer, scheduler, args.unet_steps, args.seed, args.images, out=out,
+                   lr=args.lr, te_lr=args.te_lr, warmup=args.warmup)
         log(f"all done in {time.time() - t0:.0f}s")
     return 0
 
