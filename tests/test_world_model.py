@@ -86,9 +86,9 @@ def test_prepare_demo_writes_model_images_and_a_valid_config(tmp_path_factory):
 
 
 def test_textual_inversion_learns_on_the_shipped_model(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("ti")
     """CI-sized: ~100 steps on a handful of concept images through the real trainer; the fixed-seed validation loss
     (fixed images, noise and timesteps) must drop clearly below the init embedding's."""
+    tmp_path = tmp_path_factory.mktemp("ti")
     from core.config import TrainConfig
     from core.events import ListSink
     from core.trainer import Trainer
