@@ -108,7 +108,7 @@ def load_model(path, device=None, dtype=None, prediction_type: str | None = None
     """Load a diffusers folder or a single-file checkpoint, offline.
 
     `prediction_type` overrides what the model says or what is guessed ("epsilon" or "v_prediction"); single SD2 files
-    need it when the guess is wrong (see docs/readme/models.md). Weights are fp32 unless `dtype` is given.
+    need it when the guess is wrong (see the README, "SD2 768 v-prediction single files"). Weights are fp32 unless `dtype` is given.
     """
     import torch
 
