@@ -65,6 +65,11 @@ def load_vectors(path: Path):
     return next(iter(tensors.values())).float()
 
 
+def _default_hangup() -> None:
+    """A viewer gets the default SIGHUP disposition, as in a real terminal, even when the suite runs under nohup."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def attach_in_terminal_and_interrupt(run: Path, answer: bytes) -> str:
     """Run `tiwiz attach RUN` on a pseudo-terminal, press Ctrl-C once it shows the run, then type `answer`."""
     import pty
@@ -196,7 +201,7 @@ def test_live_run_survives_viewers_and_obeys_commands(tmp_path, tiny_model_dir, 
         with open(out_path, "w") as out:
             viewer = subprocess.Popen([sys.executable, "-m", "core.cli", "attach", str(run)], stdout=out,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_default_hangup)
         deadline = time.monotonic() + SAFETY_S
         while "history:" not in out_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)

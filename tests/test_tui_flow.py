@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from core.captions import read_caption
-from core.runs import inspect_run
+from core.runs import inspect_run, send_command
 from tests.tui_support import copy_model, freeze_cursor, make_photos, wait_idle
 from tui.app import TiwizApp
 from tui.state import WizardState
@@ -162,7 +162,7 @@ from tui.app import TiwizApp
 from tui.state import WizardState
 state = WizardState(model=sys.argv[2], source=sys.argv[3], dataset=sys.argv[3], skip_preprocess=True,
                     name="killcat", init_text="cat", vectors=1,
-                    train=dict(steps=10, width=64, height=64, save_every=5, preview_every=0, validate_every=0,
+                    train=dict(steps=100000, width=64, height=64, save_every=5, preview_every=0, validate_every=0,
                                device="cpu"))
 app = TiwizApp(state=state, save=False, runs_root=sys.argv[4], start_stage="training")
 async def main():
@@ -192,16 +192,20 @@ def test_killed_ui_leaves_training_running_and_reattaches(workspace):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     info = inspect_run(run_dir)
-    assert info.alive and info.state == "running", info
+    assert info.alive and info.state == "running", info  # the run never ends on its own (100000 steps)
+    killed_at = info.step
 
     app = TiwizApp(state=WizardState(), save=False, attach=run_dir)
 
     async def attach():
         async with app.run_test(size=(80, 24)) as pilot:
             monitor = app.screen
-            await until(pilot, lambda: monitor.view.state in ("finished", "failed", "killed"), 240, "the run to end")
+            await until(pilot, lambda: monitor.view.step >= killed_at + 3, 240, "steps after the UI was killed")
+            send_command(run_dir, "stop")
+            await until(pilot, lambda: monitor.view.state in ("stopped", "failed", "killed"), 240, "the run to stop")
             return monitor.view
 
     view = asyncio.run(attach())
-    assert view.state == "finished", view.error
-    assert [s for s, _ in view.losses] == list(range(1, 11))  # the whole history, including the steps before the kill
+    assert view.state == "stopped", view.error
+    # the whole history, including the steps before the kill, with no gap
+    assert [s for s, _ in view.losses] == list(range(1, view.step + 1)) and view.step >= killed_at + 3
