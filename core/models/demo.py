@@ -10,6 +10,23 @@ TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "data" / "clip_tokenize
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 
 
+# The tiny SD-shaped architecture (shared with core.models.tiny) and the SD1.5 noise schedule.
+TINY_UNET = dict(
+    sample_size=16, block_out_channels=(32, 64), layers_per_block=1, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+)
+TINY_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=1, norm_num_groups=32, sample_size=64,
+)
+SD15_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    clip_sample=False, steps_offset=1,
+)
+
+
 def copy_clip_tokenizer(dest: str | os.PathLike) -> Path:
     """Copy the bundled real CLIP tokenizer files into `dest`."""
     dest = Path(dest)
@@ -33,21 +50,10 @@ def build_tiny_components(seed: int = 0):
         )
     )
     torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(
-        sample_size=16, block_out_channels=(32, 64), layers_per_block=1, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET)
     torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=32, sample_size=64,
-    )
-    scheduler = DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        clip_sample=False, steps_offset=1, prediction_type="epsilon",
-    )
+    vae = AutoencoderKL(**TINY_VAE)
+    scheduler = DDPMScheduler(**SD15_SCHEDULER, prediction_type="epsilon")
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
     return text_encoder, unet, vae, scheduler, tokenizer
 

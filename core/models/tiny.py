@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.models.demo import TOKENIZER_DIR
+from core.models.demo import SD15_SCHEDULER, TINY_UNET, TINY_VAE, TOKENIZER_DIR
 
 
 def build_tiny_sd2_components(seed: int = 0, prediction_type: str = "v_prediction"):
@@ -23,21 +23,10 @@ def build_tiny_sd2_components(seed: int = 0, prediction_type: str = "v_predictio
         )
     )
     torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(
-        sample_size=16, block_out_channels=(32, 64), layers_per_block=1, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32,
-    )
+    unet = UNet2DConditionModel(**{**TINY_UNET, "attention_head_dim": (2, 4), "use_linear_projection": True})
     torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=32, sample_size=64,
-    )
-    scheduler = DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        clip_sample=False, steps_offset=1, prediction_type=prediction_type,
-    )
+    vae = AutoencoderKL(**TINY_VAE)
+    scheduler = DDPMScheduler(**SD15_SCHEDULER, prediction_type=prediction_type)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token="!")
     return text_encoder, unet, vae, scheduler, tokenizer
 
