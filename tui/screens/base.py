@@ -78,12 +78,7 @@ class WizardScreen(Screen):
     # --- messages ----------------------------------------------------------------------------------------------
 
     def show_message(self, text: str, kind: str = "error") -> None:
-        """A readable line above the footer (errors in red); empty text hides it."""
-        widget = self.query_one("#message", Static)
-        widget.update(text)
-        widget.set_class(bool(text), "visible")
-        for k in ("error", "info", "ok", "warning"):
-            widget.set_class(k == kind, k)
+        show_message(self, text, kind)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
@@ -116,3 +111,12 @@ class Row(Horizontal):
     DEFAULT_CSS = """
     Row { height: auto; }
     """
+
+
+def show_message(screen, text: str, kind: str = "error") -> None:
+    """A readable line above the footer in the screen's `#message` Static (errors in red); empty text hides it."""
+    widget = screen.query_one("#message", Static)
+    widget.update(text)
+    widget.set_class(bool(text), "visible")
+    for k in ("error", "info", "ok", "warning"):
+        widget.set_class(k == kind, k)

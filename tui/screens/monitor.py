@@ -16,7 +16,7 @@ from textual.widgets.option_list import Option
 
 from tui import runs_info
 from tui.run_view import TERMINAL_STATES, RunView
-from tui.screens.base import error_text
+from tui.screens.base import error_text, show_message
 from tui.screens.dialogs import ConfirmModal
 from tui.widgets.image_preview import ImagePreview
 from tui.widgets.loss_plot import LossPlot
@@ -70,11 +70,7 @@ class MonitorScreen(Screen):
         self.set_interval(REDRAW_SECONDS, self.poll)
 
     def show_message(self, text: str, kind: str = "error") -> None:
-        widget = self.query_one("#message", Static)
-        widget.update(text)
-        widget.set_class(bool(text), "visible")
-        for k in ("error", "info", "ok", "warning"):
-            widget.set_class(k == kind, k)
+        show_message(self, text, kind)
 
     # --- following ---------------------------------------------------------------------------------------------
 
