@@ -20,7 +20,7 @@ from pathlib import Path
 from core.errors import TiwizError
 
 MAX_EMBEDDING_BYTES = 64 * 1024 * 1024  # real embeddings are kilobytes; anything this big is a model checkpoint
-MAX_VECTORS = 75
+MAX_VECTORS = 75  # one CLIP chunk; A1111's slider range
 FORMATS = ("a1111", "diffusers", "kohya", "onetrainer", "tensor", "a1111-png")
 
 
@@ -185,23 +185,30 @@ def _interpret(obj, path: Path, metadata: dict, png: bool = False) -> LoadedEmbe
                      "string_to_param, kohya's emb_params or OneTrainer's emp_params")
 
 
-def _result(name, tensor, fmt, step, metadata, path: Path) -> LoadedEmbedding:
+def vector_matrix(tensor, what: str, *, nonfinite: str = "the embedding is dead (training diverged)"):
+    """`tensor` as a contiguous fp32 CPU [vectors, width] copy, or a TiwizError starting with `what`; shared by
+    loading (what = the file name) and saving (what = "embedding vectors")."""
     import torch
 
     if not isinstance(tensor, torch.Tensor):
-        raise TiwizError(f"{path.name}: the embedding is a {type(tensor).__name__}, not a tensor")
-    if not (tensor.is_floating_point()):
-        raise TiwizError(f"{path.name}: the embedding tensor has dtype {tensor.dtype}, expected floating point")
+        raise TiwizError(f"{what}: the embedding is a {type(tensor).__name__}, not a tensor")
+    if not tensor.is_floating_point():
+        raise TiwizError(f"{what}: the embedding tensor has dtype {tensor.dtype}, expected floating point")
     vec = tensor.detach().to("cpu", torch.float32)
     if vec.ndim == 1:
         vec = vec.unsqueeze(0)
     if vec.ndim != 2 or vec.shape[0] < 1 or vec.shape[1] < 1:
-        raise TiwizError(f"{path.name}: the embedding has shape {list(tensor.shape)}, expected [vectors, width]")
+        raise TiwizError(f"{what}: the embedding has shape {list(tensor.shape)}, expected [vectors, width]")
     if vec.shape[0] > MAX_VECTORS:
-        raise TiwizError(f"{path.name} has {vec.shape[0]} vectors; a prompt chunk holds at most {MAX_VECTORS}")
+        raise TiwizError(f"{what}: {vec.shape[0]} vectors; a prompt chunk holds at most {MAX_VECTORS}")
     if not torch.isfinite(vec).all():
-        raise TiwizError(f"{path.name} contains NaN or infinite values: the embedding is dead (training diverged)")
-    return LoadedEmbedding(name=str(name), vectors=vec.contiguous().clone(), format=fmt, step=step,
+        raise TiwizError(f"{what} contains NaN or infinite values: {nonfinite}")
+    # clone: a view would drag its whole storage into torch.save, and safetensors refuses shared storage
+    return vec.contiguous().clone()
+
+
+def _result(name, tensor, fmt, step, metadata, path: Path) -> LoadedEmbedding:
+    return LoadedEmbedding(name=str(name), vectors=vector_matrix(tensor, path.name), format=fmt, step=step,
                            metadata={str(k): str(v) for k, v in metadata.items()})
 
 

@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 
 from core.embedding_formats import LoadedEmbedding, describe_width, load_embedding  # noqa: F401  (re-exported)
+from core.embedding_formats import MAX_VECTORS, vector_matrix
 from core.errors import TiwizError
 
-MAX_VECTORS = 75  # one CLIP chunk; A1111's slider range
 MAX_NAME_LENGTH = 100  # leaves room for "-STEP" and ".safetensors" within a 255-byte file name
 A1111_STAR_TOKEN = 265  # CLIP id of "*", the constant A1111 writes in string_to_token
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
@@ -116,20 +116,8 @@ def init_vectors(tokenizer, text_encoder, init_text: str, n_vectors: int):
 
 
 def _clean_vectors(vectors):
-    import torch
-
-    if not isinstance(vectors, torch.Tensor):
-        raise TiwizError(f"embedding vectors must be a tensor, not {type(vectors).__name__}")
-    vec = vectors.detach().to("cpu", torch.float32)
-    if vec.ndim == 1:
-        vec = vec.unsqueeze(0)
-    if vec.ndim != 2 or vec.shape[0] < 1 or vec.shape[1] < 1:
-        raise TiwizError(f"embedding vectors must have shape [n, dim], not {list(vectors.shape)}")
-    if not torch.isfinite(vec).all():
-        raise TiwizError("the embedding contains NaN or infinite values; it was not saved (the last good file is "
-                         "kept)")
-    # clone: a view would drag its whole storage into torch.save, and safetensors refuses shared storage
-    return vec.contiguous().clone()
+    return vector_matrix(vectors, "embedding vectors",
+                         nonfinite="it was not saved (the last good file is kept)")
 
 
 def save_embedding(vectors, path_stem, *, name: str, step: int, base_model: str, base_hash: str | None,
