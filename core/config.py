@@ -47,6 +47,8 @@ HELP = {
     "template": "Prompt template name (style, style_filewords, subject, subject_filewords, none) or a .txt path",
     "shuffle_tags": "Shuffle the comma-separated tags of each caption every step",
     "tag_dropout": "Probability of dropping each caption tag every step (0-1)",
+    "noise_offset": "Offset noise (kohya's --noise_offset): add this times a per-image, per-channel constant to the "
+                    "noise so flat colours and backgrounds are learned from the prompt (0 = off; 0.05-0.1 typical)",
     "clip_grad": "Gradient clipping: none, value or norm",
     "clip_grad_value": "Clip threshold (a number or a schedule string like lr)",
     "save_every": "Save the embedding and resume state every N steps (0 = only at the end)",
@@ -88,6 +90,7 @@ class TrainConfig:
     template: str = "style_filewords"
     shuffle_tags: bool = False
     tag_dropout: float = 0.0
+    noise_offset: float = 0.0
     clip_grad: str = "none"
     clip_grad_value: str = "0.1"
     save_every: int = 500
@@ -197,6 +200,8 @@ class TrainConfig:
                     raise TiwizError(f"{key}: must be a multiple of 8, or 0 for the training size (got {value})")
         if not 0.0 <= self.tag_dropout < 1.0:
             raise TiwizError(f"tag_dropout: must be between 0 and 1 (got {self.tag_dropout})")
+        if not 0.0 <= self.noise_offset <= 1.0:
+            raise TiwizError(f"noise_offset: must be between 0 and 1 (got {self.noise_offset})")
         _check_range("save_every", self.save_every, 0, None)
         _check_range("preview_every", self.preview_every, 0, None)
         _check_range("validate_every", self.validate_every, -1, None)

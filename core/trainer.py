@@ -218,6 +218,9 @@ class Trainer:
             prompts = [self._prompt_for(i) for i in indices]
         if noise is None:
             noise = torch.randn(latents.shape, generator=generator)
+            if self.config.noise_offset:  # training only: validation passes its own fixed noise
+                offset = torch.randn(latents.shape[:2] + (1, 1), generator=generator)
+                noise = noise + self.config.noise_offset * offset
         if timesteps is None:
             timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator)
         latents, noise, timesteps = latents.to(self.device), noise.to(self.device), timesteps.to(self.device)
