@@ -26,6 +26,7 @@ CHOICES = {
     "resize": ("crop", "stretch", "none"),
     "latent_sampling": ("once", "deterministic", "random"),
     "clip_grad": ("none", "value", "norm"),
+    "loss_weighting": ("none", "velocity"),
     "preview_sampler": ("euler_a", "dpmpp_2m", "ddim", "euler"),
 }
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
@@ -49,6 +50,9 @@ HELP = {
     "tag_dropout": "Probability of dropping each caption tag every step (0-1)",
     "noise_offset": "Offset noise (kohya's --noise_offset): add this times a per-image, per-channel constant to the "
                     "noise so flat colours and backgrounds are learned from the prompt (0 = off; 0.05-0.1 typical)",
+    "loss_weighting": "none: plain MSE per timestep (A1111); velocity: weight an epsilon model's loss by 1/alpha_bar(t), "
+                      "which is the v-prediction loss, so the noisiest steps, where colours and layout are decided, "
+                      "count (no effect on v-prediction models)",
     "clip_grad": "Gradient clipping: none, value or norm",
     "clip_grad_value": "Clip threshold (a number or a schedule string like lr)",
     "save_every": "Save the embedding and resume state every N steps (0 = only at the end)",
@@ -91,6 +95,7 @@ class TrainConfig:
     shuffle_tags: bool = False
     tag_dropout: float = 0.0
     noise_offset: float = 0.0
+    loss_weighting: str = "none"
     clip_grad: str = "none"
     clip_grad_value: str = "0.1"
     save_every: int = 500

@@ -182,7 +182,7 @@ class Trainer:
         total = 0.0
         for _ in range(cfg.grad_accum):
             indices = self._next_batch()
-            loss = self._batch_loss(indices, self.generator) / cfg.grad_accum
+            loss = self._batch_loss(indices, self.generator, weighted=True) / cfg.grad_accum
             if not torch.isfinite(loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
@@ -206,8 +206,9 @@ class Trainer:
         return total
 
     def _batch_loss(self, indices: list[int], generator, prompts: list[str] | None = None, latents=None,
-                    noise=None, timesteps=None):
-        """Diffusion loss for one batch. Training draws noise/timesteps from `generator`; validation passes its own."""
+                    noise=None, timesteps=None, weighted: bool = False):
+        """Diffusion loss for one batch. Training draws noise/timesteps from `generator` and applies `loss_weighting`
+        (weighted=True); validation passes its own and stays plain MSE, so it is comparable across settings."""
         import torch
         import torch.nn.functional as F
 
@@ -229,7 +230,12 @@ class Trainer:
         with self._autocast():
             cond = self._encode(prompts)
             pred = self.model.unet(noisy.to(self.unet_dtype), timesteps, cond.to(self.unet_dtype)).sample
-        return F.mse_loss(pred.float(), target.float())
+        if not (weighted and self.config.loss_weighting == "velocity" and self.model.prediction_type != "v_prediction"):
+            return F.mse_loss(pred.float(), target.float())
+        # |v - v_hat|^2 = |eps - eps_hat|^2 / alpha_bar(t); divided by its mean over t so the scale stays comparable
+        inv_alpha = 1.0 / sched.alphas_cumprod.to(device=self.device, dtype=torch.float32)
+        per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_image * inv_alpha[timesteps] / inv_alpha.mean()).mean()
 
     def _encode(self, prompts: list[str]):
         tok = self.model.tokenizer
