@@ -1,7 +1,8 @@
 """Figures for the shipped "shapes world" model (issue 6). Prints; writes PNG grids only when asked.
 
     python bench/world_quality.py                         # colour accuracy over 50 fixed-seed world prompts
-    python bench/world_quality.py --ti --steps 300        # + textual inversion on the held-out concept
+    python bench/world_quality.py --ti                    # + textual inversion on the held-out concept (the demo)
+    python bench/world_quality.py --ti --skip-world --seeds 0,1,2,3   # the same with four training seeds
     python bench/world_quality.py --ti --images-dir docs/images   # also write the README grids
 
 World quality: 50 prompts `a COLOR SHAPE on a BG background` (fixed seeds), generated with DDIM; each image's dominant
@@ -57,7 +58,7 @@ def world_quality(model_dir, *, n: int = 50, steps: int = 25, cfg: float = 5.0, 
     return {"n": n, "fg": fg_ok / n, "bg": bg_ok / n, "both": both / n, "cfg": cfg, "steps": steps}
 
 
-def textual_inversion(workdir: Path, steps: int, grid_png=None, model_dir=None, **overrides) -> dict:
+def textual_inversion(workdir: Path, steps: int, grid_png=None, model_dir=None, seed: int = 0, **overrides) -> dict:
     from core.config import TrainConfig
     from core.events import ListSink
     from core.trainer import Trainer
@@ -66,7 +67,7 @@ def textual_inversion(workdir: Path, steps: int, grid_png=None, model_dir=None, 
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "model").symlink_to(Path(model_dir).resolve())
     prep = demo.prepare_demo(workdir, steps=steps)
-    cfg = dict(prep["config"], preview_every=0, validate_every=steps, save_every=steps, **overrides)
+    cfg = dict(prep["config"], preview_every=0, validate_every=steps, save_every=steps, seed=seed, **overrides)
     sink = ListSink()
     t0 = time.time()
     Trainer(TrainConfig.from_dict(cfg), Path(cfg["output"]), sink).run()
@@ -84,9 +85,12 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--ti", action="store_true", help="also run textual inversion on the held-out concept")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=None, help="textual-inversion steps (default: the demo's)")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds for the textual inversion (the "
+                   "concept images stay the same); the grid is written for the first")
     p.add_argument("--lr", help="override the demo's learning rate")
     p.add_argument("--vectors", type=int, help="override the demo's vectors per token")
+    p.add_argument("--loss-weighting", choices=["none", "velocity"], help="override the demo's loss weighting")
     p.add_argument("--skip-world", action="store_true", help="only the textual-inversion part")
     p.add_argument("--images-dir", type=Path, help="write world_samples.png and demo_before_after.png here")
     args = p.parse_args(argv)
@@ -106,13 +110,19 @@ def main(argv=None) -> int:
             print(f"world quality over {q['n']} fixed-seed prompts (DDIM {q['steps']} steps, CFG {q['cfg']}): "
                   f"foreground {q['fg']:.0%}, background {q['bg']:.0%}, both {q['both']:.0%}", flush=True)
         if args.ti:
-            grid = args.images_dir / "demo_before_after.png" if args.images_dir else None
-            overrides = {k: v for k, v in (("lr", args.lr), ("vectors", args.vectors)) if v is not None}
-            t = textual_inversion(Path(tmp) / "demo", args.steps, grid, model_dir=args.model, **overrides)
-            print(f"textual inversion, {t['steps']} steps in {t['seconds']:.0f}s: fixed-seed validation loss "
-                  f"{t['val_first']:.4f} -> {t['val_last']:.4f} ({t['val_drop']:.1%} lower)")
-            print(f"colour-histogram distance to the concept: init {t['distance_before']:.3f}, learned "
-                  f"{t['distance_after']:.3f}, ratio {t['ratio']:.2f}")
+            from core.demo import DEMO_STEPS
+
+            steps = args.steps or DEMO_STEPS
+            overrides = {k: v for k, v in (("lr", args.lr), ("vectors", args.vectors),
+                                           ("loss_weighting", args.loss_weighting)) if v is not None}
+            for i, seed in enumerate(int(s) for s in args.seeds.split(",")):
+                grid = args.images_dir / "demo_before_after.png" if args.images_dir and i == 0 else None
+                t = textual_inversion(Path(tmp) / f"demo-{seed}", steps, grid, model_dir=args.model, seed=seed,
+                                      **overrides)
+                print(f"textual inversion (seed {seed}), {t['steps']} steps in {t['seconds']:.0f}s: fixed-seed "
+                      f"validation loss {t['val_first']:.4f} -> {t['val_last']:.4f} ({t['val_drop']:.1%} lower); "
+                      f"colour-histogram distance to the concept: init {t['distance_before']:.3f}, learned "
+                      f"{t['distance_after']:.3f}, ratio {t['ratio']:.2f}", flush=True)
     return 0
 
 

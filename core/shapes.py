@@ -1,8 +1,9 @@
 """The procedural "shapes world": deterministic images and captions from a seed, no files needed.
 
-Every image is a flat-coloured shape on a flat background, captioned `a COLOR SHAPE on a BG background`. The held-out
-demo concept (a pink-and-teal segmented ring on a black background) appears in the world model's training only with
-an empty caption, so the model can draw it but no word names it: textual inversion has to find it.
+Every image is a flat-coloured shape on a flat background, captioned `a COLOR SHAPE on a BG background` (training
+also uses a few rephrasings of it, see `caption_variants`). The held-out demo concept, a yellow heart on a purple
+background, never appears in the world: the model knows yellow shapes and purple backgrounds but has never seen a
+heart, and no caption names it. Textual inversion has to find it.
 
 Torch-free: numpy and Pillow only.
 """
@@ -27,11 +28,22 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 
-# The held-out concept: never captioned, only ever seen by the world model as an unconditional sample.
-CONCEPT_COLORS = ((255, 110, 190), (0, 190, 180))  # pink, teal
-CONCEPT_BG = COLORS["black"]
-CONCEPT_NAME = "pink-and-teal segmented ring on a black background"
-CONCEPT_INIT_TEXT = "ring"
+# The held-out concept: a shape the world does not have, in fixed colours; never part of the world model's training.
+CONCEPT_SHAPE, CONCEPT_COLOR, CONCEPT_BACKGROUND = "heart", "yellow", "purple"
+CONCEPT_NAME = "a yellow heart on a purple background"
+CONCEPT_INIT_TEXT = "heart"  # what a user would type; the world model never trained this word
+
+# Rephrasings used in training (the first is the canonical caption the bench prompts with), so the model reads colour
+# roles from the words rather than from their positions, and short prompts such as a 2-vector embedding alone are not
+# far from anything it saw.
+CAPTION_TEMPLATES = (
+    "a {color} {shape} on a {background} background",
+    "{color} {shape}, {background} background",
+    "a {background} background with a {color} {shape}",
+    "{color} {shape} on {background}",
+    "a {color} {shape}",
+)
+CAPTION_WEIGHTS = (0.5, 0.15, 0.15, 0.1, 0.1)
 
 SUPERSAMPLE = 4
 
@@ -55,7 +67,12 @@ class ShapeSpec:
 
 
 def caption_for(color: str, shape: str, background: str) -> str:
-    return f"a {color} {shape} on a {background} background"
+    return CAPTION_TEMPLATES[0].format(color=color, shape=shape, background=background)
+
+
+def caption_variants(color: str, shape: str, background: str) -> list[str]:
+    """Every training phrasing of one image's caption, in CAPTION_TEMPLATES order."""
+    return [t.format(color=color, shape=shape, background=background) for t in CAPTION_TEMPLATES]
 
 
 def random_spec(rng: random.Random, *, concept: bool = False, shape: str | None = None, color: str | None = None,
@@ -63,7 +80,7 @@ def random_spec(rng: random.Random, *, concept: bool = False, shape: str | None 
     """Draw a shape spec. Colours differ from the background; the shape stays fully inside the image."""
     names = list(COLORS)
     if concept:
-        shape, color, background = "ring", "pink", "black"
+        shape, color, background = CONCEPT_SHAPE, CONCEPT_COLOR, CONCEPT_BACKGROUND
     shape = shape or rng.choice(SHAPES)
     background = background or rng.choice(names)
     color = color or rng.choice([c for c in names if c != background])
@@ -71,7 +88,8 @@ def random_spec(rng: random.Random, *, concept: bool = False, shape: str | None 
     margin = size + 0.04
     cx = rng.uniform(margin, 1 - margin)
     cy = rng.uniform(margin, 1 - margin)
-    return ShapeSpec(shape, color, background, cx, cy, size, rng.uniform(0, 360), concept)
+    angle = rng.uniform(-20, 20) if concept else rng.uniform(0, 360)  # a heart stays (nearly) upright
+    return ShapeSpec(shape, color, background, cx, cy, size, angle, concept)
 
 
 def _polygon(points, cx, cy, r, angle_deg):
@@ -95,45 +113,40 @@ _UNIT = {
     "star": _star_points(),
     "cross": [(-0.33, -1), (0.33, -1), (0.33, -0.33), (1, -0.33), (1, 0.33), (0.33, 0.33), (0.33, 1), (-0.33, 1),
               (-0.33, 0.33), (-1, 0.33), (-1, -0.33), (-0.33, -0.33)],
+    # the held-out concept's shape (not in SHAPES): the classic parametric heart, scaled to radius ~1
+    "heart": [(16 * math.sin(t) ** 3 / 17,
+               -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 17 - 0.2)
+              for t in (2 * math.pi * k / 64 for k in range(64))],
 }
 
 
 def render(spec: ShapeSpec, size: int = 64) -> Image.Image:
     """Render one spec as an RGB image (antialiased by supersampling)."""
     big = size * SUPERSAMPLE
-    bg = CONCEPT_BG if spec.concept else COLORS[spec.background]
+    bg = COLORS[spec.background]
     img = Image.new("RGB", (big, big), bg)
     draw = ImageDraw.Draw(img)
     cx, cy, r = spec.cx * big, spec.cy * big, spec.size * big
     box = (cx - r, cy - r, cx + r, cy + r)
     inner = r * 0.55
     inner_box = (cx - inner, cy - inner, cx + inner, cy + inner)
-    if spec.concept:
-        segments = 6
-        for i in range(segments):
-            start = spec.angle + i * 360 / segments
-            draw.pieslice(box, start, start + 360 / segments, fill=CONCEPT_COLORS[i % 2])
+    fg = COLORS[spec.color]
+    if spec.shape == "circle":
+        draw.ellipse(box, fill=fg)
+    elif spec.shape == "ring":
+        draw.ellipse(box, fill=fg)
         draw.ellipse(inner_box, fill=bg)
     else:
-        fg = COLORS[spec.color]
-        if spec.shape == "circle":
-            draw.ellipse(box, fill=fg)
-        elif spec.shape == "ring":
-            draw.ellipse(box, fill=fg)
-            draw.ellipse(inner_box, fill=bg)
-        else:
-            angle = spec.angle if spec.shape != "square" else spec.angle % 90
-            draw.polygon(_polygon(_UNIT[spec.shape], cx, cy, r, angle), fill=fg)
+        angle = spec.angle if spec.shape != "square" else spec.angle % 90
+        draw.polygon(_polygon(_UNIT[spec.shape], cx, cy, r, angle), fill=fg)
     return img.resize((size, size), Image.Resampling.BOX)
 
 
-def world_samples(seed: int, n: int, *, size: int = 64, concept_fraction: float = 0.0):
-    """Yield `n` (image, caption, spec) triples, deterministic in `seed`. A fraction of them are the uncaptioned
-    held-out concept (caption "")."""
+def world_samples(seed: int, n: int, *, size: int = 64):
+    """Yield `n` (image, canonical caption, spec) triples of the world, deterministic in `seed`. Never the concept."""
     rng = random.Random(seed)
     for _ in range(n):
-        concept = concept_fraction > 0 and rng.random() < concept_fraction
-        spec = random_spec(rng, concept=concept)
+        spec = random_spec(rng)
         yield render(spec, size), spec.caption, spec
 
 
@@ -144,8 +157,13 @@ def concept_samples(seed: int, n: int, *, size: int = 64):
         yield render(random_spec(rng, concept=True), size)
 
 
+def all_specs() -> list[tuple[str, str, str]]:
+    """Every (color, shape, background) the world has."""
+    return [(c, s, b) for s in SHAPES for c in COLORS for b in COLORS if b != c]
+
+
 def all_captions() -> list[str]:
-    return [caption_for(c, s, b) for s in SHAPES for c in COLORS for b in COLORS if b != c]
+    return [caption_for(c, s, b) for c, s, b in all_specs()]
 
 
 def nearest_color(rgb) -> str:

@@ -172,4 +172,4 @@ def test_demo_entry_fills_every_stage(tmp_path, monkeypatch):
     from core.config import TrainConfig
 
     config = TrainConfig.from_dict(app.state.train_config())  # a complete, valid training config
-    assert config.name == "demo-ring" and (tmp_path / "home" / "demo" / "model" / "model_index.json").is_file()
+    assert config.name == "demo-heart" and (tmp_path / "home" / "demo" / "model" / "model_index.json").is_file()

@@ -58,8 +58,8 @@ def test_missing_weights_give_a_clear_error(tmp_path_factory, monkeypatch):
 
 
 def test_world_model_follows_the_prompted_colours(world_model_dir):
-    """A small version of bench/world_quality.py (its first 10 prompts and seeds): the shape's colour follows the
-    prompt far above chance (1 in 7 per image). The full figures are in bench/RESULTS.md."""
+    """A small version of bench/world_quality.py (its first 10 prompts and seeds): shape and background colours follow
+    the prompt (chance is about 1 in 50 for both). The full figures are in bench/RESULTS.md."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -69,7 +69,7 @@ def test_world_model_follows_the_prompted_colours(world_model_dir):
     pipe = demo.load_pipeline(world_model_dir)
     images = demo.generate(pipe, [shapes.caption_for(*c) for c in cases], list(range(10)), steps=25, cfg=5.0)
     got = [shapes.dominant_colors(im) for im in images]
-    assert sum(g[0] == c[0] for g, c in zip(got, cases)) >= 5, got
+    assert sum(g == (c[0], c[2]) for g, c in zip(got, cases)) >= 8, got
 
 
 def test_prepare_demo_writes_model_images_and_a_valid_config(tmp_path_factory):
@@ -94,10 +94,29 @@ def test_textual_inversion_learns_on_the_shipped_model(tmp_path_factory):
     from core.trainer import Trainer
 
     prep = demo.prepare_demo(tmp_path / "demo", steps=100, n_images=6)
-    cfg = dict(prep["config"], preview_every=0, save_every=0, validate_every=100, batch_size=2)
+    # plain MSE and A1111's default lr: the fastest visible drop of the (plain) validation loss
+    cfg = dict(prep["config"], preview_every=0, save_every=0, validate_every=100, batch_size=2, lr="0.005",
+               loss_weighting="none")
     sink = ListSink()
     Trainer(TrainConfig.from_dict(cfg), Path(cfg["output"]), sink).run()
     vals = [e["val_loss"] for e in sink.events if e["type"] == "validation"]
     assert len(vals) == 2
-    assert vals[-1] < 0.9 * vals[0], vals  # measured: 0.0655 -> 0.0561 (-14%)
-    assert (Path(cfg["output"]) / "demo-ring.safetensors").is_file()
+    assert vals[-1] < 0.9 * vals[0], vals  # measured: 0.0437 -> 0.0368 (-16%)
+    assert (Path(cfg["output"]) / "demo-heart.safetensors").is_file()
+
+
+def test_demo_embedding_draws_closer_to_the_concept(tmp_path_factory):
+    """The demo as shipped (seed 0, its config, 16 images): images generated with the learned embedding are less than
+    half as far from the concept's images (colour histograms) as those generated with the init embedding."""
+    tmp_path = tmp_path_factory.mktemp("demo")
+    from core.config import TrainConfig
+    from core.events import ListSink
+    from core.trainer import Trainer
+
+    prep = demo.prepare_demo(tmp_path / "demo")
+    cfg = dict(prep["config"], preview_every=0, save_every=0)
+    Trainer(TrainConfig.from_dict(cfg), Path(cfg["output"]), ListSink()).run()
+    result = demo.before_after(prep["model_dir"], prep["data_dir"], Path(cfg["output"]) / "demo-heart.safetensors",
+                               tmp_path / "grid.png")
+    assert result["ratio"] < 0.5, result  # measured: 0.976 -> 0.193 (0.20)
+    assert (tmp_path / "grid.png").stat().st_size > 0

@@ -12,8 +12,8 @@ def _arrays(seed, n, **kw):
 
 
 def test_same_seed_same_pixels_and_captions():
-    a = list(shapes.world_samples(7, 12, concept_fraction=0.2))
-    b = list(shapes.world_samples(7, 12, concept_fraction=0.2))
+    a = list(shapes.world_samples(7, 12))
+    b = list(shapes.world_samples(7, 12))
     assert [x[1] for x in a] == [x[1] for x in b]
     assert all(np.array_equal(np.asarray(x[0]), np.asarray(y[0])) for x, y in zip(a, b))
     c = _arrays(8, 12)
@@ -37,18 +37,30 @@ def test_dominant_colour_measure_reads_rendered_images():
     assert shapes.dominant_colors(flat)[1] == "blue"
 
 
-def test_held_out_concept_is_never_captioned():
-    items = list(shapes.world_samples(0, 400, concept_fraction=0.1))
-    concept = [(im, c) for im, c, s in items if s.concept]
-    assert 10 < len(concept) < 80
-    assert all(c == "" for _im, c in concept)
-    # the concept's colours appear nowhere else in the world
-    pink = np.array(shapes.CONCEPT_COLORS[0])
-    for im, caption, spec in items:
-        near = (np.abs(np.asarray(im).astype(int) - pink).sum(-1) < 30).mean()
-        assert (near > 0.02) == spec.concept
-    # and no caption names it
-    assert not any("pink" in c or "teal" in c for c in shapes.all_captions())
+def test_caption_variants_name_every_part():
+    assert len(shapes.CAPTION_TEMPLATES) == len(shapes.CAPTION_WEIGHTS) and abs(sum(shapes.CAPTION_WEIGHTS) - 1) < 1e-9
+    variants = shapes.caption_variants("red", "star", "blue")
+    assert variants[0] == shapes.caption_for("red", "star", "blue") == "a red star on a blue background"
+    assert len(set(variants)) == len(variants)
+    assert all("red" in v and "star" in v for v in variants)
+    assert len(shapes.all_specs()) == len(shapes.SHAPES) * len(shapes.COLORS) * (len(shapes.COLORS) - 1)
+
+
+def test_held_out_concept_is_never_in_the_world():
+    items = list(shapes.world_samples(0, 400))
+    assert not any(s.concept or s.shape == shapes.CONCEPT_SHAPE for _im, _c, s in items)
+    assert shapes.CONCEPT_SHAPE not in shapes.SHAPES
+    assert not any(shapes.CONCEPT_SHAPE in c for c in shapes.all_captions())
+    # the concept images show the concept's colours, and a shape unlike any world shape: a heart is mirror-symmetric
+    # about the vertical axis and wider at the top than at the bottom
+    for image in shapes.concept_samples(0, 8):
+        assert shapes.dominant_colors(image) == (shapes.CONCEPT_COLOR, shapes.CONCEPT_BACKGROUND)
+    upright = shapes.render(shapes.ShapeSpec("heart", "yellow", "purple", 0.5, 0.5, 0.4, 0.0, concept=True), 64)
+    mask = (np.asarray(upright, dtype=int) - np.array(shapes.COLORS["yellow"])).__abs__().sum(-1) < 60
+    rows = np.nonzero(mask.any(1))[0]
+    top, bottom = mask[rows[0] + 4].sum(), mask[rows[-1] - 4].sum()
+    assert top > 2 * bottom
+    assert np.array_equal(mask, mask[:, ::-1]) or (mask != mask[:, ::-1]).mean() < 0.02
 
 
 def test_concept_samples_vary_but_are_deterministic():

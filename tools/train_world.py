@@ -1,14 +1,14 @@
 """Train the tiny "shapes world" model from scratch (issue 6) and write it as the shipped weights.
 
-    python tools/train_world.py --out core/data/world_model            # VAE, then UNet (~6 min on 2 idle cores)
+    python tools/train_world.py --out core/data/world_model            # VAE, then UNet (~25 min on 2 idle cores)
     python tools/train_world.py --out /tmp/wm --stage unet --vae-from /tmp/wm   # UNet only, reusing a VAE
-    python tools/train_world.py --out /tmp/wm --stage unet --vae-from core/data/world_model \
-        --unet-from core/data/world_model --te-lr 1e-3 --lr 5e-4   # continue the shipped UNet, text encoder trained
+    python tools/train_world.py --out /tmp/wm --stage unet --vae-from /tmp/wm --te-lr 0   # text encoder frozen
 
 The result is an SD1-shaped diffusers folder without the tokenizer (`tiwiz demo-model` adds the bundled CLIP
-tokenizer): AutoencoderKL (4 blocks, 64 px -> 8x8x4 latents as in SD), UNet2DConditionModel conditioned on a frozen random
-CLIPTextModel (hidden 32), the SD1.5 noise schedule, epsilon prediction. The held-out concept (core.shapes) is part
-of the training images only with the empty caption. Deterministic for a given seed, machine and thread count.
+tokenizer): AutoencoderKL (4 blocks, 64 px -> 8x8x4 latents as in SD), UNet2DConditionModel conditioned on a
+CLIPTextModel (hidden 32, 2 layers) trained jointly with it (or kept frozen at random weights with --te-lr 0), the
+SD1.5 noise schedule, epsilon prediction. Captions are drawn from core.shapes.CAPTION_TEMPLATES. The held-out concept
+(core.shapes) is never part of training. Deterministic for a given seed, machine and thread count.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import torch.nn.functional as F  # noqa: E402
 from core import shapes  # noqa: E402
 
 IMAGE_SIZE = 64
-CONCEPT_FRACTION = 0.05
 CAPTION_DROPOUT = 0.10
 
 
@@ -75,7 +74,7 @@ def to_tensor(images) -> torch.Tensor:
 
 
 def batches(seed: int, batch_size: int):
-    stream = shapes.world_samples(seed, 10**9, size=IMAGE_SIZE, concept_fraction=CONCEPT_FRACTION)
+    stream = shapes.world_samples(seed, 10**9, size=IMAGE_SIZE)
     while True:
         items = [next(stream) for _ in range(batch_size)]
         yield to_tensor([i[0] for i in items]), [i[1] for i in items]
@@ -128,18 +127,23 @@ def encode_prompts(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
 
 
 def train_unet(unet, vae, text_encoder, tokenizer, scheduler, steps: int, seed: int, n_images: int,
-               batch_size: int = 32, lr: float = 1e-3, ema_decay: float = 0.995, out: Path | None = None,
-               te_lr: float = 0.0, warmup: int = 100):
+               batch_size: int = 32, lr: float = 1e-3, ema_decay: float = 0.998, out: Path | None = None,
+               te_lr: float = 0.0, warmup: int = 100, noise_offset: float = 0.0):
     """Train the UNet (and, with te_lr > 0, the text encoder jointly) on the world; returns the EMA UNet. With a
-    trained text encoder its EMA is saved too, so the saved pair always matches."""
-    captions = [""] + shapes.all_captions()
-    index = {c: i for i, c in enumerate(captions)}
+    trained text encoder its EMA is saved too, so the saved pair always matches.
+
+    Caption ids: 0 is the empty caption; spec i's phrasing k (core.shapes.CAPTION_TEMPLATES) is 1 + i * K + k."""
+    specs = shapes.all_specs()
+    n_var = len(shapes.CAPTION_TEMPLATES)
+    captions = [""] + [v for spec in specs for v in shapes.caption_variants(*spec)]
+    index = {spec: i for i, spec in enumerate(specs)}
+    variant_weights = torch.tensor(shapes.CAPTION_WEIGHTS, dtype=torch.float64)
     ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     train_te = te_lr > 0
     cond = None if train_te else encode_prompts(text_encoder, tokenizer, captions)
     log(f"encoded {len(captions)} captions" + (" (text encoder trained jointly)" if train_te else ""))
 
-    stream = shapes.world_samples(seed + 300, n_images, size=IMAGE_SIZE, concept_fraction=CONCEPT_FRACTION)
+    stream = shapes.world_samples(seed + 300, n_images, size=IMAGE_SIZE)
     means, stds, caps = [], [], []
     chunk = []
     for item in stream:
@@ -149,7 +153,7 @@ def train_unet(unet, vae, text_encoder, tokenizer, scheduler, steps: int, seed: 
                 post = vae.encode(to_tensor([c[0] for c in chunk])).latent_dist
             means.append(post.mean)
             stds.append(post.std)
-            caps += [index[c[1]] for c in chunk]
+            caps += [index[(c[2].color, c[2].shape, c[2].background)] for c in chunk]
             chunk = []
     means, stds, caps = torch.cat(means), torch.cat(stds), torch.tensor(caps)
     log(f"encoded {len(caps)} training latents")
@@ -174,9 +178,12 @@ def train_unet(unet, vae, text_encoder, tokenizer, scheduler, steps: int, seed: 
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(caps), (batch_size,), generator=gen)
         z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * sf
-        c = caps[idx].clone()
+        variant = torch.multinomial(variant_weights, batch_size, replacement=True, generator=gen)
+        c = 1 + caps[idx] * n_var + variant
         c[torch.rand(batch_size, generator=gen) < CAPTION_DROPOUT] = 0
         noise = torch.randn(z.shape, generator=gen)
+        if noise_offset:
+            noise = noise + noise_offset * torch.randn(z.shape[:2] + (1, 1), generator=gen)
         t = torch.randint(0, 1000, (batch_size,), generator=gen)
         noisy = scheduler.add_noise(z, noise, t)
         enc = text_encoder(ids[c])[0] if train_te else cond[c]
@@ -226,16 +233,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stage", choices=["all", "vae", "unet"], default="all")
-    p.add_argument("--vae-from", type=Path, help="reuse text_encoder/vae/scheduler from this folder (stage unet)")
+    p.add_argument("--vae-from", type=Path, help="reuse the VAE from this folder (stage unet)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=500)
-    p.add_argument("--unet-steps", type=int, default=1500)
-    p.add_argument("--images", type=int, default=4000, help="fixed training images for the UNet stage")
-    p.add_argument("--unet-from", type=Path, help="continue the UNet (as the EMA) from this folder's unet/ instead "
-                   "of from scratch (stage unet; use with --vae-from)")
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--unet-steps", type=int, default=9000)
+    p.add_argument("--images", type=int, default=20000, help="fixed training images for the UNet stage")
+    p.add_argument("--unet-from", type=Path, help="continue the UNet and text encoder from this folder instead of "
+                   "from scratch (stage unet; use with --vae-from)")
     p.add_argument("--lr", type=float, default=1e-3, help="UNet peak learning rate (cosine to 5%%)")
-    p.add_argument("--te-lr", type=float, default=0.0, help="> 0: train the text encoder jointly at this peak lr")
+    p.add_argument("--te-lr", type=float, default=5e-4,
+                   help="peak lr of the text encoder, trained jointly with the UNet; 0 keeps it frozen (random)")
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--noise-offset", type=float, default=0.0,
+                   help="offset noise for the UNet stage (a per-image, per-channel constant added to the noise); "
+                        "0.3 was tried and made the demo's textual inversion worse (bench/RESULTS.md)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
 
@@ -258,11 +269,11 @@ def main(argv=None) -> int:
         save_common(out, text_encoder, vae, scheduler)
         log(f"VAE done in {time.time() - t0:.0f}s")
     else:
-        src = args.vae_from or out
-        vae = AutoencoderKL.from_pretrained(src / "vae")
-        text_encoder = CLIPTextModel.from_pretrained(src / "text_encoder")
-        if src != out:
-            save_common(out, text_encoder, vae, scheduler)
+        # the VAE from --vae-from; the text encoder fresh (as in a full run) unless continuing with --unet-from
+        vae = AutoencoderKL.from_pretrained((args.vae_from or out) / "vae")
+        if args.unet_from:
+            text_encoder = CLIPTextModel.from_pretrained(args.unet_from / "text_encoder")
+        save_common(out, text_encoder, vae, scheduler)
     vae.requires_grad_(False).eval()
     if args.unet_from:
         from diffusers import UNet2DConditionModel
@@ -271,7 +282,7 @@ def main(argv=None) -> int:
         log(f"continuing the UNet from {args.unet_from}")
     if args.stage in ("all", "unet"):
         train_unet(unet, vae, text_encoder, tokenizer, scheduler, args.unet_steps, args.seed, args.images, out=out,
-                   lr=args.lr, te_lr=args.te_lr, warmup=args.warmup)
+                   lr=args.lr, te_lr=args.te_lr, warmup=args.warmup, noise_offset=args.noise_offset)
         log(f"all done in {time.time() - t0:.0f}s")
     return 0
 

@@ -1,7 +1,7 @@
 """`tiwiz demo`: the whole job on the embedded default, on a CPU, in about a minute.
 
-Writes the shipped "shapes world" model, 16 images of a concept it has never been captioned with (a pink-and-teal
-segmented ring), trains an embedding for it with the real trainer, then renders a before/after grid.
+Writes the shipped "shapes world" model, 16 images of a concept it has never seen (a yellow heart on purple),
+trains an embedding for it with the real trainer, then renders a before/after grid.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="train a demo embedding on the built-in shapes-world model (CPU, about a minute)",
         description="Write the built-in demo model and images of a held-out concept, train an embedding for it, and "
-                    "render a before/after grid. Example: tiwiz demo --output tiwiz-demo --steps 150",
+                    "render a before/after grid. Example: tiwiz demo --output tiwiz-demo --steps 300",
     )
     p.add_argument("--output", type=Path, default=Path("tiwiz-demo"), help="demo folder (default: ./tiwiz-demo)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 150)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 300)")
     p.add_argument("--seed", type=int, default=0, help="seed for the concept images and training (default: 0)")
     p.add_argument("--random-model", action="store_true",
                    help="use the random-weight tiny model instead (exercises the code; learns nothing visible)")
