@@ -98,6 +98,14 @@ def test_whole_wizard_with_real_worker(workspace):
             await pilot.press(*"tabby", "enter")
             await wait_idle(pilot)
             assert all(read_caption(p).startswith("tabby") for p in images)
+            # the filter shows only matching captions; clearing it shows all again
+            set_value(app, "#cap-filter", "sitting")
+            await wait_idle(pilot)
+            assert [i.image for i in app.screen.items] == [images[0]]
+            assert "1 of 3 images match" in str(app.screen.query_one("#cap-count").content)
+            set_value(app, "#cap-filter", "")
+            await wait_idle(pilot)
+            assert len(app.screen.items) == 3
             await pilot.press("escape")  # Back, then forward again: nothing lost
             await wait_idle(pilot)
             assert app.screen.STAGE == "preprocess"

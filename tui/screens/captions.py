@@ -48,6 +48,7 @@ class CaptionsScreen(WizardScreen):
         Binding("f3", "remove_tag", "Remove tag"),
         Binding("f4", "replace_tag", "Replace tag"),
         Binding("f5", "doctor", "Doctor"),
+        Binding("ctrl+f", "focus_filter", "Filter"),
         Binding("pagedown", "move(1)", "Next image", show=False),
         Binding("pageup", "move(-1)", "Prev image", show=False),
     ]
@@ -58,11 +59,13 @@ class CaptionsScreen(WizardScreen):
         self.index = 0
         self.findings: dict[str, list[tuple[str, str]]] = {}
         self.general_findings: list[tuple[str, str]] = []
+        self.filter_text = ""
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="body"):
             with Vertical(id="cap-left"):
                 yield Static("", id="cap-count", classes="hint")
+                yield Input("", placeholder="filter: text in caption or name (ctrl+f)", id="cap-filter", compact=True)
                 yield OptionList(id="cap-list")
             with Vertical(id="cap-right"):
                 yield ImagePreview(id="cap-preview")
@@ -83,8 +86,12 @@ class CaptionsScreen(WizardScreen):
         return CaptionSet(self.state.dataset)
 
     def reload(self, keep: Path | None = None) -> None:
+        total = None
         try:
             self.items = self.caption_set.items()
+            if self.filter_text:
+                total = len(self.items)
+                self.items = self.caption_set.find(self.filter_text)
         except Exception as exc:
             self.items = []
             self.show_message(error_text(exc))
@@ -94,9 +101,8 @@ class CaptionsScreen(WizardScreen):
             menu.add_option(Option(item_label(item), id=item.image.name))
         missing = sum(1 for i in self.items if i.is_missing)
         over = sum(1 for i in self.items if i.over_limit)
-        self.query_one("#cap-count", Static).update(
-            f"{len(self.items)} images · {missing} uncaptioned · {over} >{TOKEN_LIMIT}t"
-        )
+        shown = f"{len(self.items)} of {total} images match" if total is not None else f"{len(self.items)} images"
+        self.query_one("#cap-count", Static).update(f"{shown} · {missing} uncaptioned · {over} >{TOKEN_LIMIT}t")
         if keep is not None:
             names = [i.image for i in self.items]
             self.index = names.index(keep) if keep in names else 0
@@ -104,7 +110,8 @@ class CaptionsScreen(WizardScreen):
 
     def show_item(self, index: int) -> None:
         if not self.items:
-            self.query_one("#cap-title", Label).update("No images in this folder.")
+            self.query_one("#cap-title", Label).update(
+                "No image matches the filter." if self.filter_text else "No images in this folder.")
             return
         self.index = index
         item = self.items[index]
@@ -152,6 +159,21 @@ class CaptionsScreen(WizardScreen):
             return
         self.query_one("#cap-list", OptionList).replace_option_prompt_at_index(
             self.index, item_label(self.items[self.index]))
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#cap-filter", Input).focus()
+
+    @on(Input.Changed, "#cap-filter")
+    def _filtered(self, event: Input.Changed) -> None:
+        """Show only the images whose caption or file name contains the text; bulk tag edits still cover all."""
+        self.save_current()
+        keep = self.items[self.index].image if self.items else None
+        self.filter_text = event.value.strip()
+        self.reload(keep=keep)
+
+    @on(Input.Submitted, "#cap-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self.query_one("#cap-input", Input).focus()
 
     @on(Input.Submitted, "#cap-input")
     def _submitted(self, event: Input.Submitted) -> None:
