@@ -173,3 +173,50 @@ def test_demo_entry_fills_every_stage(tmp_path, monkeypatch):
 
     config = TrainConfig.from_dict(app.state.train_config())  # a complete, valid training config
     assert config.name == "demo-heart" and (tmp_path / "home" / "demo" / "model" / "model_index.json").is_file()
+
+
+def _captions_app(tmp_path):
+    from tests.tui_support import gradient_png
+
+    for i in range(2):
+        gradient_png(tmp_path / "ds" / f"img{i}.png", i)
+    state = WizardState()
+    state.dataset = str(tmp_path / "ds")
+    return TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="captions", finder_roots=[])
+
+
+def test_ctrl_g_cycles_the_image_mode_and_redraws_the_preview(tmp_path):
+    import textual_image.widget  # noqa: F401  (loaded at start-up in a graphics terminal; this enables the modes)
+
+    from tui.widgets.image_preview import ImagePreview
+
+    app = _captions_app(tmp_path)
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(pilot)
+            preview = app.screen.query_one(ImagePreview)
+            assert app.image_protocol == "halfcell" and preview._thumb is not None
+            seen = []
+            for _ in range(3):
+                await pilot.press("ctrl+g")
+                await wait_idle(pilot)
+                seen.append((app.image_protocol, preview._graphics is not None, preview.path.name))
+            assert seen == [("tgp", True, "img0.png"), ("sixel", True, "img0.png"), ("halfcell", False, "img0.png")]
+            assert preview._thumb is not None  # half-block thumbnail loaded again
+    asyncio.run(drive())
+
+
+def test_ctrl_g_without_graphics_support_stays_half_block(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "textual_image.widget", raising=False)
+    app = _captions_app(tmp_path)
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(pilot)
+            await pilot.press("ctrl+g")
+            await wait_idle(pilot)
+            assert app.image_protocol == "halfcell"
+    asyncio.run(drive())

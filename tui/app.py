@@ -42,7 +42,8 @@ class TiwizApp(App):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "tiwiz"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True),
+                Binding("ctrl+g", "cycle_images", "Image mode", show=False, priority=True)]
 
     def __init__(self, *, state: WizardState | None = None, state_path: str | os.PathLike | None = None,
                  runs_root: str | os.PathLike | None = None, image_protocol: str = "halfcell",
@@ -114,6 +115,27 @@ class TiwizApp(App):
                              f"or reopen the wizard's monitor with:\n  tiwiz wizard --attach {run_dir}")
         self.save()
         self.exit()
+
+    # --- images -------------------------------------------------------------------------------------------------
+
+    def image_protocols(self) -> list[str]:
+        """The image modes this session can switch between: half-block always; Kitty (tgp) and Sixel only when
+        textual-image was loaded at start-up, since it must probe the terminal before Textual takes it over."""
+        graphics = ["tgp", "sixel"] if "textual_image.widget" in sys.modules else []
+        return ["halfcell", *graphics]
+
+    def action_cycle_images(self) -> None:
+        """Switch every image on screen to the next mode, e.g. back to half-block when graphics come out garbled."""
+        from tui.widgets.image_preview import ImagePreview
+
+        modes = self.image_protocols()
+        current = self.image_protocol if self.image_protocol in modes else "halfcell"
+        self.image_protocol = modes[(modes.index(current) + 1) % len(modes)]
+        for preview in self.screen.query(ImagePreview):
+            preview.reset_protocol()
+        names = {"halfcell": "half-block", "tgp": "Kitty graphics", "sixel": "Sixel"}
+        only = "" if len(modes) > 1 else " (the only mode: start with --image-protocol tgp or sixel for graphics)"
+        self.notify(f"Images: {names[self.image_protocol]}{only}", timeout=4)
 
     def _handle_exception(self, error: Exception) -> None:
         # A TiwizError is a message for the user: show it and keep the app alive instead of dying with a traceback.

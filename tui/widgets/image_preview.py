@@ -76,6 +76,16 @@ class ImagePreview(Widget):
             return self._protocol
         return getattr(self.app, "image_protocol", "halfcell")
 
+    def reset_protocol(self) -> None:
+        """Follow the app's (changed) image mode: drop any graphics widget and show the same image again."""
+        self._protocol = None
+        if self._graphics is not None:
+            self._graphics.remove()
+            self._graphics = None
+        path, self.path = self.path, None
+        self._thumb = None
+        self.set_image(path)
+
     def set_image(self, path: str | Path | None) -> None:
         path = Path(path) if path else None
         if path == self.path and (self._thumb is not None or self._graphics is not None):
