@@ -220,3 +220,47 @@ def test_ctrl_g_without_graphics_support_stays_half_block(tmp_path, monkeypatch)
             await wait_idle(pilot)
             assert app.image_protocol == "halfcell"
     asyncio.run(drive())
+
+
+def test_f3_browses_for_a_checkpoint_or_a_diffusers_folder(tmp_path):
+    models = tmp_path / "models"
+    (models / "sd-diffusers").mkdir(parents=True)
+    (models / "sd-diffusers" / "model_index.json").write_text("{}")
+    (models / "loras").mkdir()
+    (models / "v15.safetensors").write_bytes(b"not really")
+    (models / "notes.txt").write_text("hidden from the browser")
+    state = WizardState()
+    state.model = str(models / "gone.safetensors")  # the browser opens beside it
+    app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="model", finder_roots=[])
+
+    async def pick(pilot, name):
+        from tui.screens.model_browser import ModelTree
+
+        await pilot.press("f3")
+        await wait_idle(pilot)
+        tree = app.screen.query_one(ModelTree)
+        for _ in range(100):  # the tree lists its folder in a worker
+            if tree.root.children:
+                break
+            await pilot.pause(0.05)
+        nodes = {n.data.path.name: n for n in tree.root.children}
+        assert set(nodes) == {"sd-diffusers", "loras", "v15.safetensors"}
+        if name is None:
+            await pilot.press("escape")
+        else:
+            tree.move_cursor(nodes[name])
+            await pilot.press("enter")
+        await wait_idle(pilot)
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(pilot)
+            await pick(pilot, "sd-diffusers")
+            assert app.screen.STAGE == "model"
+            assert app.screen.query_one("#model-path").value == str((models / "sd-diffusers").resolve())
+            await pick(pilot, "v15.safetensors")
+            assert app.screen.query_one("#model-path").value == str((models / "v15.safetensors").resolve())
+            await pick(pilot, None)  # Escape keeps the path
+            assert app.screen.query_one("#model-path").value == str((models / "v15.safetensors").resolve())
+            assert app.state.model == str((models / "v15.safetensors").resolve())
+    asyncio.run(drive())

@@ -34,11 +34,11 @@ def describe(info) -> str:
 
 class ModelScreen(WizardScreen):
     STAGE = "model"
-    BINDINGS = [Binding("f5", "rescan", "Rescan")]
+    BINDINGS = [Binding("f5", "rescan", "Rescan"), Binding("f3", "browse", "Browse")]
 
     def compose_body(self) -> ComposeResult:
         with Vertical(classes="body"):
-            yield Label("Model path (a diffusers folder, .safetensors or .ckpt)", classes="field-label")
+            yield Label("Model path (a diffusers folder, .safetensors or .ckpt; f3 browses)", classes="field-label")
             yield Input(self.state.model, placeholder="/workspace/models/v1-5-pruned-emaonly.safetensors",
                         id="model-path")
             yield Static("", id="model-info", classes="hint")
@@ -52,6 +52,17 @@ class ModelScreen(WizardScreen):
         if self.state.model:
             self.inspect(self.state.model)
         self.action_rescan()
+
+    def action_browse(self) -> None:
+        from tui.screens.model_browser import ModelBrowser, browse_start
+
+        def picked(path: str | None) -> None:
+            if path:
+                field = self.query_one("#model-path", Input)
+                field.value = path
+                field.focus()
+
+        self.app.push_screen(ModelBrowser(browse_start(self.state.model)), picked)
 
     def action_rescan(self) -> None:
         self.scan()
