@@ -98,6 +98,10 @@ class WizardScreen(Screen):
         if problem:
             self.show_message(problem)
             return
+        self.proceed()
+
+    def proceed(self) -> None:
+        """What Next does once `check` passes: the next stage."""
         self.show_message("")
         self.app.next_stage(self.STAGE)
 

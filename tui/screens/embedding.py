@@ -85,11 +85,7 @@ class EmbeddingScreen(WizardScreen):
     def check(self) -> str | None:
         return self._problem()
 
-    def action_next(self) -> None:
-        problem = self.check()
-        if problem:
-            self.show_message(problem)
-            return
+    def proceed(self) -> None:
         try:
             same = [r for r in runs_info.list_runs(self.app.runs_root) if r.name == self.state.name]
         except Exception as exc:

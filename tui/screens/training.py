@@ -232,11 +232,7 @@ class TrainingScreen(WizardScreen):
             return error_text(exc)
         return None
 
-    def action_next(self) -> None:
-        problem = self.check()
-        if problem:
-            self.show_message(problem)
-            return
+    def proceed(self) -> None:
         self.show_message("Starting the training worker…", "info")
         self.start_training()
 
