@@ -23,7 +23,7 @@ def demo_config(model_dir, data_dir, output, *, steps: int = DEMO_STEPS, seed: i
     """The TrainConfig settings of the demo run (a plain dict, so this stays torch- and trainer-free).
 
     Velocity loss weighting: the concept's flat purple background is decided at the noisiest timesteps, which plain
-    MSE barely weighs (the model reads a flat colour off the noisy input at every other step), so without it the
+    MSE barely weighs (the model reads a flat colour off the noisy input at all the others), so without it the
     learned background depended on the seed; lr 0.002 because the world's token vectors are short (norm ~0.25).
     Measured in bench/RESULTS.md."""
     preview_every = max(1, steps // 4)
