@@ -54,13 +54,12 @@ def cmd_demo_model(args) -> int:
     from core.models.loader import quiet_libraries
 
     quiet_libraries()
-    writer = getattr(demo, "write_demo_model", None)
-    if writer is None or args.random:
+    if args.random:
         demo.write_random_demo_model(dest, seed=args.seed)
         kind = f"random weights, seed {args.seed}"
     else:
         try:
-            writer(dest, seed=args.seed, random=False)
+            demo.write_demo_model(dest)
             kind = "shipped demo weights"
         except TiwizError as exc:  # shipped weights not installed: the random model still works everywhere
             print(f"note: {exc}; writing random weights instead")
