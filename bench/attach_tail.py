@@ -18,7 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import runapi, runs  # noqa: E402
+from core.runs import api as runapi
+
+from core.runs import folder as runs  # noqa: E402
 
 
 def write_log(path: Path, n: int) -> int:

@@ -39,11 +39,11 @@ def main() -> int:
 
     import torch
 
-    from core import runs
+    from core.runs import folder as runs
     from core.events import CallbackSink, TeeSink
-    from core.models.demo import write_random_demo_model
-    from core.trainer import Trainer
-    from core.worker import StatusTracker, WorkerSink
+    from core.models.builtin import write_random_demo_model
+    from core.training.trainer import Trainer
+    from core.runs.worker import StatusTracker, WorkerSink
     from train_helpers import make_images, tiny_config
 
     torch.set_num_threads(1)

@@ -69,7 +69,7 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
 def timed_run(src: Path, dest_root: Path, options, workers: int, tag: str) -> tuple[float, float, float]:
     """(images/s measured, CPU seconds per image in all processes, CPU seconds per image in the parent)."""
     from core.events import ListSink
-    from core.preprocess import run_preprocess
+    from core.prep.preprocess import run_preprocess
 
     dest = dest_root / f"{tag}-{workers}-{time.monotonic_ns()}"
     t0 = time.perf_counter()
@@ -84,7 +84,7 @@ def timed_run(src: Path, dest_root: Path, options, workers: int, tag: str) -> tu
 def detector_shares(paths: list[Path], options) -> dict[str, float]:
     """Serial, in-process: CPU seconds per stage summed over all photos (focal crop on). CPU time, not wall time,
     so that other processes on a shared machine do not inflate one stage more than another."""
-    from core.preprocess_worker import SourceTask, init_worker, process_source
+    from core.prep.per_file import SourceTask, init_worker, process_source
 
     init_worker()
     totals: dict[str, float] = {}
@@ -105,7 +105,7 @@ def main() -> int:
     parser.add_argument("--append", type=Path, default=None, help="append a results section to this markdown file")
     args = parser.parse_args()
 
-    from core.preprocess_options import PreprocessOptions
+    from core.prep.options import PreprocessOptions
 
     cv2_threads = None
     try:

@@ -57,7 +57,7 @@ def build_sd15(device):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from core.models.configs import bundled_config
-    from core.models.demo import TOKENIZER_DIR
+    from core.models.builtin import TOKENIZER_DIR
     from core.models.device import enable_sdpa
     from core.models.loader import LoadedModel
 
@@ -80,9 +80,9 @@ def build_sd15(device):
 
 def measure_trainer(case: str, model_path: str, data: Path, out: Path, steps: int) -> tuple[list[float], list[float]]:
     """(wall, cpu) seconds of each training step, from the trainer's own step events."""
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
     from core.events import CallbackSink
-    from core.trainer import Trainer
+    from core.training.trainer import Trainer
 
     spec = CASES[case]
     stamps = []
@@ -159,7 +159,7 @@ def run_case(case: str, steps_override: int | None) -> dict:
         tmp = Path(tmp)
         data = make_images(tmp / "data", 4, spec["size"])
         if case == "tiny":
-            from core.models.demo import write_random_demo_model
+            from core.models.builtin import write_random_demo_model
 
             model_path = str(write_random_demo_model(tmp / "model"))
             model = None

@@ -7,7 +7,7 @@
 
 World quality: 50 prompts `a COLOR SHAPE on a BG background` (fixed seeds), generated with DDIM; each image's dominant
 foreground and background colours (nearest palette colour per pixel; background = commonest on the border) are
-compared with the prompt. Textual inversion: our trainer (core.trainer) on the demo concept at 64 px on CPU; the
+compared with the prompt. Textual inversion: our trainer (core.training.trainer) on the demo concept at 64 px on CPU; the
 fixed-seed validation loss of the init embedding vs the learned one, and the colour-histogram distance to the
 concept's images of images generated with each (ratio = learned / init; < 0.5 is the target).
 """
@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core import demo, shapes  # noqa: E402
+from core.world import demo_job as demo
+
+from core.world import shapes  # noqa: E402
 
 
 def world_prompts(n: int = 50, seed: int = 1234):
@@ -59,9 +61,9 @@ def world_quality(model_dir, *, n: int = 50, steps: int = 25, cfg: float = 5.0, 
 
 
 def textual_inversion(workdir: Path, steps: int, grid_png=None, model_dir=None, seed: int = 0, **overrides) -> dict:
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
     from core.events import ListSink
-    from core.trainer import Trainer
+    from core.training.trainer import Trainer
 
     if model_dir is not None:  # evaluate another model folder: link it where prepare_demo expects the demo model
         workdir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
-            from core.models.demo import write_demo_model
+            from core.models.builtin import write_demo_model
 
             model_dir = write_demo_model(Path(tmp) / "model")
         grid = args.images_dir / "world_samples.png" if args.images_dir else None
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
             print(f"world quality over {q['n']} fixed-seed prompts (DDIM {q['steps']} steps, CFG {q['cfg']}): "
                   f"foreground {q['fg']:.0%}, background {q['bg']:.0%}, both {q['both']:.0%}", flush=True)
         if args.ti:
-            from core.demo import DEMO_STEPS
+            from core.world.demo_job import DEMO_STEPS
 
             steps = args.steps or DEMO_STEPS
             overrides = {k: v for k, v in (("lr", args.lr), ("vectors", args.vectors),

@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny random-weight SD1-shaped diffusers folder (the `tiwiz demo-model --random` output). Read-only: copy it
     before modifying."""
-    from core.models.demo import write_random_demo_model
+    from core.models.builtin import write_random_demo_model
 
     return write_random_demo_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0)
 
@@ -32,7 +32,7 @@ def tiny_blip_dir(tmp_path_factory) -> Path:
 
 
 def _kill_workers_under(folder: Path) -> None:
-    """Kill detached `core.worker` processes whose run folder lies under `folder` (a failed test must not leave
+    """Kill detached `core.runs.worker` processes whose run folder lies under `folder` (a failed test must not leave
     a training worker running after the suite)."""
     import signal
 
@@ -42,7 +42,7 @@ def _kill_workers_under(folder: Path) -> None:
             args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if "core.worker" in args and any(a.startswith(prefix) for a in args):
+        if "core.runs.worker" in args and any(a.startswith(prefix) for a in args):
             try:
                 os.kill(int(proc.name), signal.SIGKILL)
             except OSError:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from core.atomic import atomic_write_text
-from core.blip import BlipCaptioner, caption_problem
-from core.captions import CaptionSet, apply_existing_caption
+from core.prep.blip import BlipCaptioner, caption_problem
+from core.prep.captions import CaptionSet, apply_existing_caption
 from core.errors import TiwizError
 from core.events import ListSink
 from tests.captions_photos import write_photos
@@ -57,7 +57,7 @@ def test_caption_problem(text, bad):
 
 def test_offline_missing_hub_model_explains_how_to_fetch():
     code = (
-        "from core.blip import BlipCaptioner\n"
+        "from core.prep.blip import BlipCaptioner\n"
         "from core.errors import TiwizError\n"
         "try:\n"
         "    BlipCaptioner('Salesforce/blip-image-captioning-base')\n"

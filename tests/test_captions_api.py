@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from core import captions
-from core.captions import CaptionSet, apply_existing_caption
+from core.prep import captions
+from core.prep.captions import CaptionSet, apply_existing_caption
 from core.errors import TiwizError
 from tests.captions_photos import write_photos
 
@@ -183,8 +183,8 @@ def test_apply_existing_caption_unknown_action():
 
 def test_caption_modules_import_no_torch():
     code = (
-        "import sys, core.captions, core.tokens, core.phash\n"
-        "core.captions.CaptionSet\n"
+        "import sys, core.prep.captions, core.tokens, core.prep.phash\n"
+        "core.prep.captions.CaptionSet\n"
         "print(core.tokens.count_tokens('a photo of a cat'))\n"
         "bad = [m for m in ('torch', 'transformers', 'diffusers', 'textual') if m in sys.modules]\n"
         "assert not bad, bad\n"

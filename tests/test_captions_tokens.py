@@ -15,7 +15,7 @@ STRINGS = [
 def hf_tokenizer():
     from transformers import CLIPTokenizer
 
-    from core.models.demo import TOKENIZER_DIR
+    from core.models.builtin import TOKENIZER_DIR
 
     return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
 

@@ -1,6 +1,6 @@
 import pytest
 
-from core.config import CHOICES, TrainConfig
+from core.training.config import CHOICES, TrainConfig
 from core.errors import TiwizError
 
 BASE = {"model": "m", "data": "d", "name": "cat"}
@@ -87,5 +87,5 @@ def test_config_module_is_torch_free():
     import subprocess
     import sys
 
-    code = "import sys, core.config; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, core.training.config; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.dataset import build_dataset, clean_stem, read_caption, resize_image
+from core.training.dataset import build_dataset, clean_stem, read_caption, resize_image
 from core.errors import TiwizError
 from core.events import ListSink
 from train_helpers import one_thread  # noqa: F401 (fixture)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from core.doctor import Finding, diagnose
+from core.prep.doctor import Finding, diagnose
 from core.errors import TiwizError
 from tests.captions_photos import photo
 

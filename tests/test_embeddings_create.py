@@ -11,7 +11,7 @@ from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
 import core
-from core.embeddings import (
+from core.embeddings.vectors import (
     check_trigger, init_vectors, sanitize_name, save_embedding, trigger_problems,
 )
 from core.errors import TiwizError
@@ -89,7 +89,7 @@ def test_trigger_checks_without_torch_tokenizer(clip):
 
 
 def test_embeddings_import_is_torch_free():
-    code = ("import sys; from core.embeddings import sanitize_name, trigger_problems; sanitize_name('x'); "
+    code = ("import sys; from core.embeddings.vectors import sanitize_name, trigger_problems; sanitize_name('x'); "
             "assert trigger_problems(None, 'cat'); "
             "bad = [m for m in ('torch', 'diffusers', 'transformers', 'safetensors') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from core.embeddings import init_vectors, save_embedding, trigger_problems
+from core.embeddings.vectors import init_vectors, save_embedding, trigger_problems
 
 PROMPT = "a photo of zxqstyle on a table"
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
-from core.embeddings import load_embedding, save_embedding
+from core.embeddings.vectors import load_embedding, save_embedding
 from core.errors import TiwizError
 
 

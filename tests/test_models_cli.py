@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from core.cli import main
-from core.models.demo import write_random_demo_model
+from core.models.builtin import write_random_demo_model
 from core.models.loader import load_model
 
 ROOT = Path(__file__).resolve().parent.parent

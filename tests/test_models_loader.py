@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from core.errors import TiwizError
 from core.models.loader import SAMPLERS, load_model
 from core.models.single_file import save_single_file
-from core.models.tiny import write_tiny_sd2_model
+from tiny_sd2 import write_tiny_sd2_model
 
 PROMPT = "a photo of a cat"
 

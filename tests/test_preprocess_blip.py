@@ -3,8 +3,8 @@
 import pytest
 
 from core.errors import TiwizError
-from core.preprocess import run_preprocess
-from core.preprocess_options import PreprocessOptions
+from core.prep.preprocess import run_preprocess
+from core.prep.options import PreprocessOptions
 from tests.preprocess_cases import photo
 
 

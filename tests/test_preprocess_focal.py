@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from core.errors import TiwizError
-from core.focal import detect_faces, focal_crop
-from core.preprocess import run_preprocess
-from core.preprocess_options import PreprocessOptions
+from core.prep.focal import detect_faces, focal_crop
+from core.prep.preprocess import run_preprocess
+from core.prep.options import PreprocessOptions
 from tests.preprocess_cases import photo
 
 

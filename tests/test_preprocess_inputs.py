@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from core.events import ListSink
-from core.images import ImageRejected, load_rgb
-from core.preprocess import run_preprocess
-from core.preprocess_options import PreprocessOptions
+from core.prep.images import ImageRejected, load_rgb
+from core.prep.preprocess import run_preprocess
+from core.prep.options import PreprocessOptions
 from tests.preprocess_cases import bad_crc_png, bomb_png, photo, png_bytes
 
 OPTS = PreprocessOptions(width=64, height=64)

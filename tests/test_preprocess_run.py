@@ -8,8 +8,8 @@ from PIL import Image
 
 from core.errors import TiwizError
 from core.events import ListSink
-from core.preprocess import run_preprocess
-from core.preprocess_options import PreprocessOptions, option_fields
+from core.prep.preprocess import run_preprocess
+from core.prep.options import PreprocessOptions, option_fields
 from tests.preprocess_cases import photo, tree_digest
 
 OPTS = dict(width=64, height=64)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.preprocess import run_preprocess
-from core.preprocess_options import PreprocessOptions
-from core.split import plan_split, should_split
+from core.prep.preprocess import run_preprocess
+from core.prep.options import PreprocessOptions
+from core.prep.split import plan_split, should_split
 from tests.preprocess_cases import photo
 
 

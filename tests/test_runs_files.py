@@ -1,4 +1,4 @@
-"""core.runs on synthetic run folders: status, lock, liveness, event log reading/following, commands, listing."""
+"""core.runs.folder on synthetic run folders: status, lock, liveness, event log reading/following, commands, listing."""
 
 import json
 import os
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core import runapi, runs
+from core.runs import api as runapi
+
+from core.runs import folder as runs
 from core.errors import TiwizError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +113,7 @@ def test_loss_history_drops_steps_superseded_by_a_resume():
 
 
 def test_lock_refuses_a_second_holder_and_is_freed_by_death(tmp_path):
-    code = ("import sys,time; from core import runs; runs.acquire_lock(sys.argv[1]); print('locked', flush=True); "
+    code = ("import sys,time; from core.runs import folder as runs; runs.acquire_lock(sys.argv[1]); print('locked', flush=True); "
             "time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, cwd=ROOT)
     try:
@@ -135,7 +137,7 @@ def test_liveness_uses_the_process_cmdline(tmp_path):
     info = runs.inspect_run(run)
     assert (info.state, info.alive) == ("killed", False)
     assert info.description == "killed at step 12 (last checkpoint 10)"
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "core.worker", str(run)])
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "core.runs.worker", str(run)])
     try:
         runs.write_status(run, {"pid": fake.pid, "state": "running", "step": 12, "last_checkpoint": 10})
         assert runs.inspect_run(run).alive
@@ -181,7 +183,7 @@ def test_list_runs_and_resolve(tmp_path):
 
 
 def test_runapi_imports_no_torch():
-    code = ("import sys, core.runapi, core.runs; "
+    code = ("import sys, core.runs.api, core.runs.folder; "
             "bad = [m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"

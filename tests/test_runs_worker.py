@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from core import runapi, runs
+from core.runs import api as runapi
+
+from core.runs import folder as runs
 from train_helpers import make_images, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +121,7 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir,
     import torch
 
     from core.events import ListSink
-    from core.trainer import Trainer
+    from core.training.trainer import Trainer
 
     settings = dict(steps=24, save_every=3, validate_every=0, lr="0.02:6, 0.005", seed=11)
     run = runapi.start_run(tiny_config(tiny_model_dir, data_dir, output=str(tmp_path / "killed"), **settings))
@@ -189,7 +191,7 @@ def test_live_run_survives_viewers_and_obeys_commands(tmp_path, tiny_model_dir, 
     assert runs.pid_is_worker(worker_pid, run)
 
     # A second worker on the same folder is refused, and touches nothing.
-    second = subprocess.run([sys.executable, "-m", "core.worker", str(run)], capture_output=True, text=True,
+    second = subprocess.run([sys.executable, "-m", "core.runs.worker", str(run)], capture_output=True, text=True,
                             cwd=ROOT, timeout=SAFETY_S)
     assert second.returncode == 3
     assert f"another worker (pid {worker_pid}) is already running in {run}" in second.stderr
@@ -255,7 +257,7 @@ def test_live_run_survives_viewers_and_obeys_commands(tmp_path, tiny_model_dir, 
 
 
 def test_failed_checkpoint_write_ends_failed_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, data_dir):
-    from core.train_state import load_state
+    from core.training.resume_state import load_state
 
     run = tmp_path / "run"
     (run / "embeddings" / "tcat-6.pt").mkdir(parents=True)  # the step-6 checkpoint cannot be written
@@ -279,7 +281,7 @@ def test_failed_checkpoint_write_ends_failed_and_keeps_the_last_good_checkpoint(
 def test_write_errors_become_clear_messages(tmp_path):
     import errno
 
-    from core.worker import StatusTracker, describe_failure
+    from core.runs.worker import StatusTracker, describe_failure
 
     run = tmp_path / "run"
     run.mkdir()

@@ -1,7 +1,7 @@
 import pytest
 
 from core.errors import TiwizError
-from core.schedule import parse_schedule
+from core.training.schedule import parse_schedule
 
 
 def test_bare_rate_runs_to_max_steps():

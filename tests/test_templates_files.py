@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import TiwizError
-from core.templates import list_templates, load_template, render, templates_dir
+from core.training.templates import list_templates, load_template, render, templates_dir
 
 BUILTINS = ["none", "style", "style_filewords", "subject", "subject_filewords"]
 
@@ -129,7 +129,7 @@ def test_render_uses_only_the_given_rng():
 
 
 def test_templates_module_is_torch_free():
-    code = ("import sys; import core.templates as t; t.load_template('style_filewords'); "
+    code = ("import sys; import core.training.templates as t; t.load_template('style_filewords'); "
             "bad = [m for m in ('torch', 'diffusers', 'transformers', 'textual') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     root = Path(__file__).resolve().parent.parent

@@ -34,7 +34,7 @@ def test_wheel_ships_templates_and_installed_copy_finds_them(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
                            "-q", str(wheel)], **run)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    code = ("from core.templates import templates_dir, list_templates, load_template; "
+    code = ("from core.training.templates import templates_dir, list_templates, load_template; "
             "print(templates_dir()); print(list_templates()); print(len(load_template('subject').lines))")
     proc = subprocess.run([str(python), "-c", code], cwd=tmp_path, **run)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -45,6 +45,6 @@ def test_wheel_ships_templates_and_installed_copy_finds_them(tmp_path):
 
 
 def load_subject_lines():
-    from core.templates import load_template
+    from core.training.templates import load_template
 
     return load_template("subject").lines

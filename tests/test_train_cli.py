@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from core.config import TrainConfig
+from core.training.config import TrainConfig
 from train_helpers import make_images, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core.events import ListSink
-from core.trainer import Trainer
+from core.training.trainer import Trainer
 from train_helpers import tiny_config, write_template, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

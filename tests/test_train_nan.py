@@ -6,7 +6,7 @@ from diffusers import UNet2DConditionModel
 
 from core.errors import TiwizError
 from core.events import CallbackSink, ListSink
-from core.trainer import Trainer
+from core.training.trainer import Trainer
 from train_helpers import make_images, tiny_config, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

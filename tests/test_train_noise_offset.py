@@ -7,7 +7,7 @@ from diffusers import DDPMScheduler
 
 from core.errors import TiwizError
 from core.events import ListSink
-from core.trainer import Trainer
+from core.training.trainer import Trainer
 from train_helpers import make_images, one_thread, tiny_config  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

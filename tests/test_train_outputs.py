@@ -3,10 +3,10 @@
 import torch
 import pytest
 
-from core.config import TrainConfig
+from core.training.config import TrainConfig
 from core.events import ListSink
-from core.lossfile import read_loss_csv
-from core.trainer import Trainer
+from core.runs.lossfile import read_loss_csv
+from core.training.trainer import Trainer
 from train_helpers import make_images, tiny_config, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,8 +5,8 @@ import torch
 
 from core.errors import TiwizError
 from core.events import ListSink
-from core.lossfile import read_loss_csv
-from core.trainer import Trainer
+from core.runs.lossfile import read_loss_csv
+from core.training.trainer import Trainer
 from train_helpers import make_images, tiny_config, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

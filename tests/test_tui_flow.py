@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from core.captions import read_caption
-from core.runs import inspect_run, send_command
+from core.prep.captions import read_caption
+from core.runs.folder import inspect_run, send_command
 from tests.tui_support import copy_model, freeze_cursor, make_photos, wait_idle
 from tui.app import TiwizApp
 from tui.state import WizardState

@@ -169,7 +169,7 @@ def test_demo_entry_fills_every_stage(tmp_path, monkeypatch):
             assert app.screen.STAGE == "captions"
             assert len(app.screen.items) > 0
     asyncio.run(drive())
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
 
     config = TrainConfig.from_dict(app.state.train_config())  # a complete, valid training config
     assert config.name == "demo-heart" and (tmp_path / "home" / "demo" / "model" / "model_index.json").is_file()

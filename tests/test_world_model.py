@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from core import demo, shapes
-from core.models import demo as model_demo
+from core.world import demo_job as demo
+
+from core.world import shapes
+from core.models import builtin as model_demo
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_world_model_follows_the_prompted_colours(world_model_dir):
 
 def test_prepare_demo_writes_model_images_and_a_valid_config(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("prep")
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
 
     prep = demo.prepare_demo(tmp_path / "demo", steps=50)
     pngs = sorted(Path(prep["data_dir"]).glob("*.png"))
@@ -89,9 +91,9 @@ def test_textual_inversion_learns_on_the_shipped_model(tmp_path_factory):
     """CI-sized: ~100 steps on a handful of concept images through the real trainer; the fixed-seed validation loss
     (fixed images, noise and timesteps) must drop clearly below the init embedding's."""
     tmp_path = tmp_path_factory.mktemp("ti")
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
     from core.events import ListSink
-    from core.trainer import Trainer
+    from core.training.trainer import Trainer
 
     prep = demo.prepare_demo(tmp_path / "demo", steps=100, n_images=6)
     # plain MSE and A1111's default lr: the fastest visible drop of the (plain) validation loss
@@ -109,9 +111,9 @@ def test_demo_embedding_draws_closer_to_the_concept(tmp_path_factory):
     """The demo as shipped (seed 0, its config, 16 images): images generated with the learned embedding are less than
     half as far from the concept's images (colour histograms) as those generated with the init embedding."""
     tmp_path = tmp_path_factory.mktemp("demo")
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
     from core.events import ListSink
-    from core.trainer import Trainer
+    from core.training.trainer import Trainer
 
     prep = demo.prepare_demo(tmp_path / "demo")
     cfg = dict(prep["config"], preview_every=0, save_every=0)

@@ -4,7 +4,7 @@ import random
 
 import numpy as np
 
-from core import shapes
+from core.world import shapes
 
 
 def _arrays(seed, n, **kw):

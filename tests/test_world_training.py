@@ -43,7 +43,7 @@ def test_text_encoder_is_trained_unless_frozen(runs):
 
 
 def test_output_loads_through_our_loader(runs):
-    from core.models.demo import copy_clip_tokenizer
+    from core.models.builtin import copy_clip_tokenizer
     from core.models.loader import load_model
 
     a, _, _ = runs

@@ -38,7 +38,7 @@ def write_template(path: Path, *lines: str) -> Path:
 
 
 def tiny_config(model_dir, data_dir, **changes):
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
 
     base = dict(model=str(model_dir), data=str(data_dir), name="tcat", steps=4, width=64, height=64,
                 save_every=0, preview_every=0, validate_every=0, lr="0.01", seed=3, device="cpu")

@@ -7,8 +7,8 @@
 The result is an SD1-shaped diffusers folder without the tokenizer (`tiwiz demo-model` adds the bundled CLIP
 tokenizer): AutoencoderKL (4 blocks, 64 px -> 8x8x4 latents as in SD), UNet2DConditionModel conditioned on a
 CLIPTextModel (hidden 32, 2 layers) trained jointly with it (or kept frozen at random weights with --te-lr 0), the
-SD1.5 noise schedule, epsilon prediction. Captions are drawn from core.shapes.CAPTION_TEMPLATES. The held-out concept
-(core.shapes) is never part of training. Deterministic for a given seed, machine and thread count.
+SD1.5 noise schedule, epsilon prediction. Captions are drawn from core.world.shapes.CAPTION_TEMPLATES. The held-out concept
+(core.world.shapes) is never part of training. Deterministic for a given seed, machine and thread count.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from core import shapes  # noqa: E402
+from core.world import shapes  # noqa: E402
 
 IMAGE_SIZE = 64
 CAPTION_DROPOUT = 0.10
@@ -132,7 +132,7 @@ def train_unet(unet, vae, text_encoder, tokenizer, scheduler, steps: int, seed: 
     """Train the UNet (and, with te_lr > 0, the text encoder jointly) on the world; returns the EMA UNet. With a
     trained text encoder its EMA is saved too, so the saved pair always matches.
 
-    Caption ids: 0 is the empty caption; spec i's phrasing k (core.shapes.CAPTION_TEMPLATES) is 1 + i * K + k."""
+    Caption ids: 0 is the empty caption; spec i's phrasing k (core.world.shapes.CAPTION_TEMPLATES) is 1 + i * K + k."""
     specs = shapes.all_specs()
     n_var = len(shapes.CAPTION_TEMPLATES)
     captions = [""] + [v for spec in specs for v in shapes.caption_variants(*spec)]
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from core.models.demo import TOKENIZER_DIR
+    from core.models.builtin import TOKENIZER_DIR
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)

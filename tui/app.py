@@ -61,7 +61,7 @@ class TiwizApp(App):
         self.start_stage = start_stage
         self.finder_roots = finder_roots  # checkpoint search roots (None: the usual A1111/ComfyUI/HF places)
         self.exit_message = ""
-        self.check_liveness = True  # the monitor asks core.runs whether the worker still lives
+        self.check_liveness = True  # the monitor asks core.runs.folder whether the worker still lives
 
     def on_mount(self) -> None:
         if self.attach_dir is not None:

@@ -1,4 +1,4 @@
-"""Demo mode: `core.demo.prepare_demo` (the shipped tiny model and images of a concept) run in a helper subprocess,
+"""Demo mode: `core.world.demo_job.prepare_demo` (the shipped tiny model and images of a concept) run in a helper subprocess,
 turned into a wizard state whose every stage is already filled in."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tui.state import WizardState, tiwiz_home
 
 _HELPER = (
     "import json, sys\n"
-    "from core.demo import prepare_demo\n"
+    "from core.world.demo_job import prepare_demo\n"
     "from core.errors import TiwizError\n"
     "try:\n"
     "    r = prepare_demo(sys.argv[1])\n"

@@ -167,7 +167,7 @@ class RunView:
                 self.gpu[dst] = e[src]
 
     def set_liveness(self, state: str, reason: str = "") -> bool:
-        """Take the run's liveness from core.runs (status.json + worker lock): a worker that died without a final
+        """Take the run's liveness from core.runs.folder (status.json + worker lock): a worker that died without a final
         event shows as killed. Returns True when the displayed state changed."""
         if state == "killed" and self.state in ("waiting", "running", "stopping", "starting"):
             self.state = "killed"

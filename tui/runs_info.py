@@ -1,5 +1,5 @@
-"""The TUI's thin view of `core.runapi` (owned by the runs engineer): run summaries for the start screen, following a
-run's events, commands. Nothing here knows the run-folder layout; it all goes through core.runapi."""
+"""The TUI's thin view of `core.runs.api` (owned by the runs engineer): run summaries for the start screen, following a
+run's events, commands. Nothing here knows the run-folder layout; it all goes through core.runs.api."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from core.errors import TiwizError
 
 def _runapi():
     try:
-        from core import runapi
+        from core.runs import api as runapi
     except ImportError as exc:  # not built yet on this checkout
-        raise TiwizError("Training runs are not available in this build (core.runapi is missing).") from exc
+        raise TiwizError("Training runs are not available in this build (core.runs.api is missing).") from exc
     return runapi
 
 

@@ -61,8 +61,8 @@ class _Progress:
 
 
 def _train_detached(config: dict, progress) -> Path:
-    """Train through the product's own path: a detached worker (core.runapi), followed here."""
-    from core import runapi
+    """Train through the product's own path: a detached worker (core.runs.api), followed here."""
+    from core.runs import api as runapi
     from core.errors import TiwizError
 
     run_dir = Path(runapi.start_run(config))
@@ -83,9 +83,9 @@ def _train_detached(config: dict, progress) -> Path:
 
 
 def _train_in_process(config: dict, progress) -> Path:
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
     from core.events import CallbackSink
-    from core.trainer import Trainer
+    from core.training.trainer import Trainer
 
     out = Path(config["output"])
     Trainer(TrainConfig.from_dict(config), out, CallbackSink(progress)).run()
@@ -94,14 +94,14 @@ def _train_in_process(config: dict, progress) -> Path:
 
 def _has_runapi() -> bool:
     try:
-        from core import runapi
+        from core.runs import api as runapi
     except ImportError:
         return False
     return hasattr(runapi, "start_run") and hasattr(runapi, "follow")
 
 
 def run_demo(args) -> int:
-    from core.demo import DEMO_STEPS, before_after, prepare_demo
+    from core.world.demo_job import DEMO_STEPS, before_after, prepare_demo
     from core.errors import TiwizError
 
     steps = args.steps if args.steps is not None else DEMO_STEPS

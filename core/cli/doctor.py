@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.doctor import diagnose, summary
+    from core.prep.doctor import diagnose, summary
 
     findings = diagnose(args.folder, width=args.width, height=args.height)
     counts = summary(findings)

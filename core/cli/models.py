@@ -50,7 +50,7 @@ def cmd_demo_model(args) -> int:
         raise TiwizError(f"{dest}: exists and is not a folder")
     if dest.is_dir() and any(dest.iterdir()) and not args.force:
         raise TiwizError(f"{dest}: the folder is not empty; choose a new folder or pass --force")
-    from core.models import demo
+    from core.models import builtin as demo
     from core.models.loader import quiet_libraries
 
     quiet_libraries()

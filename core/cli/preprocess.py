@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from core.preprocess_options import PreprocessOptions
+from core.prep.options import PreprocessOptions
 
 
 def register(subparsers) -> None:
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 def handle(args) -> int:
     from core.errors import TiwizError
-    from core.preprocess import run_preprocess
+    from core.prep.preprocess import run_preprocess
 
     values = {f.name: getattr(args, f.name) for f in fields(PreprocessOptions)}
     options = PreprocessOptions(**values).validate()
@@ -62,7 +62,7 @@ def _run_with_progress(args, options) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from core.events import CallbackSink
-    from core.preprocess import run_preprocess
+    from core.prep.preprocess import run_preprocess
 
     err = Console(stderr=True, highlight=False)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

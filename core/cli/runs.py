@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from core import runapi, runs
+from core.runs import api as runapi
+
+from core.runs import folder as runs
 from core.errors import TiwizError
 
 ASK_TIMEOUT_S = 30.0

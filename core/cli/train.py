@@ -11,7 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from core.config import CHOICES, HELP, TrainConfig
+from core.training.config import CHOICES, HELP, TrainConfig
 
 EPILOG = """examples:
   tiwiz train --model ./sd15 --data ./my-cat --name zxq-cat --init-text cat --vectors 4 --steps 2000
@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _out_dir(config: TrainConfig) -> Path:
     if config.output:
         return Path(config.output).expanduser()
-    from core.runapi import new_run_dir
+    from core.runs.api import new_run_dir
 
     return new_run_dir(config.name)
 
@@ -83,7 +83,7 @@ def _out_dir(config: TrainConfig) -> Path:
 def run_foreground(config: TrainConfig, out_dir, resume: bool = False) -> int:
     """Train in this process with a progress line. Ctrl-C (SIGINT) or SIGTERM saves and stops cleanly."""
     from core.events import CallbackSink
-    from core.trainer import Trainer
+    from core.training.trainer import Trainer
 
     out_dir = Path(out_dir)
     progress = ProgressPrinter(sys.stderr)

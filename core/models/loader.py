@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import TiwizError
-from core.models.demo import TOKENIZER_DIR
+from core.models.builtin import TOKENIZER_DIR
 from core.models.find import family_from_text_config, folder_display_name, hf_cache_dir
 from core.models.headers import (
     SAFETENSORS_EXTS, TIWIZ_CONFIG_KEY, TORCH_EXTS, detect_family, read_safetensors_header,

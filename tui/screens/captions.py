@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from core.captions import CaptionSet, split_tags
+from core.prep.captions import CaptionSet, split_tags
 from core.tokens import TOKEN_LIMIT, count_tokens
 from tui.jobs import run_json
 from tui.screens.base import WizardScreen, error_text

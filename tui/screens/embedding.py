@@ -15,7 +15,7 @@ from tui.screens.dialogs import ConfirmModal
 
 def vector_plan(pieces: list[str], n_vectors: int) -> list[str]:
     """Which init token starts each vector; "zeros" without init text."""
-    from core.embeddings import init_token_plan
+    from core.embeddings.vectors import init_token_plan
 
     return [pieces[i] for i in init_token_plan(len(pieces), n_vectors)] if pieces else ["zeros"] * n_vectors
 

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Checkbox, DirectoryTree, Input, Label, Static
 
-from core.captions import list_images
+from core.prep.captions import list_images
 from tui.screens.base import WizardScreen, error_text
 
 

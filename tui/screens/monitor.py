@@ -1,5 +1,5 @@
 """The training monitor, attachable to any run: header, loss plot, latest preview, checkpoints (selecting one shows
-its preview), warnings. It follows the run folder through core.runapi and redraws at most 4 times a second.
+its preview), warnings. It follows the run folder through core.runs.api and redraws at most 4 times a second.
 Keys: stop (confirm; saves), save now, preview now, detach (the run goes on; prints how to come back)."""
 
 from __future__ import annotations

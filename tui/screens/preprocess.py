@@ -1,4 +1,4 @@
-"""Preprocess options: a form built from `core.preprocess_options` (every option, its default and one-line help),
+"""Preprocess options: a form built from `core.prep.options` (every option, its default and one-line help),
 then `tiwiz preprocess SRC DEST --jsonl` in a subprocess with a progress bar and the skipped files with reasons."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Input, Label, Log, ProgressBar, Select, Static
 
-from core.captions import list_images
+from core.prep.captions import list_images
 from tui.jobs import run_jsonl
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
 
 
 def option_fields() -> list[dict]:
-    from core.preprocess_options import option_fields as fields
+    from core.prep.options import option_fields as fields
 
     return fields()
 
@@ -111,7 +111,7 @@ class PreprocessScreen(WizardScreen):
             self.show_message(problem)
 
     def validate_options(self) -> str | None:
-        from core.preprocess_options import PreprocessOptions
+        from core.prep.options import PreprocessOptions
 
         try:
             PreprocessOptions.from_dict(dict(self.state.preprocess))

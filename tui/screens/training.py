@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Select, Static, TabbedContent, TabPane
 
-from core.config import CHOICES, HELP, TrainConfig
+from core.training.config import CHOICES, HELP, TrainConfig
 from tui import runs_info
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import PromptModal
@@ -42,7 +42,7 @@ def groups() -> dict[str, list]:
 
 def template_names() -> list[str]:
     try:
-        from core.templates import list_templates
+        from core.training.templates import list_templates
 
         return list(list_templates())
     except Exception:
@@ -52,8 +52,8 @@ def template_names() -> list[str]:
 def sample_prompts(template: str, name: str, dataset: str, *, n: int = 3, shuffle_tags=False,
                    tag_dropout=0.0) -> list[str]:
     """A few prompts the trainer would see: template lines rendered with real captions of the dataset."""
-    from core.captions import CaptionSet
-    from core.templates import load_template, render
+    from core.prep.captions import CaptionSet
+    from core.training.templates import load_template, render
 
     tmpl = load_template(template)
     try:
@@ -159,7 +159,7 @@ class TrainingScreen(WizardScreen):
             return
         images = 0
         try:
-            from core.captions import list_images
+            from core.prep.captions import list_images
 
             images = len(list_images(config.data))
         except Exception:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps
 
-from core.images import ImageRejected, load_rgb
-from core.preprocess_options import PreprocessOptions
+from core.prep.images import ImageRejected, load_rgb
+from core.prep.options import PreprocessOptions
 
 PNG_COMPRESS_LEVEL = 1  # photos barely compress: level 6 (Pillow's default) takes ~2.5× the time for ~8% smaller files
 
@@ -106,8 +106,8 @@ def process_source(task: SourceTask) -> SourceResult:
 
 
 def _process(task: SourceTask, result: SourceResult) -> None:
-    from core.focal import debug_image, detect_faces, focal_crop
-    from core.split import should_split, split_image
+    from core.prep.focal import debug_image, detect_faces, focal_crop
+    from core.prep.split import should_split, split_image
 
     opt = task.options
     W, H = opt.width, opt.height

@@ -1,6 +1,6 @@
 """Textual-inversion embeddings: names, initial vectors, saving (A1111 `.pt` + single-key `.safetensors`) and loading.
 
-Loading every known file layout lives in `core.embedding_formats`; `load_embedding` is re-exported here.
+Loading every known file layout lives in `core.embeddings.formats`; `load_embedding` is re-exported here.
 Torch-free at import time (torch is imported inside functions), so the TUI may use `sanitize_name` and
 `trigger_problems(None, name)`.
 """
@@ -12,8 +12,8 @@ import os
 import re
 from pathlib import Path
 
-from core.embedding_formats import LoadedEmbedding, describe_width, load_embedding  # noqa: F401  (re-exported)
-from core.embedding_formats import MAX_VECTORS, vector_matrix
+from core.embeddings.formats import LoadedEmbedding, describe_width, load_embedding  # noqa: F401  (re-exported)
+from core.embeddings.formats import MAX_VECTORS, vector_matrix
 from core.errors import TiwizError
 
 MAX_NAME_LENGTH = 100  # leaves room for "-STEP" and ".safetensors" within a 255-byte file name

@@ -3,7 +3,7 @@
 - The trainable vectors are one `nn.Parameter [n, dim]` (fp32 master copy). Placeholder tokens are added to the
   tokenizer for tokenisation only; hooks on the text encoder's token embedding splice the vectors in at those
   positions (`VectorSplice`). The optimizer (AdamW, weight decay 0) never sees the vocabulary matrix.
-- Text encoder, UNet and VAE are frozen; latents are cached by `core.dataset`. One step = one optimizer update over
+- Text encoder, UNet and VAE are frozen; latents are cached by `core.training.dataset`. One step = one optimizer update over
   batch_size x grad_accum images. A template line is drawn for every image of every step.
 - Every RNG the loop uses is its own (a torch Generator for noise/timesteps, a random.Random for data order and
   templates), saved in `state/latest.pt`, so `run(resume=True)` continues exactly. Previews and the validation loss
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from core.config import TrainConfig
+from core.training.config import TrainConfig
 from core.errors import TiwizError
-from core.schedule import parse_schedule
+from core.training.schedule import parse_schedule
 
 VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
 PLACEHOLDER = "<tiwiz-vec-{}>"
@@ -82,7 +82,7 @@ class Trainer:
             raise TiwizError(f"this run is already at step {self.step} of {end_step}; raise steps to continue "
                              f"(e.g. `tiwiz resume RUN --steps {self.step + 1000}`)")
         cfg.to_toml(self.out_dir / "config.toml")
-        from core.lossfile import LossLog
+        from core.runs.lossfile import LossLog
 
         self.loss_log = LossLog(self.out_dir / "loss.csv", keep_until_step=self.step if state is not None else None)
 
@@ -351,7 +351,7 @@ class Trainer:
         return str(Path(pt).relative_to(self.out_dir)), str(Path(st).relative_to(self.out_dir))
 
     def _save_state(self) -> None:
-        from core.train_state import capture_global_rng, py_state, save_state
+        from core.training.resume_state import capture_global_rng, py_state, save_state
 
         save_state(self.out_dir / "state" / "latest.pt", {
             "name": self.name,
@@ -375,7 +375,7 @@ class Trainer:
     # ---- setup ------------------------------------------------------------------------------------------------------
     def _prepare_out_dir(self, resume: bool) -> None:
         cfg = self.config
-        from core.embeddings import sanitize_name
+        from core.embeddings.vectors import sanitize_name
 
         self.name = sanitize_name(cfg.name)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -387,7 +387,7 @@ class Trainer:
                              "output folder, or pass --overwrite to start over in it")
 
     def _load_resume_state(self) -> dict:
-        from core.train_state import load_state
+        from core.training.resume_state import load_state
 
         state = load_state(self.out_dir / "state" / "latest.pt")
         if state["vectors"].shape[0] != self.config.vectors and not self.config.init_from:
@@ -410,7 +410,7 @@ class Trainer:
     def _setup_vectors(self, state: dict | None) -> None:
         import torch
 
-        from core.embeddings import init_vectors, load_embedding, save_embedding, trigger_problems
+        from core.embeddings.vectors import init_vectors, load_embedding, save_embedding, trigger_problems
 
         cfg, tokenizer, encoder = self.config, self.model.tokenizer, self.model.text_encoder
         dim = encoder.get_input_embeddings().weight.shape[1]
@@ -436,8 +436,8 @@ class Trainer:
 
     def _setup_data(self) -> None:
         cfg = self.config
-        from core.dataset import build_dataset
-        from core.templates import load_template, render
+        from core.training.dataset import build_dataset
+        from core.training.templates import load_template, render
 
         self.template = load_template(cfg.template)
         self._render = render
@@ -460,7 +460,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([self.vectors], lr=self.lr_schedule.rate_at(0), weight_decay=0.0)
 
     def _restore(self, state: dict) -> None:
-        from core.train_state import py_state_from, restore_global_rng
+        from core.training.resume_state import py_state_from, restore_global_rng
 
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.elapsed_before = float(state["elapsed_s"])

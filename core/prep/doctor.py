@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from core import phash
-from core.captions import CaptionSet
+from core.prep import phash
+from core.prep.captions import CaptionSet
 from core.errors import TiwizError
 from core.tokens import TOKEN_LIMIT
 

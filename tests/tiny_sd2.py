@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.models.demo import SD15_SCHEDULER, TINY_UNET, TINY_VAE, TOKENIZER_DIR
+from core.models.builtin import SD15_SCHEDULER, TINY_UNET, TINY_VAE, TOKENIZER_DIR
 
 
 def build_tiny_sd2_components(seed: int = 0, prediction_type: str = "v_prediction"):

@@ -1,6 +1,6 @@
 """`run_preprocess(src, dest, options, sink, workers=None) -> Report`: a folder of photos to a training set.
 
-Worker processes decode and crop (`core.preprocess_worker`); this parent process names and writes every output
+Worker processes decode and crop (`core.prep.per_file`); this parent process names and writes every output
 atomically, in source order, so names are deterministic and never collide; then (optionally) BLIP-captions the
 written images in batches; then writes `DEST/report.json`. The source folder is only ever read.
 
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from core.captions import apply_existing_caption, read_caption
+from core.prep.captions import apply_existing_caption, read_caption
 from core.errors import TiwizError
-from core.preprocess_options import PreprocessOptions
-from core.preprocess_worker import SourceResult, SourceTask, init_worker, process_source
+from core.prep.options import PreprocessOptions
+from core.prep.per_file import SourceResult, SourceTask, init_worker, process_source
 
 REPORT_NAME = "report.json"
 DEBUG_DIR = "focal-debug"
@@ -128,7 +128,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["core.preprocess_worker", "core.focal", "core.split", "cv2"])
+        ctx.set_forkserver_preload(["core.prep.per_file", "core.prep.focal", "core.prep.split", "cv2"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(True,))
 
 
@@ -376,7 +376,7 @@ def _write_captions(dest: Path, record: dict, caption: str, write=None) -> None:
 
 def _load_captioner(options: PreprocessOptions):
     try:
-        from core.blip import BlipCaptioner
+        from core.prep.blip import BlipCaptioner
     except ImportError as exc:
         raise TiwizError(f"BLIP captioning is not available in this install ({exc}).") from None
     return BlipCaptioner(options.blip, device=None, batch_size=options.blip_batch_size)

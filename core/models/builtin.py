@@ -10,7 +10,7 @@ TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "data" / "clip_tokenize
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 
 
-# The tiny SD-shaped architecture (shared with core.models.tiny) and the SD1.5 noise schedule.
+# The tiny SD-shaped architecture (shared with tiny_sd2) and the SD1.5 noise schedule.
 TINY_UNET = dict(
     sample_size=16, block_out_channels=(32, 64), layers_per_block=1, in_channels=4, out_channels=4,
     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core import shapes
+from core.world import shapes
 
 DEMO_NAME = "demo-heart"
 DEMO_STEPS = 300
@@ -60,7 +60,7 @@ def prepare_demo(workdir, *, steps: int = DEMO_STEPS, n_images: int = DEMO_IMAGE
     `workdir/template.txt`; return `dict(model_dir, data_dir, config)` where `config` is a TrainConfig dict whose
     output is `workdir/run`."""
     from core.atomic import atomic_write_text
-    from core.models.demo import write_demo_model
+    from core.models.builtin import write_demo_model
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The run API for UIs (the TUI and the CLI): start, follow, command, list and resume runs. Torch-free.
 
-Training always happens in a detached `python -m core.worker RUN_DIR` process; nothing here holds a pipe to it, so a
+Training always happens in a detached `python -m core.runs.worker RUN_DIR` process; nothing here holds a pipe to it, so a
 viewer can die at any moment without touching the training.
 """
 
@@ -13,16 +13,16 @@ import threading
 import time
 from pathlib import Path
 
-from core import runs
+from core.runs import folder as runs
 from core.errors import TiwizError
-from core.runs import RunInfo, inspect_run, list_runs, send_command  # noqa: F401 - re-exported for the TUI
+from core.runs.folder import RunInfo, inspect_run, list_runs, send_command  # noqa: F401 - re-exported for the TUI
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _PATH_FIELDS = ("model", "data", "init_from")
 
 
 def _as_config(config):
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
 
     if isinstance(config, TrainConfig):
         return TrainConfig.from_dict(config.to_dict())  # a validated copy; the caller's object stays as it was
@@ -93,7 +93,7 @@ def start_run(config, root: str | os.PathLike | None = None, name: str | None = 
 
 def resume_run(run_dir: str | os.PathLike, steps: int | None = None) -> Path:
     """Continue a stopped, killed, failed or finished run from state/latest.pt; `steps` raises the step count."""
-    from core.config import TrainConfig
+    from core.training.config import TrainConfig
 
     run_dir = Path(run_dir).resolve()
     info = inspect_run(run_dir)
@@ -134,7 +134,7 @@ def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: Run
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
-    cmd = [sys.executable, "-m", "core.worker", str(run_dir)] + (["--resume"] if resume else [])
+    cmd = [sys.executable, "-m", "core.runs.worker", str(run_dir)] + (["--resume"] if resume else [])
     with open(run_dir / runs.LOG, "ab") as log, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)

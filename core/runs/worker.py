@@ -1,6 +1,6 @@
-"""`python -m core.worker RUN_DIR [--resume]`: runs one training in RUN_DIR, detached from any terminal.
+"""`python -m core.runs.worker RUN_DIR [--resume]`: runs one training in RUN_DIR, detached from any terminal.
 
-Started by `core.runapi` in a new session with stdin from /dev/null and stdout/stderr appended to RUN_DIR/worker.log.
+Started by `core.runs.api` in a new session with stdin from /dev/null and stdout/stderr appended to RUN_DIR/worker.log.
 It holds RUN_DIR/worker.lock for its whole life, appends every event to events.jsonl, keeps status.json current,
 consumes commands/ between steps, and turns SIGTERM/SIGINT into a graceful stop that saves. SIGHUP is ignored.
 """
@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from core import runs
+from core.runs import folder as runs
 from core.errors import TiwizError
 
 STATUS_EVERY_S = 1.0
@@ -163,7 +163,7 @@ def describe_failure(exc: BaseException, tracker: StatusTracker) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m core.runs.worker", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/state/latest.pt")
     args = parser.parse_args(argv)
@@ -217,10 +217,10 @@ def _run_locked(run_dir: Path, resume: bool) -> int:
         return taken
 
     try:
-        from core.config import TrainConfig
+        from core.training.config import TrainConfig
 
         config = TrainConfig.from_toml(run_dir / runs.CONFIG)
-        from core.trainer import Trainer
+        from core.training.trainer import Trainer
 
         trainer = Trainer(config, run_dir, sink, poll_commands=poll_commands)
         if stop_signal:

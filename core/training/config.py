@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from core.errors import TiwizError
-from core.schedule import parse_schedule
+from core.training.schedule import parse_schedule
 
 CHOICES = {
     "resize": ("crop", "stretch", "none"),

@@ -43,7 +43,7 @@ class Template:
 def templates_dir() -> Path:
     """The folder holding the built-in templates."""
     candidates = [
-        Path(__file__).resolve().parent.parent / "templates",
+        Path(__file__).resolve().parents[2] / "templates",
         Path(sys.prefix) / "share" / "tiwiz" / "templates",
         Path(sys.base_prefix) / "share" / "tiwiz" / "templates",
     ]

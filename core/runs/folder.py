@@ -74,7 +74,7 @@ def write_status(run_dir: str | os.PathLike, status: dict) -> dict:
 
 # ---- liveness -----------------------------------------------------------------------------------------------------
 def pid_is_worker(pid, run_dir: str | os.PathLike | None = None) -> bool:
-    """True when `pid` is a live `core.worker` process (of `run_dir` when given): not a zombie, not a reused pid."""
+    """True when `pid` is a live `core.runs.worker` process (of `run_dir` when given): not a zombie, not a reused pid."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     proc = Path("/proc")
@@ -85,7 +85,7 @@ def pid_is_worker(pid, run_dir: str | os.PathLike | None = None) -> bool:
             return False
         if run_dir is not None and os.fsencode(Path(run_dir).name) not in cmdline:
             return False
-        return b"core.worker" in cmdline  # a zombie has an empty cmdline
+        return b"core.runs.worker" in cmdline  # a zombie has an empty cmdline
     try:  # no /proc (macOS): existence only
         os.kill(pid, 0)
     except ProcessLookupError:

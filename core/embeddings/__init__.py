@@ -1,0 +1,1 @@
+"""Embedding files: initial vectors, saving, and reading every layout users bring."""

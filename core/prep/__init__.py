@@ -1,0 +1,1 @@
+"""Preparing a dataset: loading, cropping, splitting, captioning and checking images."""
