@@ -125,11 +125,11 @@ def save_embedding(vectors, path_stem, *, name: str, step: int, base_model: str,
     """Write `path_stem.pt` (A1111 layout, plain types only) and `path_stem.safetensors` (one fp32 [n, dim] tensor
     keyed by `name`, provenance in string metadata), each atomically. Existing files need `overwrite=True`.
     Returns (pt_path, safetensors_path)."""
-    import torch
     from safetensors.torch import save_file
 
     from core import __version__
     from core.atomic import atomic_write_with
+    from core.embeddings.a1111_pt import save_a1111_pt
 
     if not isinstance(name, str) or not name.strip():
         raise TiwizError("an embedding needs a name")
@@ -164,7 +164,7 @@ def save_embedding(vectors, path_stem, *, name: str, step: int, base_model: str,
         "tiwiz_version": __version__,
     }
     os.makedirs(stem.parent, exist_ok=True)
-    atomic_write_with(pt_path, lambda tmp: torch.save(pt_data, tmp))
+    save_a1111_pt(pt_data, pt_path, name)
     atomic_write_with(st_path, lambda tmp: save_file({name: vec}, tmp, metadata=metadata))
     return pt_path, st_path
 
