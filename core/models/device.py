@@ -1,5 +1,6 @@
-"""Device and precision: CUDA trains in bf16 autocast where supported, else fp16 autocast with a GradScaler, with SDPA
-attention; CPU trains in fp32."""
+"""Device and precision: CUDA trains in bf16 autocast where the GPU has native bf16 (compute capability 8.0 or newer:
+Ampere, Ada, Hopper, ...), else fp16 autocast with a GradScaler, with SDPA attention; CPU trains in fp32. The precision
+can be forced with `precision = "fp32" | "bf16" | "fp16"` (TrainConfig, `--precision`)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,39 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def grad_scaler(self):
-        """A `torch.amp.GradScaler` for fp16, else None."""
+        """A `torch.amp.GradScaler` for fp16, else None (bf16 has fp32's exponent range and needs no scaling)."""
         import torch
 
         return torch.amp.GradScaler(self.device.type) if self.use_grad_scaler else None
+
+
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def has_native_bf16(capability: tuple[int, int] | None) -> bool:
+    """Whether a CUDA GPU of this compute capability runs bf16 natively (8.0+). `torch.cuda.is_bf16_supported()` also
+    says yes for older GPUs where bf16 is emulated, much slower than fp16, so tiwiz decides by the capability."""
+    return capability is not None and tuple(capability[:2]) >= BF16_MIN_CAPABILITY
+
+
+def choose_precision(device_type: str, pref: str = "auto", capability: tuple[int, int] | None = None) -> str:
+    """The precision name ("fp32", "bf16" or "fp16") for a device type, a preference and (CUDA) the GPU's compute
+    capability. Raises TiwizError naming `precision` when the preference cannot run there."""
+    if pref not in PRECISIONS:
+        raise TiwizError(f"precision: must be one of {', '.join(PRECISIONS)} (got {pref!r})")
+    if device_type != "cuda":
+        if pref in ("bf16", "fp16"):
+            raise TiwizError(f"precision: {pref} mixed precision needs a CUDA GPU; on {device_type} tiwiz trains in "
+                             "fp32 (use --precision auto or fp32)")
+        return "fp32"
+    if pref in ("fp32", "fp16"):
+        return pref
+    native = has_native_bf16(capability)
+    if pref == "bf16" and not native:
+        cap = ".".join(map(str, capability[:2])) if capability else "unknown"
+        raise TiwizError(f"precision: this GPU (compute capability {cap}) has no native bf16 (needs 8.0 or newer); "
+                         "use --precision fp16 or auto")
+    return "bf16" if native else "fp16"
 
 
 def pick_device(pref: str = "auto"):
@@ -64,25 +94,20 @@ def pick_device(pref: str = "auto"):
 
 
 def precision_for(device, pref: str = "auto") -> Precision:
-    """CUDA: bf16 where `torch.cuda.is_bf16_supported()`, else fp16 + GradScaler. CPU/MPS: fp32. `pref` forces one
-    of fp32/bf16/fp16 (fp16 and bf16 need CUDA)."""
+    """CUDA: bf16 on GPUs with native bf16 (compute capability 8.0+), else fp16 + GradScaler. CPU/MPS: fp32. `pref`
+    forces one of fp32/bf16/fp16 (fp16 and bf16 need CUDA; bf16 needs native support)."""
     import torch
 
     device = torch.device(device)
-    if pref not in PRECISIONS:
-        raise TiwizError(f"precision must be one of {', '.join(PRECISIONS)}, not {pref!r}")
-    if device.type != "cuda":
-        if pref in ("bf16", "fp16"):
-            raise TiwizError(f"{pref} mixed precision needs a CUDA GPU; on {device.type} tiwiz trains in fp32")
-        return Precision(device, None, False)
-    if pref == "fp32":
-        return Precision(device, None, False)
-    bf16_ok = torch.cuda.is_bf16_supported()
-    if pref == "bf16" and not bf16_ok:
-        raise TiwizError("this GPU does not support bf16; use fp16 or auto")
-    if pref == "bf16" or (pref == "auto" and bf16_ok):
+    capability = None
+    if device.type == "cuda" and pref not in ("fp32", "fp16"):
+        capability = torch.cuda.get_device_capability(device)
+    name = choose_precision(device.type, pref, capability)
+    if name == "bf16":
         return Precision(device, torch.bfloat16, False)
-    return Precision(device, torch.float16, True)
+    if name == "fp16":
+        return Precision(device, torch.float16, True)
+    return Precision(device, None, False)
 
 
 def enable_sdpa(*modules) -> int:
@@ -98,7 +123,7 @@ def enable_sdpa(*modules) -> int:
     return count
 
 
-def prepare_for_device(model, device) -> Precision:
+def prepare_for_device(model, device, pref: str = "auto") -> Precision:
     """Move a `LoadedModel` to `device`, turn on SDPA on CUDA, and return the precision to train with."""
     import torch
 
@@ -108,7 +133,7 @@ def prepare_for_device(model, device) -> Precision:
     model.device = device
     if device.type == "cuda":
         enable_sdpa(model.unet, model.vae)
-    return precision_for(device)
+    return precision_for(device, pref)
 
 
 def gpu_fields(device) -> dict:

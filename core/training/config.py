@@ -26,8 +26,10 @@ CHOICES = {
     "resize": ("crop", "stretch", "none"),
     "latent_sampling": ("once", "deterministic", "random"),
     "clip_grad": ("none", "value", "norm"),
-    "loss_weighting": ("none", "velocity"),
+    "loss_weighting": ("none", "velocity", "min_snr"),
+    "optimizer": ("adamw", "prodigy", "adamw8bit"),
     "preview_sampler": ("euler_a", "dpmpp_2m", "ddim", "euler"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
@@ -53,6 +55,30 @@ HELP = {
     "loss_weighting": "none: plain MSE per timestep (A1111); velocity: weight an epsilon model's loss by 1/alpha_bar(t), "
                       "which is the v-prediction loss, so the noisiest steps, where colours and layout are decided, "
                       "count (no effect on v-prediction models)",
+    "min_snr_gamma": "Min-SNR-gamma (Hang et al. 2023) for loss_weighting = min_snr: each timestep's loss is weighted "
+                     "by min(SNR, gamma)/SNR (epsilon models) or min(SNR, gamma)/(SNR+1) (v-prediction); 5 is the "
+                     "paper's value",
+    "optimizer": "adamw (torch, weight decay 0 like A1111); prodigy: learning-rate free (pip install prodigyopt; set "
+                 "lr to 1); adamw8bit: bitsandbytes 8-bit AdamW (CUDA only; pip install bitsandbytes)",
+    "auto_stop": "Stop when the fixed-seed validation loss has gone flat (DVAR rule: its variance over the last "
+                 "auto_stop_window steps falls below auto_stop_threshold x its overall variance). Off by default in "
+                 "the CLI so `steps` means what it says (A1111 parity); the rule still runs and records the step "
+                 "where it would have stopped",
+    "auto_stop_window": "Auto-stop window in steps (DVAR's 'patience'). 100 on the shipped world model: its best "
+                        "colour distance is reached within the first 100-200 steps at lr 0.002; DVAR used 310 for "
+                        "SD at lr 5e-3",
+    "auto_stop_threshold": "Auto-stop threshold: stop when rolling variance / overall variance < this (DVAR: 0.15)",
+    "holdout": "Hold out this many training images: never trained on, their validation loss shows overfitting and "
+               "picks the suggested best step (-1 = by dataset size: 1 per 8 images, at most 4, none under 8 "
+               "images; 0 = off)",
+    "buckets": "Aspect-ratio buckets (kohya): each image is resized to the bucket of its aspect ratio (sides "
+               "multiples of 64, area at most width x height) instead of centre-cropped; batches hold one bucket",
+    "bucket_min_side": "Smallest bucket side in pixels (kohya's min_bucket_reso)",
+    "bucket_max_side": "Largest bucket side in pixels (kohya's max_bucket_reso)",
+    "bucket_no_upscale": "Never upscale into a bucket: small images get a bucket of their own size (kohya's "
+                         "bucket_no_upscale)",
+    "threads": "CPU threads for torch (0 = the cores that are free now: allowed cores minus the load average, at "
+               "least 1). Asking for more threads than free cores makes OpenMP threads spin against other jobs",
     "clip_grad": "Gradient clipping: none, value or norm",
     "clip_grad_value": "Clip threshold (a number or a schedule string like lr)",
     "save_every": "Save the embedding and resume state every N steps (0 = only at the end)",
@@ -62,6 +88,8 @@ HELP = {
     "output": "Output (run) folder; empty = runs/NAME-TIMESTAMP",
     "seed": "Random seed (data order, noise, timesteps, templates); same seed and config = same result",
     "device": "auto, cpu, cuda or mps",
+    "precision": "auto: bf16 autocast on GPUs with native bf16 (compute capability 8.0+), else fp16 with a gradient "
+                 "scaler; fp32 on CPU/MPS. fp32, bf16 or fp16 force one (bf16/fp16 need a CUDA GPU)",
     "init_from": "Continue from an existing embedding file instead of init_text (empty = off)",
     "preview_prompt": "Preview prompt with [name] (empty = first template line with the first caption)",
     "preview_negative": "Preview negative prompt",
@@ -96,6 +124,17 @@ class TrainConfig:
     tag_dropout: float = 0.0
     noise_offset: float = 0.0
     loss_weighting: str = "none"
+    min_snr_gamma: float = 5.0
+    optimizer: str = "adamw"
+    auto_stop: bool = False
+    auto_stop_window: int = 100
+    auto_stop_threshold: float = 0.15
+    holdout: int = -1
+    buckets: bool = False
+    bucket_min_side: int = 256
+    bucket_max_side: int = 1024
+    bucket_no_upscale: bool = True
+    threads: int = 0
     clip_grad: str = "none"
     clip_grad_value: str = "0.1"
     save_every: int = 500
@@ -105,6 +144,7 @@ class TrainConfig:
     output: str = ""
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     init_from: str = ""
     preview_prompt: str = ""
     preview_negative: str = ""
@@ -184,6 +224,9 @@ class TrainConfig:
                 raise TiwizError(f"{key}: must be one of {', '.join(allowed)} (got {value!r})")
         if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise TiwizError(f"device: must be one of auto, cpu, cuda, cuda:N, mps (got {self.device!r})")
+        if self.precision in ("bf16", "fp16") and self.device in ("cpu", "mps"):
+            raise TiwizError(f"precision: {self.precision} mixed precision needs a CUDA GPU but device is "
+                             f"{self.device} (use precision auto or fp32, or device cuda)")
         if require_paths:
             for key in ("model", "data", "name"):
                 if not str(getattr(self, key)).strip():
@@ -211,6 +254,20 @@ class TrainConfig:
         _check_range("preview_every", self.preview_every, 0, None)
         _check_range("validate_every", self.validate_every, -1, None)
         _check_range("validation_images", self.validation_images, 1, 64)
+        if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+            raise TiwizError(f"min_snr_gamma: must be a number > 0 (got {self.min_snr_gamma})")
+        _check_range("auto_stop_window", self.auto_stop_window, 2, None)
+        if not (math.isfinite(self.auto_stop_threshold) and 0 < self.auto_stop_threshold < 1):
+            raise TiwizError(f"auto_stop_threshold: must be between 0 and 1 (got {self.auto_stop_threshold})")
+        if self.auto_stop and self.validate_every == 0:
+            raise TiwizError("auto_stop: needs the validation loss; set validate_every to -1 (automatic) or > 0")
+        _check_range("holdout", self.holdout, -1, None)
+        _check_range("bucket_min_side", self.bucket_min_side, 64, 4096)
+        _check_range("bucket_max_side", self.bucket_max_side, self.bucket_min_side, 4096)
+        for key in ("bucket_min_side", "bucket_max_side"):
+            if getattr(self, key) % 64:
+                raise TiwizError(f"{key}: must be a multiple of 64 (got {getattr(self, key)})")
+        _check_range("threads", self.threads, 0, 1024)
         _check_range("preview_steps", self.preview_steps, 1, 1000)
         _check_range("max_nan_steps", self.max_nan_steps, 1, None)
         if not math.isfinite(self.preview_cfg) or self.preview_cfg < 0:
@@ -223,9 +280,26 @@ class TrainConfig:
 
     # ---- derived values -----------------------------------------------------------------------------------------
     def effective_validate_every(self) -> int:
+        """-1 follows save_every/preview_every; with auto_stop, often enough for the rule's window (about 20 points
+        per window)."""
         if self.validate_every >= 0:
             return self.validate_every
-        return self.save_every or self.preview_every
+        every = self.save_every or self.preview_every
+        if self.auto_stop:
+            from core.training.autostop import points_needed
+
+            dense = points_needed(self.auto_stop_window)
+            every = min(every, dense) if every else dense
+        return every
+
+    def effective_holdout(self, n_images: int) -> int:
+        """How many images to hold out of n: `holdout` if set (never all but one), else 1 per 8 images, at most 4,
+        none under 8 images."""
+        if self.holdout == 0 or n_images < 8:
+            return 0
+        if self.holdout > 0:
+            return min(self.holdout, n_images - 1)
+        return min(4, n_images // 8)
 
 
 def _check_range(key: str, value, low, high) -> None:

@@ -87,7 +87,7 @@ class Trainer:
         self.loss_log = LossLog(self.out_dir / "loss.csv", keep_until_step=self.step if state is not None else None)
 
         self.sink.emit("started", max_steps=end_step, step=self.step, name=self.name, device=str(self.device),
-                       dtype=str(self.precision.autocast_dtype or torch.float32).replace("torch.", ""),
+                       dtype=self.precision.name,
                        n_images=len(self.dataset), model=self.model.name, resumed=state is not None)
         self.t_start = time.monotonic()
         self.last_loss = self.last_val_loss = None
@@ -399,7 +399,7 @@ class Trainer:
         from core.models.loader import load_model
 
         self.device = pick_device(self.config.device)
-        self.precision = precision_for(self.device)
+        self.precision = precision_for(self.device, self.config.precision)
         self.model = load_model(self.config.model, device=self.device)  # fp32 weights; autocast does mixed precision
         for module in (self.model.text_encoder, self.model.unet, self.model.vae):
             module.requires_grad_(False)
