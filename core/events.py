@@ -1,7 +1,9 @@
 """The one event interface: training, preprocessing and captioning report progress through an EventSink.
 
-An event is a flat JSON-able dict with at least "type" and "time" (unix seconds). Sinks must never raise into the
-caller's hot loop for a display problem; a JsonlSink write failure is re-raised because losing the log is real.
+An event is a flat JSON-able dict with at least "type" and "time" (unix seconds). A training run emits typed events
+(`core.runs.run_events`: `sink.emit(Step(step=1, ...))`); preprocessing and captioning emit `sink.emit("progress",
+done=3, total=10)`. Every sink takes both and hands on the JSON dict. Sinks must never raise into the caller's hot loop
+for a display problem; a JsonlSink write failure is re-raised because losing the log is real.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from typing import Callable, Protocol
 
 
 class EventSink(Protocol):
-    def emit(self, type: str, **fields) -> dict: ...
+    def emit(self, type, **fields) -> dict: ...
 
 
-def make_event(type: str, **fields) -> dict:
+def make_event(type, **fields) -> dict:
+    """The JSON dict of an event: a typed run event (`to_json()`), or a type name with its fields."""
+    if hasattr(type, "to_json"):
+        return type.to_json()
     event = {"type": type, "time": round(time.time(), 3)}
     event.update(fields)
     return event
@@ -30,7 +35,7 @@ class ListSink:
     def __init__(self) -> None:
         self.events: list[dict] = []
 
-    def emit(self, type: str, **fields) -> dict:
+    def emit(self, type, **fields) -> dict:
         event = make_event(type, **fields)
         self.events.append(event)
         return event
@@ -38,12 +43,18 @@ class ListSink:
     def of_type(self, type: str) -> list[dict]:
         return [e for e in self.events if e["type"] == type]
 
+    def typed(self) -> list:
+        """The events as `core.runs.run_events` types (what the reducer and the contract tests read)."""
+        from core.runs.run_events import parse_all
+
+        return parse_all(self.events)
+
 
 class CallbackSink:
     def __init__(self, callback: Callable[[dict], None]) -> None:
         self.callback = callback
 
-    def emit(self, type: str, **fields) -> dict:
+    def emit(self, type, **fields) -> dict:
         event = make_event(type, **fields)
         self.callback(event)
         return event
@@ -53,7 +64,7 @@ class TeeSink:
     def __init__(self, *sinks) -> None:
         self.sinks = [s for s in sinks if s is not None]
 
-    def emit(self, type: str, **fields) -> dict:
+    def emit(self, type, **fields) -> dict:
         event = make_event(type, **fields)
         for sink in self.sinks:
             if hasattr(sink, "write_event"):
@@ -79,7 +90,7 @@ class JsonlSink:
             self._fh.write(line)
             self._fh.flush()
 
-    def emit(self, type: str, **fields) -> dict:
+    def emit(self, type, **fields) -> dict:
         event = make_event(type, **fields)
         self.write_event(event)
         return event
@@ -97,7 +108,7 @@ class JsonlSink:
 class StdoutJsonSink:
     """One JSON object per line on stdout: how helper subprocesses (preprocess, captioning) talk to the TUI."""
 
-    def emit(self, type: str, **fields) -> dict:
+    def emit(self, type, **fields) -> dict:
         event = make_event(type, **fields)
         print(json.dumps(event, ensure_ascii=False, separators=(",", ":")), flush=True)
         return event

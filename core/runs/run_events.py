@@ -1,0 +1,465 @@
+"""The run contract: every event a training run writes to `events.jsonl`, the run phases, and the commands a viewer
+drops into `commands/`. Torch-free and Textual-free: the worker, the CLI and the TUI all import it.
+
+One frozen dataclass per event type. The trainer and the worker build them (`Step(step=3, max_steps=100, loss=0.1)`),
+`to_json()` gives the dict written as one line of `events.jsonl`, and `parse(dict | str | bytes)` reads a line back:
+
+- it accepts the older names (event types `interrupted`/`stop` -> `stopped`; the field `dtype` -> `precision`; the
+  precision values `bfloat16`/`float16`/`float32` -> `bf16`/`fp16`/`fp32`; states `interrupted`/`stop` -> `stopped`);
+- it ignores unknown fields, and returns None for unknown event types (a newer writer);
+- a field of the wrong type never raises: the event is skipped and `parse` returns a `Warning` event saying so
+  (with `skipped` set to the type of the dropped event), which every viewer shows like any other warning.
+
+Adding a field (e.g. a GPU figure on `Step`, the model family on `Started`):
+1. add it to the dataclass below WITH A DEFAULT, and a `help` in its metadata:
+       gpu_temp: float | None = field(default=None, metadata={"help": "GPU temperature, Celsius"})
+   Supported types: int, float, str, bool, RunPhase, `X | None` of those, `list[...]` and `dict[...]` (checked
+   shallowly: a list must be a list). Fields whose value is None are left out of the JSON line.
+2. emit it where the event is built (`core/training/trainer.py` or `core/runs/worker.py`);
+3. if a viewer needs it folded, read it in `core.runs.run_state.RunState` (one place).
+Old logs without the field still parse (the default is used). Never rename or retype a field: add a new one and map
+the old name in `_FIELD_ALIASES` if you must. A new event type: a new dataclass with `TYPE`, registered by the
+`@_event` decorator; it then appears in `EVENT_TYPES` and in the generated run-folder reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from enum import Enum
+from typing import Any, ClassVar
+
+
+def _help(text: str, default: Any = MISSING, factory: Any = MISSING):
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    if default is MISSING:
+        return field(metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+# ---- phases -------------------------------------------------------------------------------------------------------
+class RunPhase(str, Enum):
+    """Where a run is. The same words in status.json `state`, `tiwiz runs`, the monitor, the Start screen and the
+    `exit` event."""
+
+    STARTING = "starting"   # spawned; the worker has not started training yet
+    RUNNING = "running"
+    STOPPING = "stopping"   # asked to stop; saving
+    STOPPED = "stopped"     # stopped on request (or by a signal) after saving; resumable
+    FINISHED = "finished"   # trained every step
+    FAILED = "failed"       # ended with an error
+    KILLED = "killed"       # the worker died without a final word (kill -9, OOM killer, reboot); resumable
+    DAMAGED = "damaged"     # the run folder cannot be read (a corrupt status.json ...); the reason says why
+    UNKNOWN = "unknown"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def active(self) -> bool:
+        return self in (RunPhase.STARTING, RunPhase.RUNNING, RunPhase.STOPPING)
+
+    @property
+    def final(self) -> bool:
+        """The run is over (nothing more will be written to it until a resume)."""
+        return self in (RunPhase.STOPPED, RunPhase.FINISHED, RunPhase.FAILED, RunPhase.KILLED)
+
+    @classmethod
+    def parse(cls, value: Any, default: "RunPhase | None" = None) -> "RunPhase":
+        """The phase for a state word, older words included; `default` (UNKNOWN) for anything else."""
+        if isinstance(value, RunPhase):
+            return value
+        if isinstance(value, str):
+            word = _PHASE_ALIASES.get(value.strip().lower(), value.strip().lower())
+            try:
+                return cls(word)
+            except ValueError:
+                pass
+        return default if default is not None else cls.UNKNOWN
+
+
+_PHASE_ALIASES = {"interrupted": "stopped", "stop": "stopped", "waiting": "starting", "done": "finished",
+                  "error": "failed"}
+
+
+# ---- commands -----------------------------------------------------------------------------------------------------
+class Command(str, Enum):
+    """A request a viewer drops into RUN_DIR/commands/ as an empty file of this name; the worker consumes it between
+    steps."""
+
+    STOP = "stop"        # save, then stop (resumable)
+    SAVE = "save"        # save a checkpoint now
+    PREVIEW = "preview"  # render a preview now
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, name: Any) -> "Command | None":
+        """The command a file name asks for (older names included), None for anything else."""
+        if isinstance(name, Command):
+            return name
+        if not isinstance(name, str):
+            return None
+        name = _COMMAND_ALIASES.get(name, name)
+        try:
+            return cls(name)
+        except ValueError:
+            return None
+
+
+_COMMAND_ALIASES = {"save-now": "save", "preview-now": "preview"}
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+_PRECISION_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32",
+                      "torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
+
+
+def precision_name(value: Any) -> str:
+    """`bf16`/`fp16`/`fp32` for a torch dtype or any of its older names ("" for None)."""
+    if value is None:
+        return ""
+    text = str(value).strip().lower()
+    return _PRECISION_ALIASES.get(text, text)
+
+
+# ---- events -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class RunEvent:
+    """Base of every event. `TYPE` is the `type` of its JSON line."""
+
+    TYPE: ClassVar[str] = ""
+    time: float = _help("unix time the event was written (seconds, ms precision)", factory=_now)
+
+    def to_json(self) -> dict:
+        """The JSON object of one events.jsonl line: `type` first, fields whose value is None left out."""
+        out: dict = {"type": self.TYPE}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, Enum):
+                value = value.value
+            out[f.name] = value
+        return out
+
+    def to_line(self) -> str:
+        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
+
+
+EVENT_TYPES: dict[str, type[RunEvent]] = {}
+
+
+def _event(cls):
+    EVENT_TYPES[cls.TYPE] = cls
+    return cls
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Started(RunEvent):
+    """The trainer loaded the model and the data and begins (or resumes) training."""
+
+    TYPE: ClassVar[str] = "started"
+    step: int = _help("the step training begins at: 0, or the checkpoint a resume continues from", 0)
+    max_steps: int = _help("the step training ends at", 0)
+    name: str = _help("the embedding's name (its trigger word)", "")
+    device: str = _help("the torch device, e.g. cuda:0 or cpu", "")
+    precision: str = _help("the autocast precision: bf16, fp16 or fp32", "")
+    n_images: int = _help("training images", 0)
+    model: str = _help("the base model's name", "")
+    resumed: bool = _help("true when this continues an earlier life of the run", False)
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Step(RunEvent):
+    """One optimizer step done."""
+
+    TYPE: ClassVar[str] = "step"
+    step: int = _help("the step just done (1-based)")
+    max_steps: int = _help("the step training ends at", 0)
+    epoch: int = _help("passes over the data begun so far", 0)
+    loss: float | None = _help("this step's training loss", None)
+    loss_avg: float | None = _help("exponential moving average of the loss (weight 0.05)", None)
+    lr: float | None = _help("the learning rate used for this step", None)
+    it_s: float | None = _help("optimizer steps per second (the last 20 steps)", None)
+    elapsed: float | None = _help("training seconds so far, earlier lives included", None)
+    gpu_mem_used: int | None = _help("GPU memory in use on the device, bytes (CUDA only, every ~2 s)", None)
+    gpu_mem_total: int | None = _help("GPU memory of the device, bytes (CUDA only)", None)
+    gpu_util: float | None = _help("GPU utilisation, percent (CUDA with NVML only)", None)
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Validation(RunEvent):
+    """The validation loss: fixed images, timesteps, noise and prompts, so it is comparable along the run."""
+
+    TYPE: ClassVar[str] = "validation"
+    step: int = _help("the step it was measured at (0 = before training)")
+    val_loss: float = _help("the mean validation loss")
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint(RunEvent):
+    """A checkpoint was saved: the embedding at this step and state/latest.pt (what a resume continues from)."""
+
+    TYPE: ClassVar[str] = "checkpoint"
+    step: int = _help("the step saved")
+    pt: str = _help("the A1111 .pt file, relative to the run folder", "")
+    safetensors: str = _help("the .safetensors file, relative to the run folder", "")
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Preview(RunEvent):
+    """A preview image was rendered."""
+
+    TYPE: ClassVar[str] = "preview"
+    step: int = _help("the step it shows")
+    path: str = _help("the PNG, relative to the run folder")
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Warning(RunEvent):  # noqa: A001 - the contract's name; use it as run_events.Warning
+    """Something the user should know; training goes on."""
+
+    TYPE: ClassVar[str] = "warning"
+    message: str = _help("what happened, in words")
+    step: int | None = _help("the step it happened at, when known", None)
+    skipped: str | None = _help("set by readers (never written): the type of an event that was dropped because a "
+                                "field had the wrong type", None)
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Error(RunEvent):
+    """Training failed; an `exit` event with state failed follows."""
+
+    TYPE: ClassVar[str] = "error"
+    message: str = _help("what failed, and what to do about it")
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Stopping(RunEvent):
+    """A stop was asked for (commands/stop, SIGTERM, SIGINT): the trainer saves, then emits `stopped`."""
+
+    TYPE: ClassVar[str] = "stopping"
+    step: int = _help("the last step done", 0)
+    reason: str = _help("why: 'stop requested', 'SIGTERM received', ...", "")
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Stopped(RunEvent):
+    """Training stopped before its last step, after saving (resumable)."""
+
+    TYPE: ClassVar[str] = "stopped"
+    step: int = _help("the step it stopped at")
+    reason: str = _help("the trainer's reason: 'stop' (a stop command) or 'interrupted' (a signal)", "")
+    pt: str = _help("the final NAME.pt, relative to the run folder", "")
+    safetensors: str = _help("the final NAME.safetensors, relative to the run folder", "")
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Finished(RunEvent):
+    """Training reached its last step and saved the final embedding."""
+
+    TYPE: ClassVar[str] = "finished"
+    step: int = _help("the last step")
+    pt: str = _help("the final NAME.pt, relative to the run folder", "")
+    safetensors: str = _help("the final NAME.safetensors, relative to the run folder", "")
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Exit(RunEvent):
+    """The worker's last word, written just before it exits (never by an in-process training)."""
+
+    TYPE: ClassVar[str] = "exit"
+    state: RunPhase = _help("finished, stopped or failed")
+    step: int = _help("the last step done", 0)
+    reason: str = _help("why it stopped or failed ('' when finished)", "")
+
+
+# ---- reading ------------------------------------------------------------------------------------------------------
+_TYPE_ALIASES = {"interrupted": "stopped", "stop": "stopped"}
+_FIELD_ALIASES: dict[str, dict[str, str]] = {"started": {"dtype": "precision"}}
+_VALUE_FIXES: dict[tuple[str, str], Any] = {("started", "precision"): precision_name}
+
+
+class _FieldSpec(typing.NamedTuple):
+    name: str
+    base: Any          # int, float, str, bool, list, dict or an Enum class
+    optional: bool
+    required: bool
+
+
+_SPECS: dict[type, list[_FieldSpec]] = {}
+
+
+def _specs(cls: type[RunEvent]) -> list[_FieldSpec]:
+    specs = _SPECS.get(cls)
+    if specs is None:
+        hints = typing.get_type_hints(cls)
+        specs = []
+        for f in fields(cls):
+            hint, optional = hints[f.name], False
+            args = typing.get_args(hint)
+            if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+                optional = True
+                hint = next(a for a in args if a is not type(None))
+            base = typing.get_origin(hint) or hint
+            required = f.default is MISSING and f.default_factory is MISSING
+            specs.append(_FieldSpec(f.name, base, optional, required))
+        _SPECS[cls] = specs
+    return specs
+
+
+def _coerce(spec: _FieldSpec, value: Any) -> Any:
+    """The value as the field's type; raises TypeError with a short reason when it is not that."""
+    if value is None:
+        if spec.optional:
+            return None
+        raise TypeError("null")
+    base = spec.base
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            return int(value)
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(base, type) and issubclass(base, Enum):
+        parsed = base.parse(value) if hasattr(base, "parse") else None
+        if parsed is not None and (base is not RunPhase or parsed is not RunPhase.UNKNOWN):
+            return parsed
+    elif base in (list, dict):
+        if isinstance(value, base):
+            return value
+    else:
+        return value
+    raise TypeError(f"{type(value).__name__} {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse(obj: dict | str | bytes) -> RunEvent | None:
+    """The typed event for one events.jsonl line (a dict, or its JSON text). Never raises: an unreadable line or a
+    field of the wrong type gives a `Warning` with `skipped` set; an unknown event type gives None."""
+    if isinstance(obj, (str, bytes, bytearray)):
+        try:
+            obj = json.loads(obj)
+        except (ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
+            return Warning(message=f"skipped an unreadable event line ({reason})", skipped="?")
+    if not isinstance(obj, dict):
+        return Warning(message="skipped an event line that is not a JSON object", skipped="?")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        return Warning(message="skipped an event without a type", skipped="?")
+    kind = _TYPE_ALIASES.get(kind, kind)
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        return None
+    aliases = _FIELD_ALIASES.get(kind, {})
+    data = {aliases.get(k, k): v for k, v in obj.items()}
+    values = {}
+    for spec in _specs(cls):
+        if spec.name not in data:
+            if spec.required:
+                return _skipped(kind, obj, f"it has no {spec.name!r}")
+            continue
+        value = data[spec.name]
+        fix = _VALUE_FIXES.get((kind, spec.name))
+        if fix is not None and value is not None:
+            value = fix(value)
+        try:
+            values[spec.name] = _coerce(spec, value)
+        except TypeError as exc:
+            return _skipped(kind, obj, f"{spec.name!r} is {exc}, not {_type_word(spec)}")
+    if kind == "warning":
+        values.pop("skipped", None)  # readers' marker, never taken from a file
+    return cls(**values)
+
+
+def _type_word(spec: _FieldSpec) -> str:
+    base = spec.base
+    word = {int: "an integer", float: "a number", str: "text", bool: "true/false", list: "a list",
+            dict: "an object"}.get(base) or f"one of {', '.join(m.value for m in base)}"
+    return word + (" or null" if spec.optional else "")
+
+
+def _skipped(kind: str, obj: dict, why: str) -> Warning:
+    step = obj.get("step")
+    where = f" at step {step}" if isinstance(step, int) and not isinstance(step, bool) else ""
+    return Warning(message=f"skipped a {kind!r} event{where}: {why}", skipped=kind,
+                   time=obj["time"] if isinstance(obj.get("time"), (int, float)) else _now())
+
+
+def parse_all(objs) -> list[RunEvent]:
+    """Typed events for many lines; unknown types dropped, bad ones turned into skip warnings."""
+    out = []
+    for obj in objs:
+        event = obj if isinstance(obj, RunEvent) else parse(obj)
+        if event is not None:
+            out.append(event)
+    return out
+
+
+def as_event(event: RunEvent | dict) -> RunEvent | None:
+    """A typed event for a typed event or a dict (what sinks and followers hand around)."""
+    return event if isinstance(event, RunEvent) else parse(event)
+
+
+def describe_event_types() -> list[dict]:
+    """Every event type with its fields, for the generated run-folder reference:
+    [{"type", "doc", "fields": [{"name", "type", "default", "help"}]}]."""
+    out = []
+    for kind, cls in EVENT_TYPES.items():
+        hints = typing.get_type_hints(cls)
+        rows = []
+        for f in fields(cls):
+            if f.name == "skipped":
+                continue
+            default = None if f.default is MISSING else f.default
+            if isinstance(default, Enum):
+                default = default.value
+            rows.append({"name": f.name, "type": _hint_word(hints[f.name]), "required": f.default is MISSING
+                         and f.default_factory is MISSING, "default": default, "help": f.metadata.get("help", "")})
+        out.append({"type": kind, "doc": (cls.__doc__ or "").strip(), "fields": rows})
+    return out
+
+
+def _hint_word(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(_hint_word(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return " | ".join(m.value for m in hint)
+    return getattr(hint, "__name__", str(hint))
