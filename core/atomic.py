@@ -22,14 +22,43 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(name: str) -> str:
+    """Temp files for `name` are `.{name}.XXXX.tmp` (so a stale one can be recognised and removed)."""
+    return f".{name}."
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is process-wide)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode an ordinary new file gets under the current umask (0644 under 022)."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
-    """Call `writer(tmp_path)` to produce the file, then fsync and rename it over `path`."""
+    """Call `writer(tmp_path)` to produce the file, then fsync and rename it over `path`. The file gets the mode a
+    plain `open(path, "w")` would give it (mkstemp's temp files are 0600, which would make every output private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, new_file_mode())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
