@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.training.dataset import build_dataset, clean_stem, read_caption, resize_image
+from core.prep.captions import clean_stem, training_caption as read_caption
+from core.training.dataset import build_dataset, resize_image
 from core.errors import TiwizError
 from core.events import ListSink
 from train_helpers import one_thread  # noqa: F401 (fixture)

@@ -113,10 +113,9 @@ def _rgb(image: Image.Image | str | os.PathLike) -> Image.Image:
                 image = im.copy()
         except (OSError, ValueError) as exc:
             raise TiwizError(f"Cannot read image {image}: {exc}") from exc
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (128, 128, 128, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
+    from core.prep.images import to_rgb
+
+    return to_rgb(image)
 
 
 class BlipCaptioner:

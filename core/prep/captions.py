@@ -1,13 +1,21 @@
-"""Caption files beside training images, and the edits the TUI's caption-review screen makes. Torch-free.
+"""The images of a training folder and their captions: the one image lister, the one caption reader (the wizard,
+the doctor, preprocessing and the trainer all read captions here), the one tag splitter, and the edits the TUI's
+caption-review screen makes. Torch-free.
 
-The caption of `photo.png` is `photo.txt` in the same folder. Tags are the comma-separated parts of a caption; tag
-comparisons ignore case and collapse whitespace. Every write goes through `core.atomic`, and only files whose tags
-actually change are rewritten.
+- Images are the files directly in the folder whose extension is in `IMAGE_EXTENSIONS` (any case); hidden files
+  (a leading dot) and folders are skipped; the order is by file name (code point order, the same on every OS).
+- The caption of `photo.png` is `photo.txt` in the same folder, read as UTF-8 (a byte-order mark is dropped;
+  a file that is not UTF-8 is read as Latin-1, so nothing is lost when it is rewritten), with every run of
+  whitespace, line breaks included, collapsed to one space: a multi-line caption is one prompt.
+- Without a caption file the trainer uses the file name, cleaned (`training_caption`, `clean_stem`).
+- Tags are the comma-separated parts of a caption; tag comparisons ignore case and collapse whitespace. Every write
+  goes through `core.atomic`, and only files whose tags actually change are rewritten.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -28,8 +36,8 @@ def caption_path(image: str | os.PathLike) -> Path:
 
 
 def read_caption_file(path: str | os.PathLike) -> str | None:
-    """The stripped text of a caption file, or None when there is none. Non-UTF-8 files are read as Latin-1, so
-    nothing is lost when they are rewritten (as UTF-8)."""
+    """The text of a caption file with its whitespace collapsed (see the module docstring), or None when there is
+    none."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -42,12 +50,27 @@ def read_caption_file(path: str | os.PathLike) -> str | None:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
-    return text.strip()
+    return " ".join(text.split())
 
 
 def read_caption(image: str | os.PathLike) -> str | None:
     """The caption of an image, or None when it has no caption file."""
     return read_caption_file(caption_path(image))
+
+
+_LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")
+
+
+def clean_stem(stem: str) -> str:
+    """Caption from a filename stem, like A1111: `00012-cat_on_a_mat` -> `cat on a mat`."""
+    text = _LEADING_NUMBERS.sub("", stem).replace("_", " ")
+    return " ".join(text.split())
+
+
+def training_caption(image: str | os.PathLike) -> str:
+    """The caption the trainer uses: the caption file's text, else (no file) the cleaned file name."""
+    caption = read_caption(image)
+    return caption if caption is not None else clean_stem(Path(image).stem)
 
 
 def write_caption(image: str | os.PathLike, caption: str) -> Path:
@@ -134,12 +157,18 @@ class CaptionItem:
     def tags(self) -> list[str]:
         return split_tags(self.caption)
 
+    @property
+    def training_caption(self) -> str:
+        """What the trainer uses: the caption, or the cleaned file name when there is no caption file."""
+        return self.caption if self.has_file else clean_stem(self.image.stem)
+
     def to_dict(self) -> dict:
         return {"image": str(self.image), "caption": self.caption, "tokens": self.tokens,
                 "has_file": self.has_file, "over_limit": self.over_limit}
 
 
 def is_image_file(path: Path) -> bool:
+    path = Path(path)
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
@@ -148,7 +177,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise TiwizError(f"{folder} is not a folder.")
-    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise TiwizError(f"Cannot list {folder}: {exc.strerror or exc}") from exc
+    return sorted((p for p in entries if is_image_file(p)), key=lambda p: p.name)
 
 
 class CaptionSet:

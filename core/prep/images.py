@@ -3,7 +3,14 @@
 `load_rgb(path, ...)` returns a `LoadedImage` or raises `ImageRejected(reason)`. It applies the EXIF orientation,
 takes the first frame of animations, scales 16-bit and float data into 8 bits (Pillow's own convert clips them to
 white), composites alpha (RGBA, LA, palette transparency) on a neutral background, and guards against decompression
-bombs by checking the header's pixel count before decoding anything.
+bombs by checking the header's pixel count before decoding anything. Preprocessing, the trainer's dataset, BLIP
+captioning and the wizard's preview all load images through it, so they all see the same pixels.
+
+Transparency is composited on `TRANSPARENT_BACKGROUND`, mid-grey #808080, everywhere (preprocessing's
+`--background` may choose another colour for the images it writes). Grey is 0 in the [-1, 1] pixel range the VAE
+encodes, the mean of the training images' pixel distribution, so transparent areas pull the learned concept
+towards neither a white nor a black backdrop; a white backdrop would be learned as part of a sticker or product
+shot concept, and Pillow's plain `convert("RGB")` would show whatever colour the transparent pixels happen to hold.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TRANSPARENT_BACKGROUND = (128, 128, 128)  # see the module docstring
+DEFAULT_MAX_PIXELS = 120_000_000  # the decompression-bomb guard, as `--max-megapixels`' default
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 
 
@@ -81,8 +90,10 @@ def _to_8bit(img: Image.Image, notes: list[str]) -> Image.Image:
     return img
 
 
-def to_rgb(img: Image.Image, background: tuple[int, int, int], notes: list[str]) -> Image.Image:
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = TRANSPARENT_BACKGROUND,
+           notes: list[str] | None = None) -> Image.Image:
     """Any Pillow mode to RGB; transparency composited on `background`."""
+    notes = [] if notes is None else notes
     img = _to_8bit(img, notes)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode in ("P", "L", "RGB") and "transparency" in img.info)
@@ -100,7 +111,7 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int], notes: list[str])
     return img
 
 
-def load_rgb(path: str | os.PathLike, *, max_pixels: int, background=(128, 128, 128),
+def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, background=TRANSPARENT_BACKGROUND,
              min_size: tuple[int, int] | None = None) -> LoadedImage:
     """Decode `path` to RGB. `min_size` (w, h) lets JPEG decode at a reduced scale that still covers that size."""
     path = Path(path)

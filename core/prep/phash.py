@@ -16,6 +16,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageOps
 
+from core.prep.images import TRANSPARENT_BACKGROUND
+
 HASH_THRESHOLD = 14
 CORRELATION_THRESHOLD = 0.9
 _THUMB = 256
@@ -39,7 +41,7 @@ def to_gray(image: Image.Image) -> Image.Image:
     """8-bit grayscale, transparency composited on mid-grey."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
+        base = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
         image = Image.alpha_composite(base, rgba)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(image, dtype=np.float64)

@@ -1,7 +1,8 @@
 """Training images and captions into cached latents.
 
 - A flat folder of images; `IMG.txt` beside `IMG.png` is its caption. Without one, the filename stem is cleaned
-  (leading digits/dashes stripped like A1111, `_` to spaces) and used.
+  (leading digits/dashes stripped like A1111, `_` to spaces) and used. Listing, caption reading and image loading
+  are `core.prep.captions` and `core.prep.images`, the same code the wizard and preprocessing use.
 - Resize: `crop` (aspect-preserving centre crop to W x H, the default), `stretch` (A1111's bicubic stretch), `none`
   (native size, cropped down to a multiple of 8; batches only hold images of equal size).
 - Latents are VAE-encoded once. `once` samples the posterior once (seeded), `deterministic` uses its mean, `random`
@@ -13,52 +14,22 @@
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import TiwizError
+from core.prep.captions import IMAGE_EXTENSIONS, list_images, training_caption
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 RESIZE_MODES = ("crop", "stretch", "none")
-_LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")
 ENCODE_BATCH = 8
 
 
-def clean_stem(stem: str) -> str:
-    """Caption from a filename stem: `00012-cat_on_a_mat` -> `cat on a mat`."""
-    text = _LEADING_NUMBERS.sub("", stem).replace("_", " ")
-    return " ".join(text.split())
-
-
-def read_caption(image_path: Path) -> str:
-    """The same-stem `.txt` caption (lines joined with spaces), else the cleaned filename stem."""
-    txt = image_path.with_suffix(".txt")
-    if txt.is_file():
-        try:
-            return " ".join(txt.read_text(encoding="utf-8", errors="replace").split())
-        except OSError:
-            pass
-    return clean_stem(image_path.stem)
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
-
-
 def load_rgb(path: Path):
-    """Open an image as RGB with EXIF orientation applied (transparent areas onto white)."""
-    from PIL import Image, ImageOps
+    """The image as RGB, loaded like preprocessing loads it (`core.prep.images.load_rgb`: EXIF orientation,
+    16-bit scaling, transparency on mid-grey)."""
+    from core.prep.images import load_rgb as load_checked
 
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)
-        return im.convert("RGB")
+    return load_checked(path).image
 
 
 def resize_image(im, width: int, height: int, mode: str):
@@ -122,11 +93,12 @@ class TrainDataset:
                 out.append(item.mean + item.std * noise)
         return torch.stack(out)
 
-    def epoch_batches(self, rng: random.Random, batch_size: int) -> list[list[int]]:
-        """One epoch: every image once, shuffled, in batches of one size each (a group's last batch may be short)."""
+    def epoch_batches(self, rng: random.Random, batch_size: int, indices: list[int] | None = None) -> list[list[int]]:
+        """One epoch: every image once (of `indices`, default all), shuffled, in batches of one size each (a group's
+        last batch may be short). Images of different sizes (buckets) never share a batch."""
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, item in enumerate(self.items):
-            groups.setdefault(item.size, []).append(i)
+        for i in (range(len(self.items)) if indices is None else indices):
+            groups.setdefault(self.items[i].size, []).append(i)
         batches = []
         for size in sorted(groups):
             members = groups[size]
@@ -159,7 +131,7 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
             if sink is not None:
                 sink.emit("warning", message=f"skipped image {path.name}: {exc.__class__.__name__}: {exc}")
             continue
-        loaded.append((path, read_caption(path), im))
+        loaded.append((path, training_caption(path), im))
     if not loaded:
         raise TiwizError(f"data: none of the {len(paths)} images in {folder} could be read "
                          f"(skipped: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''})")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import TiwizError
+from core.prep.captions import split_tags
 
 NAME = "[name]"
 FILEWORDS = "[filewords]"
@@ -99,10 +100,6 @@ def _load_file(path: Path, name: str) -> Template:
         raise TiwizError(f"template {path} has no [name] on any line, so training would learn nothing; put [name] "
                          "where the embedding goes, e.g. 'a painting of [filewords], art by [name]'")
     return Template(name=name, lines=lines, path=path)
-
-
-def split_tags(filewords: str) -> list[str]:
-    return [tag.strip() for tag in (filewords or "").split(",") if tag.strip()]
 
 
 def render(line: str, name: str, filewords: str, *, shuffle_tags: bool = False, tag_dropout: float = 0.0,

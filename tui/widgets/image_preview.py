@@ -20,16 +20,13 @@ def load_thumbnail(path: Path, max_side: int = THUMB_MAX):
     """An RGB PIL image no larger than `max_side`, or raises OSError/ValueError for unreadable files."""
     from PIL import Image, ImageOps
 
+    from core.prep.images import to_rgb
+
     with Image.open(path) as im:
         im.draft("RGB", (max_side, max_side))
         im = ImageOps.exif_transpose(im)
         im.thumbnail((max_side, max_side))
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (0, 0, 0, 255))
-            background.alpha_composite(im)
-            im = background
-        return im.convert("RGB")
+        return to_rgb(im)  # transparency on the same background the trainer uses
 
 
 def halfcell_text(image, width: int, height: int) -> Text:
