@@ -24,6 +24,7 @@ from typing import Callable
 
 from core.training.config import TrainConfig
 from core.errors import TiwizError
+from core.runs import run_events as ev
 from core.training.schedule import parse_schedule
 
 VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -32,7 +33,9 @@ PLACEHOLDER = "<tiwiz-vec-{}>"
 
 class Trainer:
     def __init__(self, config: TrainConfig, out_dir, sink, poll_commands: Callable[[], list[str]] | None = None):
-        self.config = config
+        import dataclasses
+
+        self.config = dataclasses.replace(config)  # our own copy: the run adjusts it (e.g. vectors) and saves it
         self.out_dir = Path(out_dir)
         self.sink = sink
         self.poll_commands = poll_commands or (lambda: [])
@@ -49,7 +52,7 @@ class Trainer:
         except BaseException as exc:
             message = str(exc) if isinstance(exc, TiwizError) else f"{exc.__class__.__name__}: {exc}"
             with contextlib.suppress(Exception):
-                self.sink.emit("error", message=message)
+                self.sink.emit(ev.Error(message=message))
             raise
         finally:
             if getattr(self, "loss_log", None) is not None:
@@ -75,10 +78,17 @@ class Trainer:
 
         end_step = self.lr_schedule.end_step(cfg.steps)
         if self.lr_schedule.stops_early(cfg.steps):
-            self.sink.emit("warning", message=(
+            self.sink.emit(ev.Warning(message=(
                 f"the lr schedule {cfg.lr!r} ends at step {end_step}, so training stops there although steps = "
-                f"{cfg.steps} (A1111 behaviour). End the schedule with a bare rate to train to {cfg.steps}."))
-        if self.step >= end_step:
+                f"{cfg.steps} (A1111 behaviour). End the schedule with a bare rate to train to {cfg.steps}.")))
+        from core.training.resume_state import final_files_step
+
+        if state is not None and self.step >= end_step and final_files_step(self.out_dir, self.name) != self.step:
+            # Killed during the final save: the state reached the end before NAME.pt/.safetensors were written.
+            self.sink.emit(ev.Warning(step=self.step, message=(
+                f"the run ended at step {self.step} but its final files {self.name}.pt/.safetensors are missing or "
+                "older (it was stopped during its final save); writing them now")))
+        elif self.step >= end_step:
             raise TiwizError(f"this run is already at step {self.step} of {end_step}; raise steps to continue "
                              f"(e.g. `tiwiz resume RUN --steps {self.step + 1000}`)")
         cfg.to_toml(self.out_dir / "config.toml")
@@ -86,9 +96,9 @@ class Trainer:
 
         self.loss_log = LossLog(self.out_dir / "loss.csv", keep_until_step=self.step if state is not None else None)
 
-        self.sink.emit("started", max_steps=end_step, step=self.step, name=self.name, device=str(self.device),
-                       dtype=self.precision.name,
-                       n_images=len(self.dataset), model=self.model.name, resumed=state is not None)
+        self.sink.emit(ev.Started(max_steps=end_step, step=self.step, name=self.name, device=str(self.device),
+                                  precision=ev.precision_name(self.precision.name),
+                                  n_images=len(self.dataset), model=self.model.name, resumed=state is not None))
         self.t_start = time.monotonic()
         self.last_loss = self.last_val_loss = None
         if state is None and self.validate_every:
@@ -99,9 +109,9 @@ class Trainer:
         reason = self._loop(end_step)
         pt, st = self._save(final=True)
         if reason == "finished":
-            self.sink.emit("finished", step=self.step, pt=pt, safetensors=st)
+            self.sink.emit(ev.Finished(step=self.step, pt=pt, safetensors=st))
         else:
-            self.sink.emit("stopped", step=self.step, reason=reason, pt=pt, safetensors=st)
+            self.sink.emit(ev.Stopped(step=self.step, reason=reason, pt=pt, safetensors=st))
         return {"state": reason, "step": self.step, "max_steps": end_step, "pt": pt, "safetensors": st,
                 "last_loss": self.last_loss, "last_val_loss": self.last_val_loss}
 
@@ -123,9 +133,9 @@ class Trainer:
             if loss is None:
                 nan_streak += 1
                 self._restore_snapshot(self._good)
-                self.sink.emit("warning", message=(
+                self.sink.emit(ev.Warning(step=self.step + 1, message=(
                     f"loss was NaN/inf at step {self.step + 1}; step skipped and vectors rolled back to the last "
-                    f"good state ({nan_streak}/{cfg.max_nan_steps} in a row)"))
+                    f"good state ({nan_streak}/{cfg.max_nan_steps} in a row)")))
                 if nan_streak >= cfg.max_nan_steps:
                     raise TiwizError(f"the loss was NaN/inf for {nan_streak} steps in a row at step {self.step}; "
                                      "lower the learning rate (lr) or try another init text. The last good "
@@ -147,8 +157,8 @@ class Trainer:
             gpu = {}
             if self.device.type == "cuda" and time.monotonic() - self._gpu_polled > 2.0:
                 self._gpu_polled, gpu = time.monotonic(), gpu_fields(self.device)
-            self.sink.emit("step", step=self.step, max_steps=end_step, epoch=self.epoch, loss=loss,
-                           loss_avg=ema, lr=lr, it_s=it_s, elapsed=round(elapsed, 3), **gpu)
+            self.sink.emit(ev.Step(step=self.step, max_steps=end_step, epoch=self.epoch, loss=loss,
+                                   loss_avg=ema, lr=lr, it_s=it_s, elapsed=round(elapsed, 3), **gpu))
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end_step:
                 self._save()
             if cfg.preview_every and self.step % cfg.preview_every == 0:
@@ -162,10 +172,12 @@ class Trainer:
             elif command == "preview":
                 self._preview()
             elif command == "stop":
+                self.sink.emit(ev.Stopping(step=self.step, reason="stop requested"))
                 return "stop"
             else:
-                self.sink.emit("warning", message=f"ignored unknown command {command!r}")
+                self.sink.emit(ev.Warning(message=f"ignored unknown command {command!r}"))
         if self._stop_requested:
+            self.sink.emit(ev.Stopping(step=self.step, reason="interrupted"))
             return "interrupted"
         return None
 
@@ -274,7 +286,7 @@ class Trainer:
                 total += float(loss)
         val = total / len(self.validation_set)
         self.last_val_loss = val
-        self.sink.emit("validation", step=self.step, val_loss=val)
+        self.sink.emit(ev.Validation(step=self.step, val_loss=val))
         return val
 
     def _build_validation_set(self) -> list:
@@ -301,7 +313,8 @@ class Trainer:
         except TiwizError:
             raise
         except Exception as exc:
-            self.sink.emit("warning", message=f"preview at step {self.step} failed: {exc.__class__.__name__}: {exc}")
+            self.sink.emit(ev.Warning(step=self.step,
+                                      message=f"preview at step {self.step} failed: {exc.__class__.__name__}: {exc}"))
             return None
 
     def _render_preview(self) -> str:
@@ -322,7 +335,7 @@ class Trainer:
 
         rel = f"previews/{self.name}-{self.step}.png"
         atomic_write_with(self.out_dir / rel, lambda tmp: image.save(tmp, format="PNG"))
-        self.sink.emit("preview", step=self.step, path=rel)
+        self.sink.emit(ev.Preview(step=self.step, path=rel))
         return rel
 
     def _save(self, final: bool = False) -> tuple[str, str]:
@@ -338,7 +351,7 @@ class Trainer:
             pt, st = self._save_embedding(f"embeddings/{self.name}-{self.step}")
             self._save_state()
             self.last_saved_step = self.step
-            self.sink.emit("checkpoint", step=self.step, pt=pt, safetensors=st)
+            self.sink.emit(ev.Checkpoint(step=self.step, pt=pt, safetensors=st))
         if final:
             return self._save_embedding(self.name)
         return f"embeddings/{self.name}-{self.step}.pt", f"embeddings/{self.name}-{self.step}.safetensors"
@@ -389,10 +402,7 @@ class Trainer:
     def _load_resume_state(self) -> dict:
         from core.training.resume_state import load_state
 
-        state = load_state(self.out_dir / "state" / "latest.pt")
-        if state["vectors"].shape[0] != self.config.vectors and not self.config.init_from:
-            self.config.vectors = int(state["vectors"].shape[0])
-        return state
+        return load_state(self.out_dir / "state" / "latest.pt")
 
     def _setup_model(self) -> None:
         from core.models.device import pick_device, precision_for
@@ -419,20 +429,21 @@ class Trainer:
         elif cfg.init_from:
             initial = load_embedding(cfg.init_from, expected_dim=dim).vectors.float()
             if initial.shape[0] != cfg.vectors:
-                self.sink.emit("warning", message=f"init_from has {initial.shape[0]} vectors; using that instead of "
-                                                  f"vectors = {cfg.vectors}")
+                self.sink.emit(ev.Warning(message=f"init_from has {initial.shape[0]} vectors; using that instead of "
+                                                  f"vectors = {cfg.vectors}"))
         else:
             initial = init_vectors(tokenizer, encoder, cfg.init_text, cfg.vectors).float()
         if initial.shape[-1] != dim:
             raise TiwizError(f"the embedding is {initial.shape[-1]} wide but this model's text encoder is {dim} wide")
         self.vectors = torch.nn.Parameter(initial.detach().clone().to(self.device))
+        cfg.vectors = int(initial.shape[0])  # what config.toml records: the count actually trained (init_from, resume)
         tokens = [PLACEHOLDER.format(i) for i in range(initial.shape[0])]
         tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_vocab()])
         self.placeholder = " ".join(tokens)
         self.splice = VectorSplice(encoder, tokenizer.convert_tokens_to_ids(tokens), self.vectors)
         self._save_embedding_fn = save_embedding
         for problem in trigger_problems(tokenizer, self.name, initial.shape[0]):
-            self.sink.emit("warning", message=f"name: {problem}")
+            self.sink.emit(ev.Warning(message=f"name: {problem}"))
 
     def _setup_data(self) -> None:
         cfg = self.config
@@ -446,8 +457,8 @@ class Trainer:
                                      sink=self.sink, device=self.device)
         self.batch_size = min(cfg.batch_size, len(self.dataset))
         if self.batch_size < cfg.batch_size:
-            self.sink.emit("warning", message=f"batch_size {cfg.batch_size} is more than the {len(self.dataset)} "
-                                              f"images; using {self.batch_size}")
+            self.sink.emit(ev.Warning(message=f"batch_size {cfg.batch_size} is more than the {len(self.dataset)} "
+                                              f"images; using {self.batch_size}"))
         self.validate_every = cfg.effective_validate_every()
         self.validation_set = self._build_validation_set()
         self.data_rng = random.Random(cfg.seed)
