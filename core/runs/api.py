@@ -109,12 +109,26 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None) -> Path:
             raise TiwizError(f"--steps {steps}: the run's last checkpoint is at step {saved}; give more steps")
         config.steps = int(steps)
         config.to_toml(run_dir / runs.CONFIG)
-    elif info.state == "finished" and saved >= (info.max_steps or config.steps):
-        raise TiwizError(f"{run_dir.name} finished all {saved} steps; `tiwiz resume {run_dir} --steps "
-                         f"{saved + 1000}` trains further")
+    elif (info.state == "finished" and saved >= (info.max_steps or config.steps)) or _final_files_done(run_dir, config):
+        done = max(saved, config.steps)
+        raise TiwizError(f"{run_dir.name} finished all {done} steps; `tiwiz resume {run_dir} --steps "
+                         f"{done + 1000}` trains further")
     _spawn(run_dir, resume=True, name=config.name, max_steps=config.steps,
            previous=info)
     return run_dir
+
+
+def _final_files_done(run_dir: Path, config) -> bool:
+    """True when the final NAME.pt/.safetensors hold the last step (a kill after them but before status.json said
+    "finished" must not send a resume that can only fail)."""
+    from core.embeddings.vectors import sanitize_name
+    from core.training.resume_state import final_files_step
+
+    try:
+        step = final_files_step(run_dir, sanitize_name(config.name))
+    except TiwizError:
+        return False
+    return step is not None and step >= config.steps
 
 
 def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: RunInfo | None = None) -> int:

@@ -156,7 +156,7 @@ def describe_failure(exc: BaseException, tracker: StatusTracker) -> str:
     else:
         message = f"{exc.__class__.__name__}: {exc}"
     last = tracker.status.get("last_checkpoint")
-    if last and (tracker.run_dir / runs.STATE).is_file():
+    if last and (tracker.run_dir / runs.STATE).is_file() and "tiwiz resume" not in message:  # never promise twice
         message += (f" (the last good checkpoint, step {last}, is intact: fix this and "
                     f"`tiwiz resume {tracker.run_dir}` continues from it)")
     return message

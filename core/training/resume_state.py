@@ -78,3 +78,17 @@ def load_state(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise TiwizError(f"{path}: not a tiwiz resume state (or from an incompatible version)")
     return state
+
+
+def final_files_step(out_dir: str | os.PathLike, name: str) -> int | None:
+    """The step of the top-level NAME.pt / NAME.safetensors, None when they are missing or unreadable. Torch-free.
+    The .pt is written before the .safetensors, so a .safetensors at step N means both files hold step N."""
+    from core.models.headers import read_safetensors_header
+
+    out_dir = Path(out_dir)
+    if not (out_dir / f"{name}.pt").is_file():
+        return None
+    try:
+        return int(read_safetensors_header(out_dir / f"{name}.safetensors").metadata.get("step", ""))
+    except (TiwizError, OSError, ValueError):
+        return None
