@@ -19,6 +19,7 @@ from core.errors import TiwizError
 COMMAND_MODULES = [
     "core.cli.train",      # train, demo
     "core.cli.runs",       # attach, runs, stop, resume
+    "core.cli.queue",      # queue (add, remove, retry, run, stop)
     "core.cli.preprocess", # preprocess
     "core.cli.doctor",     # doctor
     "core.cli.models",     # demo-model, models

@@ -1,0 +1,316 @@
+"""Queue jobs on disk. Torch-free.
+
+```
+runs/queue/
+  JOB.toml          a complete TrainConfig (readable, editable by hand; `output` names the job's run folder)
+  JOB.state.json    atomic: state, attempts, run folder, GPU, reason, one entry per worker life
+  scheduler.json    the scheduler's pid, host, settings and state      (core.queue.scheduler)
+  scheduler.lock    flock held by the scheduler for its whole life
+  scheduler.log     what the scheduler did, one line each
+  stop              dropped by `tiwiz queue stop`
+  drained.json      the last drain's summary (so --on-finish runs once per drain)
+```
+
+A job file without a state file (written by hand) is a queued job. Job states: queued, running, finished, failed,
+stopped. The run folder is an ordinary run: `tiwiz attach`, `runs`, `stop` and `resume` work on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.atomic import atomic_write_json
+from core.errors import TiwizError
+from core.runs import folder as runs
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+QUEUE = "queue"
+STATE_SUFFIX = ".state.json"
+JOB_STATES = ("queued", "running", "finished", "failed", "stopped")
+FINAL_JOB_STATES = ("finished", "failed", "stopped")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def default_queue_dir(root: str | os.PathLike | None = None) -> Path:
+    """`ROOT/queue` (ROOT: --root, $TIWIZ_RUNS_DIR or ./runs)."""
+    return (Path(root) if root is not None else runs.default_root()) / QUEUE
+
+
+def job_name_from(text: str) -> str:
+    """A file-safe job name from a config name ('my cat' -> 'my_cat')."""
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (text or "job")).strip("._-") or "job"
+    return stem[:100]
+
+
+def check_job_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name or "") or name.endswith(STATE_SUFFIX) or name.endswith(".toml"):
+        raise TiwizError(f"job name {name!r}: use letters, digits, '.', '_' and '-' (at most 100), starting with a "
+                         "letter or digit")
+    return name
+
+
+@dataclass
+class Job:
+    queue_dir: Path
+    name: str
+    state: str = "queued"
+    attempts: int = 0
+    run_dir: str = ""
+    gpu: str | None = None
+    reason: str = ""
+    added: float = 0.0
+    updated: float = 0.0
+    lives: list[dict] = field(default_factory=list)
+    ray_actor: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.queue_dir / f"{self.name}.toml"
+
+    @property
+    def state_path(self) -> Path:
+        return self.queue_dir / f"{self.name}{STATE_SUFFIX}"
+
+    @property
+    def launched(self) -> bool:
+        """True once a worker was started for this job (later lives resume its run instead of starting it)."""
+        return any(life.get("event") == "launch" for life in self.lives)
+
+    def load_config(self):
+        """The job's TrainConfig, validated (TiwizError naming the file and field)."""
+        from core.training.config import TrainConfig
+
+        return TrainConfig.from_toml(self.config_path)
+
+    def to_state(self) -> dict:
+        return {"state": self.state, "attempts": self.attempts, "run_dir": self.run_dir, "gpu": self.gpu,
+                "reason": self.reason, "added": self.added, "updated": self.updated, "lives": self.lives,
+                "ray_actor": self.ray_actor}
+
+    def save(self, **changes) -> "Job":
+        for key, value in changes.items():
+            setattr(self, key, value)
+        self.updated = round(time.time(), 3)
+        atomic_write_json(self.state_path, self.to_state())
+        return self
+
+
+def _run_dir_of(config_path: Path) -> str:
+    """The `output` of a job file, read without validating the rest (a broken file must still list)."""
+    try:
+        with open(config_path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return ""
+    data = data.get("train", data) if isinstance(data.get("train"), dict) else data
+    value = data.get("output")
+    return value if isinstance(value, str) else ""
+
+
+def load_job(queue_dir: Path, name: str) -> Job:
+    job = Job(queue_dir=Path(queue_dir), name=name)
+    try:
+        data = json.loads(job.state_path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        data = {}
+        try:
+            job.added = job.config_path.stat().st_mtime
+        except OSError:
+            pass
+    except (OSError, ValueError) as exc:
+        data = {}
+        job.problems.append(f"{job.state_path}: unreadable ({exc}); treated as queued")
+    for key in ("state", "reason", "run_dir", "ray_actor"):
+        if isinstance(data.get(key), str):
+            setattr(job, key, data[key])
+    for key in ("added", "updated"):
+        if isinstance(data.get(key), (int, float)):
+            setattr(job, key, float(data[key]))
+    if isinstance(data.get("attempts"), int):
+        job.attempts = data["attempts"]
+    if isinstance(data.get("gpu"), (str, type(None))):
+        job.gpu = data.get("gpu")
+    if isinstance(data.get("lives"), list):
+        job.lives = [life for life in data["lives"] if isinstance(life, dict)]
+    if job.state not in JOB_STATES:
+        job.problems.append(f"{job.state_path}: unknown state {job.state!r}; treated as queued")
+        job.state = "queued"
+    if not job.run_dir:
+        job.run_dir = _run_dir_of(job.config_path)
+    return job
+
+
+def list_jobs(queue_dir: str | os.PathLike) -> list[Job]:
+    """Every job of the queue in the order they were added. A missing folder is an empty queue."""
+    queue_dir = Path(queue_dir)
+    try:
+        names = [p.name[: -len(".toml")] for p in queue_dir.iterdir()
+                 if p.name.endswith(".toml") and not p.name.startswith(".") and p.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    jobs = [load_job(queue_dir, name) for name in names]
+    jobs.sort(key=lambda j: (j.added, j.name))
+    return jobs
+
+
+def find_job(queue_dir: str | os.PathLike, name: str) -> Job:
+    queue_dir = Path(queue_dir)
+    if (queue_dir / f"{name}.toml").is_file():
+        return load_job(queue_dir, name)
+    matches = [j for j in list_jobs(queue_dir) if j.name.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise TiwizError(f"{name!r} matches several jobs: {', '.join(j.name for j in matches[:5])}; give the full name")
+    raise TiwizError(f"no job {name!r} in {queue_dir}; `tiwiz queue` lists the jobs")
+
+
+# ---- adding -------------------------------------------------------------------------------------------------------
+def parse_sets(pairs: list[str] | None) -> dict:
+    """`--set key=value` pairs as a dict (values are coerced and checked by TrainConfig)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise TiwizError(f"--set {pair!r}: expected key=value, e.g. --set steps=2000")
+        out[key] = value
+    return out
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise TiwizError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise TiwizError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TiwizError(f"{path}: not valid TOML: {exc}") from None
+
+
+def manifest_entries(path: str | os.PathLike) -> list[tuple[str | None, dict]]:
+    """A manifest: base settings (top-level keys, or a [base] / [train] table) and a [[job]] list, each entry with
+    `name` and any override (data, init_text, steps, ...). Returns (job name or None, full config dict) per job."""
+    path = Path(path)
+    data = read_toml(path)
+    jobs = data.pop("job", None)
+    if not isinstance(jobs, list) or not jobs or not all(isinstance(j, dict) for j in jobs):
+        raise TiwizError(f"{path}: a manifest needs a [[job]] list (each with name, data, init_text and overrides)")
+    base = {}
+    for table in ("base", "train"):
+        if isinstance(data.get(table), dict):
+            base.update(data.pop(table))
+    base.update(data)
+    entries = []
+    for i, job in enumerate(jobs, 1):
+        merged = {**base, **job}
+        entries.append((merged.get("name") or None, merged))
+        if not merged.get("name"):
+            raise TiwizError(f"{path}: job {i}: name: required (the embedding name)")
+    return entries
+
+
+def prepare_config(data: dict, where: str):
+    """Validate a job's settings as `tiwiz train` would, with absolute paths. TiwizError names `where` and the field."""
+    from core.runs.api import _absolutize
+    from core.training.config import TrainConfig
+
+    try:
+        config = TrainConfig.from_dict(data)
+        _absolutize(config)
+        for key in ("model", "data"):
+            if not Path(getattr(config, key)).exists():
+                raise TiwizError(f"{key}: {getattr(config, key)} does not exist")
+        if config.init_from and not Path(config.init_from).is_file():
+            raise TiwizError(f"init_from: {config.init_from} is not a file")
+    except TiwizError as exc:
+        raise TiwizError(f"{where}: {exc}") from None
+    return config
+
+
+def add_jobs(queue_dir: str | os.PathLike, entries: list[tuple[str | None, dict, str]],
+             runs_root: str | os.PathLike | None = None) -> list[Job]:
+    """Add jobs given as (job name or None, settings, where-for-messages). Every job is validated first; one bad job
+    adds none. Each job's run folder (`output`) defaults to RUNS_ROOT/JOB (RUNS_ROOT: the queue folder's parent)."""
+    queue_dir = Path(queue_dir).resolve()
+    root = Path(runs_root).resolve() if runs_root is not None else queue_dir.parent
+    taken = {j.name for j in list_jobs(queue_dir)}
+    prepared = []
+    for name, data, where in entries:
+        config = prepare_config(data, where)
+        name = check_job_name(name) if name else job_name_from(config.name)
+        name = _unique(name, taken, None if config.output else root)
+        taken.add(name)
+        if config.output:
+            out = Path(config.output).expanduser().resolve()
+            if not config.overwrite and any((out / m).exists() for m in (runs.STATE, runs.EVENTS)):
+                raise TiwizError(f"{where}: output: {out} already holds a training run; choose another folder, "
+                                 "or set overwrite = true to start over in it")
+            if any(str(out) == j for j in _run_dirs(queue_dir)) or any(str(out) == p[1].output for p in prepared):
+                raise TiwizError(f"{where}: output: {out} is already the run folder of another job")
+            config.output = str(out)
+        else:
+            config.output = str(root / name)
+        prepared.append((name, config))
+    queue_dir.mkdir(parents=True, exist_ok=True)
+    added = []
+    now = time.time()
+    for i, (name, config) in enumerate(prepared):
+        job = Job(queue_dir=queue_dir, name=name, run_dir=config.output, added=round(now + i * 1e-3, 3))
+        config.to_toml(job.config_path)
+        job.save()
+        added.append(job)
+    return added
+
+
+def _run_dirs(queue_dir: Path) -> list[str]:
+    return [j.run_dir for j in list_jobs(queue_dir)]
+
+
+def _unique(name: str, taken: set[str], root: Path | None) -> str:
+    """`name`, or name-2, name-3... so that neither another job nor (when the run folder is derived from the name)
+    an existing run folder is reused."""
+    candidate, n = name, 1
+    while candidate in taken or (root is not None and (root / candidate).exists()):
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+# ---- changing -----------------------------------------------------------------------------------------------------
+def remove_job(job: Job) -> None:
+    if job.state == "running":
+        info = runs.inspect_run(job.run_dir) if job.run_dir else None
+        if info is not None and info.alive:
+            raise TiwizError(f"job {job.name} is running ({job.run_dir}); stop it first with `tiwiz stop "
+                             f"{job.run_dir}`, then remove it")
+    for path in (job.config_path, job.state_path):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def retry_job(job: Job) -> Job:
+    """Queue a failed or stopped job again with a fresh retry budget; its run resumes from its last checkpoint."""
+    if job.state in ("queued", "running"):
+        raise TiwizError(f"job {job.name} is {job.state}; only failed, stopped or finished jobs can be retried")
+    if job.state == "finished":
+        raise TiwizError(f"job {job.name} already finished; `tiwiz resume {job.run_dir} --steps N` trains further")
+    return job.save(state="queued", reason="retry requested" + (f" after: {job.reason}" if job.reason else ""),
+                    attempts=0, gpu=None, lives=job.lives + [{"event": "retry requested", "time": round(time.time(), 3)}])
