@@ -25,6 +25,24 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.cuda` tests need a CUDA GPU (bench/gpu_check.py runs them there); elsewhere they are skipped."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_items:
+        return
+    try:
+        import torch
+
+        available = torch.cuda.is_available()
+    except ImportError:
+        available = False
+    if not available:
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU with a CUDA build of torch (torch.cuda.is_available() is "
+                                       "False here); bench/gpu_check.py runs these on a GPU")
+        for item in cuda_items:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny random-weight SD1-shaped diffusers folder (the `tiwiz demo-model --random` output). Read-only: copy it
