@@ -178,6 +178,11 @@ class Started(RunEvent):
     n_images: int = _help("training images", 0)
     model: str = _help("the base model's name", "")
     resumed: bool = _help("true when this continues an earlier life of the run", False)
+    n_holdout: int | None = _help("training images held out (never trained on; their validation loss is "
+                                  "`holdout_loss`)", None)
+    auto_stop: bool | None = _help("whether the auto-stop rule ends the run (it is watched either way)", None)
+    auto_stop_window: int | None = _help("the auto-stop rule's window, steps", None)
+    threads: int | None = _help("CPU threads torch uses (chosen from the free cores unless configured)", None)
 
 
 @_event
@@ -207,6 +212,17 @@ class Validation(RunEvent):
     TYPE: ClassVar[str] = "validation"
     step: int = _help("the step it was measured at (0 = before training)")
     val_loss: float = _help("the mean validation loss")
+    holdout_loss: float | None = _help("the same loss on the held-out images (never trained on); rises when the "
+                                       "embedding overfits", None)
+    best_step: int | None = _help("the suggested best step so far: lowest holdout_loss, else where the auto-stop "
+                                  "rule found the loss flat", None)
+    auto_stop_ratio: float | None = _help("auto-stop rule: variance of val_loss over the last window / its variance "
+                                          "over the whole run (null until a window is full)", None)
+    auto_stop_watched: int | None = _help("auto-stop rule: steps of validation history, capped at the window "
+                                          "('watching k of W steps')", None)
+    auto_stop_window: int | None = _help("auto-stop rule: the window, steps", None)
+    auto_stop_threshold: float | None = _help("auto-stop rule: the ratio below which the loss counts as flat", None)
+    auto_stop_fired_at: int | None = _help("auto-stop rule: the first step where the loss was flat", None)
 
 
 @_event
@@ -218,6 +234,12 @@ class Checkpoint(RunEvent):
     step: int = _help("the step saved")
     pt: str = _help("the A1111 .pt file, relative to the run folder", "")
     safetensors: str = _help("the .safetensors file, relative to the run folder", "")
+    norms: list[float] | None = _help("each vector's L2 norm", None)
+    nearest: list[list] | None = _help("each vector's nearest vocabulary tokens: [[token, cosine], ...] per vector",
+                                       None)
+    vocab_median_norm: float | None = _help("the median norm of the vocabulary's token embeddings (a norm far above "
+                                            "it swamps the prompt)", None)
+    best: bool | None = _help("true when saved because the held-out loss reached a new low", None)
 
 
 @_event
@@ -271,6 +293,8 @@ class Stopped(RunEvent):
     reason: str = _help("the trainer's reason: 'stop' (a stop command) or 'interrupted' (a signal)", "")
     pt: str = _help("the final NAME.pt, relative to the run folder", "")
     safetensors: str = _help("the final NAME.safetensors, relative to the run folder", "")
+    best_step: int | None = _help("the suggested best step (lowest held-out loss, else the auto-stop rule's)", None)
+    best_checkpoint: str | None = _help("the .safetensors checkpoint of best_step, relative to the run folder", None)
 
 
 @_event
@@ -282,6 +306,11 @@ class Finished(RunEvent):
     step: int = _help("the last step")
     pt: str = _help("the final NAME.pt, relative to the run folder", "")
     safetensors: str = _help("the final NAME.safetensors, relative to the run folder", "")
+    reason: str | None = _help("why it ended: 'steps' (trained every step) or 'auto_stop' (the validation loss went "
+                               "flat: the auto-stop rule)", None)
+    message: str | None = _help("the reason in words", None)
+    best_step: int | None = _help("the suggested best step (lowest held-out loss, else the auto-stop rule's)", None)
+    best_checkpoint: str | None = _help("the .safetensors checkpoint of best_step, relative to the run folder", None)
 
 
 @_event
@@ -385,15 +414,19 @@ def parse(obj: dict | str | bytes) -> RunEvent | None:
     cls = EVENT_TYPES.get(kind)
     if cls is None:
         return None
-    aliases = _FIELD_ALIASES.get(kind, {})
-    data = {aliases.get(k, k): v for k, v in obj.items()}
+    aliases = _FIELD_ALIASES.get(kind)
+    data = {aliases.get(k, k): v for k, v in obj.items()} if aliases else obj
     values = {}
-    for spec in _specs(cls):
-        if spec.name not in data:
+    for spec, exact, default in _table(cls):
+        value = data.get(spec.name, _ABSENT)
+        if value is _ABSENT:
             if spec.required:
                 return _skipped(kind, obj, f"it has no {spec.name!r}")
+            values[spec.name] = default() if callable(default) else default
             continue
-        value = data[spec.name]
+        if type(value) in exact:  # the fast path: already the right type
+            values[spec.name] = value
+            continue
         fix = _VALUE_FIXES.get((kind, spec.name))
         if fix is not None and value is not None:
             value = fix(value)
@@ -402,8 +435,32 @@ def parse(obj: dict | str | bytes) -> RunEvent | None:
         except TypeError as exc:
             return _skipped(kind, obj, f"{spec.name!r} is {exc}, not {_type_word(spec)}")
     if kind == "warning":
-        values.pop("skipped", None)  # readers' marker, never taken from a file
-    return cls(**values)
+        values["skipped"] = None  # readers' marker, never taken from a file
+    event = object.__new__(cls)  # the fields are checked above: skip the frozen __init__'s setattr per field
+    event.__dict__.update(values)
+    return event
+
+
+_ABSENT = object()
+_TABLES: dict[type, list] = {}
+
+
+def _table(cls: type[RunEvent]) -> list:
+    """Per field: its spec, the Python types taken as they are, and its default (a factory is called)."""
+    table = _TABLES.get(cls)
+    if table is None:
+        table = []
+        for spec, f in zip(_specs(cls), fields(cls)):
+            exact = {int: (int,), float: (float,), str: (str,), bool: (bool,), list: (list,),
+                     dict: (dict,)}.get(spec.base, ())
+            if spec.optional:
+                exact += (type(None),)
+            if (cls.TYPE, spec.name) in _VALUE_FIXES:
+                exact = (type(None),) if spec.optional else ()
+            default = f.default_factory if f.default is MISSING else f.default
+            table.append((spec, exact, default))
+        _TABLES[cls] = table
+    return table
 
 
 def _type_word(spec: _FieldSpec) -> str:

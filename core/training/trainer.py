@@ -50,13 +50,31 @@ class Trainer:
         try:
             return self._run(resume)
         except BaseException as exc:
-            message = str(exc) if isinstance(exc, TiwizError) else f"{exc.__class__.__name__}: {exc}"
+            full = self._disk_full_error(exc)
+            shown = full or exc
+            message = str(shown) if isinstance(shown, TiwizError) else f"{exc.__class__.__name__}: {exc}"
             with contextlib.suppress(Exception):
                 self.sink.emit(ev.Error(message=message))
+            if full is not None:
+                raise full from exc
             raise
         finally:
             if getattr(self, "loss_log", None) is not None:
                 self.loss_log.close()
+
+    def _disk_full_error(self, exc: BaseException) -> TiwizError | None:
+        """A full disk in words (torch says `iostream error`), with the free space and the checkpoint to go back to."""
+        from core.diskspace import disk_full_message, is_disk_full
+
+        if not isinstance(exc, Exception) or not is_disk_full(exc, self.out_dir):
+            return None
+        step = getattr(self, "step", 0)
+        last = getattr(self, "last_saved_step", -1)
+        if last > 0 and (self.out_dir / "state" / "latest.pt").is_file():
+            hint = f"The last good checkpoint is step {last}; free space and `tiwiz resume {self.out_dir}` continues from it."
+        else:
+            hint = f"No checkpoint was saved yet; free space and `tiwiz resume {self.out_dir}` starts it again from step 0."
+        return TiwizError(f"{disk_full_message(self.out_dir, f'write the files of step {step}')}. {hint}")
 
     # ---- the whole run --------------------------------------------------------------------------------------------
     def _run(self, resume: bool) -> dict:
@@ -98,7 +116,9 @@ class Trainer:
 
         self.sink.emit(ev.Started(max_steps=end_step, step=self.step, name=self.name, device=str(self.device),
                                   precision=ev.precision_name(self.precision.name),
-                                  n_images=len(self.dataset), model=self.model.name, resumed=state is not None))
+                                  n_images=len(self.dataset), model=self.model.name, resumed=state is not None,
+                                  n_holdout=len(self.holdout_indices), auto_stop=cfg.auto_stop,
+                                  auto_stop_window=cfg.auto_stop_window))
         self.t_start = time.monotonic()
         self.last_loss = self.last_val_loss = None
         if state is None and self.validate_every:
@@ -108,12 +128,22 @@ class Trainer:
 
         reason = self._loop(end_step)
         pt, st = self._save(final=True)
-        if reason == "finished":
-            self.sink.emit(ev.Finished(step=self.step, pt=pt, safetensors=st))
+        best_step, best_file = self._best()
+        if reason in ("finished", "auto_stop"):
+            message = None
+            if reason == "auto_stop":
+                w = self.watch
+                message = f"auto-stop: the validation loss went flat at step {self.step} of {end_step} (variance " \
+                          f"ratio {w.ratio:.2f} < {w.threshold:g} over the last {w.window} steps)"
+            self.sink.emit(ev.Finished(step=self.step, pt=pt, safetensors=st,
+                                       reason="steps" if reason == "finished" else reason, message=message,
+                                       best_step=best_step, best_checkpoint=best_file))
         else:
-            self.sink.emit(ev.Stopped(step=self.step, reason=reason, pt=pt, safetensors=st))
-        return {"state": reason, "step": self.step, "max_steps": end_step, "pt": pt, "safetensors": st,
-                "last_loss": self.last_loss, "last_val_loss": self.last_val_loss}
+            self.sink.emit(ev.Stopped(step=self.step, reason=reason, pt=pt, safetensors=st, best_step=best_step,
+                                      best_checkpoint=best_file))
+        return {"state": "finished" if reason == "auto_stop" else reason, "reason": reason, "step": self.step,
+                "max_steps": end_step, "pt": pt, "safetensors": st, "last_loss": self.last_loss,
+                "last_val_loss": self.last_val_loss, "best_step": best_step, "best_checkpoint": best_file}
 
     def _loop(self, end_step: int) -> str:
         """Train until end_step, or until a stop. Returns "finished" or the stop reason."""
@@ -163,6 +193,10 @@ class Trainer:
                 self._save()
             if cfg.preview_every and self.step % cfg.preview_every == 0:
                 self._preview()
+            if val is not None and self._watch_save_due():
+                self._save()
+            if val is not None and cfg.auto_stop and self.watch.stop:
+                return "auto_stop"
         return "finished"
 
     def _handle_commands(self) -> str | None:
@@ -258,7 +292,7 @@ class Trainer:
     def _next_batch(self) -> list[int]:
         if self.batch_pos >= len(self.batches):
             self.epoch += 1
-            self.batches = self.dataset.epoch_batches(self.data_rng, self.batch_size)
+            self.batches = self.dataset.epoch_batches(self.data_rng, self.batch_size, self.train_indices)
             self.batch_pos = 0
         batch = self.batches[self.batch_pos]
         self.batch_pos += 1
@@ -275,27 +309,56 @@ class Trainer:
 
     # ---- validation, previews, saving -------------------------------------------------------------------------------
     def _validation_loss(self) -> float:
-        """Mean loss over fixed images x fixed timesteps x fixed noise, with fixed prompts. Independent of training."""
+        """Mean loss over fixed images x fixed timesteps x fixed noise, with fixed prompts. Independent of training.
+        Also the same loss on the held-out images, the auto-stop rule's state and the best step so far."""
+        val = self._fixed_loss(self.validation_set)
+        holdout = self._fixed_loss(self.holdout_set) if self.holdout_set else None
+        self.last_val_loss = val
+        self.watch = self.autostop.update(self.step, val)
+        self._new_best = False
+        if holdout is not None and (self.best_holdout is None or holdout < self.best_holdout[1]):
+            self._new_best = self.best_holdout is not None or self.step > 0
+            self.best_holdout = (self.step, holdout)
+        w = self.watch
+        self.sink.emit(ev.Validation(step=self.step, val_loss=val, holdout_loss=holdout, best_step=self._best()[0],
+                                     auto_stop_ratio=w.ratio, auto_stop_watched=w.watched, auto_stop_window=w.window,
+                                     auto_stop_threshold=w.threshold, auto_stop_fired_at=w.fired_at))
+        return val
+
+    def _fixed_loss(self, fixed_set: list) -> float:
         import torch
 
         total = 0.0
         with torch.no_grad():
-            for latents, noise, timesteps, prompt in self.validation_set:
+            for latents, noise, timesteps, prompt in fixed_set:
                 loss = self._batch_loss([], None, prompts=[prompt] * len(timesteps), latents=latents, noise=noise,
                                         timesteps=timesteps)
                 total += float(loss)
-        val = total / len(self.validation_set)
-        self.last_val_loss = val
-        self.sink.emit(ev.Validation(step=self.step, val_loss=val))
-        return val
+        return total / len(fixed_set)
 
-    def _build_validation_set(self) -> list:
+    def _watch_save_due(self) -> bool:
+        """Save a checkpoint where the suggested best step lands, so it can be copied: a new held-out low, or the
+        step where the auto-stop rule first finds the loss flat."""
+        if self.last_saved_step == self.step or self.step == 0:
+            return False
+        return self._new_best or self.watch.stop
+
+    def _best(self) -> tuple[int | None, str | None]:
+        """The suggested best step (lowest held-out loss, else where the auto-stop rule fired) and its checkpoint."""
+        step = self.best_holdout[0] if self.best_holdout is not None else self.autostop.fired_at
+        if step is None:
+            return None, None
+        rel = f"embeddings/{self.name}-{step}.safetensors"
+        return step, rel if (self.out_dir / rel).is_file() else None
+
+    def _build_validation_set(self, indices: list[int] | None = None, seed_offset: int = 1_000_003) -> list:
         import torch
 
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-        n = min(cfg.validation_images, len(self.dataset))
-        picks = sorted({round(k * (len(self.dataset) - 1) / max(1, n - 1)) for k in range(n)})
+        indices = list(range(len(self.dataset))) if indices is None else indices
+        gen = torch.Generator().manual_seed(cfg.seed + seed_offset)
+        n = min(cfg.validation_images, len(indices))
+        picks = sorted({indices[round(k * (len(indices) - 1) / max(1, n - 1))] for k in range(n)})
         timesteps = torch.tensor(VALIDATION_TIMESTEPS, dtype=torch.long)
         out = []
         for i in picks:
@@ -351,10 +414,28 @@ class Trainer:
             pt, st = self._save_embedding(f"embeddings/{self.name}-{self.step}")
             self._save_state()
             self.last_saved_step = self.step
-            self.sink.emit(ev.Checkpoint(step=self.step, pt=pt, safetensors=st))
+            report = self._vector_report()
+            self.sink.emit(ev.Checkpoint(step=self.step, pt=pt, safetensors=st, norms=report["norms"],
+                                         nearest=report["nearest"], vocab_median_norm=report["vocab_median_norm"],
+                                         best=True if self._new_best and self.best_holdout[0] == self.step else None))
+            for i, message in enumerate(report["norm_warnings"]):
+                if message[:12] not in self._norm_warned:  # once per vector ("vector N has")
+                    self._norm_warned.add(message[:12])
+                    self.sink.emit(ev.Warning(step=self.step, message=message))
         if final:
             return self._save_embedding(self.name)
         return f"embeddings/{self.name}-{self.step}.pt", f"embeddings/{self.name}-{self.step}.safetensors"
+
+    def _vector_report(self) -> dict:
+        """Norms and nearest vocabulary tokens of the vectors (core.embeddings.inspect); never fails a save."""
+        from core.embeddings.inspect import vector_report, vocabulary_from_encoder
+
+        try:
+            if self._vocab is None:
+                self._vocab = vocabulary_from_encoder(self.model.text_encoder, self.model.tokenizer)
+            return vector_report(self.vectors.detach(), self._vocab)
+        except Exception:  # noqa: BLE001 - an inspector problem must never cost a checkpoint
+            return {"norms": None, "nearest": None, "vocab_median_norm": None, "norm_warnings": []}
 
     def _save_embedding(self, rel_stem: str) -> tuple[str, str]:
         pt, st = self._save_embedding_fn(
@@ -378,6 +459,8 @@ class Trainer:
             "data_rng": py_state(self.data_rng),
             "batches": [list(b) for b in self.batches],
             "batch_pos": self.batch_pos,
+            "autostop": self.autostop.state_dict(),
+            "best_holdout": list(self.best_holdout) if self.best_holdout is not None else None,
             "global_rng": capture_global_rng(),
             "loss_rows_until_step": self.step,
         })
@@ -459,8 +542,23 @@ class Trainer:
         if self.batch_size < cfg.batch_size:
             self.sink.emit(ev.Warning(message=f"batch_size {cfg.batch_size} is more than the {len(self.dataset)} "
                                               f"images; using {self.batch_size}"))
+        n_hold = cfg.effective_holdout(len(self.dataset))
+        if cfg.holdout > 0 and not n_hold:
+            self.sink.emit(ev.Warning(message=f"holdout {cfg.holdout} ignored: {len(self.dataset)} images are too "
+                                              "few to hold any out (8 or more needed)"))
+        held = set(random.Random(cfg.seed + 4243).sample(range(len(self.dataset)), n_hold)) if n_hold else set()
+        self.holdout_indices = sorted(held)
+        self.train_indices = [i for i in range(len(self.dataset)) if i not in held]
+        if n_hold and self.batch_size > len(self.train_indices):
+            self.batch_size = len(self.train_indices)
         self.validate_every = cfg.effective_validate_every()
-        self.validation_set = self._build_validation_set()
+        self.validation_set = self._build_validation_set(self.train_indices)
+        self.holdout_set = self._build_validation_set(self.holdout_indices, 2_000_029) if n_hold else []
+        from core.training.autostop import AutoStop
+
+        self.autostop = AutoStop(cfg.auto_stop_window, cfg.auto_stop_threshold)
+        self.watch = None
+        self.best_holdout, self._new_best, self._vocab, self._norm_warned = None, False, None, set()
         self.data_rng = random.Random(cfg.seed)
         self.batches, self.batch_pos = [], 0
 
@@ -482,6 +580,8 @@ class Trainer:
         self.data_rng.setstate(py_state_from(state["data_rng"]))
         self.batches = [list(b) for b in state["batches"]]
         self.batch_pos = int(state["batch_pos"])
+        self.autostop.load_state_dict(state.get("autostop"))
+        self.best_holdout = tuple(state["best_holdout"]) if state.get("best_holdout") else None
         restore_global_rng(state["global_rng"])
 
     # ---- NaN rollback -----------------------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""Auto-stop: the DVAR rule (Voronov et al., NeurIPS 2023, "Is This Loss Informative?").
+
+Training is done when the fixed-seed validation loss has stopped moving: the variance of its values over the last
+`window` steps, divided by the variance of all its values so far, falls below `threshold`. While the loss still falls,
+the recent values spread about as much as all of them (ratio near 1); once it is flat, the recent spread is noise
+only, small against the early drop. The paper computes the loss every step; we use whatever validation points fall in
+the window (at least MIN_POINTS of them).
+
+Pure Python, torch-free: the trainer feeds `update(step, val_loss)` and the returned `AutoStopState` goes into events.
+The rule also runs "advisory" when auto-stop is off: `fired_at` records where it would have stopped, which is the
+suggested best step of a run without a hold-out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_POINTS = 5  # fewer validation points than this in a window give no usable variance
+
+
+@dataclass(frozen=True)
+class AutoStopState:
+    step: int                 # the step of the latest validation point
+    window: int               # steps
+    threshold: float
+    watched: int              # steps of history so far, capped at window ("watched k of W steps")
+    ratio: float | None       # rolling variance / overall variance; None until the window is full
+    stop: bool                # the rule fires at this point (only the first firing is True)
+    fired_at: int | None      # the first step where it fired, if it has
+
+    @property
+    def flat(self) -> bool:
+        return self.fired_at is not None
+
+    def label(self) -> str:
+        """One line for monitors: 'watching 120 of 310 steps', 'variance ratio 0.42 (stops below 0.15)', ..."""
+        if self.fired_at is not None:
+            return f"flat since step {self.fired_at} (variance ratio {_fmt(self.ratio)} < {self.threshold:g} over " \
+                   f"{self.window} steps)"
+        if self.ratio is None:
+            return f"watching {self.watched} of {self.window} steps"
+        return f"variance ratio {_fmt(self.ratio)} over the last {self.window} steps (stops below {self.threshold:g})"
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "window": self.window, "threshold": self.threshold, "watched": self.watched,
+                "ratio": self.ratio, "stop": self.stop, "fired_at": self.fired_at}
+
+
+def _fmt(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
+
+
+def _variance(values: list[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return sum((v - mean) ** 2 for v in values) / n
+
+
+class AutoStop:
+    """Feed validation losses in step order; `update` returns the rule's state after each."""
+
+    def __init__(self, window: int, threshold: float, min_points: int = MIN_POINTS) -> None:
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.window = int(window)
+        self.threshold = float(threshold)
+        self.min_points = int(min_points)
+        self.history: list[tuple[int, float]] = []
+        self.fired_at: int | None = None
+
+    def update(self, step: int, val_loss: float) -> AutoStopState:
+        step, val_loss = int(step), float(val_loss)
+        if self.history and step <= self.history[-1][0]:  # a repeated point (e.g. after resume): replace it
+            self.history = [(s, v) for s, v in self.history if s < step]
+        self.history.append((step, val_loss))
+        first = self.history[0][0]
+        watched = min(step - first, self.window)
+        ratio = None
+        recent = [v for s, v in self.history if s > step - self.window]
+        if step - first >= self.window and len(recent) >= self.min_points:
+            total = _variance([v for _, v in self.history])
+            ratio = _variance(recent) / total if total > 0 else 0.0
+        stop = False
+        if ratio is not None and ratio < self.threshold and self.fired_at is None:
+            self.fired_at, stop = step, True
+        return AutoStopState(step=step, window=self.window, threshold=self.threshold, watched=watched, ratio=ratio,
+                             stop=stop, fired_at=self.fired_at)
+
+    # resume: the history travels in state/latest.pt
+    def state_dict(self) -> dict:
+        return {"history": [list(p) for p in self.history], "fired_at": self.fired_at}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if not state:
+            return
+        self.history = [(int(s), float(v)) for s, v in state.get("history", [])]
+        fired = state.get("fired_at")
+        self.fired_at = None if fired is None else int(fired)
+
+
+def points_needed(window: int) -> int:
+    """The validation cadence that gives a window about 20 points (DVAR measured every step; 20 is enough for a
+    variance and keeps the validation cost small)."""
+    return max(1, int(window) // 20)

@@ -1,0 +1,140 @@
+"""Auto-stop (the DVAR rule, core.training.autostop) on synthetic validation curves, and on a real run of the shipped
+world model, where the trainer ends with a `finished` event whose reason is auto_stop."""
+
+import math
+import random
+
+import pytest
+
+from core.errors import TiwizError
+from core.training.autostop import AutoStop, points_needed
+
+
+def _feed(values, window=100, threshold=0.15, every=5):
+    rule = AutoStop(window, threshold)
+    states = [rule.update(i * every, v) for i, v in enumerate(values)]
+    return rule, states
+
+
+def test_falling_then_flat_stops_after_the_plateau_sets_in():
+    rng = random.Random(0)
+    values = [0.1 * math.exp(-i / 10) + 0.05 + rng.gauss(0, 0.0005) for i in range(200)]  # every 5 steps
+    rule, states = _feed(values)
+    assert rule.fired_at is not None
+    assert 100 <= rule.fired_at <= 400  # the curve is flat from about step 150 on (i = 30)
+    assert sum(s.stop for s in states) == 1  # fires once
+    assert states[-1].fired_at == rule.fired_at and states[-1].flat
+
+
+def test_pure_noise_never_stops():
+    """A loss that only wobbles has the same variance in any window as overall: ratio ~1."""
+    rng = random.Random(1)
+    rule, states = _feed([0.05 + rng.gauss(0, 0.002) for _ in range(400)])
+    assert rule.fired_at is None
+    ratios = [s.ratio for s in states if s.ratio is not None]
+    assert min(ratios) > 0.3
+
+
+def test_steady_fall_does_not_stop():
+    """Still learning: a linear fall over two windows has ratio (1/2)^2 = 0.25 > 0.15."""
+    rule, _ = _feed([0.1 - 0.0001 * i for i in range(41)], window=100)
+    assert rule.fired_at is None
+
+
+def test_rising_loss_stops_at_the_minimum_not_on_the_rise():
+    """Overfitting: a fall, a flat bottom, then a steady rise. The rule fires on the flat bottom, before the rise;
+    a loss that only rises (from the start) does not fire within two windows."""
+    rng = random.Random(3)
+    values = [0.1 * math.exp(-i / 5) + 0.05 + rng.gauss(0, 0.0003) for i in range(40)]
+    values += [0.05 + 0.001 * i + rng.gauss(0, 0.0003) for i in range(1, 80)]
+    rule, _ = _feed(values)
+    assert rule.fired_at is not None and rule.fired_at < 200  # the rise begins after step 195 (i = 39)
+    rising, _ = _feed([0.05 + 0.0005 * i for i in range(41)])
+    assert rising.fired_at is None
+
+
+def test_state_reports_watched_steps_until_the_window_is_full():
+    rule = AutoStop(window=100, threshold=0.15)
+    first = rule.update(0, 1.0)
+    assert first.ratio is None and first.watched == 0 and first.label() == "watching 0 of 100 steps"
+    state = None
+    for step in range(10, 100, 10):
+        state = rule.update(step, 1.0 - step / 1000)
+    assert state.watched == 90 and state.ratio is None
+    state = rule.update(100, 0.9)
+    assert state.watched == 100 and state.ratio is not None
+    assert "stops below 0.15" in state.label()
+
+
+def test_too_few_points_in_the_window_never_decide():
+    rule, states = _feed([1.0, 0.5, 0.5, 0.5], window=100, every=100)  # one point per window
+    assert all(s.ratio is None for s in states) and rule.fired_at is None
+
+
+def test_resume_keeps_the_history():
+    rng = random.Random(2)
+    values = [0.1 * math.exp(-i / 10) + 0.05 + rng.gauss(0, 0.0005) for i in range(200)]
+    whole, _ = _feed(values)
+    first, _ = _feed(values[:50])
+    resumed = AutoStop(100, 0.15)
+    resumed.load_state_dict(first.state_dict())
+    for i, v in enumerate(values[50:], start=50):
+        resumed.update(i * 5, v)
+    assert resumed.fired_at == whole.fired_at
+
+
+def test_config_fields_and_validation(tmp_path):
+    from core.training.config import TrainConfig
+
+    cfg = TrainConfig(auto_stop=True, auto_stop_window=200, save_every=500)
+    assert cfg.effective_validate_every() == points_needed(200) == 10
+    assert TrainConfig(auto_stop=False, save_every=500).effective_validate_every() == 500
+    with pytest.raises(TiwizError, match="^auto_stop: needs the validation loss"):
+        TrainConfig(auto_stop=True, validate_every=0).validate(require_paths=False)
+    with pytest.raises(TiwizError, match="^auto_stop_threshold"):
+        TrainConfig(auto_stop_threshold=1.5).validate(require_paths=False)
+
+
+def test_cli_flag_sets_the_field():
+    import argparse
+
+    from core.cli.train import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--data", "d", "--name", "n", "--auto-stop", "--auto-stop-window", "50"])
+    cfg = config_from_args(args)
+    assert cfg.auto_stop is True and cfg.auto_stop_window == 50
+
+
+def test_world_model_run_stops_itself(tmp_path):
+    """A real run on the shipped world model: the validation loss goes flat well before 400 steps at lr 0.01."""
+    import torch
+
+    from core.events import ListSink
+    from core.runs import run_events as ev
+    from core.training.config import TrainConfig
+    from core.training.trainer import Trainer
+    from core.world import demo_job
+
+    torch.set_num_threads(1)
+    prep = demo_job.prepare_demo(tmp_path, steps=400, n_images=4)
+    cfg = dict(prep["config"], preview_every=0, save_every=0, validate_every=-1, auto_stop=True,
+               auto_stop_window=20, lr="0.01", batch_size=2, validation_images=1)
+    sink = ListSink()
+    summary = Trainer(TrainConfig.from_dict(cfg), tmp_path / "run", sink).run()
+    events = [e if isinstance(e, ev.RunEvent) else ev.parse(e) for e in sink.events]
+    finished = [e for e in events if isinstance(e, ev.Finished)]
+    assert summary["state"] == "finished" and summary["reason"] == "auto_stop"
+    assert finished and finished[0].reason == "auto_stop" and "flat" in finished[0].message
+    assert summary["step"] < 100, summary
+    vals = [e for e in events if isinstance(e, ev.Validation)]
+    assert vals[-1].auto_stop_fired_at == summary["step"] and vals[-1].auto_stop_ratio < 0.15
+    # the trainer's rule state is the rule's on the losses it emitted
+    replay = AutoStop(20, 0.15)
+    for v in vals:
+        replay.update(v.step, v.val_loss)
+    assert replay.fired_at == summary["step"]
+    # without a hold-out the suggested best step is where the rule fired, and its checkpoint exists
+    assert finished[0].best_step == summary["step"]
+    assert (tmp_path / "run" / finished[0].best_checkpoint).is_file()
