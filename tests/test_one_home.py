@@ -97,3 +97,24 @@ def test_one_tag_splitter(caption, tags):
 
     assert captions.split_tags(caption) == tags
     assert templates.split_tags is captions.split_tags
+
+
+def test_one_duration_format():
+    from core.cli import train as cli_train
+    from core.timefmt import format_duration
+    from tui import run_view
+
+    assert format_duration(3725.9) == "1:02:05" and format_duration(65) == "01:05"
+    for bad in (None, float("nan"), float("inf"), -3):
+        assert format_duration(bad) == "--:--"
+    assert run_view.format_duration is format_duration
+    assert not hasattr(cli_train, "_duration")
+
+
+def test_one_initial_vector_routine():
+    import inspect
+
+    from core.world import demo_job
+
+    assert not hasattr(demo_job, "init_vectors_for")
+    assert "init_vectors(pipe.tokenizer, pipe.text_encoder" in inspect.getsource(demo_job.before_after)

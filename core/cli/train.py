@@ -4,13 +4,11 @@ with the same keys in snake_case. Flags override the file. torch is imported onl
 from __future__ import annotations
 
 import argparse
-import math
-import signal
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
+from core.runs.run_events import RunPhase
 from core.training.config import CHOICES, HELP, TrainConfig
 
 EPILOG = """examples:
@@ -27,6 +25,12 @@ def register(subparsers) -> None:
         description="Train a textual-inversion embedding. The output folder gets NAME.pt/.safetensors, "
                     "embeddings/NAME-STEP.*, previews/NAME-STEP.png, loss.csv, config.toml and state/ for resume.")
     add_train_arguments(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--detach", action="store_true",
+                      help="start the training in the background and return; prints the run folder last")
+    mode.add_argument("--foreground", action="store_true",
+                      help="train in this process instead of a detached worker (Ctrl-C stops it; the run folder is "
+                           "written as for every run, so `tiwiz runs` and `tiwiz attach` see it)")
     parser.set_defaults(func=cmd_train)
 
 
@@ -62,121 +66,44 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train in a detached worker (the run folder is the output folder) and attach to it; `--detach` returns at
-    once printing the run folder last; `--foreground` trains in this process. (--detach/--foreground are added to
-    this parser by core.cli.runs.)"""
+    once printing the run folder last; `--foreground` trains in this process (same run folder files)."""
     config = config_from_args(args)
-    if getattr(args, "foreground", False):
-        return run_foreground(config, _out_dir(config))
+    if args.foreground:
+        return run_foreground(config)
     from core.cli.runs import start_detached_training
 
-    return start_detached_training(config, detach=getattr(args, "detach", False))
+    return start_detached_training(config, detach=args.detach)
 
 
-def _out_dir(config: TrainConfig) -> Path:
-    if config.output:
-        return Path(config.output).expanduser()
-    from core.runs.api import new_run_dir
+def run_foreground(config: TrainConfig, root=None) -> int:
+    """Train in this process with the progress display. The run folder gets config.toml, events.jsonl, status.json
+    and worker.log exactly as a detached worker writes them, so `tiwiz runs` and `tiwiz attach` see the run.
+    Ctrl-C (SIGINT) or SIGTERM saves and stops; a second Ctrl-C aborts without saving."""
+    from core.cli.progress import ProgressView
+    from core.runs import api as runapi
+    from core.runs import run_events as ev
+    from core.runs.worker import train_in_process
 
-    return new_run_dir(config.name)
+    config = runapi.prepare_run(config, root=root)
+    run_dir = Path(config.output)
+    progress = ProgressView(run_dir, out=sys.stderr)
 
+    def observe(event) -> None:
+        progress.live(event)
+        if isinstance(event, ev.Stopping):
+            progress.note("(Ctrl-C again aborts without saving)")
 
-def run_foreground(config: TrainConfig, out_dir, resume: bool = False) -> int:
-    """Train in this process with a progress line. Ctrl-C (SIGINT) or SIGTERM saves and stops cleanly."""
-    from core.events import CallbackSink
-    from core.training.trainer import Trainer
-
-    out_dir = Path(out_dir)
-    progress = ProgressPrinter(sys.stderr)
-    trainer = Trainer(config, out_dir, CallbackSink(progress))
-
-    def on_signal(signum, frame):
-        if trainer._stop_requested:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        progress.note("stopping after this step and saving (Ctrl-C again to abort without saving)")
-        trainer.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = trainer.run(resume=resume)
+        code = train_in_process(run_dir, observer=observe)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        progress.end_line()
-    print(f"{'finished' if summary['state'] == 'finished' else 'stopped'} at step {summary['step']}: "
-          f"{out_dir / summary['pt']} and {out_dir / summary['safetensors']}")
-    print(out_dir)
-    return 0 if summary["state"] == "finished" else 130
-
-
-class ProgressPrinter:
-    """Turns trainer events into one rewritten progress line (on a terminal) plus lines for everything else."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.open_line = False
-        self.last_print = 0.0
-        self.val_loss = None
-
-    def __call__(self, event: dict) -> None:
-        kind = event["type"]
-        if kind == "step":
-            now = time.monotonic()
-            last = event["step"] >= event["max_steps"]
-            if self.tty and (now - self.last_print > 0.1 or last):
-                self._line("\r" + self._progress(event) + "\x1b[K", newline=False)
-                self.last_print = now
-            elif not self.tty and (now - self.last_print > 5 or last):
-                self._line(self._progress(event))
-                self.last_print = now
-        elif kind == "validation":
-            self.val_loss = event["val_loss"]
-        elif kind == "started":
-            what = "resuming at step %d of %d" % (event["step"], event["max_steps"]) if event.get("resumed") \
-                else f"training {event['name']} for {event['max_steps']} steps"
-            self._line(f"{what} on {event['device']} ({event['dtype']}), {event['n_images']} images, "
-                       f"model {event['model']}")
-        elif kind == "checkpoint":
-            self._line(f"saved {event['safetensors']} (step {event['step']})")
-        elif kind == "preview":
-            self._line(f"preview {event['path']}")
-        elif kind in ("warning", "error"):
-            self._line(f"{kind}: {event['message']}")
-
-    def note(self, message: str) -> None:
-        self._line(message)
-
-    def _progress(self, e: dict) -> str:
-        step, total, it_s = e["step"], e["max_steps"], e.get("it_s") or 0.0
-        eta = (total - step) / it_s if it_s > 0 else math.inf
-        width = 20
-        filled = int(width * step / max(total, 1))
-        parts = [f"[{'#' * filled}{'.' * (width - filled)}] {step}/{total}", f"{it_s:.2f} it/s",
-                 f"ETA {_duration(eta)}", f"loss {e.get('loss_avg', e['loss']):.4f}"]
-        if self.val_loss is not None:
-            parts.append(f"val {self.val_loss:.4f}")
-        parts.append(f"lr {e['lr']:.2g}")
-        return "  ".join(parts)
-
-    def _line(self, text: str, newline: bool = True) -> None:
-        if newline and self.open_line and not text.startswith("\r"):
-            self.stream.write("\n")
-            self.open_line = False
-        self.stream.write(text + ("\n" if newline else ""))
-        self.open_line = not newline
-        self.stream.flush()
-
-    def end_line(self) -> None:
-        if self.open_line:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.open_line = False
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "--:--"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+        progress.end()
+    state = progress.state
+    if code != 0:
+        print(f"failed at step {state.step}: {state.error or state.reason or 'see ' + str(run_dir / 'worker.log')}",
+              file=sys.stderr)
+        print(run_dir)
+        return 1
+    word = "finished" if state.phase == RunPhase.FINISHED else "stopped"
+    print(f"{word} at step {state.step}: {run_dir / state.final_pt} and {run_dir / state.final_safetensors}")
+    print(run_dir)
+    return 0 if state.phase == RunPhase.FINISHED else 130
