@@ -14,7 +14,7 @@ from textual.app import App
 from textual.binding import Binding
 
 from core.errors import TiwizError
-from tui.state import STAGES, WizardState, default_state_path, load_state, save_state
+from tui.state import STAGES, WizardState, default_state_path, load_state, neighbour_stage, save_state
 
 SCREEN_CLASSES = {
     "start": ("tui.screens.start", "StartScreen"),
@@ -91,14 +91,7 @@ class TiwizApp(App):
         self.goto(self.neighbour(current, -1))
 
     def neighbour(self, current: str, direction: int) -> str:
-        order = ["start", "model", "folders", "preprocess", "captions", "embedding", "training", "monitor"]
-        if current not in order:
-            return "start"
-        i = order.index(current) + direction
-        i = min(max(i, 0), len(order) - 1)
-        if order[i] == "preprocess" and self.state.skip_preprocess:
-            i += direction
-        return order[i]
+        return neighbour_stage(current, direction, skip_preprocess=self.state.skip_preprocess)
 
     def save(self) -> None:
         if not self.save_enabled:

@@ -24,6 +24,19 @@ STAGE_TITLES = {
 }
 # The stages a user walks through with Next/Back (start and monitor are entered, not stepped into).
 WIZARD_STAGES = ("model", "folders", "preprocess", "captions", "embedding", "training")
+# Next/Back move along STAGES up to the monitor; the monitor itself opens the finish screen.
+_STEPPED = STAGES[:STAGES.index("monitor") + 1]
+
+
+def neighbour_stage(current: str, direction: int, *, skip_preprocess: bool = False) -> str:
+    """The stage Next (+1) or Back (-1) leads to from `current`; preprocessing is stepped over when skipped, and an
+    unknown stage leads to the start."""
+    if current not in _STEPPED:
+        return "start"
+    i = min(max(_STEPPED.index(current) + direction, 0), len(_STEPPED) - 1)
+    if _STEPPED[i] == "preprocess" and skip_preprocess:
+        i += direction
+    return _STEPPED[i]
 
 
 def tiwiz_home() -> Path:
