@@ -21,7 +21,8 @@ A1111_STAR_TOKEN = 265  # CLIP id of "*", the constant A1111 writes in string_to
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 __all__ = [
-    "LoadedEmbedding", "MAX_VECTORS", "check_trigger", "init_vectors", "load_embedding", "sanitize_name",
+    "LoadedEmbedding", "MAX_NAME_LENGTH", "MAX_VECTORS", "check_trigger", "init_vectors", "load_embedding",
+    "name_problem", "sanitize_name",
     "save_embedding", "trigger_problems",
 ]
 
@@ -44,6 +45,24 @@ def sanitize_name(name: str) -> str:
     if len(kept) > MAX_NAME_LENGTH:
         raise TiwizError(f"embedding name is {len(kept)} characters long; keep it to {MAX_NAME_LENGTH} or fewer")
     return kept
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name`, exactly as typed, cannot be an embedding name (None: it can). The rules are `sanitize_name`'s
+    (the ones the trainer applies), and one more: no spaces, since the name is the word typed in prompts. The wizard
+    checks every keystroke with this; `trigger_problems` adds the warnings that depend on the tokenizer."""
+    if not isinstance(name, str) or not name.strip():
+        return "give the embedding a name"
+    try:
+        clean = sanitize_name(name)
+    except TiwizError as exc:
+        return str(exc)
+    if any(ch.isspace() for ch in name):
+        return "use a single word (dashes and underscores are fine): the name is typed in prompts"
+    if clean != name:
+        return (f"the name would be saved as {clean!r}: use letters, digits, '.', '_' and '-' only, and no leading "
+                "dash or dot")
+    return None
 
 
 def trigger_problems(tokenizer, name: str, n_vectors: int = 1) -> list[str]:

@@ -86,23 +86,11 @@ def load_pipeline(model_dir):
     return pipe
 
 
-def init_vectors_for(pipe, init_text: str, n_vectors: int):
-    """A1111 init semantics: vector i is the embedding of init token i*n_tokens//n_vectors."""
-    import torch
-
-    ids = pipe.tokenizer(init_text, add_special_tokens=False).input_ids
-    table = pipe.text_encoder.get_input_embeddings().weight.detach()
-    if not ids:
-        return torch.zeros(n_vectors, table.shape[1])
-    return torch.stack([table[ids[i * len(ids) // n_vectors]] for i in range(n_vectors)]).clone()
-
-
 def load_vectors(path):
-    """The single tensor of an embedding `.safetensors` file."""
-    from safetensors.torch import load_file
+    """The [n, dim] vectors of an embedding file (any layout `core.embeddings.formats` reads)."""
+    from core.embeddings.formats import load_embedding
 
-    tensors = load_file(str(path))
-    return next(iter(tensors.values())).float()
+    return load_embedding(path).vectors.float()
 
 
 def bind_vectors(pipe, token: str, vectors) -> str:
@@ -171,11 +159,12 @@ def before_after(model_dir, data_dir, embedding_path, out_png, *, n: int = 8, in
     from PIL import Image
 
     from core.atomic import atomic_write_with
+    from core.embeddings.vectors import init_vectors
 
     pipe = load_pipeline(model_dir)
     learned = load_vectors(embedding_path)
     n_vectors = n_vectors or learned.shape[0]
-    init = init_vectors_for(pipe, init_text or shapes.CONCEPT_INIT_TEXT, n_vectors)
+    init = init_vectors(pipe.tokenizer, pipe.text_encoder, init_text or shapes.CONCEPT_INIT_TEXT, n_vectors)
     seeds = list(range(1000, 1000 + n))
     prompts = ["<demo>"] * n
     before = generate(pipe, prompts, seeds, vectors=init)

@@ -8,9 +8,11 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Label, Static
 
+from core.embeddings.vectors import MAX_NAME_LENGTH, name_problem, trigger_problems
 from tui import runs_info
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
+from tui.widgets.inputs import OrderedInput
 
 
 def vector_plan(pieces: list[str], n_vectors: int) -> list[str]:
@@ -26,13 +28,13 @@ class EmbeddingScreen(WizardScreen):
     def compose_body(self) -> ComposeResult:
         with Vertical(classes="body narrow"):
             yield Label("Name: the word you will type in prompts, and the file name", classes="field-label")
-            yield Input(self.state.name, placeholder="my-style", id="emb-name", max_length=64)
+            yield OrderedInput(self.state.name, placeholder="my-style", id="emb-name", max_length=MAX_NAME_LENGTH)
             yield Label("Init text: what the vectors start from ('*' like A1111; empty = zeros)",
                         classes="field-label")
-            yield Input(self.state.init_text, id="emb-init")
+            yield OrderedInput(self.state.init_text, id="emb-init")
             yield Label("Vectors per token (1-75): more learn more detail but use more of the 75-token prompt",
                         classes="field-label")
-            yield Input(str(self.state.vectors), type="integer", id="emb-vectors", max_length=2)
+            yield OrderedInput(str(self.state.vectors), type="integer", id="emb-vectors", max_length=2)
             yield Static("", id="emb-plan")
 
     def on_mount(self) -> None:
@@ -68,16 +70,20 @@ class EmbeddingScreen(WizardScreen):
         shown = ", ".join(f"{i + 1}←{p}" for i, p in enumerate(plan[:12])) + (" …" if n > 12 else "")
         lines.append(f"{n} vector{'s' if n != 1 else ''}: {shown}")
         lines.append(f"In prompts, “{self.state.name}” uses {n} of the 75 tokens.")
+        lines += [f"[yellow]warning: {w}[/]" for w in self.name_warnings()]
         widget.update("\n".join(lines))
 
+    def name_warnings(self) -> list[str]:
+        """The trigger-word warnings the trainer would log (a real CLIP word, taken `name_N` tokens), shown at once."""
+        try:
+            return trigger_problems(None, self.state.name, self.state.vectors)
+        except Exception:  # the bundled tokenizer is missing: the trainer still checks with the model's own
+            return []
+
     def _problem(self) -> str | None:
-        name = self.state.name
-        if not name:
-            return "Give the embedding a name."
-        if any(c in name for c in "/\\:*?\"<>|") or name in (".", ".."):
-            return "The name must be usable as a file name: no / \\ : * ? \" < > |."
-        if " " in name:
-            return "Use a single word (dashes and underscores are fine): it is typed in prompts."
+        problem = name_problem(self.state.name)
+        if problem:
+            return f"Name: {problem}."
         if not 1 <= self.state.vectors <= 75:
             return "Vectors per token must be between 1 and 75."
         return None
