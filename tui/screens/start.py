@@ -88,12 +88,15 @@ class StartScreen(WizardScreen):
         self.app.goto(saved.stage if saved.stage != "start" else "model")
 
     def action_demo(self) -> None:
-        self.show_message("Preparing the demo: the tiny model and sample images…", "info")
+        self.show_message("Preparing the demo: the tiny model and sample images… (Esc cancels)", "info")
         self.prepare_demo()
+
+    def demo_running(self) -> bool:
+        return any(w.node is self and w.group == "demo" and not w.is_finished for w in self.workers)
 
     @work(exclusive=True, group="demo", exit_on_error=False)
     async def prepare_demo(self) -> None:
-        from tui.demo import prepare_demo_state
+        from tui.demo_state import prepare_demo_state
 
         state = await prepare_demo_state()
         self.app.state = state
@@ -131,7 +134,9 @@ class StartScreen(WizardScreen):
         self.action_attach()
 
     def action_back(self) -> None:
-        pass
+        if self.demo_running():  # Esc cancels the demo; cancelling the worker kills its helper process
+            self.workers.cancel_group(self, "demo")
+            self.show_message("Demo cancelled.", "info")
 
     def action_next(self) -> None:
         self.action_new()

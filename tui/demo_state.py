@@ -1,14 +1,14 @@
-"""Demo mode: `core.world.demo_job.prepare_demo` (the shipped tiny model and images of a concept) run in a helper subprocess,
-turned into a wizard state whose every stage is already filled in."""
+"""The demo's wizard state: `core.world.demo_job.prepare_demo` (the shipped tiny model and images of a concept) run
+in a helper subprocess (killed if the wizard cancels it), turned into a wizard state whose every stage is filled in."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 from core.errors import TiwizError
+from tui.jobs import run_process
 from tui.state import WizardState, tiwiz_home
 
 _HELPER = (
@@ -40,14 +40,10 @@ def state_from_demo(result: dict) -> WizardState:
 
 async def prepare_demo_state(workdir: str | Path | None = None) -> WizardState:
     workdir = Path(workdir) if workdir else tiwiz_home() / "demo"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _HELPER, str(workdir), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
+    rc, out, err = await run_process([sys.executable, "-c", _HELPER, str(workdir)])  # cancelling kills it
+    if rc != 0:
         lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
-        msg = lines[-1] if lines else f"exit {proc.returncode}"
+        msg = lines[-1] if lines else f"exit {rc}"
         raise TiwizError(f"Could not prepare the demo: {msg.replace('tiwiz: error: ', '')}")
     try:
         result = json.loads(out.decode("utf-8").strip().splitlines()[-1])
