@@ -137,6 +137,9 @@ class LocalBackend:
     def poll(self, job: Job) -> dict | None:
         return launcher.outcome(job.run_dir)
 
+    def cancel(self, job: Job) -> bool:
+        return False  # a local job is started at once: stop it through its run folder
+
     def done(self, job: Job) -> None:
         pass
 
@@ -199,7 +202,11 @@ class Scheduler:
                 self.write_status(state="stopping")
             running = self._poll_running()
             if self.stopping:
-                for job in running:
+                for job in list(running):
+                    if job.name not in self.stop_sent and self.backend.cancel(job):  # submitted, not started
+                        job.save(state="queued", reason="withdrawn by `tiwiz queue stop` before it started")
+                        running.remove(job)
+                        continue
                     if job.name not in self.stop_sent and job.run_dir:
                         try:
                             runs.send_command(job.run_dir, "stop")
