@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -54,8 +55,9 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
     try:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
+    _check_nesting(path, raw)
             raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TiwizError(f"{path}: not a valid safetensors file (the header is not readable JSON: {exc})") from exc
     metadata = header.pop("__metadata__", None) or {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -80,6 +82,25 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
 def sniff_torch_pickle_keys(path: str | os.PathLike, limit: int = 16 * 1024 * 1024) -> str | None:
     """Return the raw bytes of a torch zip checkpoint's `data.pkl` as latin-1 text (key names appear verbatim), or
     None when the file is not a readable torch zip (old-style pickles, corrupt files)."""
+MAX_HEADER_DEPTH = 16  # a real header nests 3 deep ({name: {"shape": [...]}}); json.loads recurses per level
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _check_nesting(path: Path, raw: bytes) -> None:
+    """Refuse a header nested deeper than MAX_HEADER_DEPTH before json.loads (a RecursionError otherwise)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    depth = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            if depth > MAX_HEADER_DEPTH:
+                raise TiwizError(f"{path}: not a valid safetensors file (its JSON header is nested too deeply, "
+                                 f"over {MAX_HEADER_DEPTH} levels; the file is damaged or hostile)")
+        else:
+            depth -= 1
+
+
     try:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
