@@ -118,3 +118,19 @@ def test_one_initial_vector_routine():
 
     assert not hasattr(demo_job, "init_vectors_for")
     assert "init_vectors(pipe.tokenizer, pipe.text_encoder" in inspect.getsource(demo_job.before_after)
+
+
+@pytest.mark.parametrize("module, name", [
+    ("core.models.device", "prepare_for_device"),
+    ("core.embeddings.vectors", "vector_norms"),
+    ("core.embeddings.formats", "looks_like_embedding"),
+    ("core.prep.phash", "hamming"),
+    ("core.prep.blip", "clear_cache"),
+    ("core.world.shapes", "nearest_color"),
+    ("core.world.demo_job", "default_workdir"),
+    ("core.cli.demo", "_has_runapi"),
+])
+def test_dead_code_is_gone(module, name):
+    import importlib
+
+    assert not hasattr(importlib.import_module(module), name)

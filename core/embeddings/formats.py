@@ -240,11 +240,3 @@ def _unsupported_global(exc: BaseException) -> str:
         return f"it asks for {found.group(1)}"
     found = re.search(r"Unsupported operand \S+", str(exc))
     return found.group(0) if found else "unsupported pickle content"
-
-
-def looks_like_embedding(path: str | os.PathLike) -> bool:
-    """Cheap check for pickers: a small file with an embedding-like extension."""
-    p = Path(path)
-    return p.suffix.lower() in (".pt", ".bin", ".safetensors", ".png") and p.is_file() \
-        and p.stat().st_size <= MAX_EMBEDDING_BYTES
-

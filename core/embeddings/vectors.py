@@ -7,7 +7,6 @@ Torch-free at import time (torch is imported inside functions), so the TUI may u
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
@@ -186,8 +185,3 @@ def save_embedding(vectors, path_stem, *, name: str, step: int, base_model: str,
     save_a1111_pt(pt_data, pt_path, name)
     atomic_write_with(st_path, lambda tmp: save_file({name: vec}, tmp, metadata=metadata))
     return pt_path, st_path
-
-
-def vector_norms(vectors) -> list[float]:
-    """Per-vector L2 norms, for summaries."""
-    return [float(math.sqrt(float((v.float() ** 2).sum()))) for v in vectors]

@@ -123,19 +123,6 @@ def enable_sdpa(*modules) -> int:
     return count
 
 
-def prepare_for_device(model, device, pref: str = "auto") -> Precision:
-    """Move a `LoadedModel` to `device`, turn on SDPA on CUDA, and return the precision to train with."""
-    import torch
-
-    device = torch.device(device)
-    for module in (model.text_encoder, model.unet, model.vae):
-        module.to(device)
-    model.device = device
-    if device.type == "cuda":
-        enable_sdpa(model.unet, model.vae)
-    return precision_for(device, pref)
-
-
 def gpu_fields(device) -> dict:
     """GPU memory (bytes, whole device) and utilisation (%) for step events; {} off CUDA. Utilisation needs NVML
     (pynvml) and is left out without it."""

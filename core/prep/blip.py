@@ -43,12 +43,6 @@ def caption_problem(text: str) -> str | None:
     return None
 
 
-def clear_cache() -> None:
-    """Forget loaded models (frees their memory once nothing else holds them)."""
-    with _cache_lock:
-        _cache.clear()
-
-
 def _fetch_help(model: str) -> str:
     return (
         f"Download it beforehand on a machine with network access, e.g. `huggingface-cli download {model}` "

@@ -74,10 +74,6 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return _BYTE_BITS[x.view(np.uint8).reshape(*x.shape, 8)].sum(axis=-1)
 
 
-def hamming(a: int, b: int) -> int:
-    return bin(a ^ b).count("1")
-
-
 def _windows(w: int, h: int) -> list[Box]:
     out: list[Box] = []
     for s in _SCALES:

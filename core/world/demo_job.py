@@ -6,7 +6,6 @@ time; the helpers that need it import it inside.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from core.world import shapes
@@ -175,7 +174,3 @@ def before_after(model_dir, data_dir, embedding_path, out_png, *, n: int = 8, in
     atomic_write_with(out_png, lambda tmp: grid([refs[:n], before, after]).save(tmp, format="PNG"))
     return {"distance_before": d_before, "distance_after": d_after,
             "ratio": d_after / d_before if d_before > 0 else float("nan"), "grid": str(out_png)}
-
-
-def default_workdir() -> Path:
-    return Path(os.environ.get("TIWIZ_DEMO_DIR", "tiwiz-demo"))

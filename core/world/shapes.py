@@ -166,12 +166,6 @@ def all_captions() -> list[str]:
     return [caption_for(c, s, b) for c, s, b in all_specs()]
 
 
-def nearest_color(rgb) -> str:
-    """The palette colour name nearest to an RGB triple."""
-    r, g, b = (float(v) for v in rgb)
-    return min(COLORS, key=lambda k: (COLORS[k][0] - r) ** 2 + (COLORS[k][1] - g) ** 2 + (COLORS[k][2] - b) ** 2)
-
-
 def dominant_colors(img: Image.Image) -> tuple[str, str]:
     """(foreground, background) palette colours of an image: each pixel is classified to its nearest palette colour;
     the background is the commonest class on the border, the foreground the commonest other class."""
