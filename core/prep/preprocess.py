@@ -86,14 +86,56 @@ def _check_folders(src: Path, dest: Path, overwrite: bool) -> tuple[Path, Path]:
 
 def list_sources(src: Path) -> list[Path]:
     """Files in `src` to try, sorted by name. Hidden files, folders and caption/sidecar files are left out quietly."""
-    out = []
+    return scan_sources(src)[0]
+
+
+def scan_sources(src: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(files to try, [(name, reason)] for odd entries): symlink loops, broken symlinks, FIFOs, sockets and devices
+    get a reason instead of crashing the scan or vanishing. Hidden files, folders and sidecars stay quiet."""
+    out, odd = [], []
     for entry in os.scandir(src):
-        if entry.name.startswith(".") or not entry.is_file():
+        if entry.name.startswith(".") or Path(entry.name).suffix.lower() in SIDECAR_EXTENSIONS:
             continue
-        if Path(entry.name).suffix.lower() in SIDECAR_EXTENSIONS:
-            continue
-        out.append(Path(entry.path))
-    return sorted(out, key=lambda p: p.name)
+        reason = _odd_entry_reason(entry)
+        if reason is None:
+            out.append(Path(entry.path))
+        elif reason:
+            odd.append((entry.name, reason))
+    return sorted(out, key=lambda p: p.name), sorted(odd)
+
+
+def _odd_entry_reason(entry) -> str | None:
+    """None for a regular file, "" for a folder (skipped quietly), else why the entry cannot be used."""
+    import errno
+    import stat
+
+    try:
+        if entry.is_file():
+            return None
+        if entry.is_dir():
+            return ""
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop (the link points back to itself); skipped"
+        return f"cannot read it ({exc.strerror or exc}); skipped"
+    if entry.is_symlink():
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            target = "?"
+        return f"a broken symlink: its target {display_name(target)} does not exist; skipped"
+    try:
+        mode = entry.stat(follow_symlinks=True).st_mode
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc}); skipped"
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"{kind}, not an image file; skipped"
+
+
+def display_name(name: str) -> str:
+    """A file name as text that survives JSON and UTF-8 output: bytes that are not UTF-8 become `\\xe9`."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 class _Namer:
@@ -110,6 +152,7 @@ class _Namer:
 
     def claim(self, source: Path, suffixes: list[str]) -> str:
         base = source.stem or source.name
+        base = os.fsencode(base).decode("utf-8", "replace").replace("\ufffd", "_")  # outputs get UTF-8 names
         if base.casefold() in self.shared:
             ext = source.suffix.lstrip(".").lower()
             base = f"{base}-{ext}" if ext else base
@@ -197,17 +240,20 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
 
         sink = ListSink()
     src, dest = _check_folders(Path(src), Path(dest), options.overwrite)
-    sources = list_sources(src)
+    sources, odd_entries = scan_sources(src)
     workers = max(1, min(workers or default_workers(), max(1, len(sources))))
 
     captioner = None
     if options.blip:
         captioner = _load_captioner(options)  # fail fast, before any file is written
 
-    report = Report(str(src), str(dest), options.to_dict())
+    report = Report(display_name(str(src)), display_name(str(dest)), options.to_dict())
     dest.mkdir(parents=True, exist_ok=True)
     namer = _Namer(sources)
     sink.emit("started", total=len(sources), workers=workers, src=str(src), dest=str(dest))
+    for name, reason in odd_entries:
+        report.sources.append({"file": display_name(name), "status": "skipped", "outputs": [], "reason": reason})
+        sink.emit("skipped", file=display_name(name), reason=reason)
     if not sources:
         report.warnings.append(f"No files found in {src}.")
         sink.emit("warning", message=report.warnings[-1])
@@ -220,7 +266,8 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
         nonlocal done, worker_cpu
         worker_cpu += res.timings.get("cpu", 0.0)
         path = Path(res.path)
-        record = {"file": path.name, "status": "skipped" if res.reason else "written", "outputs": []}
+        shown = display_name(path.name)
+        record = {"file": shown, "status": "skipped" if res.reason else "written", "outputs": []}
         if res.size:
             record["size"] = list(res.size)
             record["format"] = res.format
@@ -228,15 +275,15 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
             record["notes"] = res.notes
         if res.reason:
             record["reason"] = res.reason
-            sink.emit("skipped", file=path.name, reason=res.reason)
+            sink.emit("skipped", file=shown, reason=res.reason)
         else:
             existing = None
             if options.caption_action != "ignore":
                 try:
                     existing = read_caption(path)
                 except TiwizError as exc:  # an unreadable caption file must not stop the run
-                    record["warnings"] = [str(exc)]
-                    sink.emit("warning", message=str(exc), file=path.name)
+                    record["warnings"] = [display_name(str(exc))]
+                    sink.emit("warning", message=display_name(str(exc)), file=shown)
             base = namer.claim(path, [o.suffix for o in res.outputs])
             for out in res.outputs:
                 name = f"{base}{out.suffix}.png"
@@ -250,11 +297,11 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
                 record["faces"] = res.faces
             if res.upscale > 1.0:
                 w, h = res.size
-                msg = (f"{path.name} is {w}×{h}, smaller than {options.width}×{options.height}: upscaled "
+                msg = (f"{shown} is {w}×{h}, smaller than {options.width}×{options.height}: upscaled "
                        f"{res.upscale:.1f}×, expect a blurry training image")
                 record["upscaled"] = round(res.upscale, 2)
                 record.setdefault("warnings", []).append(msg)
-                sink.emit("warning", message=msg, file=path.name)
+                sink.emit("warning", message=msg, file=shown)
             if captioner is not None and not (options.caption_action == "copy" and existing):
                 pending_captions.append((record, existing))
             else:
@@ -262,7 +309,7 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
                                 writer.submit)
         report.sources.append(record)
         done += 1
-        sink.emit("progress", done=done, total=len(sources), file=path.name, phase="images")
+        sink.emit("progress", done=done, total=len(sources), file=shown, phase="images")
 
     tasks = [SourceTask(i, str(p), options, detect_faces=options.flip) for i, p in enumerate(sources)]
     writer = _Writer()
