@@ -22,8 +22,10 @@ COMMAND_MODULES = [
     "core.cli.queue",      # queue (add, remove, retry, run, stop)
     "core.cli.preprocess", # preprocess
     "core.cli.doctor",     # doctor
+    "core.cli.inspect",    # inspect
     "core.cli.models",     # demo-model, models
     "core.cli.demo",       # demo
+    "core.cli.install",    # install
 ]
 
 
