@@ -53,6 +53,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    """The tiny random-weight SDXL-shaped diffusers folder (`tiwiz demo-model --family sdxl` output). Read-only."""
+    from core.models.builtin import write_tiny_sdxl_model
+    from core.models.loader import quiet_libraries
+
+    quiet_libraries()
+    return write_tiny_sdxl_model(tmp_path_factory.mktemp("tiny-sdxl") / "sdxl", seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_blip_dir(tmp_path_factory) -> Path:
     """A tiny random-weight BLIP captioner + processor saved with `save_pretrained` (load it like a real one).
     Read-only."""

@@ -71,7 +71,7 @@ def test_finds_planted_models_in_a_subprocess_without_torch(tmp_path):
     assert (v15["source"], v15["family"], v15["kind"], v15["usable"]) == ("a1111", "sd1", "safetensors", True)
     assert get(p["a1111"] / "styles" / "v21.safetensors")["family"] == "sd2"
     xl = get(p["a1111"] / "xl.safetensors")
-    assert xl["family"] == "sdxl" and "not supported" in xl["problem"] and not xl["usable"]
+    assert xl["family"] == "sdxl" and "incomplete SDXL" in xl["problem"] and not xl["usable"]
     broken = get(p["a1111"] / "broken.safetensors")
     assert not broken["usable"] and "safetensors" in broken["problem"]
     comfy = get(p["comfy"] / "comfy.ckpt")

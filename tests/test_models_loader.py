@@ -216,7 +216,7 @@ def test_unknown_and_unsupported_files(sd1_file, tmp_path):
     xl = tmp_path / "sdxl.safetensors"
     save_file({"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(4, 4),
                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, xl)
-    assert "SDXL is not supported yet" in _err(xl)
+    assert "incomplete SDXL checkpoint" in _err(xl)
     sd = load_file(sd1_file)
     del sd["model.diffusion_model.out.2.weight"]
     broken = tmp_path / "incomplete.safetensors"
@@ -243,4 +243,8 @@ def test_broken_folders(tiny_model_dir, tmp_path):
     xl.mkdir()
     (xl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline",
                                                      "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}))
-    assert "SDXL is not supported yet" in _err(xl)
+    assert "no unet/ folder" in _err(xl)
+    (xl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLImg2ImgPipeline",
+                                                     "text_encoder": [None, None],
+                                                     "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}))
+    assert "SDXL refiner" in _err(xl)

@@ -12,12 +12,16 @@ def register(sub) -> None:
     p = sub.add_parser(
         "demo-model", help="write the tiny demo model (an ordinary diffusers folder)",
         description="Write the tiny SD1-shaped demo model with the real CLIP tokenizer as a diffusers folder. "
-                    "--random writes random weights drawn from --seed (same seed, same bytes).",
+                    "--random writes random weights drawn from --seed (same seed, same bytes). --family sdxl writes "
+                    "a tiny random-weight SDXL-shaped model (both text encoders and tokenizers, a text-time UNet).",
     )
     p.add_argument("dir", help="output folder (must not exist or be empty, unless --force)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights (default 0)")
     p.add_argument("--random", action="store_true", help="random weights instead of the shipped demo weights")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing model files")
+    p.add_argument("--family", choices=("sd1", "sdxl"), default="sd1",
+                   help="sd1: the demo model (default); sdxl: a tiny random-weight SDXL-shaped model for trying "
+                        "SDXL runs and for tests")
     p.set_defaults(func=cmd_demo_model)
 
     p = sub.add_parser(
@@ -29,12 +33,12 @@ def register(sub) -> None:
     p.add_argument("roots", nargs="*", help="extra folders or files to look in")
     p.add_argument("--only", action="store_true", help="look only in ROOTS, not in the usual places")
     p.add_argument("--json", action="store_true", help="print one JSON object per line")
-    p.add_argument("--all", action="store_true", help="also list files that cannot be used (SDXL, LoRAs, broken)")
+    p.add_argument("--all", action="store_true", help="also list files that cannot be used (LoRAs, refiners, broken)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser(
         "to-single-file", help="convert a diffusers folder to one A1111-style .safetensors/.ckpt",
-        description="Write a diffusers SD1/SD2 folder as one checkpoint in the original key layout, loadable by "
+        description="Write a diffusers SD1/SD2/SDXL folder as one checkpoint in the original key layout, loadable by "
                     "A1111, ComfyUI and tiwiz. The suffix of OUT picks the format.",
     )
     p.add_argument("model", help="diffusers model folder")
@@ -54,6 +58,10 @@ def cmd_demo_model(args) -> int:
     from core.models.loader import quiet_libraries
 
     quiet_libraries()
+    if getattr(args, "family", "sd1") == "sdxl":
+        demo.write_tiny_sdxl_model(dest, seed=args.seed)
+        print(f"wrote the tiny SDXL-shaped model (random weights, seed {args.seed}) to {dest}")
+        return 0
     if args.random:
         demo.write_random_demo_model(dest, seed=args.seed)
         kind = f"random weights, seed {args.seed}"
@@ -105,7 +113,7 @@ def cmd_to_single_file(args) -> int:
 def family_label(info) -> str:
     names = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "unknown": "?"}
     label = names.get(info.family, info.family)
-    if info.family == "sd2" and info.prediction_type == "v_prediction":
+    if info.family in ("sd2", "sdxl") and info.prediction_type == "v_prediction":
         label += " v"
     if info.problem:
         label += f" ({info.problem})"

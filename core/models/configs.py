@@ -8,7 +8,9 @@ import json
 import re
 from pathlib import Path
 
-from core.models.headers import CLIP_PREFIX, OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from core.models.headers import (
+    CLIP_PREFIX, OPENCLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
 COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")
@@ -31,7 +33,14 @@ def configs_for(family: str, shapes: dict[str, tuple[int, ...]], prediction_type
     te = infer_text_config(shapes, bundled_config(family, "text_encoder"), family)
     sched = bundled_config(family, "scheduler")
     sched["prediction_type"] = prediction_type
-    return {"unet": unet, "vae": vae, "text_encoder": te, "scheduler": sched}
+    configs = {"unet": unet, "vae": vae, "text_encoder": te, "scheduler": sched}
+    if family == "sdxl":
+        configs["text_encoder_2"] = infer_text_config(shapes, bundled_config(family, "text_encoder_2"), "sdxl-g")
+        pooled = configs["text_encoder_2"]["projection_dim"]
+        label = _need(shapes, UNET_PREFIX + "label_emb.0.0.weight")
+        unet["projection_class_embeddings_input_dim"] = int(label[1])
+        unet["addition_time_embed_dim"] = (int(label[1]) - pooled) // 6
+    return configs
 
 
 def _indices(shapes, pattern: str) -> set[int]:
@@ -66,6 +75,11 @@ def infer_unet_config(shapes, base: dict, family: str) -> dict:
     cross = next((s[1] for k, s in shapes.items() if k.startswith(p) and k.endswith("attn2.to_k.weight")), None)
     proj_in = next((s for k, s in shapes.items() if k.startswith(p) and k.endswith(".proj_in.weight")), None)
     depth = _indices(shapes, re.escape(p) + r"input_blocks\.\d+\.1\.transformer_blocks\.(\d+)\.")
+    level_depth = []  # transformer blocks per level (SDXL: 0/1, 2, 10)
+    for level in range(levels):
+        first = 1 + level * (layers + 1)
+        found = _indices(shapes, re.escape(f"{p}input_blocks.{first}.1.transformer_blocks.") + r"(\d+)\.")
+        level_depth.append(max(found) + 1 if found else 1)
     cfg = copy.deepcopy(base)
     cfg.update(
         in_channels=int(conv_in[1]), out_channels=int(conv_out[0]), layers_per_block=layers,
@@ -77,10 +91,12 @@ def infer_unet_config(shapes, base: dict, family: str) -> dict:
         cfg["cross_attention_dim"] = int(cross)
     if proj_in is not None:
         cfg["use_linear_projection"] = len(proj_in) == 2
-    if depth and max(depth) > 0:
+    if family == "sdxl":
+        cfg["transformer_layers_per_block"] = level_depth
+    elif depth and max(depth) > 0:
         cfg["transformer_layers_per_block"] = max(depth) + 1
     if channels != base["block_out_channels"]:
-        # Head counts are not visible in tensors: SD1 uses 8 heads, SD2 uses 64-wide heads.
+        # Head counts are not visible in tensors: SD1 uses 8 heads, SD2 and SDXL use 64-wide heads.
         cfg["attention_head_dim"] = 8 if family == "sd1" else [max(1, c // 64) for c in channels]
         cfg["norm_num_groups"] = _groups(channels, base.get("norm_num_groups", 32))
     return cfg
@@ -107,25 +123,30 @@ def infer_vae_config(shapes, base: dict) -> dict:
 
 
 def infer_text_config(shapes, base: dict, family: str) -> dict:
+    """`family`: "sd1", "sd2", "sdxl" (SDXL's CLIP-L) or "sdxl-g" (SDXL's OpenCLIP bigG, every layer kept)."""
     cfg = copy.deepcopy(base)
-    if family == "sd1":
-        p = CLIP_PREFIX + ("text_model." if CLIP_PREFIX + "text_model.embeddings.token_embedding.weight" in shapes else "")
+    if family in ("sd1", "sdxl"):
+        q = CLIP_PREFIX if family == "sd1" else SDXL_CLIP_PREFIX
+        p = q + ("text_model." if q + "text_model.embeddings.token_embedding.weight" in shapes else "")
         vocab, hidden = _need(shapes, p + "embeddings.token_embedding.weight")
         positions = _need(shapes, p + "embeddings.position_embedding.weight")[0]
         layers = len(_indices(shapes, re.escape(p) + r"encoder\.layers\.(\d+)\."))
         inter = _need(shapes, p + "encoder.layers.0.mlp.fc1.weight")[0]
     else:
-        p = OPENCLIP_PREFIX
+        p = OPENCLIP_PREFIX if family == "sd2" else SDXL_OPENCLIP_PREFIX
         vocab, hidden = _need(shapes, p + "token_embedding.weight")
         positions = _need(shapes, p + "positional_embedding")[0]
-        # SD2 conditions on the penultimate layer: the last resblock is never used (diffusers drops it too).
-        layers = len(_indices(shapes, re.escape(p) + r"transformer\.resblocks\.(\d+)\.")) - 1
+        # SD2 conditions on the penultimate layer: the last resblock is never used (diffusers drops it too). SDXL
+        # also takes the penultimate hidden states, but its pooled output needs the last layer: all are kept.
+        layers = len(_indices(shapes, re.escape(p) + r"transformer\.resblocks\.(\d+)\.")) - (family == "sd2")
         inter = _need(shapes, p + "transformer.resblocks.0.mlp.c_fc.weight")[0]
     if layers < 1:
         raise KeyError(p + "layers")
     if hidden != base["hidden_size"]:
-        cfg["num_attention_heads"] = max(1, int(hidden) // 64)  # CLIP-L and OpenCLIP-H both use 64-wide heads
+        cfg["num_attention_heads"] = max(1, int(hidden) // 64)  # CLIP-L and OpenCLIP-H/bigG all use 64-wide heads
         cfg["projection_dim"] = int(hidden)
+    if family == "sdxl-g":
+        cfg["projection_dim"] = int(_need(shapes, p + "text_projection")[1])
     cfg.update(vocab_size=int(vocab), hidden_size=int(hidden), max_position_embeddings=int(positions),
                num_hidden_layers=layers, intermediate_size=int(inter))
     return cfg

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from core.models.headers import CLIP_PREFIX, OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+from core.models.headers import (
+    CLIP_PREFIX, OPENCLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX,
+)
 
 # ---------------------------------------------------------------- original -> diffusers
 
@@ -25,11 +27,18 @@ def vae_from_original(sd: dict, config: dict) -> dict:
     return convert_ldm_vae_checkpoint(sd, config)
 
 
-def text_from_original(sd: dict, family: str, text_model) -> dict:
+def text_from_original(sd: dict, family: str, text_model, second: bool = False) -> dict:
+    """Original text-encoder tensors as `text_model`'s state dict. SDXL: `second=False` is CLIP-L
+    (`conditioner.embedders.0.transformer.*`), `second=True` the OpenCLIP bigG (`conditioner.embedders.1.model.*`,
+    fused in_proj, `text_projection` transposed into a Linear)."""
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
     if family == "sd1":
         out = convert_ldm_clip_checkpoint(sd)
+    elif family == "sdxl" and not second:
+        out = convert_ldm_clip_checkpoint({k: v for k, v in sd.items() if k.startswith(SDXL_CLIP_PREFIX)})
+    elif family == "sdxl":
+        out = convert_open_clip_checkpoint(text_model, sd, prefix=SDXL_OPENCLIP_PREFIX)
     else:
         out = convert_open_clip_checkpoint(text_model, sd, prefix=OPENCLIP_PREFIX)
     # transformers >= 5.6 flattened CLIPTextModel: its keys have no `text_model.` prefix.
@@ -42,6 +51,7 @@ def text_from_original(sd: dict, family: str, text_model) -> dict:
 _UNET_TOP = {
     "time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
     "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2.",  # SDXL text-time
 }
 _UNET_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
                 ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
@@ -127,11 +137,14 @@ def vae_to_original(sd: dict, config: dict) -> dict:
     return out
 
 
-def text_to_original(sd: dict, family: str) -> dict:
+def text_to_original(sd: dict, family: str, second: bool = False) -> dict:
+    """A text encoder's state dict in the original layout: SD1 CLIP-L, SD2 OpenCLIP-H, or SDXL's CLIP-L
+    (`second=False`) / OpenCLIP bigG with its text projection (`second=True`)."""
     sd = {k.removeprefix("text_model."): v for k, v in sd.items() if not k.endswith("position_ids")}
-    if family == "sd1":
-        return {CLIP_PREFIX + "text_model." + k: v for k, v in sd.items()}
-    p = OPENCLIP_PREFIX
+    if family == "sd1" or (family == "sdxl" and not second):
+        return {(CLIP_PREFIX if family == "sd1" else SDXL_CLIP_PREFIX) + "text_model." + k: v for k, v in sd.items()}
+    p = OPENCLIP_PREFIX if family == "sd2" else SDXL_OPENCLIP_PREFIX
+    projection = sd.pop("text_projection.weight", None)
     out = {}
     layers = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers.")})
     for k, v in sd.items():
@@ -156,6 +169,9 @@ def text_to_original(sd: dict, family: str) -> dict:
         for kind in ("weight", "bias"):
             qkv = [sd[f"encoder.layers.{i}.self_attn.{x}_proj.{kind}"] for x in ("q", "k", "v")]
             out[f"{p}transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(qkv, 0)
+    if family == "sdxl":  # open_clip applies `x @ text_projection`; a Linear stores its transpose
+        out[p + "text_projection"] = projection.T.contiguous()
+        return out
     # SD2 conditions on the penultimate layer of a 24-layer encoder; diffusers keeps 23. Write the unused last layer
     # (zeros) so the file has the layout A1111 and ComfyUI expect, and an identity text projection.
     last = layers[-1]

@@ -23,7 +23,7 @@ SKIP_DIRS = {"node_modules", "__pycache__", "site-packages", "venv", "proc", "sy
 KNOWN_DIR_DEPTH = 3   # model folders are organised in a few levels of subfolders at most
 GENERIC_DEPTH = 2     # /workspace, ~, cwd: shallow
 MAX_DIRS_PER_SCAN = 4000
-SUPPORTED_FAMILIES = ("sd1", "sd2")
+SUPPORTED_FAMILIES = ("sd1", "sd2", "sdxl")
 
 
 @dataclass
@@ -81,7 +81,7 @@ def inspect_checkpoint(path: str | os.PathLike, source: str = "user") -> Checkpo
         except TiwizError as exc:
             return CheckpointInfo(path, "safetensors", "unknown", size, source, path.name, problem=_strip(exc, path))
         det = detect_family(header.shapes.keys(), header.shapes)
-        pred = _prediction_from_metadata(header.metadata)
+        pred = _prediction_from_metadata(header.metadata) or ("v_prediction" if det.extra.get("v_pred") else None)
         return CheckpointInfo(path, "safetensors", det.family, size, source, path.name, _problem(det), pred)
     if ext in TORCH_EXTS:
         text = sniff_torch_pickle_keys(path)
@@ -89,7 +89,8 @@ def inspect_checkpoint(path: str | os.PathLike, source: str = "user") -> Checkpo
             det = Detection("unknown", "")  # an old-style pickle or a damaged file: decided at load time
         else:
             det = detect_in_pickle_text(text)
-        return CheckpointInfo(path, "ckpt", det.family, size, source, path.name, _problem(det) if text else "")
+        pred = "v_prediction" if det.extra.get("v_pred") else None
+        return CheckpointInfo(path, "ckpt", det.family, size, source, path.name, _problem(det) if text else "", pred)
     raise TiwizError(f"{path}: not a checkpoint (expected .safetensors, .ckpt or a diffusers folder)")
 
 
@@ -200,7 +201,11 @@ def _inspect_diffusers(path: Path, source: str) -> CheckpointInfo:
     cls = str(index.get("_class_name", ""))
     problem = ""
     if "XL" in cls or "text_encoder_2" in index:
-        family, problem = "sdxl", "SDXL is not supported yet"
+        family = "sdxl"
+        if is_sdxl_refiner_index(index):
+            problem = "an SDXL refiner (no CLIP-L text encoder); train on an SDXL base model"
+        elif not (path / "unet").is_dir() or not (path / "text_encoder_2").is_dir():
+            problem = "no unet or text_encoder_2 folder"
     elif te is None:
         family, problem = "unknown", "no text_encoder/config.json"
     else:
@@ -208,6 +213,12 @@ def _inspect_diffusers(path: Path, source: str) -> CheckpointInfo:
         if not (path / "unet").is_dir():
             problem = "no unet folder"
     return CheckpointInfo(path, "diffusers", family, size, source, folder_display_name(path), problem, pred)
+
+
+def is_sdxl_refiner_index(index: dict) -> bool:
+    """An SDXL refiner's model_index.json: its class says so, or its `text_encoder` (CLIP-L) entry is null."""
+    te = index.get("text_encoder", ["x"])
+    return "Refiner" in str(index.get("_class_name", "")) or te is None or (isinstance(te, list) and te[:1] == [None])
 
 
 def folder_display_name(path: Path) -> str:
@@ -238,11 +249,9 @@ def _prediction_from_metadata(metadata: dict) -> str | None:
 
 
 def _problem(det: Detection) -> str:
-    if det.family == "sdxl":
-        return "SDXL is not supported yet"
     if det.family == "unknown":
         return det.note or "not a recognised Stable Diffusion checkpoint"
-    return ""
+    return det.note  # a note on a known family (an SDXL refiner, an incomplete file) says why it cannot be used
 
 
 def _strip(exc: TiwizError, path: Path) -> str:

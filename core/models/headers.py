@@ -24,6 +24,9 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 OPENCLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."  # SDXL's CLIP-L (transformers layout)
+SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."  # SDXL's OpenCLIP bigG (open_clip layout, fused in_proj)
+V_PRED_KEY, ZTSNR_KEY = "v_pred", "ztsnr"  # marker tensors ComfyUI/Forge honour in v-prediction SDXL derivatives
 
 
 @dataclass
@@ -52,10 +55,10 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
             raw = fh.read(n)
     except OSError as exc:
         raise TiwizError(f"{path}: cannot read the file ({exc.strerror or exc})") from exc
+    _check_nesting(path, raw)
     try:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
-    _check_nesting(path, raw)
             raise ValueError("header is not a JSON object")
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise TiwizError(f"{path}: not a valid safetensors file (the header is not readable JSON: {exc})") from exc
@@ -79,9 +82,6 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
     return SafetensorsHeader(shapes=shapes, dtypes=dtypes, metadata=dict(metadata), data_bytes=end)
 
 
-def sniff_torch_pickle_keys(path: str | os.PathLike, limit: int = 16 * 1024 * 1024) -> str | None:
-    """Return the raw bytes of a torch zip checkpoint's `data.pkl` as latin-1 text (key names appear verbatim), or
-    None when the file is not a readable torch zip (old-style pickles, corrupt files)."""
 MAX_HEADER_DEPTH = 16  # a real header nests 3 deep ({name: {"shape": [...]}}); json.loads recurses per level
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
@@ -101,6 +101,9 @@ def _check_nesting(path: Path, raw: bytes) -> None:
             depth -= 1
 
 
+def sniff_torch_pickle_keys(path: str | os.PathLike, limit: int = 16 * 1024 * 1024) -> str | None:
+    """Return the raw bytes of a torch zip checkpoint's `data.pkl` as latin-1 text (key names appear verbatim), or
+    None when the file is not a readable torch zip (old-style pickles, corrupt files)."""
     try:
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
@@ -114,7 +117,7 @@ def _check_nesting(path: Path, raw: bytes) -> None:
 @dataclass
 class Detection:
     family: str  # "sd1" | "sd2" | "sdxl" | "unknown"
-    note: str = ""  # why it is not a usable SD1/SD2 checkpoint, when it is not
+    note: str = ""  # why it is not a usable SD1/SD2/SDXL checkpoint, when it is not
     width: int | None = None  # text-encoder width when known
     extra: dict = field(default_factory=dict)
 
@@ -125,7 +128,14 @@ def detect_family(keys, shapes: dict[str, tuple[int, ...]] | None = None) -> Det
     shapes = shapes or {}
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
     if has("conditioner.embedders."):
-        return Detection("sdxl", "SDXL checkpoint")
+        # A note on a known family is a reason it cannot be used.
+        if not has(SDXL_CLIP_PREFIX) and has("conditioner.embedders.0.model."):
+            return Detection("sdxl", "an SDXL refiner (it has no CLIP-L text encoder); train on an SDXL base model")
+        if not has(UNET_PREFIX) or not has(SDXL_OPENCLIP_PREFIX) or not has(SDXL_CLIP_PREFIX):
+            return Detection("sdxl", "an incomplete SDXL checkpoint (the UNet or a text encoder is missing)")
+        width = _dim(shapes, SDXL_OPENCLIP_PREFIX + "token_embedding.weight", 1)
+        extra = {"v_pred": V_PRED_KEY in keys, "ztsnr": ZTSNR_KEY in keys}
+        return Detection("sdxl", width=width, extra=extra)
     if any(k.startswith(("joint_blocks.", "model.diffusion_model.joint_blocks.")) for k in keys):
         return Detection("unknown", "an SD3 checkpoint (not supported)")
     if any("double_blocks." in k for k in keys[:2000]):
@@ -160,9 +170,11 @@ def detect_family(keys, shapes: dict[str, tuple[int, ...]] | None = None) -> Det
 def detect_in_pickle_text(text: str) -> Detection:
     """Cheap detection for .ckpt files from the key names visible in data.pkl (no shapes)."""
     markers = []
-    for key in ("conditioner.embedders.", UNET_PREFIX, OPENCLIP_PREFIX, CLIP_PREFIX, "string_to_param", "lora_"):
+    for key in ("conditioner.embedders.", SDXL_CLIP_PREFIX, SDXL_OPENCLIP_PREFIX, "conditioner.embedders.0.model.",
+                UNET_PREFIX, OPENCLIP_PREFIX, CLIP_PREFIX, "string_to_param", "lora_"):
         if key in text:
             markers.append(key if key == "string_to_param" else key + "x")
+    markers += [k for k in (V_PRED_KEY, ZTSNR_KEY) if k in text]
     return detect_family(markers)
 
 

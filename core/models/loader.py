@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import TiwizError
-from core.models.builtin import TOKENIZER_DIR
-from core.models.find import family_from_text_config, folder_display_name, hf_cache_dir
+from core.models.builtin import TOKENIZER_DIR, load_bundled_tokenizer
+from core.models.find import family_from_text_config, folder_display_name, hf_cache_dir, is_sdxl_refiner_index
 from core.models.headers import (
-    SAFETENSORS_EXTS, TIWIZ_CONFIG_KEY, TORCH_EXTS, detect_family, read_safetensors_header,
+    SAFETENSORS_EXTS, TIWIZ_CONFIG_KEY, TORCH_EXTS, V_PRED_KEY, ZTSNR_KEY, detect_family, read_safetensors_header,
 )
 
 SAMPLERS = ("euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "euler")
@@ -31,7 +31,7 @@ class LoadedModel:
     unet: object
     vae: object
     noise_scheduler: object  # DDPMScheduler with the model's training-noise config
-    family: str  # "sd1" | "sd2"
+    family: str  # "sd1" | "sd2" | "sdxl"
     prediction_type: str  # "epsilon" | "v_prediction"
     path: Path
     name: str
@@ -40,6 +40,14 @@ class LoadedModel:
     # where prediction_type came from: "config" | "override" | "metadata" | "sidecar" | "key" | "heuristic" | "default"
     prediction_source: str = "config"
     _short_hash: str | None = field(default=None, repr=False)
+    # SDXL only: the OpenCLIP bigG encoder (CLIPTextModelWithProjection) and its tokenizer (pads with "!")
+    tokenizer_2: object = None
+    text_encoder_2: object = None
+
+    @property
+    def modules(self) -> tuple:
+        """Every torch module of the model (both text encoders for SDXL)."""
+        return tuple(m for m in (self.text_encoder, self.text_encoder_2, self.unet, self.vae) if m is not None)
 
     @property
     def short_hash(self) -> str:
@@ -49,9 +57,17 @@ class LoadedModel:
         return self._short_hash
 
     def make_pipeline(self, sampler: str = "euler_a"):
-        """A `StableDiffusionPipeline` sharing this model's modules (no safety checker)."""
-        from diffusers import StableDiffusionPipeline
+        """A `StableDiffusionPipeline` (SDXL: `StableDiffusionXLPipeline`) sharing this model's modules."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+        if self.family == "sdxl":
+            pipe = StableDiffusionXLPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
+                tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet,
+                scheduler=make_scheduler(sampler, self.noise_scheduler.config),
+            )
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
         pipe = StableDiffusionPipeline(
             vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
             scheduler=make_scheduler(sampler, self.noise_scheduler.config), safety_checker=None,
@@ -97,7 +113,7 @@ def folder_short_hash(path: str | os.PathLike) -> str:
         h.update(json.dumps(json.loads((path / "unet" / "config.json").read_text()), sort_keys=True).encode())
     except (OSError, ValueError):
         pass
-    for sub in ("unet", "vae", "text_encoder"):
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2"):
         for f in sorted((path / sub).glob("*")):
             if f.is_file() and not f.name.endswith(".json"):
                 h.update(f"{sub}/{f.name}:{f.stat().st_size}\n".encode())
@@ -108,7 +124,8 @@ def load_model(path, device=None, dtype=None, prediction_type: str | None = None
     """Load a diffusers folder or a single-file checkpoint, offline.
 
     `prediction_type` overrides what the model says or what is guessed ("epsilon" or "v_prediction"); single SD2 files
-    need it when the guess is wrong (see the README, "SD2 768 v-prediction single files"). Weights are fp32 unless `dtype` is given.
+    need it when the guess is wrong (see the README, "SD2 768 v-prediction single files"), and SDXL v-prediction files
+    without the `v_pred` marker key. Weights are fp32 unless `dtype` is given.
     """
     import torch
 
@@ -124,7 +141,7 @@ def load_model(path, device=None, dtype=None, prediction_type: str | None = None
         model = _load_single_file(path, prediction_type)
     else:
         raise TiwizError(f"{path}: not a model (expected a diffusers folder, .safetensors or .ckpt)")
-    for module in (model.text_encoder, model.unet, model.vae):
+    for module in model.modules:
         if next(module.parameters()).dtype != dtype:
             module.to(dtype=dtype)
         module.to(device)
@@ -170,19 +187,24 @@ def resolve_model_path(path) -> Path:
 
 def _load_folder(path: Path, prediction_type: str | None) -> LoadedModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     index = _read_json(path / "model_index.json", path) if (path / "model_index.json").exists() else {}
-    if "XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index:
-        raise TiwizError(f"{path}: SDXL is not supported yet (tiwiz trains SD1.x and SD2.x embeddings)")
-    for sub in ("unet", "vae", "text_encoder", "scheduler"):
+    xl = "XL" in str(index.get("_class_name", "")) or "text_encoder_2" in index
+    if xl and is_sdxl_refiner_index(index):
+        raise TiwizError(f"{path}: an SDXL refiner (it has no CLIP-L text encoder); train on an SDXL base model")
+    for sub in ("unet", "vae", "text_encoder", "scheduler") + (("text_encoder_2",) if xl else ()):
         if not (path / sub).is_dir():
             raise TiwizError(f"{path}: not a complete diffusers Stable Diffusion folder (no {sub}/ folder)")
     te_config = _read_json(path / "text_encoder" / "config.json", path)
-    family = family_from_text_config(te_config)
+    family = "sdxl" if xl else family_from_text_config(te_config)
     kw = {"local_files_only": True}
+    text_encoder_2 = tokenizer_2 = None
     try:
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **kw, **_variant(path / "text_encoder"))
+        if xl:
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+                path / "text_encoder_2", **kw, **_variant(path / "text_encoder_2"))
         unet = UNet2DConditionModel.from_pretrained(path / "unet", **kw, **_variant(path / "unet"))
         vae = AutoencoderKL.from_pretrained(path / "vae", **kw, **_variant(path / "vae"))
         scheduler = DDPMScheduler.from_pretrained(path / "scheduler", **kw)
@@ -190,16 +212,14 @@ def _load_folder(path: Path, prediction_type: str | None) -> LoadedModel:
         raise
     except Exception as exc:  # diffusers/transformers raise many types for broken folders
         raise TiwizError(f"{path}: cannot load the diffusers model ({type(exc).__name__}: {_first_line(exc)})") from exc
-    _check_unet(unet.config, path)
-    for module in (text_encoder, unet, vae):
-        _own_storage(module)
-    if (path / "tokenizer").is_dir():
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", **kw)
-        except Exception as exc:
-            raise TiwizError(f"{path}: cannot load tokenizer/ ({_first_line(exc)})") from exc
-    else:
-        tokenizer = bundled_tokenizer(family)
+    _check_unet(unet.config, path, family)
+    for module in (text_encoder, text_encoder_2, unet, vae):
+        if module is not None:
+            _own_storage(module)
+    tokenizer = _folder_tokenizer(path, "tokenizer", family)
+    if xl:
+        tokenizer_2 = _folder_tokenizer(path, "tokenizer_2", family, second=True)
+        _fix_pooling(text_encoder, text_encoder_2)
     source = "config"
     if prediction_type:
         source = "override"
@@ -207,8 +227,31 @@ def _load_folder(path: Path, prediction_type: str | None) -> LoadedModel:
     return LoadedModel(
         tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, noise_scheduler=scheduler, family=family,
         prediction_type=scheduler.config.prediction_type, path=path, name=folder_display_name(path), device=None,
-        kind="diffusers", prediction_source=source,
+        kind="diffusers", prediction_source=source, tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2,
     )
+
+
+def _folder_tokenizer(path: Path, sub: str, family: str, second: bool = False):
+    from transformers import CLIPTokenizer
+
+    if not (path / sub).is_dir():
+        return load_bundled_tokenizer(second=True) if second else bundled_tokenizer(family)
+    try:
+        return CLIPTokenizer.from_pretrained(path / sub, local_files_only=True)
+    except Exception as exc:
+        raise TiwizError(f"{path}: cannot load {sub}/ ({_first_line(exc)})") from exc
+
+
+def _fix_pooling(*encoders) -> None:
+    """SDXL's published configs say eos_token_id=2, which makes transformers pool at the highest token id: with added
+    placeholder tokens (ids past the vocabulary) that is the placeholder, not the end token. The end token is 49407
+    in the CLIP vocabulary both encoders use; pooling there is what the original OpenCLIP model does. Plain prompts
+    give the same result either way."""
+    for encoder in encoders:
+        inner = getattr(encoder, "text_model", encoder)
+        if getattr(inner, "eos_token_id", None) == 2:
+            inner.eos_token_id = 49407
+            encoder.config.eos_token_id = 49407
 
 
 def _own_storage(module) -> None:
@@ -232,11 +275,9 @@ def _variant(sub: Path) -> dict:
 
 
 def bundled_tokenizer(family: str):
-    from transformers import CLIPTokenizer
-
-    if family == "sd2":
-        return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token="!")  # OpenCLIP pads with "!" (id 0)
-    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    """The family's (first) tokenizer: SD2's OpenCLIP pads with "!" (id 0); SD1's and SDXL's CLIP-L with the end token.
+    SDXL's second tokenizer is `load_bundled_tokenizer(second=True)`."""
+    return load_bundled_tokenizer(second=(family == "sd2"))
 
 
 # ---------------------------------------------------------------- single files
@@ -248,10 +289,8 @@ def _load_single_file(path: Path, prediction_type: str | None) -> LoadedModel:
     sd, metadata, kind = read_state_dict(path)
     shapes = {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
     det = detect_family(sd.keys(), shapes)
-    if det.family == "sdxl":
-        raise TiwizError(f"{path}: SDXL is not supported yet (tiwiz trains SD1.x and SD2.x embeddings)")
-    if det.family not in ("sd1", "sd2"):
-        raise TiwizError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint: {det.note}")
+    if det.family not in ("sd1", "sd2", "sdxl") or det.note:
+        raise TiwizError(f"{path}: not a usable Stable Diffusion 1.x/2.x/XL checkpoint: {det.note}")
     family = det.family
     stored = _stored_configs(metadata, path)
     if stored:
@@ -266,14 +305,26 @@ def _load_single_file(path: Path, prediction_type: str | None) -> LoadedModel:
             configs = _configs_from_tensors(path, family, shapes, pred)
     elif prediction_type:
         source = "override"
-    _check_unet(configs["unet"], path)
-    text_encoder, unet, vae = _build_modules(path, sd, family, configs)
+    elif V_PRED_KEY in sd:
+        configs["scheduler"]["prediction_type"], source = "v_prediction", "key"
+    if ZTSNR_KEY in sd:  # zero terminal SNR (ComfyUI's marker): rescale the betas so the last step is pure noise
+        configs["scheduler"].update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    _check_unet(configs["unet"], path, family)
+    parts = ("text", "text_2", "unet", "vae") if family == "sdxl" else ("text", "unet", "vae")
+    built = _build_modules(path, sd, family, configs, only=parts)
     del sd
+    text_encoder_2 = tokenizer_2 = None
+    if family == "sdxl":
+        text_encoder, text_encoder_2, unet, vae = built
+        tokenizer_2 = load_bundled_tokenizer(second=True)
+        _fix_pooling(text_encoder, text_encoder_2)
+    else:
+        text_encoder, unet, vae = built
     scheduler = DDPMScheduler.from_config(configs["scheduler"])
     return LoadedModel(
         tokenizer=bundled_tokenizer(family), text_encoder=text_encoder, unet=unet, vae=vae, noise_scheduler=scheduler,
         family=family, prediction_type=scheduler.config.prediction_type, path=path, name=path.name, device=None,
-        kind=kind, prediction_source=source,
+        kind=kind, prediction_source=source, tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2,
     )
 
 
@@ -305,14 +356,18 @@ def read_state_dict(path: Path) -> tuple[dict, dict, str]:
     if not isinstance(obj, dict):
         raise TiwizError(f"{path}: not a checkpoint (it holds a {type(obj).__name__}, not a dict of tensors)")
     if {"string_to_param", "emb_params", "emp_params"} & set(obj):
-        raise TiwizError(f"{path}: not a Stable Diffusion 1.x/2.x checkpoint: a textual-inversion embedding, not a model")
+        raise TiwizError(f"{path}: not a Stable Diffusion checkpoint: a textual-inversion embedding, not a model")
     metadata = {}
     if isinstance(obj.get(TIWIZ_CONFIG_KEY), str):
         metadata[TIWIZ_CONFIG_KEY] = obj[TIWIZ_CONFIG_KEY]
     sd = obj.get("state_dict", obj)
     if not isinstance(sd, dict):
         raise TiwizError(f"{path}: not a checkpoint (its state_dict is a {type(sd).__name__})")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, metadata, "ckpt"
+    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    for marker in (V_PRED_KEY, ZTSNR_KEY):  # markers may sit beside state_dict rather than in it
+        if isinstance(obj.get(marker), torch.Tensor) and marker not in tensors:
+            tensors[marker] = obj[marker]
+    return tensors, metadata, "ckpt"
 
 
 def _stored_configs(metadata: dict, path: Path) -> dict | None:
@@ -321,7 +376,9 @@ def _stored_configs(metadata: dict, path: Path) -> dict | None:
         return None
     try:
         configs = json.loads(raw)
-        if all(isinstance(configs.get(c), dict) for c in ("unet", "vae", "text_encoder", "scheduler")):
+        needed = ("unet", "vae", "text_encoder", "scheduler") + (("text_encoder_2",) if configs.get("family") == "sdxl"
+                                                                  else ())
+        if all(isinstance(configs.get(c), dict) for c in needed):
             return configs
     except ValueError:
         pass
@@ -337,36 +394,41 @@ def _configs_from_tensors(path, family, shapes, prediction_type) -> dict:
         raise TiwizError(f"{path}: incomplete {family.upper()} checkpoint: tensor {exc.args[0]} is missing") from exc
 
 
-def _check_unet(config, path) -> None:
+def _check_unet(config, path, family: str = "sd1") -> None:
     if config.get("in_channels", 4) != 4:
         raise TiwizError(
             f"{path}: this UNet takes {config['in_channels']} input channels (an inpainting or instruct model); "
             "textual inversion needs a standard 4-channel model"
         )
-    if config.get("addition_embed_type") == "text_time":
-        raise TiwizError(f"{path}: SDXL is not supported yet (tiwiz trains SD1.x and SD2.x embeddings)")
+    if (config.get("addition_embed_type") == "text_time") != (family == "sdxl"):
+        raise TiwizError(f"{path}: the UNet does not match the {family.upper()} text encoders "
+                         f"(addition_embed_type {config.get('addition_embed_type')!r}); the model is damaged or mixed")
 
 
 def _build_modules(path: Path, sd: dict, family: str, configs: dict, only: tuple = ("text", "unet", "vae")):
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from core.models.convert import text_from_original, unet_from_original, vae_from_original
 
-    te_cfg = {k: v for k, v in configs["text_encoder"].items() if k not in ("architectures", "model_type")}
+    def text_config(name):
+        return CLIPTextConfig(**{k: v for k, v in configs[name].items() if k not in ("architectures", "model_type")})
+
     built = []
     for part in only:
         with torch.device("meta"):  # no random init of weights that are about to be replaced
             if part == "text":
-                label, module = "text encoder", CLIPTextModel(CLIPTextConfig(**te_cfg))
+                label, module = "text encoder", CLIPTextModel(text_config("text_encoder"))
+            elif part == "text_2":
+                label, module = "second text encoder", CLIPTextModelWithProjection(text_config("text_encoder_2"))
             elif part == "unet":
                 label, module = "UNet", UNet2DConditionModel.from_config(configs["unet"])
             else:
                 label, module = "VAE", AutoencoderKL.from_config(configs["vae"])
         try:
-            if part == "text":
-                weights = text_from_original(sd, family, module)
+            if part in ("text", "text_2"):
+                weights = text_from_original(sd, family, module, second=(part == "text_2"))
             elif part == "unet":
                 weights = unet_from_original(sd, configs["unet"])
             else:
@@ -375,7 +437,7 @@ def _build_modules(path: Path, sd: dict, family: str, configs: dict, only: tuple
             raise TiwizError(f"{path}: cannot convert the {label} tensors ({type(exc).__name__}: {exc}); "
                              "the file is damaged or not a standard SD checkpoint") from exc
         _assign(path, label, family, module, weights)
-        if part == "text":
+        if part in ("text", "text_2"):
             emb = getattr(module, "text_model", module).embeddings
             emb.position_ids = torch.arange(emb.position_embedding.weight.shape[0]).expand((1, -1))
         built.append(module)
@@ -404,11 +466,11 @@ def _guess_prediction_type(path, sd: dict, family: str, configs: dict, override:
     sidecar = sidecar_prediction_type(path)
     if sidecar:
         return sidecar, "sidecar"
-    if "v_pred" in sd:  # ComfyUI's marker key for v-prediction checkpoints
+    if V_PRED_KEY in sd:  # ComfyUI's marker key for v-prediction checkpoints (NoobAI-XL v-pred and others)
         return "v_prediction", "key"
     if family != "sd2":
         return "epsilon", "default"
-    _check_unet(configs["unet"], path)
+    _check_unet(configs["unet"], path, family)
     unet = _build_modules(path, sd, family, configs, only=("unet",))
     return ("v_prediction" if looks_like_v_prediction(unet) else "epsilon"), "heuristic"
 
