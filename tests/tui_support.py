@@ -123,3 +123,17 @@ async def wait_idle(pilot, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.05)
     await pilot.pause(0.1)
     await pilot.pause()
+
+
+async def burst(pilot, *keys: str) -> None:
+    """Send keys the way a paste or a fast typist delivers them: all queued at once, before the app handles any.
+    (`pilot.press` waits for the app to go idle after every key, which hides ordering races.) Then wait until idle."""
+    from textual import events
+
+    app = pilot.app
+    for key in keys:
+        name = {" ": "space", ",": "comma", ".": "full_stop", "-": "minus", "/": "slash"}.get(key, key)
+        event = events.Key(name, key if len(key) == 1 else None)
+        event.set_sender(app)
+        app._driver.send_message(event)
+    await wait_idle(pilot)

@@ -18,6 +18,7 @@ from tui.jobs import run_json
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import PromptModal
 from tui.widgets.image_preview import ImagePreview
+from tui.widgets.inputs import OrderedInput
 
 
 def _finding_fields(f) -> tuple[list[str], str, str]:
@@ -41,6 +42,17 @@ def item_label(item) -> str:
     return f"{mark} {name:<22} {item.tokens:>3}t"
 
 
+class CaptionInput(OrderedInput):
+    """The caption field: ↑/↓ and Enter move between images from inside the field's own key handler, so keys typed
+    right after them go to the next image's caption, not the one being left."""
+
+    BINDINGS = [
+        Binding("up", "screen.move(-1)", "Prev image", show=False),
+        Binding("down", "screen.move(1)", "Next image", show=False),
+        Binding("enter", "screen.move(1)", "Save and next", show=False),
+    ]
+
+
 class CaptionsScreen(WizardScreen):
     STAGE = "captions"
     BINDINGS = [
@@ -48,7 +60,7 @@ class CaptionsScreen(WizardScreen):
         Binding("f3", "remove_tag", "Remove tag"),
         Binding("f4", "replace_tag", "Replace tag"),
         Binding("f5", "doctor", "Doctor"),
-        Binding("ctrl+f", "focus_filter", "Filter"),
+        Binding("ctrl+f", "focus_filter", "Filter", priority=True),
         Binding("pagedown", "move(1)", "Next image", show=False),
         Binding("pageup", "move(-1)", "Prev image", show=False),
     ]
@@ -60,17 +72,20 @@ class CaptionsScreen(WizardScreen):
         self.findings: dict[str, list[tuple[str, str]]] = {}
         self.general_findings: list[tuple[str, str]] = []
         self.filter_text = ""
+        self.shown: Path | None = None  # the image whose caption the caption field holds
+        self.total: int | None = None  # all images, when a filter shows fewer
+        self.doctor_count: int | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="body"):
             with Vertical(id="cap-left"):
                 yield Static("", id="cap-count", classes="hint")
-                yield Input("", placeholder="filter: text in caption or name (ctrl+f)", id="cap-filter", compact=True)
+                yield OrderedInput("", placeholder="filter: text in caption or name (ctrl+f)", id="cap-filter", compact=True)
                 yield OptionList(id="cap-list")
             with Vertical(id="cap-right"):
                 yield ImagePreview(id="cap-preview")
                 yield Label("", id="cap-title")
-                yield Input("", placeholder="a caption: comma-separated tags or a sentence", id="cap-input")
+                yield CaptionInput("", placeholder="a caption: comma-separated tags or a sentence", id="cap-input")
                 yield Static("", id="cap-tokens")
                 yield Static("", id="cap-findings", classes="hint")
         yield Static("↑/↓ in the caption: previous/next image (saved as you go) · Enter: save and next",
@@ -99,14 +114,23 @@ class CaptionsScreen(WizardScreen):
         menu.clear_options()
         for item in self.items:
             menu.add_option(Option(item_label(item), id=item.image.name))
-        missing = sum(1 for i in self.items if i.is_missing)
-        over = sum(1 for i in self.items if i.over_limit)
-        shown = f"{len(self.items)} of {total} images match" if total is not None else f"{len(self.items)} images"
-        self.query_one("#cap-count", Static).update(f"{shown} · {missing} uncaptioned · {over} >{TOKEN_LIMIT}t")
+        self.total = total
+        self._update_count()
         if keep is not None:
             names = [i.image for i in self.items]
             self.index = names.index(keep) if keep in names else 0
         self.show_item(min(self.index, max(len(self.items) - 1, 0)))
+
+    def _update_count(self) -> None:
+        """The header: images shown, uncaptioned, over the token limit, doctor findings (recounted on every edit)."""
+        missing = sum(1 for i in self.items if i.is_missing)
+        over = sum(1 for i in self.items if i.over_limit)
+        n = len(self.items)
+        shown = f"{n} of {self.total} images match" if self.total is not None else f"{n} images"
+        text = f"{shown} · {missing} uncaptioned · {over} >{TOKEN_LIMIT}t"
+        if self.doctor_count is not None:
+            text += f" · doctor: {self.doctor_count} finding{'s' if self.doctor_count != 1 else ''}"
+        self.query_one("#cap-count", Static).update(text)
 
     def show_item(self, index: int) -> None:
         if not self.items:
@@ -115,10 +139,13 @@ class CaptionsScreen(WizardScreen):
             return
         self.index = index
         item = self.items[index]
-        self.query_one("#cap-list", OptionList).highlighted = index
+        menu = self.query_one("#cap-list", OptionList)
+        with menu.prevent(OptionList.OptionHighlighted):  # only the user's own moves in the list come back as events
+            menu.highlighted = index
         self.query_one("#cap-preview", ImagePreview).set_image(item.image)
         self.query_one("#cap-title", Label).update(f"{index + 1}/{len(self.items)}  {item.image.name}")
         field = self.query_one("#cap-input", Input)
+        self.shown = item.image
         with field.prevent(Input.Changed):
             field.value = item.caption
         field.cursor_position = len(item.caption)
@@ -146,22 +173,26 @@ class CaptionsScreen(WizardScreen):
         self._show_tokens(event.value)
 
     def save_current(self) -> None:
-        if not self.items:
+        """Write the caption field to the image it was loaded for (never to whatever is highlighted now)."""
+        if not self.items or self.shown is None:
             return
-        item = self.items[self.index]
+        index = next((i for i, it in enumerate(self.items) if it.image == self.shown), None)
+        if index is None:
+            return
+        item = self.items[index]
         text = self.query_one("#cap-input", Input).value.strip()
         if text == item.caption and item.has_file:
             return
         try:
-            self.items[self.index] = self.caption_set.set_caption(item.image, text)
+            self.items[index] = self.caption_set.set_caption(item.image, text)
         except Exception as exc:
             self.show_message(error_text(exc))
             return
-        self.query_one("#cap-list", OptionList).replace_option_prompt_at_index(
-            self.index, item_label(self.items[self.index]))
+        self.query_one("#cap-list", OptionList).replace_option_prompt_at_index(index, item_label(self.items[index]))
+        self._update_count()
 
     def action_focus_filter(self) -> None:
-        self.query_one("#cap-filter", Input).focus()
+        self.set_focus(self.query_one("#cap-filter", Input))  # at once: the keys after ctrl+f are for the filter
 
     @on(Input.Changed, "#cap-filter")
     def _filtered(self, event: Input.Changed) -> None:
@@ -175,10 +206,6 @@ class CaptionsScreen(WizardScreen):
     def _filter_done(self, event: Input.Submitted) -> None:
         self.query_one("#cap-input", Input).focus()
 
-    @on(Input.Submitted, "#cap-input")
-    def _submitted(self, event: Input.Submitted) -> None:
-        self.action_move(1)
-
     def action_move(self, delta: int) -> None:
         if not self.items:
             return
@@ -187,19 +214,17 @@ class CaptionsScreen(WizardScreen):
 
     @on(OptionList.OptionHighlighted, "#cap-list")
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
-        if event.option_index != self.index:
+        index = event.option_index
+        # A highlight posted for a list that has since been rebuilt (the filter changed) is stale: ignore it.
+        if not (0 <= index < len(self.items)) or event.option.id != self.items[index].image.name:
+            return
+        if index != self.index:
             self.save_current()
-            self.show_item(event.option_index)
+            self.show_item(index)
 
     @on(OptionList.OptionSelected, "#cap-list")
     def _selected(self, event: OptionList.OptionSelected) -> None:
         self.query_one("#cap-input", Input).focus()
-
-    def on_key(self, event) -> None:
-        if self.focused is self.query_one("#cap-input", Input) and event.key in ("up", "down"):
-            event.stop()
-            event.prevent_default()
-            self.action_move(1 if event.key == "down" else -1)
 
     # --- bulk ----------------------------------------------------------------------------------------------------
 
@@ -243,7 +268,9 @@ class CaptionsScreen(WizardScreen):
     @work(exclusive=True, group="doctor", exit_on_error=False)
     async def run_doctor(self) -> None:
         try:
-            result = await run_json(["doctor", self.state.dataset, "--json"], what="The dataset doctor")
+            # exit 1 means "some finding is an error"; the findings are all printed either way
+            result = await run_json(["doctor", self.state.dataset, "--json"], what="The dataset doctor",
+                                    ok_codes=(0, 1))
         except Exception as exc:
             self.query_one("#cap-findings", Static).update(f"doctor: {error_text(exc)}")
             return
@@ -255,11 +282,8 @@ class CaptionsScreen(WizardScreen):
                 self.findings.setdefault(Path(file).name, []).append((severity, message))
             if not files:
                 self.general_findings.append((severity, message))
-        count = sum(len(v) for v in self.findings.values()) + len(self.general_findings)
-        self.query_one("#cap-count", Static).update(
-            self.query_one("#cap-count", Static).content.split(" · doctor")[0] + f" · doctor: {count} finding"
-            + ("s" if count != 1 else "")
-        )
+        self.doctor_count = sum(len(v) for v in self.findings.values()) + len(self.general_findings)
+        self._update_count()
         if self.items:
             self._show_findings(self.items[self.index].image.name)
 

@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
+from tui.widgets.inputs import OrderedInput
+
 
 class ConfirmModal(ModalScreen[bool]):
     BINDINGS = [
@@ -46,7 +48,7 @@ class PromptModal(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.question, classes="dialog-title")
-            yield Input(self.value, placeholder=self.placeholder, id="prompt-input")
+            yield OrderedInput(self.value, placeholder=self.placeholder, id="prompt-input")
             yield Static("[b]Enter[/b] ok    [b]Esc[/b] cancel", classes="dialog-keys")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -13,6 +13,7 @@ from textual.widgets import Checkbox, DirectoryTree, Input, Label, Static
 
 from core.prep.captions import list_images
 from tui.screens.base import WizardScreen, error_text
+from tui.widgets.inputs import OrderedInput
 
 
 class FolderTree(DirectoryTree):
@@ -47,11 +48,11 @@ class FoldersScreen(WizardScreen):
         with Horizontal(classes="body"):
             with Vertical(id="folder-fields"):
                 yield Label("Source images", classes="field-label")
-                yield Input(self.state.source, placeholder="/workspace/photos", id="source")
+                yield OrderedInput(self.state.source, placeholder="/workspace/photos", id="source")
                 yield Static("", id="source-info", classes="hint")
                 yield Checkbox("Already preprocessed: skip to captions", self.state.skip_preprocess, id="skip")
                 yield Label("Destination (the training dataset)", classes="field-label", id="dest-label")
-                yield Input(self.state.dataset if not self.state.skip_preprocess else "",
+                yield OrderedInput(self.state.dataset if not self.state.skip_preprocess else "",
                             placeholder="/workspace/dataset", id="dest")
                 yield Static("", id="dest-info", classes="hint")
                 yield Static("Tab moves between fields and the tree. Enter on a folder in the tree fills the field "

@@ -12,6 +12,7 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.screens.base import WizardScreen, error_text
+from tui.widgets.inputs import OrderedInput
 
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "unknown": "unknown family"}
 
@@ -39,7 +40,7 @@ class ModelScreen(WizardScreen):
     def compose_body(self) -> ComposeResult:
         with Vertical(classes="body"):
             yield Label("Model path (a diffusers folder, .safetensors or .ckpt; f3 browses)", classes="field-label")
-            yield Input(self.state.model, placeholder="/workspace/models/v1-5-pruned-emaonly.safetensors",
+            yield OrderedInput(self.state.model, placeholder="/workspace/models/v1-5-pruned-emaonly.safetensors",
                         id="model-path")
             yield Static("", id="model-info", classes="hint")
             yield Label("Found on this machine", classes="section")

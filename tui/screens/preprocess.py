@@ -15,6 +15,7 @@ from core.prep.captions import list_images
 from tui.jobs import run_jsonl
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
+from tui.widgets.inputs import OrderedInput
 
 
 def option_fields() -> list[dict]:
@@ -58,7 +59,7 @@ class PreprocessScreen(WizardScreen):
                                          id=f"pp-{name}", classes="form-field", compact=True)
                         else:
                             kind = {"int": "integer", "float": "number"}.get(f["type"], "text")
-                            yield Input(str(value), type=kind, id=f"pp-{name}", classes="form-field", compact=True)
+                            yield OrderedInput(str(value), type=kind, id=f"pp-{name}", classes="form-field", compact=True)
                     yield Static(f.get("help", ""), classes="form-help")
             with Vertical(id="pp-side"):
                 yield Static(self._summary(), id="pp-summary")

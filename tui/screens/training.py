@@ -18,6 +18,7 @@ from core.training.config import CHOICES, HELP, TrainConfig
 from tui import runs_info
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import PromptModal
+from tui.widgets.inputs import OrderedInput
 
 SET_EARLIER = ("model", "data", "name", "init_text", "vectors", "overwrite")
 BASIC = ("steps", "lr", "batch_size", "grad_accum", "width", "height", "resize", "template", "save_every",
@@ -108,7 +109,7 @@ class TrainingScreen(WizardScreen):
                 yield Select(options, value=value, allow_blank=False, id=f"tr-{f.name}", classes="form-field", compact=True)
             else:
                 kind = "integer" if isinstance(f.default, int) else "number" if isinstance(f.default, float) else "text"
-                yield Input(str(value), type=kind, id=f"tr-{f.name}", classes="form-field", compact=True)
+                yield OrderedInput(str(value), type=kind, id=f"tr-{f.name}", classes="form-field", compact=True)
         yield Static(HELP.get(f.name, ""), classes="form-help")
 
     def on_mount(self) -> None:
