@@ -39,6 +39,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.sink = sink
         self.poll_commands = poll_commands or (lambda: [])
+        self.allow_data_change: bool | None = None  # None: $TIWIZ_ALLOW_DATA_CHANGE=1 (set by `tiwiz resume`)
+        self._data_fingerprint: list | None = None
         self._gpu_polled = 0.0
         self._stop_requested = False  # a plain attribute: safe to set from a signal handler or another thread
 
@@ -85,6 +87,7 @@ class Trainer:
         self.lr_schedule = parse_schedule(cfg.lr, "lr")
         self.clip_schedule = parse_schedule(cfg.clip_grad_value, "clip_grad_value")
         state = self._load_resume_state() if resume else None
+        data_changed = self._check_data_unchanged(state)
 
         self._setup_model()
         self._setup_vectors(state)
@@ -93,6 +96,8 @@ class Trainer:
         self.step, self.epoch, self.elapsed_before = 0, 0, 0.0
         if state is not None:
             self._restore(state)
+            if data_changed:  # the saved batch order indexes the old image list
+                self.batches, self.batch_pos = [], 0
 
         end_step = self.lr_schedule.end_step(cfg.steps)
         if self.lr_schedule.stops_early(cfg.steps):
@@ -276,12 +281,16 @@ class Trainer:
         with self._autocast():
             cond = self._encode(prompts)
             pred = self.model.unet(noisy.to(self.unet_dtype), timesteps, cond.to(self.unet_dtype)).sample
-        if not (weighted and self.config.loss_weighting == "velocity" and self.model.prediction_type != "v_prediction"):
+        weights = None
+        if weighted and self.config.loss_weighting != "none":
+            from core.training.loss_weights import timestep_weights
+
+            weights = timestep_weights(sched.alphas_cumprod.to(self.device), timesteps, self.config.loss_weighting,
+                                       self.model.prediction_type, self.config.min_snr_gamma)
+        if weights is None:
             return F.mse_loss(pred.float(), target.float())
-        # |v - v_hat|^2 = |eps - eps_hat|^2 / alpha_bar(t); divided by its mean over t so the scale stays comparable
-        inv_alpha = 1.0 / sched.alphas_cumprod.to(device=self.device, dtype=torch.float32)
         per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_image * inv_alpha[timesteps] / inv_alpha.mean()).mean()
+        return (per_image * weights).mean()
 
     def _encode(self, prompts: list[str]):
         tok = self.model.tokenizer
@@ -459,6 +468,7 @@ class Trainer:
             "data_rng": py_state(self.data_rng),
             "batches": [list(b) for b in self.batches],
             "batch_pos": self.batch_pos,
+            "data_fingerprint": self._data_fingerprint,
             "autostop": self.autostop.state_dict(),
             "best_holdout": list(self.best_holdout) if self.best_holdout is not None else None,
             "global_rng": capture_global_rng(),
@@ -481,6 +491,32 @@ class Trainer:
         if markers and not cfg.overwrite:
             raise TiwizError(f"{self.out_dir} already holds a training run ({markers[0]}); resume it, choose another "
                              "output folder, or pass --overwrite to start over in it")
+
+    def _check_data_unchanged(self, state: dict | None) -> str | None:
+        """Fingerprint the data folder (names, sizes, mtimes; saved in the state). On resume, refuse a folder that
+        changed since the checkpoint unless allowed (then a warning)."""
+        import os
+
+        from core.training.resume_state import data_fingerprint, describe_data_change
+
+        try:
+            self._data_fingerprint = data_fingerprint(self.config.data)
+        except TiwizError:
+            self._data_fingerprint = None  # a missing folder: build_dataset says so in its own words
+        if state is None or self._data_fingerprint is None:
+            return None
+        change = describe_data_change(state.get("data_fingerprint"), self._data_fingerprint)
+        if change is None:
+            return None
+        allowed = self.allow_data_change if self.allow_data_change is not None else \
+            os.environ.get("TIWIZ_ALLOW_DATA_CHANGE") == "1"
+        where = f"the data folder {self.config.data} changed since the checkpoint at step {state.get('step')}: {change}"
+        if not allowed:
+            raise TiwizError(f"data: {where}. Put the images back, or resume with --allow-data-change to train on "
+                             "the folder as it is now")
+        self.sink.emit(ev.Warning(message=f"{where}; training goes on with the folder as it is now "
+                                          "(--allow-data-change)"))
+        return change
 
     def _load_resume_state(self) -> dict:
         from core.training.resume_state import load_state
