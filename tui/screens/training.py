@@ -70,6 +70,18 @@ def sample_prompts(template: str, name: str, dataset: str, *, n: int = 3, shuffl
     return out
 
 
+def loaded_message(path: str, loaded: dict, current: dict) -> str:
+    """What Load TOML did: it takes the training options only; the model, dataset and embedding chosen on earlier
+    screens stay, and the message names those the file would have changed."""
+    kept = [key for key in SET_EARLIER if key != "overwrite" and loaded.get(key) not in ("", None)
+            and loaded.get(key) != current.get(key)]
+    text = f"Loaded the training options from {path}."
+    if kept:
+        text += (" Kept this wizard's " + ", ".join("dataset" if k == "data" else k.replace("_", " ") for k in kept)
+                 + " (the file's differ; change them on their screens).")
+    return text
+
+
 class TrainingScreen(WizardScreen):
     STAGE = "training"
     BINDINGS = [
@@ -214,13 +226,11 @@ class TrainingScreen(WizardScreen):
                 self.show_message(error_text(exc))
                 return
             data = config.to_dict()
-            for key in ("model", "data", "name", "init_text", "vectors"):
-                if data.get(key) not in ("", None):
-                    setattr(self.state, {"data": "dataset"}.get(key, key), data[key])
             defaults = TrainConfig().to_dict()
             self.state.train = {k: v for k, v in data.items() if k not in SET_EARLIER and v != defaults.get(k)}
+            text = loaded_message(path, data, self.state.train_config())
             self.app.goto("training")  # rebuild the form from the loaded values
-            self.app.notify(f"Loaded {path}")
+            self.app.call_after_refresh(lambda: self.app.screen.show_message(text, "info"))
 
         self.app.push_screen(PromptModal("Load a training config (TOML):", self._default_toml()), answered)
 
