@@ -56,7 +56,7 @@ def test_embeddings_and_copies_into_ui_folders(tmp_path, umask022):
     import torch
 
     from core.embeddings.vectors import save_embedding
-    from tui.targets import copy_embedding
+    from core.install import copy_embedding
 
     pt, st = save_embedding(torch.zeros(2, 8), tmp_path / "out" / "cat", name="cat", step=1, base_model="m",
                             base_hash=None, init_text="")

@@ -14,7 +14,7 @@ from tui.app import TiwizApp
 from tui.jobs import run_jsonl
 from tui.run_view import RunView, format_duration, format_rate
 from tui.state import WizardState, load_state, save_state
-from tui.targets import copy_embedding, find_targets
+from core.install import copy_embedding, find_targets
 from tui.widgets.loss_plot import render_plot
 
 
