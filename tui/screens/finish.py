@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -16,7 +16,7 @@ from tui import runs_info
 from tui.run_view import RunView
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
-from tui.targets import copy_embedding, find_targets
+from core.install import copy_embedding, find_targets, pick_file
 
 
 def final_files(run_dir: Path) -> RunView:
@@ -87,13 +87,27 @@ class FinishScreen(WizardScreen):
             f"A1111 and ComfyUI (embedding:{name}) pick it up from their embeddings folder."
         )
         self.query_one("#fin-snippet", Static).update(diffusers_snippet(self.state.model or "MODEL", str(self.files[0]), name))
+        self.targets = []
+        self.query_one("#fin-targets", OptionList).focus()
+        self.scan_targets()
+
+    @work(thread=True, exclusive=True, group="targets", exit_on_error=False)
+    def scan_targets(self) -> None:
+        """Look for installs off the UI thread: it lists folders that may sit on a slow network disk."""
+        targets = find_targets(self.app.finder_roots)
+        self.app.call_from_thread(self._show_targets, targets)
+
+    def _show_targets(self, targets) -> None:
+        self.targets = targets
         menu = self.query_one("#fin-targets", OptionList)
-        self.targets = find_targets(self.app.finder_roots)
-        for t in self.targets:
+        menu.clear_options()
+        for t in targets:
             menu.add_option(Option(f"{t.app:<8} {t.path}"))
-        if not self.targets:
-            menu.add_option(Option("No A1111 or ComfyUI install found under /workspace, ~ or here.", disabled=True))
-        menu.focus()
+        if not targets:
+            menu.add_option(Option("No A1111, ComfyUI or InvokeAI install found under /workspace, ~ or here.",
+                                   disabled=True))
+        else:
+            menu.highlighted = 0
 
     @on(OptionList.OptionSelected, "#fin-targets")
     def _picked(self) -> None:
@@ -105,18 +119,20 @@ class FinishScreen(WizardScreen):
             self.show_message("No embeddings folder to copy into.", "info")
             return
         target = self.targets[menu.highlighted]
-        src = self.files[0]
+        src = pick_file([f for f in self.files if f.is_file()] or self.files, target.app)
         existing = target.path / src.name
         if existing.exists() and not overwrite:
             self.app.push_screen(ConfirmModal(f"{existing} exists. Replace it?"),
                                  lambda yes: yes and self.action_copy(overwrite=True))
             return
-        try:
-            written = copy_embedding(src, target.path, overwrite=overwrite)
-        except Exception as exc:
-            self.show_message(error_text(exc))
-            return
-        self.show_message(f"Copied to {written}. Refresh the embeddings list in {target.app}.", "ok")
+        self.copy_to(src, target, overwrite)
+
+    @work(thread=True, exclusive=True, group="copy", exit_on_error=False)
+    def copy_to(self, src: Path, target, overwrite: bool) -> None:
+        written = copy_embedding(src, target.path, overwrite=overwrite)  # errors become messages (worker_failed)
+        self.app.call_from_thread(
+            self.show_message, f"Copied {written.name} to {written.parent}. Refresh the embeddings list in "
+                               f"{target.app}.", "ok")
 
     def action_monitor(self) -> None:
         self.app.goto("monitor")
