@@ -86,3 +86,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def remove_stale_temps(folder: str | os.PathLike, subfolders: tuple[str, ...] = ()) -> list[Path]:
+    """Delete temp files left by atomic writes that were killed mid-write (`.NAME.XXXX.tmp`) in `folder` and the
+    named subfolders. Only for folders one process writes (a run folder at its worker's start): a live writer's temp
+    file would be removed too. Returns what was removed."""
+    removed = []
+    for sub in ("", *subfolders):
+        where = Path(folder) / sub
+        try:
+            entries = list(where.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
+                try:
+                    entry.unlink()
+                    removed.append(entry)
+                except OSError:
+                    pass
+    return removed

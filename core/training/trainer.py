@@ -2,7 +2,9 @@
 
 - The trainable vectors are one `nn.Parameter [n, dim]` (fp32 master copy). Placeholder tokens are added to the
   tokenizer for tokenisation only; hooks on the text encoder's token embedding splice the vectors in at those
-  positions (`VectorSplice`). The optimizer (AdamW, weight decay 0) never sees the vocabulary matrix.
+  positions (`VectorSplice`). The optimizer (AdamW, weight decay 0) never sees the vocabulary matrix. SDXL: the
+  parameter is [n, 768 + 1280], CLIP-L's and bigG's sets side by side, each spliced into its own encoder
+  (`core.training.conditioning`); its files are NAME.safetensors with `clip_l` and `clip_g`, and no `.pt`.
 - Text encoder, UNet and VAE are frozen; latents are cached by `core.training.dataset`. One step = one optimizer update over
   batch_size x grad_accum images. A template line is drawn for every image of every step.
 - Every RNG the loop uses is its own (a torch Generator for noise/timesteps, a random.Random for data order and
@@ -257,7 +259,7 @@ class Trainer:
         return total
 
     def _batch_loss(self, indices: list[int], generator, prompts: list[str] | None = None, latents=None,
-                    noise=None, timesteps=None, weighted: bool = False):
+                    noise=None, timesteps=None, weighted: bool = False, time_ids=None):
         """Diffusion loss for one batch. Training draws noise/timesteps from `generator` and applies `loss_weighting`
         (weighted=True); validation passes its own and stays plain MSE, so it is comparable across settings."""
         import torch
@@ -278,9 +280,12 @@ class Trainer:
         latents, noise, timesteps = latents.to(self.device), noise.to(self.device), timesteps.to(self.device)
         noisy = sched.add_noise(latents, noise, timesteps)
         target = sched.get_velocity(latents, noise, timesteps) if self.model.prediction_type == "v_prediction" else noise
+        if time_ids is None and self.model.family == "sdxl":
+            time_ids = self.dataset.time_ids(indices)
         with self._autocast():
-            cond = self._encode(prompts)
-            pred = self.model.unet(noisy.to(self.unet_dtype), timesteps, cond.to(self.unet_dtype)).sample
+            cond, added = self._encode(prompts, time_ids)
+            pred = self.model.unet(noisy.to(self.unet_dtype), timesteps, cond.to(self.unet_dtype),
+                                   added_cond_kwargs=added).sample
         weights = None
         if weighted and self.config.loss_weighting != "none":
             from core.training.loss_weights import timestep_weights
@@ -292,11 +297,11 @@ class Trainer:
         per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         return (per_image * weights).mean()
 
-    def _encode(self, prompts: list[str]):
-        tok = self.model.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(self.device)
-        return self.model.text_encoder(ids)[0]
+    def _encode(self, prompts: list[str], time_ids=None):
+        """(UNet conditioning, SDXL's added_cond_kwargs or None): core.training.conditioning."""
+        from core.training.conditioning import encode_prompts
+
+        return encode_prompts(self.model, prompts, self.device, time_ids)
 
     def _next_batch(self) -> list[int]:
         if self.batch_pos >= len(self.batches):
@@ -339,9 +344,9 @@ class Trainer:
 
         total = 0.0
         with torch.no_grad():
-            for latents, noise, timesteps, prompt in fixed_set:
+            for latents, noise, timesteps, prompt, time_ids in fixed_set:
                 loss = self._batch_loss([], None, prompts=[prompt] * len(timesteps), latents=latents, noise=noise,
-                                        timesteps=timesteps)
+                                        timesteps=timesteps, time_ids=time_ids)
                 total += float(loss)
         return total / len(fixed_set)
 
@@ -375,7 +380,8 @@ class Trainer:
             latents = item.mean.unsqueeze(0).repeat(len(timesteps), 1, 1, 1)
             noise = torch.randn(latents.shape, generator=gen)
             prompt = self._render(self.template.lines[0], self.placeholder, item.caption, rng=random.Random(0))
-            out.append((latents, noise, timesteps, prompt))
+            time_ids = self.dataset.time_ids([i] * len(timesteps)) if self.model.family == "sdxl" else None
+            out.append((latents, noise, timesteps, prompt, time_ids))
         return out
 
     def _preview(self) -> str | None:
@@ -433,7 +439,8 @@ class Trainer:
                     self.sink.emit(ev.Warning(step=self.step, message=message))
         if final:
             return self._save_embedding(self.name)
-        return f"embeddings/{self.name}-{self.step}.pt", f"embeddings/{self.name}-{self.step}.safetensors"
+        pt = "" if self.model.family == "sdxl" else f"embeddings/{self.name}-{self.step}.pt"
+        return pt, f"embeddings/{self.name}-{self.step}.safetensors"
 
     def _vector_report(self) -> dict:
         """Norms and nearest vocabulary tokens of the vectors (core.embeddings.inspect); never fails a save."""
@@ -442,7 +449,7 @@ class Trainer:
         try:
             if self._vocab is None:
                 self._vocab = vocabulary_from_encoder(self.model.text_encoder, self.model.tokenizer)
-            return vector_report(self.vectors.detach(), self._vocab)
+            return vector_report(self.vectors.detach()[:, self.slots[0].columns], self._vocab)  # SDXL: clip_l
         except Exception:  # noqa: BLE001 - an inspector problem must never cost a checkpoint
             return {"norms": None, "nearest": None, "vocab_median_norm": None, "norm_warnings": []}
 
@@ -451,7 +458,15 @@ class Trainer:
             self.vectors.detach().float().cpu(), self.out_dir / rel_stem, name=self.name, step=self.step,
             base_model=self.model.name, base_hash=self.model.short_hash, init_text=self.config.init_text,
             overwrite=True)
-        return str(Path(pt).relative_to(self.out_dir)), str(Path(st).relative_to(self.out_dir))
+        return ("" if pt is None else str(Path(pt).relative_to(self.out_dir))), str(Path(st).relative_to(self.out_dir))
+
+    def _save_sdxl(self, vectors, stem, **fields):
+        """SDXL files: `clip_l` and `clip_g` split from the vector parameter; no `.pt` (None)."""
+        from core.embeddings.vectors import save_sdxl_embedding
+        from core.training.conditioning import split_vectors
+
+        parts = split_vectors(vectors, self.slots)
+        return None, save_sdxl_embedding(parts["clip_l"], parts["clip_g"], stem, **fields)
 
     def _save_state(self) -> None:
         from core.training.resume_state import capture_global_rng, py_state, save_state
@@ -485,6 +500,9 @@ class Trainer:
 
         self.name = sanitize_name(cfg.name)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        from core.atomic import remove_stale_temps
+
+        remove_stale_temps(self.out_dir, ("embeddings", "previews", "state"))  # from a save killed mid-write
         if resume:
             return
         markers = [p for p in ("state/latest.pt", "loss.csv", f"{self.name}.pt") if (self.out_dir / p).exists()]
@@ -529,10 +547,16 @@ class Trainer:
 
         self.device = pick_device(self.config.device)
         self.precision = precision_for(self.device, self.config.precision)
-        self.model = load_model(self.config.model, device=self.device)  # fp32 weights; autocast does mixed precision
-        for module in (self.model.text_encoder, self.model.unet, self.model.vae):
+        prediction = None if self.config.prediction_type == "auto" else self.config.prediction_type
+        # fp32 weights; autocast does mixed precision
+        self.model = load_model(self.config.model, device=self.device, prediction_type=prediction)
+        for module in self.model.modules:
             module.requires_grad_(False)
             module.eval()
+        checkpointing = self.config.gradient_checkpointing
+        if checkpointing == "on" or (checkpointing == "auto" and self.model.family == "sdxl"
+                                     and self.device.type == "cuda"):
+            self.model.unet.enable_gradient_checkpointing()  # frozen weights: only the activations are recomputed
         self.unet_dtype = next(self.model.unet.parameters()).dtype
         self.scaler = self.precision.grad_scaler()
 
@@ -541,39 +565,60 @@ class Trainer:
 
         from core.embeddings.vectors import init_vectors, load_embedding, save_embedding, trigger_problems
 
-        cfg, tokenizer, encoder = self.config, self.model.tokenizer, self.model.text_encoder
-        dim = encoder.get_input_embeddings().weight.shape[1]
+        from core.training.conditioning import encoder_slots
+
+        # SD1/SD2: one encoder. SDXL: CLIP-L and bigG, their vector sets side by side in one parameter (see
+        # core.training.conditioning for why that trains exactly like two).
+        cfg, tokenizer, self.slots = self.config, self.model.tokenizer, encoder_slots(self.model)
+        dim = sum(slot.width for slot in self.slots)
+        widths = tuple(slot.width for slot in self.slots)
         if state is not None:
             initial = state["vectors"].float()
         elif cfg.init_from:
-            initial = load_embedding(cfg.init_from, expected_dim=dim).vectors.float()
+            loaded = load_embedding(cfg.init_from, expected_dim=dim, family=self.model.family,
+                                    widths=widths if self.model.family == "sdxl" else None)
+            for message in loaded.warnings:
+                self.sink.emit(ev.Warning(message=message))
+            initial = loaded.vectors.float()
             if initial.shape[0] != cfg.vectors:
                 self.sink.emit(ev.Warning(message=f"init_from has {initial.shape[0]} vectors; using that instead of "
                                                   f"vectors = {cfg.vectors}"))
-        else:
-            initial = init_vectors(tokenizer, encoder, cfg.init_text, cfg.vectors).float()
+        else:  # A1111's semantics, for each encoder from its own vocabulary
+            initial = torch.cat([init_vectors(slot.tokenizer, slot.encoder, cfg.init_text, cfg.vectors).float()
+                                 for slot in self.slots], dim=1)
         if initial.shape[-1] != dim:
             raise TiwizError(f"the embedding is {initial.shape[-1]} wide but this model's text encoder is {dim} wide")
         self.vectors = torch.nn.Parameter(initial.detach().clone().to(self.device))
         cfg.vectors = int(initial.shape[0])  # what config.toml records: the count actually trained (init_from, resume)
         tokens = [PLACEHOLDER.format(i) for i in range(initial.shape[0])]
-        tokenizer.add_tokens([t for t in tokens if t not in tokenizer.get_vocab()])
+        self.splices = []
+        for slot in self.slots:
+            slot.tokenizer.add_tokens([t for t in tokens if t not in slot.tokenizer.get_vocab()])
+            self.splices.append(VectorSplice(slot.encoder, slot.tokenizer.convert_tokens_to_ids(tokens), self.vectors,
+                                             columns=slot.columns))
+        self.splice = self.splices[0]
         self.placeholder = " ".join(tokens)
-        self.splice = VectorSplice(encoder, tokenizer.convert_tokens_to_ids(tokens), self.vectors)
         self._save_embedding_fn = save_embedding
+        if self.model.family == "sdxl":
+            self._save_embedding_fn = self._save_sdxl
+            self.sink.emit(ev.Warning(message=(
+                "SDXL: the embedding is saved as NAME.safetensors only, with clip_l and clip_g tensors (the layout "
+                "A1111/Forge, ComfyUI, InvokeAI and SD.Next load); there is no .pt format for SDXL embeddings")))
         for problem in trigger_problems(tokenizer, self.name, initial.shape[0]):
             self.sink.emit(ev.Warning(message=f"name: {problem}"))
 
     def _setup_data(self) -> None:
         cfg = self.config
         from core.training.dataset import build_dataset
+        from core.training.buckets import bucketer_for
         from core.training.templates import load_template, render
 
         self.template = load_template(cfg.template)
         self._render = render
         self.dataset = build_dataset(cfg.data, vae=self.model.vae, width=cfg.width, height=cfg.height,
                                      resize=cfg.resize, latent_sampling=cfg.latent_sampling, seed=cfg.seed,
-                                     sink=self.sink, device=self.device)
+                                     sink=self.sink, device=self.device,
+                                     bucketer=bucketer_for(cfg) if cfg.buckets else None)
         self.batch_size = min(cfg.batch_size, len(self.dataset))
         if self.batch_size < cfg.batch_size:
             self.sink.emit(ev.Warning(message=f"batch_size {cfg.batch_size} is more than the {len(self.dataset)} "
@@ -647,10 +692,11 @@ class VectorSplice:
     those positions with the vectors. Works for our own encoding and for a diffusers pipeline sharing the encoder.
     """
 
-    def __init__(self, text_encoder, token_ids: list[int], vectors) -> None:
+    def __init__(self, text_encoder, token_ids: list[int], vectors, columns: slice | None = None) -> None:
         import torch
 
         self.vectors = vectors
+        self.columns = columns or slice(None)  # SDXL: this encoder's columns of the shared parameter
         self.token_ids = torch.tensor(token_ids, dtype=torch.long)
         self._ids = None
         embedding = text_encoder.get_input_embeddings()
@@ -674,7 +720,7 @@ class VectorSplice:
         if not bool(mask.any()):
             return output
         which = (ids.unsqueeze(-1) == self.token_ids.to(ids.device)).long().argmax(-1)
-        spliced = self.vectors.to(output.dtype)[which]
+        spliced = self.vectors[:, self.columns].to(output.dtype)[which]
         return torch.where(mask.unsqueeze(-1), spliced, output)
 
     def remove(self) -> None:
