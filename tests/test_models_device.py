@@ -31,7 +31,7 @@ def test_bad_or_missing_devices_are_clear_errors():
         precision_for(torch.device("cpu"), "fp8")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_uses_bf16_where_supported_else_fp16_with_scaler():
     p = precision_for(pick_device("cuda"))
     if torch.cuda.get_device_capability() >= (8, 0):
