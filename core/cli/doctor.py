@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("folder", metavar="DIR", help="folder of training images (captions are <stem>.txt beside them)")
     p.add_argument("--width", type=int, default=512, help="training width (default 512)")
     p.add_argument("--height", type=int, default=512, help="training height (default 512)")
+    p.add_argument("--buckets", action="store_true", help="show the aspect-ratio bucket of each image (as "
+                   "`tiwiz train --buckets` assigns them: kohya's buckets, no upscaling, sides 256-1024)")
     p.add_argument("--json", action="store_true", help="print {folder, findings, summary} as JSON")
     p.set_defaults(func=run)
 
@@ -25,7 +27,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.prep.doctor import diagnose, summary
 
-    findings = diagnose(args.folder, width=args.width, height=args.height)
+    bucketer = None
+    if getattr(args, "buckets", False):
+        from core.training.buckets import Bucketer
+
+        bucketer = Bucketer((args.width, args.height))
+    findings = diagnose(args.folder, width=args.width, height=args.height, bucketer=bucketer)
     counts = summary(findings)
     if args.json:
         json.dump({"folder": args.folder, "width": args.width, "height": args.height,

@@ -83,8 +83,10 @@ def _groups(pairs: set[tuple[int, int]], n: int) -> list[list[int]]:
     return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def diagnose(folder: str | os.PathLike, width: int = 512, height: int = 512) -> list[Finding]:
-    """Check a training folder; findings sorted by severity (errors first), then by code."""
+def diagnose(folder: str | os.PathLike, width: int = 512, height: int = 512, bucketer=None) -> list[Finding]:
+    """Check a training folder; findings sorted by severity (errors first), then by code. With a `bucketer`
+    (core.training.buckets, aspect-ratio buckets) an info finding per bucket lists its images, and extreme aspect
+    ratios are no longer a warning (nothing is centre-cropped to the training shape)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise TiwizError(f"{folder} is not a folder.")
@@ -104,7 +106,9 @@ def diagnose(folder: str | os.PathLike, width: int = 512, height: int = 512) -> 
         images.append(_Image(item.image, item.image.name, img.size, phash.fingerprint(img)))
 
     findings += _count_findings(len(images), len(items))
-    findings += _size_findings(images, width, height)
+    findings += _size_findings(images, width, height, bucketer is None)
+    if bucketer is not None:
+        findings += _bucket_findings(images, bucketer)
     findings += _caption_findings(items)
     findings += _duplicate_findings(images)
     order = {s: i for i, s in enumerate(SEVERITIES)}
@@ -122,17 +126,34 @@ def _count_findings(n_ok: int, n_all: int) -> list[Finding]:
     return []
 
 
-def _size_findings(images: list[_Image], width: int, height: int) -> list[Finding]:
+def _bucket_findings(images: list[_Image], bucketer) -> list[Finding]:
+    groups: dict[tuple[int, int], list[_Image]] = {}
+    for im in images:
+        groups.setdefault(bucketer.bucket(*im.size), []).append(im)
+    out = []
+    for (w, h), members in sorted(groups.items()):
+        names = [im.name for im in members]
+        if w < 64 or h < 64:
+            out.append(Finding("no-bucket", "warning", names,
+                               f"Too small for any bucket (a side under 64 px, never upscaled): {', '.join(names)}; "
+                               "these images are skipped."))
+            continue
+        detail = ", ".join(f"{im.name} ({im.size[0]}×{im.size[1]})" for im in members)
+        out.append(Finding("bucket", "info", names, f"Bucket {w}×{h}: {detail}."))
+    return out
+
+
+def _size_findings(images: list[_Image], width: int, height: int, crop: bool = True) -> list[Finding]:
     out = []
     target = width / height
     for im in images:
         w, h = im.size
-        if w < width or h < height:
+        if crop and (w < width or h < height):  # buckets never upscale
             out.append(Finding("too-small", "warning", [im.name],
                                f"{im.name} is {w}×{h}, smaller than the training size {width}×{height}; "
                                f"it will be upscaled and look soft."))
         ratio = (w / h) / target
-        if max(ratio, 1 / ratio) > EXTREME_ASPECT:
+        if crop and max(ratio, 1 / ratio) > EXTREME_ASPECT:
             out.append(Finding("extreme-aspect", "warning", [im.name],
                                f"{im.name} is {w}×{h}: a {width}×{height} centre crop keeps "
                                f"{100 / max(ratio, 1 / ratio):.0f}% of it; use --split or --focal-crop, "

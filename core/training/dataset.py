@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,22 +35,28 @@ def load_rgb(path: Path):
 
 def resize_image(im, width: int, height: int, mode: str):
     """Apply a resize mode; returns a PIL image whose sides are multiples of 8."""
+    return resize_with_crop(im, width, height, mode)[0]
+
+
+def resize_with_crop(im, width: int, height: int, mode: str):
+    """`resize_image`, also returning the crop's (left, top) offset in the resized image's pixels: what SDXL's
+    `crops_coords_top_left` conditioning means (a centre crop of a non-square image is not (0, 0))."""
     from PIL import Image
 
     if mode == "stretch":
-        return im.resize((width, height), Image.BICUBIC)
+        return im.resize((width, height), Image.BICUBIC), (0, 0)
     if mode == "crop":
         scale = max(width / im.width, height / im.height)
         new_w, new_h = max(width, round(im.width * scale)), max(height, round(im.height * scale))
         im = im.resize((new_w, new_h), Image.LANCZOS)
         left, top = (new_w - width) // 2, (new_h - height) // 2
-        return im.crop((left, top, left + width, top + height))
+        return im.crop((left, top, left + width, top + height)), (left, top)
     if mode == "none":
         w8, h8 = im.width // 8 * 8, im.height // 8 * 8
         if w8 < 8 or h8 < 8:
             raise ValueError(f"image is {im.width}x{im.height}, smaller than 8 px")
         left, top = (im.width - w8) // 2, (im.height - h8) // 2
-        return im.crop((left, top, left + w8, top + h8))
+        return im.crop((left, top, left + w8, top + h8)), (left, top)
     raise TiwizError(f"resize: must be one of {', '.join(RESIZE_MODES)} (got {mode!r})")
 
 
@@ -69,6 +76,16 @@ class Item:
     mean: "object"                 # posterior mean [4, h/8, w/8], scaled, CPU float32
     std: "object | None"           # posterior std (scaled), kept only for latent_sampling="random"
     latent: "object | None"        # the cached latent for "once"/"deterministic"
+    # SDXL's size conditioning: the image's size before any resizing (width, height) and where the kept crop starts
+    # (left, top) in the resized image. Images written by `tiwiz preprocess` take both from its report.json.
+    original_size: "tuple[int, int] | None" = None
+    crop_left_top: tuple[int, int] = (0, 0)
+
+    def time_ids(self) -> list[float]:
+        """SDXL `add_time_ids`: original (h, w), crop (top, left), target (h, w)."""
+        from core.training.conditioning import sdxl_time_ids
+
+        return sdxl_time_ids(self.original_size or self.size, self.crop_left_top, self.size)
 
 
 class TrainDataset:
@@ -93,6 +110,12 @@ class TrainDataset:
                 out.append(item.mean + item.std * noise)
         return torch.stack(out)
 
+    def time_ids(self, indices: list[int]):
+        """SDXL time ids for a batch: a float tensor [len(indices), 6]."""
+        import torch
+
+        return torch.tensor([self.items[i].time_ids() for i in indices], dtype=torch.float32)
+
     def epoch_batches(self, rng: random.Random, batch_size: int, indices: list[int] | None = None) -> list[list[int]]:
         """One epoch: every image once (of `indices`, default all), shuffled, in batches of one size each (a group's
         last batch may be short). Images of different sizes (buckets) never share a batch."""
@@ -109,8 +132,9 @@ class TrainDataset:
 
 
 def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_sampling: str, seed: int,
-                  sink=None, device=None, dtype=None) -> TrainDataset:
-    """Load, resize and VAE-encode every usable image once. Deterministic for a given seed."""
+                  sink=None, device=None, dtype=None, bucketer=None) -> TrainDataset:
+    """Load, resize and VAE-encode every usable image once. Deterministic for a given seed. With a `bucketer`
+    (core.training.buckets) each image goes to its aspect-ratio bucket instead of the `resize` mode."""
     import torch
 
     folder = Path(folder)
@@ -120,10 +144,18 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
     if not paths:
         raise TiwizError(f"data: no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
 
-    loaded, skipped = [], []
+    prepared = preprocess_crops(folder)
+    loaded, skipped, geometry = [], [], {}
     for path in paths:
         try:
-            im = resize_image(load_rgb(path), width, height, resize)
+            source = load_rgb(path)
+            if bucketer is not None:
+                from core.training.buckets import resize_to_bucket
+
+                im, crop = resize_to_bucket(source, bucketer)
+            else:
+                im, crop = resize_with_crop(source, width, height, resize)
+            geometry[path] = _original_geometry(prepared.get(path.name), source.size, im.size, crop)
         except TiwizError:
             raise
         except Exception as exc:  # a bad file must not stop the run; report it and move on
@@ -138,6 +170,8 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
 
     device = device or next(vae.parameters()).device
     dtype = dtype or next(vae.parameters()).dtype
+    if dtype == torch.float16:  # the SD/SDXL VAEs overflow in fp16: encode once in fp32 (latents are cached anyway)
+        vae, dtype = copy.deepcopy(vae).to(torch.float32), torch.float32
     scale = float(getattr(vae.config, "scaling_factor", 0.18215))
     generator = torch.Generator().manual_seed(seed + 7919)
     items: list[Item] = []
@@ -151,7 +185,7 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
         while k + len(chunk) < len(order) and len(chunk) < ENCODE_BATCH and loaded[order[k + len(chunk)]][2].size == size:
             chunk.append(order[k + len(chunk)])
         pixels = torch.stack([image_to_tensor(loaded[j][2]) for j in chunk]).to(device=device, dtype=dtype)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type if hasattr(device, "type") else str(device), enabled=False):
             dist = vae.encode(pixels).latent_dist
         for row, j in enumerate(chunk):
             encoded[j] = (dist.mean[row].float().cpu() * scale, dist.std[row].float().cpu() * scale)
@@ -167,5 +201,39 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
             item = Item(path, caption, im.size, mean, std, None)
         else:
             raise TiwizError(f"latent_sampling: must be one of once, deterministic, random (got {latent_sampling!r})")
+        item.original_size, item.crop_left_top = geometry[path]
         items.append(item)
     return TrainDataset(items, latent_sampling)
+
+
+def preprocess_crops(folder: Path) -> dict[str, dict]:
+    """{output image name: {"original_size": [w, h], "crop_left_top": [x, y]}} from the `report.json` that
+    `tiwiz preprocess` writes beside its images; {} when there is none (or it is unreadable)."""
+    import json
+
+    try:
+        report = json.loads((Path(folder) / "report.json").read_text(encoding="utf-8"))
+        out = {}
+        for source in report.get("sources", []):
+            for output in source.get("outputs", []):
+                if "original_size" in output and "crop_left_top" in output:
+                    out[str(output["image"])] = {"original_size": output["original_size"],
+                                                 "crop_left_top": output["crop_left_top"]}
+        return out
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def _original_geometry(prepared: dict | None, loaded_size, final_size, crop) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(original (w, h), crop (left, top)) for an image. A preprocessed image already is a crop of a bigger original:
+    its report entry gives the original and the crop, in the preprocessing's output scale; our own resize of it
+    (usually none) scales and shifts that crop."""
+    if not prepared:
+        return (int(loaded_size[0]), int(loaded_size[1])), (int(crop[0]), int(crop[1]))
+    try:
+        ow, oh = (int(v) for v in prepared["original_size"])
+        px, py = (float(v) for v in prepared["crop_left_top"])
+    except (KeyError, TypeError, ValueError):
+        return (int(loaded_size[0]), int(loaded_size[1])), (int(crop[0]), int(crop[1]))
+    scale = max(final_size[0] / max(1, loaded_size[0]), final_size[1] / max(1, loaded_size[1]))
+    return (ow, oh), (round(px * scale) + int(crop[0]), round(py * scale) + int(crop[1]))
