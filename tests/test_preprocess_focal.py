@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from core.errors import TiwizError
-from core.prep.focal import detect_faces, focal_crop
+from core.prep.focal import debug_image, detect_faces, face_box, focal_crop
 from core.prep.preprocess import run_preprocess
 from core.prep.options import PreprocessOptions
 from tests.preprocess_cases import photo
@@ -83,3 +83,46 @@ def test_all_weights_zero_is_refused():
     with pytest.raises(TiwizError, match="non-zero weight"):
         PreprocessOptions(focal_crop=True, focal_face_weight=0, focal_entropy_weight=0,
                           focal_edges_weight=0).validate()
+
+
+def face_beside_busy(where: str, tall: bool) -> Image.Image:
+    """A 1024x256 (or 256x1024) flat canvas: the astronaut (240 px) at the start, middle or end, and the busy coins
+    flower photo filling the far end (or, for a face in the middle, one end), which pulls A1111's mean off the face."""
+    long, short, face_side = 1024, 256, 240
+    canvas = Image.new("RGB", (long, short) if not tall else (short, long), (70, 72, 75))
+    face_at = {"start": 10, "middle": 400, "end": long - face_side - 10}[where]
+    busy_len = 330
+    busy_at = long - busy_len if where != "end" else 0
+    flower = photo("flower").convert("RGB")  # 640x427, a crop of it: petals everywhere, no faces
+    busy = flower.crop((0, 0, busy_len, short) if not tall else (0, 0, short, busy_len))
+    canvas.paste(busy, (busy_at, 0) if not tall else (0, busy_at))
+    off = (short - face_side) // 2
+    canvas.paste(photo("astronaut", (face_side, face_side)), (face_at, off) if not tall else (off, face_at))
+    return canvas
+
+
+@pytest.mark.parametrize("tall", [False, True], ids=["wide", "tall"])
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_face_beside_a_busy_region_is_kept_whole(tall, where):
+    img = face_beside_busy(where, tall)
+    result = focal_crop(img, 256, 256, keep_scaled=True)
+    assert result.faces == 1, "the detector must see the face for this case to mean anything"
+    fx1, fy1, fx2, fy2 = face_box(result.points["face"][0])
+    x1, y1, x2, y2 = result.box
+    assert x1 <= fx1 and y1 <= fy1 and fx2 <= x2 and fy2 <= y2, (result.box, (fx1, fy1, fx2, fy2))
+    assert result.faces_kept == 1 and 0 < result.score <= 1
+    assert len(detect_faces(result.crop)) == 1
+    debug = debug_image(result)  # the chosen window and its score are drawn
+    assert debug.size == result.scaled.size
+
+
+def test_several_faces_keep_the_largest_whole():
+    canvas = Image.new("RGB", (1024, 256), (70, 72, 75))
+    canvas.paste(photo("astronaut", (230, 230)).transpose(Image.FLIP_LEFT_RIGHT), (20, 13))
+    canvas.paste(photo("astronaut", (256, 256)), (760, 0))
+    result = focal_crop(canvas, 256, 256)
+    assert result.faces == 2
+    big = max(result.points["face"], key=lambda p: p.size)
+    fx1, _, fx2, _ = face_box(big)
+    assert result.box[0] <= fx1 and fx2 <= result.box[2]
+

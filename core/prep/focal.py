@@ -1,7 +1,13 @@
 """Auto focal-point crop (A1111's modules/textual_inversion/autocrop.py), with its known bugs fixed.
 
-Three detectors each give a set of points; each non-empty set's centroid is weighted w_i / Σw (over non-empty sets),
-a weight of 0 turns the detector off, and the crop is centred on the weighted mean, clamped to the image.
+Three detectors each give a set of points; each non-empty set is weighted w_i / Σw (over non-empty sets), and a
+weight of 0 turns the detector off. A1111 centres the crop on the weighted mean of the sets' centroids; with a face on
+one side of a wide canvas and a busy region on the other, that mean lands in the gap and the crop shows neither. Here
+every window position along the free axis is scored by the weighted share of each set's points it covers, and:
+- a detected face is never cut: windows that hold the largest face whole come first, then those holding the most
+  faces whole, then those cutting the fewest;
+- among those, the window covering the most weighted interest wins (ties: the one nearest A1111's weighted mean,
+  so an image with evenly spread interest crops as before).
 - edges: `cv2.goodFeaturesToTrack` (100 corners, quality 0.04, min distance 6% of the short side) after greying out
   the bottom 10% (A1111's anti-watermark step);
 - entropy: the crop-sized window, slid in 4 px steps along the long side, whose 1-bit (dithered) histogram scores
@@ -45,12 +51,14 @@ class Point:
 class FocalResult:
     crop: Image.Image
     box: tuple[int, int, int, int]  # in the scaled image
-    focus: Point
+    focus: Point  # A1111's weighted mean of the centroids (the tie-break); the crop is `box`
     scaled_size: tuple[int, int]
     points: dict[str, list[Point]]  # detector name -> points (scaled-image coordinates)
     centroids: dict[str, Point]  # detector name -> weighted centroid
     timings: dict[str, float] = field(default_factory=dict)  # detector name -> CPU seconds
     scaled: Image.Image | None = None
+    score: float = 0.0  # weighted share of the interest inside `box` (0..1)
+    faces_kept: int = 0  # faces wholly inside `box`
 
     @property
     def faces(self) -> int:
@@ -87,6 +95,13 @@ def detect_faces(img: Image.Image) -> list[Point]:
                                                        minSize=(min_side, min_side))
     return [Point((x + w / 2) / scale, (y + h / 3) / scale, size=w / scale, weight=1 / len(faces))
             for (x, y, w, h) in faces]
+
+
+def face_box(p: Point, margin: float = 0.0) -> tuple[float, float, float, float]:
+    """The face rectangle of a `detect_faces` point (the point sits at a third of the face's height), grown by
+    `margin` × its size on every side."""
+    half, grow = p.size / 2, p.size * margin
+    return p.x - half - grow, p.y - p.size / 3 - grow, p.x + half + grow, p.y + 2 * p.size / 3 + grow
 
 
 def corner_points(img: Image.Image) -> list[Point]:
@@ -174,11 +189,60 @@ def focal_crop(img: Image.Image, crop_w: int, crop_h: int, *, face_weight: float
     else:
         focus = Point(scaled.width // 2, scaled.height // 2)
 
-    x1 = min(max(int(focus.x - crop_w // 2), 0), scaled.width - crop_w)
-    y1 = min(max(int(focus.y - crop_h // 2), 0), scaled.height - crop_h)
-    box = (x1, y1, x1 + crop_w, y1 + crop_h)
+    box, score, kept = best_window(scaled.size, crop_w, crop_h, points, centroids, focus)
     return FocalResult(scaled.crop(box), box, focus, scaled.size, points, centroids, timings,
-                       scaled if keep_scaled else None)
+                       scaled if keep_scaled else None, score, kept)
+
+
+FACE_MARGIN = 0.15  # room around a face box (hair, chin) when the crop allows it
+
+
+def best_window(size: tuple[int, int], crop_w: int, crop_h: int, points: dict[str, list[Point]],
+                centroids: dict[str, Point], focus: Point) -> tuple[tuple[int, int, int, int], float, int]:
+    """The crop box (x1, y1, x2, y2), its interest score and the number of faces it keeps whole. Every position is
+    tried along each axis the image is larger than the crop in (the scaled image covers the crop, so usually one)."""
+    width, height = size
+    xs = np.arange(0, width - crop_w + 1)
+    ys = np.arange(0, height - crop_h + 1)
+    gx, gy = np.meshgrid(xs, ys, indexing="ij")
+    x1, y1 = gx.ravel().astype(np.float64), gy.ravel().astype(np.float64)
+    x2, y2 = x1 + crop_w, y1 + crop_h
+
+    score = np.zeros_like(x1)
+    for name, centroid in centroids.items():
+        pts = points[name]
+        if name == "face":
+            continue  # scored below, as whole boxes
+        px = np.array([p.x for p in pts])[None, :]
+        py = np.array([p.y for p in pts])[None, :]
+        pw = np.array([p.weight for p in pts])[None, :]
+        inside = (px >= x1[:, None]) & (px < x2[:, None]) & (py >= y1[:, None]) & (py < y2[:, None])
+        score += centroid.weight * (inside * pw).sum(axis=1) / pw.sum()
+
+    faces = points.get("face") or []
+    rank_keys: list[np.ndarray] = []
+    kept = np.zeros_like(x1)
+    if faces:
+        def whole(margin: float) -> np.ndarray:
+            boxes = np.array([face_box(f, margin) for f in faces])  # [n, 4]
+            bx1, by1, bx2, by2 = (np.clip(boxes[:, i], 0, (width, height)[i % 2])[None, :] for i in range(4))
+            return (bx1 >= x1[:, None]) & (by1 >= y1[:, None]) & (bx2 <= x2[:, None]) & (by2 <= y2[:, None])
+
+        boxes = np.array([face_box(f) for f in faces])
+        overlap = ((boxes[None, :, 0] < x2[:, None]) & (boxes[None, :, 2] > x1[:, None])
+                   & (boxes[None, :, 1] < y2[:, None]) & (boxes[None, :, 3] > y1[:, None]))
+        whole_bare, whole_margin = whole(0.0), whole(FACE_MARGIN)
+        cut = overlap & ~whole_bare
+        largest = int(np.argmax([f.size for f in faces]))
+        kept = whole_bare.sum(axis=1).astype(np.float64)
+        score += centroids["face"].weight * whole_bare.sum(axis=1) / len(faces) if "face" in centroids else 0
+        rank_keys = [whole_bare[:, largest], kept, -cut.sum(axis=1), whole_margin.sum(axis=1)]
+    centre_dist = -np.hypot(x1 + crop_w / 2 - focus.x, y1 + crop_h / 2 - focus.y)
+    # np.lexsort sorts by the last key first; the best window is the last row.
+    order = np.lexsort([centre_dist, np.round(score, 9), *reversed(rank_keys)])
+    best = int(order[-1])
+    box = (int(x1[best]), int(y1[best]), int(x1[best]) + crop_w, int(y1[best]) + crop_h)
+    return box, float(score[best]), int(kept[best])
 
 
 def debug_image(result: FocalResult) -> Image.Image:
@@ -206,4 +270,8 @@ def debug_image(result: FocalResult) -> Image.Image:
     d.ellipse(bounding(result.focus, max_size), outline="#0F0", width=3)
     x1, y1, x2, y2 = result.box
     d.rectangle([x1, y1, x2 - 1, y2 - 1], outline="#0F0", width=3)
+    label = f"crop: score {result.score:.2f}"
+    if result.points.get("face"):
+        label += f", faces kept {result.faces_kept}/{len(result.points['face'])}"
+    d.text((x1 + 6, y1 + 6), label, fill="#0F0")
     return im
