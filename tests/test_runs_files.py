@@ -46,10 +46,9 @@ def test_corrupt_status_is_reported_not_crashed_on(tmp_path):
     with pytest.raises(TiwizError, match="status.json: corrupt"):
         runs.read_status(run)
     info = runs.inspect_run(run)
-    assert any("status.json: corrupt" in p for p in info.problems)
-    # Falls back to the event log: no worker holds the lock, so the log's "running" means killed.
-    assert (info.state, info.step, info.last_checkpoint) == ("killed", 7, 5)
-    assert info.description == "killed at step 7 (last checkpoint 5)"
+    # Damaged, with the reason; the figures still come from the event log.
+    assert (info.state, info.step, info.last_checkpoint) == ("damaged", 7, 5)
+    assert info.description.startswith("damaged: ") and "status.json: corrupt" in info.description
     assert [r.name for r in runs.list_runs(tmp_path)] == ["r1"]
 
 
@@ -60,7 +59,7 @@ def test_truncated_last_line_is_skipped_and_reported(tmp_path):
     assert report == {"bad_lines": 0, "truncated_tail": True}
     runs.write_status(tmp_path, {"pid": None, "state": "interrupted", "step": 3})
     info = runs.inspect_run(tmp_path)
-    assert info.state == "interrupted"
+    assert info.state == "stopped"  # an older worker's word "interrupted" reads as today's
     assert any("truncated" in p for p in info.problems)
     # A worker appending later first terminates the partial line, so the next event is not glued onto it.
     assert runs.repair_event_log(tmp_path)
@@ -107,9 +106,11 @@ def test_follower_bounded_polls_return_everything_in_order(tmp_path):
 
 
 def test_loss_history_drops_steps_superseded_by_a_resume():
+    from core.runs.run_state import RunState
+
     events = ([{"type": "started", "step": 0}] + steps(1, 7) + [{"type": "started", "step": 5, "resumed": True}]
               + steps(6, 9))
-    assert [e["step"] for e in runs.loss_history(events)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert [s for s, _ in RunState.fold(events).losses] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 
 def test_lock_refuses_a_second_holder_and_is_freed_by_death(tmp_path):
@@ -157,6 +158,8 @@ def test_commands_are_consumed_once(tmp_path):
     runs.send_command(tmp_path, "preview-now")
     (tmp_path / runs.COMMANDS / "bogus").write_text("")
     assert sorted(box.take()) == ["preview", "save"]
+    assert box.warnings == [f"ignored 'bogus' in {tmp_path / runs.COMMANDS}: not a command (one of stop, save, "
+                            "preview)"]
     assert box.take() == []
     assert list((tmp_path / runs.COMMANDS).iterdir()) == []
     with pytest.raises(TiwizError, match="unknown command"):
@@ -202,20 +205,20 @@ def test_cli_reports_damaged_run_folders_without_crashing(tmp_path):
     (broken / runs.STATUS).write_bytes(b"\x00\x00garbage")
     listed = cli("runs", "--root", tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert "killed at step 9 (last checkpoint 8)" in listed.stdout
+    assert "damaged: " in listed.stdout and "status.json: corrupt" in listed.stdout
     assert "9/50" in listed.stdout
-    assert "status.json: corrupt" in listed.stderr and "last line is truncated" in listed.stderr
+    assert "last line is truncated" in listed.stderr
     assert "Traceback" not in listed.stderr
     shown = cli("attach", broken)
-    assert shown.returncode == 1  # killed
-    assert "killed at step 9 (last checkpoint 8)" in shown.stdout
+    assert shown.returncode == 1  # damaged
+    assert "damaged: " in shown.stdout and "status.json: corrupt" in shown.stdout
     assert "9/50" in shown.stdout and "tiwiz resume" not in shown.stdout  # no state/latest.pt to resume from
-    assert "status.json: corrupt" in shown.stderr and "Traceback" not in shown.stderr
+    assert "Traceback" not in shown.stderr
     as_json = cli("runs", "--root", tmp_path, "--json")
     (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
-    assert (row["state"], row["step"], row["last_checkpoint"], row["alive"]) == ("killed", 9, 8, False)
+    assert (row["state"], row["step"], row["last_checkpoint"], row["alive"]) == ("damaged", 9, 8, False)
     stop = cli("stop", broken)
-    assert stop.returncode == 1 and "is not running (killed at step 9" in stop.stderr
+    assert stop.returncode == 1 and "is not running (damaged: " in stop.stderr
     resume = cli("resume", broken)
     assert resume.returncode == 2 and "nothing to resume" in resume.stderr and "Traceback" not in resume.stderr
     missing = cli("attach", tmp_path / "nope")
@@ -223,10 +226,14 @@ def test_cli_reports_damaged_run_folders_without_crashing(tmp_path):
 
 
 def test_progress_line_has_the_tqdm_shape():
-    from core.cli.runs import progress_line
+    from core.cli.progress import progress_line
+    from core.runs.run_events import Step, Validation
+    from core.runs.run_state import RunState
 
-    line = progress_line({"step": 420, "max_steps": 1000, "it_s": 2.21, "elapsed": 190.0, "loss": 0.0734,
-                          "loss_avg": 0.0801, "lr": 0.005})
+    state = RunState.fold([Step(step=420, max_steps=1000, it_s=2.21, elapsed=190.0, loss=0.0734, loss_avg=0.0801,
+                                lr=0.005)])
+    line = progress_line(state)
     assert line == " 42%|████████▍           | 420/1000 [03:10<04:22, 2.21it/s, loss=0.0734, avg=0.0801, lr=5.00e-03]"
-    slow = progress_line({"step": 1, "max_steps": 4, "it_s": 0.5, "elapsed": 2.0, "loss": 1.0, "lr": 0.1})
-    assert slow == " 25%|█████               | 1/4 [00:02<00:06, 2.00s/it, loss=1.0000, lr=1.00e-01]"
+    slow = RunState.fold([Step(step=1, max_steps=4, it_s=0.5, elapsed=2.0, loss=1.0, lr=0.1),
+                          Validation(step=1, val_loss=0.5)])
+    assert progress_line(slow) == " 25%|█████               | 1/4 [00:02<00:06, 2.00s/it, loss=1.0000, val=0.5000, lr=1.00e-01]"

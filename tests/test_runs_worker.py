@@ -15,6 +15,8 @@ import pytest
 from core.runs import api as runapi
 
 from core.runs import folder as runs
+from core.runs.run_events import Checkpoint, Step
+from core.runs.run_state import RunState
 from train_helpers import make_images, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,7 +151,7 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir,
     next_events(follower, lambda e: e["type"] == "started" and e.get("resumed"), "the resumed start")
     os.kill(runs.read_status(run)["pid"], signal.SIGTERM)
     terminated = wait_done(run)
-    assert (terminated.state, terminated.reason) == ("interrupted", "SIGTERM received"), worker_log(run)
+    assert (terminated.state, terminated.reason) == ("stopped", "SIGTERM received"), worker_log(run)
     assert terminated.last_checkpoint == terminated.step < 24
     runapi.resume_run(run)
     info = wait_done(run)
@@ -159,10 +161,10 @@ def test_kill9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir,
                           atol=1e-5, rtol=0)
     # The loss history continues: one step event per step on the current timeline, equal to the reference.
     events, report = runs.read_events(run)
-    history = runs.loss_history(events)
-    assert [e["step"] for e in history] == list(range(1, 25))
-    ref_losses = [e["loss"] for e in reference.of_type("step")]
-    assert [e["loss"] for e in history] == pytest.approx(ref_losses, abs=1e-5)
+    history = RunState.fold(events).losses
+    assert [step for step, _ in history] == list(range(1, 25))
+    ref_losses = [e.loss for e in reference.typed() if isinstance(e, Step)]
+    assert [loss for _, loss in history] == pytest.approx(ref_losses, abs=1e-5)
     started = [e for e in events if e["type"] == "started"]
     assert [e["resumed"] for e in started] == [False, True, True]
     assert [e["step"] for e in started] == [0, killed.last_checkpoint, terminated.step]
@@ -238,7 +240,7 @@ def test_live_run_survives_viewers_and_obeys_commands(tmp_path, tiny_model_dir, 
     stopped = cli("stop", run, "--timeout", SAFETY_S)
     assert stopped.returncode == 0, stopped.stderr
     info = runs.inspect_run(run)
-    assert (info.state, info.alive) == ("interrupted", False)
+    assert (info.state, info.alive) == ("stopped", False)
     assert f"stopped at step {info.step} (stop requested)" in stopped.stdout
     assert (run / "tcat.safetensors").is_file() and (run / runs.STATE).is_file()
 
@@ -249,7 +251,7 @@ def test_live_run_survives_viewers_and_obeys_commands(tmp_path, tiny_model_dir, 
     assert [e["step"] for e in events if e["type"] == "step"] == list(range(1, info.step + 1))
     assert [e["type"] for e in events[-2:]] == ["stopped", "exit"]
     assert [e for e in events if e["type"] == "checkpoint"][-1]["step"] == info.step  # saved before stopping
-    assert events[-1]["state"] == "interrupted"
+    assert events[-1]["state"] == "stopped"
     text = cli("attach", run)
     assert text.returncode == 0
     assert f"{info.step}/100000" in text.stdout and "stopped at step" in text.stdout
@@ -291,7 +293,7 @@ def test_write_errors_become_clear_messages(tmp_path):
     assert describe_failure(full, tracker) == f"cannot write {run}/state/.latest.pt.x.tmp: the disk is full"
     (run / "state").mkdir()
     (run / runs.STATE).write_bytes(b"x")
-    tracker.on_event({"type": "checkpoint", "step": 40})
+    tracker.on_event(Checkpoint(step=40))
     tracker.flush()
     try:
         open(run / runs.STATE / "inside", "w")

@@ -59,7 +59,7 @@ def test_foreground_ctrl_c_saves_and_stops(tiny_model_dir, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         for line in proc.stderr:
-            if line.startswith("training zxqint"):
+            if line.startswith("started at step 0 of 100000: zxqint"):
                 break
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
@@ -69,8 +69,20 @@ def test_foreground_ctrl_c_saves_and_stops(tiny_model_dir, tmp_path):
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "stopped at step" in stdout and stdout.strip().splitlines()[-1] == str(out)
-    assert "it/s" in stderr and "ETA" in stderr and "lr" in stderr and "Traceback" not in stderr
+    assert "it/s" in stderr and "lr=" in stderr and "Traceback" not in stderr
     assert not (out / "previews").exists() or not list((out / "previews").iterdir())  # --preview-every 0
     step = torch.load(out / "state" / "latest.pt", weights_only=True)["step"]
     assert 1 <= step < 100000
     assert (out / "zxqint.safetensors").is_file()
+    # A foreground run writes its run folder like a detached worker: `tiwiz runs` and `tiwiz attach` see it.
+    from core.runs import folder as runs
+    from core.runs.run_state import RunState
+
+    info = runs.inspect_run(out)
+    assert (info.state, info.step, info.alive) == ("stopped", step, False)
+    assert runs.read_status(out)["foreground"] is True
+    events, report = runs.read_events(out)
+    assert [e["type"] for e in events][-4:] == ["stopping", "checkpoint", "stopped", "exit"] and report["bad_lines"] == 0
+    assert RunState.fold(events).step == step
+    listed = _tiwiz("runs", "--root", str(tmp_path))
+    assert "out" in listed.stdout and "stopped" in listed.stdout and f"{step}/100000" in listed.stdout

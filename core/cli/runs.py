@@ -14,21 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-from core.runs import api as runapi
-
-from core.runs import folder as runs
+from core.cli.progress import ProgressView
 from core.errors import TiwizError
+from core.runs import api as runapi
+from core.runs import folder as runs
+from core.runs.run_events import RunPhase
 
 ASK_TIMEOUT_S = 30.0
 
 
 def register(subparsers) -> None:
-    train = subparsers.choices.get("train")  # core.cli.train registers first; its handler calls us
-    if train is not None and "--detach" not in train._option_string_actions:
-        train.add_argument("--detach", action="store_true",
-                           help="start the training in the background and return; prints the run folder last")
-        train.add_argument("--foreground", action="store_true",
-                           help="train in this process instead of a detached worker (Ctrl-C stops it)")
     p = subparsers.add_parser("attach", help="watch a training run: replay its history, then follow it live",
                               description="Replay a run's events, then follow it live until it ends. Ctrl-C asks "
                                           "whether to detach (the default) or stop the training.")
@@ -75,6 +70,38 @@ def _age(ts: float | None) -> str:
     return f"{int(s)}s ago"
 
 
+def runs_table(found: list[runs.RunInfo], tty: bool = False) -> list[str]:
+    """The rows of `tiwiz runs`: the STATE column holds the phase word only; a run's longer story (why it failed,
+    where it was killed, what is damaged) goes on its own indented line below it, so a long reason never widens the
+    columns. On a terminal that line is cut to the width; in a pipe it is whole."""
+    rows = [("NAME", "STATE", "STEP", "LOSS", "AGE", "CHECKPOINT")]
+    for info in found:
+        rows.append((safe_line(info.path.name), info.state.value, f"{info.step}/{info.max_steps or '?'}",
+                     f"{info.last_loss:.4f}" if info.last_loss is not None else "-", _age(info.updated),
+                     str(info.last_checkpoint) if info.last_checkpoint else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    cols = shutil.get_terminal_size((80, 24)).columns
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if i == 0:
+            continue
+        info = found[i - 1]
+        detail = info.description
+        if detail != info.state.value:
+            detail = "  " + safe_line(detail)
+            if tty and len(detail) > cols - 1:
+                detail = detail[: max(10, cols - 2)] + "…"
+            lines.append(detail)
+    return lines
+
+
+def safe_line(text: str) -> str:
+    """One line of user-controlled text: control characters (a newline in a reason, escape sequences) shown, not
+    obeyed."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def cmd_runs(args) -> int:
     root = Path(args.root) if args.root else runs.default_root()
     found = runs.list_runs(root)
@@ -89,14 +116,8 @@ def cmd_runs(args) -> int:
     if not found:
         print(f"no runs under {root}")
         return 0
-    rows = [("NAME", "STATE", "STEP", "LOSS", "AGE", "CHECKPOINT")]
-    for info in found:
-        rows.append((info.path.name, info.description, f"{info.step}/{info.max_steps or '?'}",
-                     f"{info.last_loss:.4f}" if info.last_loss is not None else "-", _age(info.updated),
-                     str(info.last_checkpoint) if info.last_checkpoint else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for line in runs_table(found, sys.stdout.isatty()):
+        print(line)
     for info in found:
         for problem in info.problems:
             print(f"warning: {info.path.name}: {problem}", file=sys.stderr)
@@ -114,7 +135,7 @@ def wait_until_running(run_dir: Path, timeout: float = 15.0) -> runs.RunInfo:
         if time.monotonic() > deadline:
             return info
         time.sleep(0.1)
-    if not info.alive and info.state not in ("finished", "interrupted"):
+    if not info.alive and info.state not in (RunPhase.FINISHED, RunPhase.STOPPED):
         log = ""
         try:
             log = (run_dir / runs.LOG).read_text(errors="replace").strip().splitlines()[-1]
@@ -157,9 +178,9 @@ def cmd_stop(args) -> int:
               f"`tiwiz runs`", file=sys.stderr)
         return 1
     print(f"{info.description}; last checkpoint: step {info.last_checkpoint or '-'}")
-    if info.state in ("interrupted", "killed"):
+    if info.state in (RunPhase.STOPPED, RunPhase.KILLED):
         print(f"continue it with: tiwiz resume {run_dir}")
-    return 0 if info.state in ("interrupted", "finished") else 1
+    return 0 if info.state in (RunPhase.STOPPED, RunPhase.FINISHED) else 1
 
 
 # ---- tiwiz resume -------------------------------------------------------------------------------------------------
@@ -177,147 +198,6 @@ def cmd_resume(args) -> int:
 def cmd_attach(args) -> int:
     run_dir = runs.resolve_run(args.run, args.root)
     return attach(run_dir, as_json=args.json, follow=not args.no_follow)
-
-
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-def progress_line(step_event: dict, width: int = 20) -> str:
-    """tqdm's format: ` 42%|████▏     | 420/1000 [03:10<04:22, 2.21it/s, loss=0.0734, avg=0.0801, lr=5.00e-03]`."""
-    step = int(step_event.get("step") or 0)
-    total = int(step_event.get("max_steps") or 0)
-    frac = min(1.0, step / total) if total else 0.0
-    eighths = int(frac * width * 8)
-    bar = "█" * (eighths // 8) + (" ▏▎▍▌▋▊▉"[eighths % 8] if eighths % 8 else "")
-    bar = bar.ljust(width)
-    rate = step_event.get("it_s") or 0.0
-    rate_s = f"{rate:.2f}it/s" if rate >= 1 else (f"{1 / rate:.2f}s/it" if rate > 0 else "?it/s")
-    eta = (total - step) / rate if rate > 0 else None
-    parts = [rate_s]
-    for key, label, fmt in (("loss", "loss", "{:.4f}"), ("loss_avg", "avg", "{:.4f}"), ("lr", "lr", "{:.2e}")):
-        value = step_event.get(key)
-        if isinstance(value, (int, float)):
-            parts.append(f"{label}={fmt.format(value)}")
-    return (f"{frac * 100:3.0f}%|{bar}| {step}/{total} "
-            f"[{_fmt_time(step_event.get('elapsed'))}<{_fmt_time(eta)}, {', '.join(parts)}]")
-
-
-def describe_event(event: dict, run_dir: Path) -> str | None:
-    """One line for a non-step event (None for events shown only as progress)."""
-    kind = event.get("type")
-    step = event.get("step")
-
-    def path(key):
-        value = event.get(key)
-        return str(run_dir / value) if value else "?"
-
-    if kind == "started":
-        verb = "resumed at step" if event.get("resumed") else "started at step"
-        return (f"{verb} {step} of {event.get('max_steps')}: {event.get('name')} on {event.get('device')} "
-                f"({event.get('dtype')}), {event.get('n_images')} images, model {event.get('model')}")
-    if kind == "checkpoint":
-        return f"checkpoint at step {step}: {path('safetensors')}"
-    if kind == "preview":
-        return f"preview at step {step}: {path('path')}"
-    if kind == "validation":
-        val = event.get("val_loss")
-        return f"validation loss at step {step}: {val:.4f}" if isinstance(val, (int, float)) else None
-    if kind == "warning":
-        return f"warning: {event.get('message')}"
-    if kind == "error":
-        return f"error: {event.get('message')}"
-    if kind == "stopped":
-        return f"stopped at step {step} ({event.get('reason')}): {path('safetensors')}"
-    if kind == "finished":
-        return f"finished at step {step}: {path('safetensors')}"
-    return None
-
-
-class AttachView:
-    """Renders events: on a terminal one live tqdm-style line (redrawn at most 4 times a second) with event lines
-    above it; elsewhere plain lines, the progress at most every 5 s."""
-
-    def __init__(self, run_dir: Path, out=None) -> None:
-        self.run_dir = run_dir
-        self.out = out or sys.stdout
-        self.tty = self.out.isatty()
-        self.last_step: dict | None = None
-        self._drawn = 0.0
-        self._bar_visible = False
-        self._printed: dict | None = None
-        self.min_interval = 0.25 if self.tty else 5.0
-
-    def _write(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
-
-    def line(self, text: str) -> None:
-        if self._bar_visible:
-            self._write("\r\x1b[K")
-            self._bar_visible = False
-        self._write(text + "\n")
-
-    def draw(self, force: bool = False) -> None:
-        if self.last_step is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._drawn < self.min_interval:
-            return
-        self._drawn = now
-        if not self.tty and self.last_step is self._printed:
-            return
-        self._printed = self.last_step
-        if self.tty:
-            cols = shutil.get_terminal_size((120, 24)).columns
-            text = progress_line(self.last_step)
-            if len(text) >= cols:  # narrow terminal: shrink the bar before cutting the numbers
-                text = progress_line(self.last_step, width=max(3, 20 - (len(text) - cols + 1)))
-            self._write("\r" + text[: max(20, cols - 1)] + "\x1b[K")
-            self._bar_visible = True
-        else:
-            self._write(progress_line(self.last_step) + "\n")
-
-    def replay(self, events: list[dict]) -> None:
-        """History: every event line except repeated checkpoints/previews/validations (the last of each is shown)."""
-        if not events:
-            return
-        last_of = {}
-        for i, event in enumerate(events):
-            if event.get("type") in ("checkpoint", "preview", "validation"):
-                last_of[event["type"]] = i
-        n_steps = len(runs.loss_history(events))
-        counts = {k: sum(1 for e in events if e.get("type") == k) for k in last_of}
-        self.line(f"history: {n_steps} steps" + "".join(f", {n} {k}s" for k, n in counts.items() if n))
-        for i, event in enumerate(events):
-            kind = event.get("type")
-            if kind == "step":
-                self.last_step = event
-            elif kind in last_of and last_of[kind] != i:
-                continue
-            elif (text := describe_event(event, self.run_dir)) is not None:
-                self.line(text)
-        self.draw(force=True)
-
-    def live(self, event: dict) -> None:
-        if event.get("type") == "step":
-            self.last_step = event
-            self.draw()
-        elif (text := describe_event(event, self.run_dir)) is not None:
-            self.line(text)
-            if self.tty:
-                self.draw(force=True)
-
-    def end(self) -> None:
-        self.draw(force=True)
-        if self._bar_visible:
-            self._write("\n")
-            self._bar_visible = False
 
 
 def _ask_detach_or_stop() -> str:
@@ -363,7 +243,7 @@ def _replay(run_dir: Path, follower, view, emit, as_json: bool, follow: bool) ->
 
 def _attach(run_dir: Path, as_json: bool, follow: bool, interval: float) -> int:
     follower = runapi.follow(run_dir)
-    view = AttachView(run_dir)
+    view = ProgressView(run_dir)
     emit = (lambda e: print(json.dumps(e, ensure_ascii=False), flush=True)) if as_json else view.live
     replayed = stopping = False
     while True:
@@ -399,13 +279,13 @@ def _attach(run_dir: Path, as_json: bool, follow: bool, interval: float) -> int:
     for problem in info.problems:
         print(f"warning: {problem}", file=sys.stderr)
     if as_json:
-        return 0 if info.state in ("finished", "interrupted") or info.alive else 1
+        return 0 if info.state in (RunPhase.FINISHED, RunPhase.STOPPED) or info.alive else 1
     if info.alive:
         print(f"{info.state} at step {info.step}/{info.max_steps or '?'} (pid {info.pid})")
         return 0
     print(info.description + (f"; last checkpoint: step {info.last_checkpoint}" if info.last_checkpoint else ""))
-    if info.state in ("killed", "interrupted", "failed") and (run_dir / runs.STATE).is_file():
+    if info.state in (RunPhase.KILLED, RunPhase.STOPPED, RunPhase.FAILED) and (run_dir / runs.STATE).is_file():
         print(f"continue it with: tiwiz resume {run_dir}")
-    if info.state == "failed":
+    if info.state == RunPhase.FAILED:
         print(f"details: {run_dir / runs.LOG}", file=sys.stderr)
-    return 0 if info.state in ("finished", "interrupted") else 1
+    return 0 if info.state in (RunPhase.FINISHED, RunPhase.STOPPED) else 1

@@ -104,6 +104,7 @@ def run_foreground(config: TrainConfig, root=None) -> int:
         print(run_dir)
         return 1
     word = "finished" if state.phase == RunPhase.FINISHED else "stopped"
-    print(f"{word} at step {state.step}: {run_dir / state.final_pt} and {run_dir / state.final_safetensors}")
+    files = " and ".join(str(run_dir / f) for f in (state.final_pt, state.final_safetensors) if f)  # SDXL: no .pt
+    print(f"{word} at step {state.step}: {files}")
     print(run_dir)
     return 0 if state.phase == RunPhase.FINISHED else 130

@@ -14,8 +14,11 @@ import time
 from pathlib import Path
 
 from core.runs import folder as runs
+from core.runs import run_events as ev
 from core.errors import TiwizError
 from core.runs.folder import RunInfo, inspect_run, list_runs, send_command  # noqa: F401 - re-exported for the TUI
+from core.runs.run_events import RunPhase
+from core.runs.run_state import RunState  # noqa: F401 - re-exported for the TUI
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _PATH_FIELDS = ("model", "data", "init_from")
@@ -63,6 +66,15 @@ def _holds_run(run_dir: Path) -> str | None:
 def start_run(config, root: str | os.PathLike | None = None, name: str | None = None) -> Path:
     """Create the run folder (config.output, or ROOT/NAME-YYYYmmdd-HHMMSS), write config.toml and spawn the worker.
     Returns the run folder. Raises TiwizError for a bad config or a folder that already holds a run."""
+    config = prepare_run(config, root, name)
+    run_dir = Path(config.output)
+    _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
+    return run_dir
+
+
+def prepare_run(config, root: str | os.PathLike | None = None, name: str | None = None):
+    """Everything `start_run` does before spawning: check the config and the folder, write config.toml. Returns the
+    config as written (its `output` is the run folder). `train --foreground` trains in it in-process."""
     config = _as_config(config)
     _absolutize(config)
     for key in ("model", "data"):
@@ -87,8 +99,7 @@ def start_run(config, root: str | os.PathLike | None = None, name: str | None = 
             os.replace(old, run_dir / f"events-{time.strftime('%Y%m%d-%H%M%S')}.jsonl.old")
     config.output = str(run_dir)
     config.to_toml(run_dir / runs.CONFIG)
-    _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
-    return run_dir
+    return config
 
 
 def resume_run(run_dir: str | os.PathLike, steps: int | None = None) -> Path:
@@ -141,7 +152,7 @@ def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: Run
         except OSError:
             pass
     runs.write_status(run_dir, {
-        "pid": None, "state": "starting", "name": name, "step": previous.step if previous else 0,
+        "pid": None, "state": RunPhase.STARTING.value, "name": name, "step": previous.step if previous else 0,
         "max_steps": max_steps, "last_checkpoint": previous.last_checkpoint if previous else None,
         "last_loss": previous.last_loss if previous else None, "resumed": resume, "reason": "",
     })
@@ -154,7 +165,7 @@ def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: Run
                                 start_new_session=True, close_fds=True)
     try:  # record the pid unless the worker already wrote its own status (same pid: -m runs in this process)
         status = runs.read_status(run_dir) or {}
-        if status.get("state") == "starting" and status.get("pid") is None:
+        if status.get("state") == RunPhase.STARTING.value and status.get("pid") is None:
             runs.write_status(run_dir, {**status, "pid": proc.pid})
     except (TiwizError, OSError):
         pass
@@ -191,9 +202,14 @@ class Follower:
         self.count = 0
 
     def poll(self) -> list[dict]:
+        """The new events as the dicts of events.jsonl (what `attach --json` prints)."""
         events = self.reader.read(self.max_bytes)
         self.count += len(events)
         return events
+
+    def poll_events(self) -> list[ev.RunEvent]:
+        """The new events, typed (`run_events.parse`): unknown types dropped, bad ones as skip warnings."""
+        return ev.parse_all(self.poll())
 
     @property
     def bad_lines(self) -> int:

@@ -6,7 +6,8 @@ RUN_DIR/
   config.toml      the TrainConfig (what `tiwiz resume` restarts from)
   events.jsonl     append-only event log, one JSON object a line (the source of truth for every viewer)
   status.json      atomic snapshot: pid, state, step, max_steps, last checkpoint, last loss, updated
-  commands/        a viewer drops an empty file named stop / save / preview; the worker consumes it between steps
+  commands/        a viewer drops a file named stop / save / preview (run_events.Command); the worker consumes it
+                   between steps, and warns about (and removes) anything else it finds there
   worker.lock      flock held by the worker for its whole life
   worker.log       the worker's stdout/stderr (tracebacks)
   embeddings/ previews/ state/latest.pt loss.csv NAME.pt NAME.safetensors   (written by the trainer)
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from core.atomic import atomic_write_json, atomic_write_text
 from core.errors import TiwizError
+from core.runs.run_events import Command, RunPhase
 
 CONFIG = "config.toml"
 EVENTS = "events.jsonl"
@@ -34,11 +36,10 @@ LOCK = "worker.lock"
 LOG = "worker.log"
 STATE = "state/latest.pt"
 
-# Worker states written to status.json. "starting" is written by whoever spawns the worker, before it runs.
-ACTIVE_STATES = ("starting", "running", "stopping")
-FINAL_STATES = ("finished", "failed", "interrupted")
-COMMAND_NAMES = ("stop", "save", "preview")
-_COMMAND_ALIASES = {"save-now": "save", "preview-now": "preview"}
+# status.json `state` is a RunPhase word. "starting" is written by whoever spawns the worker, before it runs.
+ACTIVE_STATES = tuple(p for p in RunPhase if p.active)
+FINAL_STATES = (RunPhase.FINISHED, RunPhase.FAILED, RunPhase.STOPPED)
+COMMAND_NAMES = tuple(c.value for c in Command)
 STARTING_GRACE_S = 60.0  # a "starting" status without a live worker for longer than this means the start failed
 
 
@@ -54,10 +55,14 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise TiwizError(f"{path}: corrupt (not UTF-8 text)") from None
     except OSError as exc:
         raise TiwizError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise TiwizError(f"{path}: corrupt (JSON nested too deeply)") from None
     except ValueError as exc:
         raise TiwizError(f"{path}: corrupt ({exc})") from None
     if not isinstance(data, dict):
@@ -166,14 +171,15 @@ def acquire_lock(run_dir: str | os.PathLike, wait_s: float = 1.0) -> WorkerLock:
 
 # ---- events.jsonl -------------------------------------------------------------------------------------------------
 def parse_lines(data: bytes) -> tuple[list[dict], int]:
-    """Parse complete JSON lines. Returns (events, bad_lines); lines that are not a JSON object are skipped."""
+    """Parse complete JSON lines. Returns (events, bad_lines); lines that are not a JSON object (or are nested too
+    deeply to parse) are skipped. The dicts are typed by `run_events.parse` (the reducer does it)."""
     if not data:
         return [], 0
     try:  # fast path: one json.loads for the whole chunk
         events = json.loads(b"[" + data.rstrip(b"\n").replace(b"\n", b",") + b"]")
         if all(isinstance(e, dict) for e in events):
             return events, 0
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     events, bad = [], 0
     for line in data.split(b"\n"):
@@ -181,7 +187,7 @@ def parse_lines(data: bytes) -> tuple[list[dict], int]:
             continue
         try:
             event = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             bad += 1
             continue
         if isinstance(event, dict):
@@ -277,28 +283,75 @@ def repair_event_log(run_dir: str | os.PathLike) -> bool:
 
 
 # ---- commands/ ----------------------------------------------------------------------------------------------------
-def send_command(run_dir: str | os.PathLike, command: str) -> Path:
-    command = _COMMAND_ALIASES.get(command, command)
-    if command not in COMMAND_NAMES:
+def send_command(run_dir: str | os.PathLike, command: str | Command) -> Path:
+    parsed = Command.parse(command)
+    if parsed is None:
         raise TiwizError(f"unknown command {command!r}; one of {', '.join(COMMAND_NAMES)}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TiwizError(f"{run_dir}: no such run folder")
-    return atomic_write_text(run_dir / COMMANDS / command, f"{time.time():.3f}\n")
+    box = run_dir / COMMANDS
+    if box.exists() and not box.is_dir():
+        raise TiwizError(f"{box} is not a folder; the worker replaces it at its next step, then try again")
+    try:
+        return atomic_write_text(box / parsed.value, f"{time.time():.3f}\n")
+    except OSError as exc:
+        raise TiwizError(f"cannot write {box / parsed.value}: {exc.strerror or exc}") from None
 
 
 class CommandBox:
-    """The worker's side of commands/: `take()` returns and consumes pending commands (cheap: one scandir)."""
+    """The worker's side of commands/: `take()` returns and consumes pending commands (cheap: one scandir).
+
+    It never raises: junk (a sub-folder, an unknown name, `commands` replaced by a file or removed) is removed where it
+    can be, the folder is recreated, and each problem is reported once in `warnings` (the worker emits them)."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / COMMANDS
-        self.path.mkdir(parents=True, exist_ok=True)
         self._seen_mtime: int | None = None
+        self._reported: set[str] = set()
+        self.warnings: list[str] = []
+        self._ensure_folder()
 
-    def take(self) -> list[str]:
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            self.warnings.append(message)
+
+    def _ensure_folder(self) -> bool:
+        """True when commands/ is a folder (recreated if it was missing or replaced by a file)."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            self._warn("stat", f"cannot read {self.path}: {exc.strerror or exc}; commands are ignored")
+            return False
+        if st is not None and not _is_dir_mode(st.st_mode):
+            try:
+                os.unlink(self.path)
+            except OSError as exc:
+                self._warn("file", f"{self.path} is not a folder and cannot be removed ({exc.strerror or exc}); "
+                                   "commands are ignored")
+                return False
+            self._warn("file", f"{self.path} was not a folder; replaced it with an empty commands folder")
+            st = None
+        if st is None:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self._warn("mkdir", f"cannot create {self.path}: {exc.strerror or exc}; commands are ignored")
+                return False
+        return True
+
+    def take(self) -> list[Command]:
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
+            is_dir = _is_dir_mode(st.st_mode)
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            self._seen_mtime = None
+            self._ensure_folder()
             return []
         # Unchanged since the last scan: skip it. Folder mtimes are coarse (a few ms), so trust only old ones.
         if st.st_mtime_ns == self._seen_mtime and time.time() - st.st_mtime > 2.0:
@@ -306,20 +359,35 @@ class CommandBox:
         self._seen_mtime = st.st_mtime_ns
         try:
             entries = sorted(os.scandir(self.path), key=_mtime)
-        except FileNotFoundError:
+        except OSError:
             return []
-        taken = []
+        taken: list[Command] = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue  # an atomic write in progress
-            name = _COMMAND_ALIASES.get(entry.name, entry.name)
+            command = Command.parse(entry.name)
             try:
+                if entry.is_dir(follow_symlinks=False):
+                    self._warn(f"dir:{entry.name}", f"ignored the folder {entry.path} (commands are files)")
+                    continue
                 os.unlink(entry.path)
             except FileNotFoundError:
                 continue  # someone else consumed it
-            if name in COMMAND_NAMES and name not in taken:
-                taken.append(name)
+            except OSError as exc:
+                self._warn(f"rm:{entry.name}", f"cannot remove {entry.path}: {exc.strerror or exc}")
+                continue
+            if command is None:
+                self._warn(f"name:{entry.name}", f"ignored {entry.name!r} in {self.path}: not a command (one of "
+                                                 f"{', '.join(COMMAND_NAMES)})")
+            elif command not in taken:
+                taken.append(command)
         return taken
+
+
+def _is_dir_mode(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISDIR(mode)
 
 
 def _mtime(entry) -> float:
@@ -334,7 +402,7 @@ def _mtime(entry) -> float:
 class RunInfo:
     path: Path
     name: str
-    state: str  # running/stopping/starting/finished/failed/interrupted/killed/unknown
+    state: RunPhase  # a str enum: compares equal to its word ("running", "stopped", ...)
     step: int = 0
     max_steps: int = 0
     last_loss: float | None = None
@@ -346,42 +414,62 @@ class RunInfo:
     problems: list[str] = field(default_factory=list)
 
     @property
+    def phase(self) -> RunPhase:
+        return self.state
+
+    @property
     def loss(self) -> float | None:
         return self.last_loss
 
     @property
     def description(self) -> str:
         """Human state, e.g. 'killed at step 120 (last checkpoint 100)'."""
-        ckpt = f"last checkpoint {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
-        if self.state == "killed":
-            return f"killed at step {self.step} ({ckpt})"
-        if self.state == "failed":
-            return f"failed at step {self.step}" + (f": {self.reason}" if self.reason else "")
-        if self.state == "interrupted":
-            return f"stopped at step {self.step}" + (f" ({self.reason})" if self.reason else "")
-        return self.state
+        return describe_phase(self.state, self.step, self.last_checkpoint, self.reason)
 
     @property
     def resumable(self) -> bool:
         return not self.alive and (self.path / STATE).is_file()
 
 
+def describe_phase(phase: RunPhase, step: int, last_checkpoint: int | None = None, reason: str = "") -> str:
+    """The one wording of a run's state for `tiwiz runs`, `stop`, `attach` and the TUI."""
+    ckpt = f"last checkpoint {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+    if phase == RunPhase.KILLED:
+        return f"killed at step {step} ({ckpt})"
+    if phase == RunPhase.FAILED:
+        return f"failed at step {step}" + (f": {reason}" if reason else "")
+    if phase == RunPhase.STOPPED:
+        return f"stopped at step {step}" + (f" ({reason})" if reason else "")
+    if phase == RunPhase.DAMAGED:
+        return "damaged" + (f": {reason}" if reason else "")
+    return phase.value
+
+
 def inspect_run(run_dir: str | os.PathLike) -> RunInfo:
-    """What state a run folder is in, never raising for a damaged folder (problems are listed instead)."""
+    """What state a run folder is in, never raising for a damaged folder: a status.json that cannot be read makes the
+    run DAMAGED with the reason (the rest is rebuilt from the event log), other oddities are listed in `problems`."""
     run_dir = Path(run_dir)
-    info = RunInfo(path=run_dir, name=run_dir.name, state="unknown")
+    info = RunInfo(path=run_dir, name=run_dir.name, state=RunPhase.UNKNOWN)
+    damaged = ""
     try:
         status = read_status(run_dir)
     except TiwizError as exc:
         status = None
-        info.problems.append(str(exc))
+        damaged = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one damaged folder must never break a listing
+        status = None
+        damaged = f"{run_dir / STATUS}: cannot read ({exc.__class__.__name__})"
     if not status:  # rebuild what we can from the end of the event log
         tail = last_events(run_dir)
-        if not tail and not (run_dir / CONFIG).is_file():
+        if not tail and not damaged and not (run_dir / CONFIG).is_file():
             info.problems.append("not a run folder (no status.json, events.jsonl or config.toml)")
         _apply_events(info, tail)
     else:
         _apply_status(info, status)
+    if damaged and not info.alive:
+        info.state, info.reason = RunPhase.DAMAGED, damaged
+    elif damaged:
+        info.problems.append(damaged)
     if (run_dir / EVENTS).is_file():
         try:
             with open(run_dir / EVENTS, "rb") as fh:
@@ -396,40 +484,33 @@ def inspect_run(run_dir: str | os.PathLike) -> RunInfo:
 
 
 def _num(value, kind=float):
+    if isinstance(value, bool):
+        return None
     try:
         return kind(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
 def _apply_events(info: RunInfo, events: list[dict]) -> None:
-    """Fill `info` from the log alone (the fallback when status.json is missing or corrupt)."""
-    for event in events:
-        kind = event.get("type")
-        step = _num(event.get("step"), int)
-        if step is not None:  # a resume's `started` goes back to its checkpoint; otherwise steps only grow
-            info.step = step if kind == "started" else max(info.step, step)
-        if _num(event.get("max_steps"), int):
-            info.max_steps = _num(event["max_steps"], int)
-        if kind == "step":
-            info.last_loss = _num(event.get("loss"))
-        elif kind == "checkpoint":
-            info.last_checkpoint = _num(event.get("step"), int)
-        elif kind == "started":
-            info.state, info.reason = "running", ""
-        elif kind == "finished":
-            info.state = "finished"
-        elif kind == "stopped":
-            info.state, info.reason = "interrupted", str(event.get("reason") or "")
-        elif kind == "error":
-            info.state, info.reason = "failed", str(event.get("message") or "")
-        elif kind == "exit" and event.get("state") in FINAL_STATES:
-            info.state, info.reason = event["state"], str(event.get("reason") or info.reason)
-        info.updated = _num(event.get("time")) or info.updated
-    if info.state == "running":  # the log says running; without a status the lock tells whether a worker lives
+    """Fill `info` from the log alone (the fallback when status.json is missing or corrupt), through the reducer."""
+    from core.runs.run_state import RunState
+
+    state = RunState.fold(events)
+    if not state.counts:
+        return
+    info.step, info.max_steps = state.step, state.max_steps or info.max_steps
+    info.last_loss = state.last_loss if state.last_loss is not None else info.last_loss
+    info.last_checkpoint = state.last_checkpoint or info.last_checkpoint
+    info.updated = state.updated or info.updated
+    info.name = state.name or info.name
+    info.state, info.reason = state.phase, state.reason
+    if state.skipped:
+        info.problems.append(f"{info.path / EVENTS}: skipped {state.skipped} event(s) with fields of the wrong type")
+    if info.state.active:  # the log says running; without a status the lock tells whether a worker lives
         info.alive = lock_is_held(info.path)
         if not info.alive:
-            info.state = "killed"
+            info.state = RunPhase.KILLED
 
 
 def _apply_status(info: RunInfo, status: dict) -> None:
@@ -440,41 +521,29 @@ def _apply_status(info: RunInfo, status: dict) -> None:
     info.last_loss = _num(status.get("last_loss")) if status.get("last_loss") is not None else info.last_loss
     info.last_checkpoint = _num(status.get("last_checkpoint"), int) or info.last_checkpoint
     info.updated = _num(status.get("updated")) or info.updated
-    state = str(status.get("state") or "unknown")
+    state = RunPhase.parse(status.get("state"))
     info.reason = str(status.get("reason") or status.get("error") or info.reason or "")
-    if state in ACTIVE_STATES:
+    if state.active:
         same_host = status.get("host") in (None, socket.gethostname())  # pids mean nothing on another machine
         alive = pid_is_worker(info.pid, info.path) if info.pid and same_host else lock_is_held(info.path)
+        if not alive and status.get("foreground") and same_host:
+            alive = lock_is_held(info.path)  # `train --foreground`: no worker process; the CLI holds the lock
         if alive:
             info.state, info.alive = state, True
-        elif state == "starting" and info.pid is None and time.time() - (info.updated or 0) < STARTING_GRACE_S:
-            info.state, info.alive = "starting", True  # being spawned this very moment
-        elif state == "starting":
-            info.state, info.reason = "failed", info.reason or f"the worker did not start; see {info.path / LOG}"
+        elif state == RunPhase.STARTING and info.pid is None and time.time() - (info.updated or 0) < STARTING_GRACE_S:
+            info.state, info.alive = RunPhase.STARTING, True  # being spawned this very moment
+        elif state == RunPhase.STARTING:
+            info.state = RunPhase.FAILED
+            info.reason = info.reason or f"the worker did not start; see {info.path / LOG}"
         else:
-            info.state = "killed"
+            info.state = RunPhase.KILLED
             # The log may be a moment ahead of the status: take the step and checkpoint it last recorded.
-            from_log = RunInfo(path=info.path, name=info.name, state="unknown")
+            from_log = RunInfo(path=info.path, name=info.name, state=RunPhase.UNKNOWN)
             _apply_events(from_log, last_events(info.path))
             info.step = max(info.step, from_log.step)
             info.last_checkpoint = max(info.last_checkpoint or 0, from_log.last_checkpoint or 0) or None
     else:
         info.state, info.alive = state, False
-
-
-def loss_history(events: list[dict]) -> list[dict]:
-    """The `step` events of the run's current timeline: a `started` event at step M (a resume) supersedes the step
-    events after M that a killed life wrote after its last checkpoint."""
-    steps: list[dict] = []
-    for event in events:
-        kind = event.get("type")
-        if kind == "step":
-            steps.append(event)
-        elif kind == "started":
-            start = _num(event.get("step"), int) or 0
-            while steps and (_num(steps[-1].get("step"), int) or 0) > start:
-                steps.pop()
-    return steps
 
 
 def is_run_dir(path: Path) -> bool:
@@ -488,9 +557,17 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
         children = [p for p in root.iterdir() if is_run_dir(p)]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    runs = [inspect_run(p) for p in children]
+    runs = [_inspect_safely(p) for p in children]
     runs.sort(key=lambda r: (r.updated or 0.0, r.name), reverse=True)
     return runs
+
+
+def _inspect_safely(path: Path) -> RunInfo:
+    try:
+        return inspect_run(path)
+    except Exception as exc:  # noqa: BLE001 - a damaged folder gets its own row, never a traceback for the listing
+        return RunInfo(path=path, name=path.name, state=RunPhase.DAMAGED,
+                       reason=f"cannot read it ({exc.__class__.__name__}: {exc})")
 
 
 def resolve_run(run: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:

@@ -64,6 +64,8 @@ class RunPhase(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    __hash__ = str.__hash__  # equal to its word, so it hashes like it too (dict keys, sets)
+
     @property
     def active(self) -> bool:
         return self in (RunPhase.STARTING, RunPhase.RUNNING, RunPhase.STOPPING)
@@ -102,6 +104,8 @@ class Command(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    __hash__ = str.__hash__
 
     @classmethod
     def parse(cls, name: Any) -> "Command | None":

@@ -8,6 +8,7 @@ consumes commands/ between steps, and turns SIGTERM/SIGINT into a graceful stop 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import queue
@@ -20,6 +21,8 @@ import traceback
 from pathlib import Path
 
 from core.runs import folder as runs
+from core.runs import run_events as ev
+from core.runs.run_events import Command, RunPhase
 from core.errors import TiwizError
 
 STATUS_EVERY_S = 1.0
@@ -31,7 +34,7 @@ class StatusTracker:
     10-30 ms, which once a second would cost a small model's training loop 1-3%; final states are written
     synchronously."""
 
-    def __init__(self, run_dir: Path, resume: bool) -> None:
+    def __init__(self, run_dir: Path, resume: bool, foreground: bool = False) -> None:
         self.run_dir = run_dir
         try:  # the spawner's "starting" status (or the previous life's, on resume)
             previous = runs.read_status(run_dir) or {}
@@ -40,7 +43,7 @@ class StatusTracker:
         self.status = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "state": "running",
+            "state": RunPhase.RUNNING.value,
             "name": previous.get("name") or run_dir.name,
             "step": int(previous.get("last_checkpoint") or 0) if resume else 0,
             "max_steps": previous.get("max_steps") or 0,
@@ -50,6 +53,8 @@ class StatusTracker:
             "resumed": resume,
             "reason": "",
         }
+        if foreground:  # `tiwiz train --foreground`: the CLI process trains and holds the lock
+            self.status["foreground"] = True
         self._last_write = 0.0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe from a signal handler
         self._write_file(dict(self.status))
@@ -97,43 +102,61 @@ class StatusTracker:
         self._queue.put(None)
         self._thread.join(30)
 
-    def on_event(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "step":
-            self.status.update(step=event.get("step", self.status["step"]), last_loss=event.get("loss"),
-                               max_steps=event.get("max_steps") or self.status["max_steps"])
+    def on_event(self, event: ev.RunEvent) -> None:
+        if isinstance(event, ev.Step):
+            self.status.update(step=event.step, last_loss=event.loss,
+                               max_steps=event.max_steps or self.status["max_steps"])
             if time.monotonic() - self._last_write >= STATUS_EVERY_S:
                 self.write()
             return
-        if kind == "started":
-            self.status.update(step=event.get("step", 0), max_steps=event.get("max_steps", 0),
-                               name=event.get("name") or self.status["name"])
-        elif kind == "checkpoint":
-            self.status.update(step=event.get("step", self.status["step"]), last_checkpoint=event.get("step"))
-        elif kind in ("finished", "stopped"):
-            self.status.update(step=event.get("step", self.status["step"]))
-        elif kind == "error":
-            self.status["reason"] = event.get("message", "")
+        if isinstance(event, ev.Started):
+            self.status.update(step=event.step, max_steps=event.max_steps, name=event.name or self.status["name"])
+        elif isinstance(event, ev.Checkpoint):
+            self.status.update(step=event.step, last_checkpoint=event.step)
+        elif isinstance(event, (ev.Finished, ev.Stopped)):
+            self.status.update(step=event.step)
+        elif isinstance(event, ev.Stopping):
+            if self.status["state"] == RunPhase.RUNNING.value:
+                self.status.update(state=RunPhase.STOPPING.value, reason=self.status["reason"] or event.reason)
+        elif isinstance(event, ev.Error):
+            self.status["reason"] = event.message
         else:
             return
         self.write()
-        if kind == "checkpoint":  # rare and next to a much slower save: keep status in step with state/latest.pt
+        if isinstance(event, ev.Checkpoint):  # rare, next to a much slower save: keep status in step with the state
             self.flush()
 
 
 class WorkerSink:
-    """Appends to events.jsonl and updates status.json."""
+    """Appends to events.jsonl and updates status.json. Takes typed run events (and, from shared helpers such as the
+    dataset, `emit("warning", message=...)`, which is typed here)."""
 
-    def __init__(self, run_dir: Path, tracker: StatusTracker) -> None:
+    def __init__(self, run_dir: Path, tracker: StatusTracker, observer=None) -> None:
         from core.events import JsonlSink
 
         self.log = JsonlSink(run_dir / runs.EVENTS)
         self.tracker = tracker
+        self.observer = observer  # called with each typed event after it is written (the foreground progress)
+        self.lost_error = False  # an error event could not be written (a full disk): the worker writes it again
 
-    def emit(self, type: str, **fields) -> dict:
-        event = self.log.emit(type, **fields)
-        self.tracker.on_event(event)
-        return event
+    def emit(self, event, **fields) -> dict:
+        from core.events import make_event
+
+        data = make_event(event, **fields)
+        try:
+            self.log.write_event(data)
+        except OSError:
+            self.lost_error = self.lost_error or data.get("type") == "error"
+            raise
+        typed = event if isinstance(event, ev.RunEvent) else ev.parse(data)
+        if typed is not None:
+            self.tracker.on_event(typed)
+            if self.observer is not None:
+                try:
+                    self.observer(typed)
+                except Exception:  # noqa: BLE001 - a display problem never stops the training
+                    pass
+        return data
 
     def close(self) -> None:
         self.log.close()
@@ -143,6 +166,8 @@ def describe_failure(exc: BaseException, tracker: StatusTracker) -> str:
     """A message the user can act on: write errors name the file, and the last good checkpoint is pointed at."""
     if isinstance(exc, TiwizError):
         message = str(exc)
+    elif isinstance(exc, KeyboardInterrupt):
+        message = "aborted without saving (a second Ctrl-C)"
     elif isinstance(exc, OSError) and exc.errno is not None:
         target = exc.filename2 or exc.filename or "a file"
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
@@ -185,14 +210,45 @@ def main(argv: list[str] | None = None) -> int:
         lock.release()
 
 
-def _run_locked(run_dir: Path, resume: bool) -> int:
-    tracker = StatusTracker(run_dir, resume)
+def train_in_process(run_dir: str | os.PathLike, resume: bool = False, observer=None) -> int:
+    """`tiwiz train --foreground`: train in this process exactly as a worker does (lock, events.jsonl, status.json,
+    commands/), handing each event to `observer` as well. The first SIGINT/SIGTERM saves and stops; a second one
+    aborts at once without saving. Returns 0 (finished or stopped) or 1 (failed)."""
+    run_dir = Path(run_dir).resolve()
+    lock = runs.acquire_lock(run_dir)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_locked(run_dir, resume, observer=observer, foreground=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        lock.release()
+
+
+def _run_locked(run_dir: Path, resume: bool, observer=None, foreground: bool = False) -> int:
+    if foreground:  # the terminal shows the progress; diagnostics go where a worker's go
+        try:
+            log = open(run_dir / runs.LOG, "a", encoding="utf-8")
+        except OSError:
+            log = open(os.devnull, "w")
+    else:
+        log = sys.stderr
+    try:
+        return _run_logged(run_dir, resume, observer, foreground, log)
+    finally:
+        if log is not sys.stderr:
+            log.close()
+
+
+def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) -> int:
+    tracker = StatusTracker(run_dir, resume, foreground=foreground)
+    reserve = _reserve_space(run_dir)
     try:
         runs.repair_event_log(run_dir)
-        sink = WorkerSink(run_dir, tracker)
+        sink = WorkerSink(run_dir, tracker, observer)
     except OSError as exc:
         reason = f"cannot write the event log: {describe_failure(exc, tracker)}"
-        print(f"tiwiz worker: failed: {reason}", file=sys.stderr, flush=True)
+        print(f"tiwiz worker: failed: {reason}", file=log, flush=True)
         tracker.set(state="failed", reason=reason, sync=True)
         tracker.close()
         return 1
@@ -201,19 +257,23 @@ def _run_locked(run_dir: Path, resume: bool) -> int:
     stop_signal: list[str] = []
 
     def on_signal(signum, frame) -> None:
+        if foreground and stop_signal:  # a second Ctrl-C in a terminal: give up at once
+            raise KeyboardInterrupt
         stop_signal.append(signal.Signals(signum).name)
-        if tracker.status["state"] == "running":
-            tracker.set(state="stopping", reason=f"{signal.Signals(signum).name} received")
+        if tracker.status["state"] == RunPhase.RUNNING.value:
+            tracker.set(state=RunPhase.STOPPING.value, reason=f"{signal.Signals(signum).name} received")
         if trainer is not None:
             trainer.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    def poll_commands() -> list[str]:
+    def poll_commands() -> list[Command]:
         taken = box.take()
-        if "stop" in taken and tracker.status["state"] == "running":
-            tracker.set(state="stopping", reason="stop requested")
+        while box.warnings:  # junk in commands/ is reported, never fatal
+            _safe_emit(sink, ev.Warning(message=box.warnings.pop(0)))
+        if Command.STOP in taken and tracker.status["state"] == RunPhase.RUNNING.value:
+            tracker.set(state=RunPhase.STOPPING.value, reason="stop requested")
         return taken
 
     try:
@@ -228,26 +288,54 @@ def _run_locked(run_dir: Path, resume: bool) -> int:
         summary = trainer.run(resume=resume)
     except BaseException as exc:  # noqa: BLE001 - every failure must end as state "failed" with its reason
         reason = describe_failure(exc, tracker)
-        traceback.print_exc()  # worker.log is for debugging: the user sees `reason`
-        print(f"tiwiz worker: failed: {reason}", file=sys.stderr, flush=True)
-        if trainer is None:  # the trainer emits its own error event; failures before it need one here
-            _safe_emit(sink, "error", message=reason)
+        traceback.print_exc(file=log)  # worker.log is for debugging: the user sees `reason`
+        print(f"tiwiz worker: failed: {reason}", file=log, flush=True)
+        _release_reserve(reserve)  # on a full disk, the space for the last words below
+        if trainer is None or sink.lost_error:  # the trainer emits its own error event, unless it could not
+            _safe_emit(sink, ev.Error(message=reason))
         # The log's last word goes first: once status.json says the run is over, viewers stop reading.
-        _safe_emit(sink, "exit", state="failed", step=tracker.status["step"], reason=reason)
+        _safe_emit(sink, ev.Exit(state=RunPhase.FAILED, step=tracker.status["step"], reason=reason))
         sink.close()
-        tracker.set(state="failed", reason=reason, sync=True)
+        tracker.set(state=RunPhase.FAILED.value, reason=reason, sync=True)
         tracker.close()
         return 1
-    state = "finished" if summary.get("state") == "finished" else "interrupted"
-    reason = "" if state == "finished" else _stop_reason(summary.get("state"), stop_signal)
+    _release_reserve(reserve)
+    state = RunPhase.FINISHED if summary.get("state") == "finished" else RunPhase.STOPPED
+    reason = "" if state == RunPhase.FINISHED else _stop_reason(summary.get("state"), stop_signal)
     step = summary.get("step", tracker.status["step"])
-    _safe_emit(sink, "exit", state=state, step=step, reason=reason)
+    _safe_emit(sink, ev.Exit(state=state, step=step, reason=reason))
     sink.close()
-    tracker.set(state=state, reason=reason, step=step, last_loss=summary.get("last_loss", tracker.status["last_loss"]),
-                sync=True)
+    tracker.set(state=state.value, reason=reason, step=step,
+                last_loss=summary.get("last_loss", tracker.status["last_loss"]), sync=True)
     tracker.close()
-    print(f"tiwiz worker: {state} at step {tracker.status['step']}", file=sys.stderr, flush=True)
+    print(f"tiwiz worker: {state} at step {tracker.status['step']}", file=log, flush=True)
     return 0
+
+
+RESERVE = ".tiwiz-reserve"
+RESERVE_BYTES = 256 << 10
+
+
+def _reserve_space(run_dir: Path) -> Path | None:
+    """Hold some disk space for the run's last words: when the disk fills up, deleting this file lets the worker
+    still write the error, the `exit` event and status.json "failed" (otherwise viewers can only say "killed")."""
+    path = run_dir / RESERVE
+    try:
+        with open(path, "wb") as fh:
+            fh.write(b"\0" * RESERVE_BYTES)  # real blocks (a sparse file would free nothing)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    return path
+
+
+def _release_reserve(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _stop_reason(trainer_reason: str | None, signals: list[str]) -> str:
@@ -258,11 +346,11 @@ def _stop_reason(trainer_reason: str | None, signals: list[str]) -> str:
     return str(trainer_reason or "stopped")
 
 
-def _safe_emit(sink: WorkerSink, type: str, **fields) -> None:
+def _safe_emit(sink: WorkerSink, event: ev.RunEvent) -> None:
     try:
-        sink.emit(type, **fields)
+        sink.emit(event)
     except Exception as exc:  # noqa: BLE001 - the log may be what failed (disk full)
-        print(f"tiwiz worker: cannot write the {type} event: {exc}", file=sys.stderr, flush=True)
+        print(f"tiwiz worker: cannot write the {event.TYPE} event: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
 """The training monitor, attachable to any run: header, loss plot, latest preview, checkpoints (selecting one shows
-its preview), warnings. It follows the run folder through core.runs.api and redraws at most 4 times a second.
-Keys: stop (confirm; saves), save now, preview now, detach (the run goes on; prints how to come back)."""
+its preview), warnings. Keys: stop (confirm; saves), save now, preview now, detach (the run goes on; prints how to
+come back).
+
+Nothing here reads a file on the UI thread: a short thread worker, started every REDRAW_SECONDS, reads what was
+appended to events.jsonl (and, every LIVENESS_EVERY polls, whether the worker lives) and posts typed messages
+(`tui/messages.py`). The first poll folds the whole history into a RunView off the UI thread and hands it over; later
+polls post parsed events, which the handlers fold (microseconds each). Redraws happen at most REDRAW_SECONDS apart."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -14,7 +19,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from core.runs.run_events import RunPhase
 from tui import runs_info
+from tui.messages import RunEventsArrived, RunFollowFailed, RunHistoryLoaded, RunLiveness
 from tui.run_view import TERMINAL_STATES, RunView
 from tui.screens.base import error_text, show_message
 from tui.screens.dialogs import ConfirmModal
@@ -24,6 +31,7 @@ from tui.widgets.run_header import RunHeader
 
 REDRAW_SECONDS = 0.25  # 4 Hz at most
 LIVENESS_EVERY = 8  # polls between checks that the worker still lives (every 2 s)
+HISTORY_CHUNK = 4 << 20  # bytes of events.jsonl folded per step of the first load
 
 
 class MonitorScreen(Screen):
@@ -43,7 +51,11 @@ class MonitorScreen(Screen):
         self.run_dir = Path(self.app.state.run_dir)
         self.view = RunView(self.run_dir)
         self.follower = None
+        self.loaded = False  # the history has been folded and handed over
         self.shown_version = -1
+        self.shown_rows: tuple = ()
+        self.polls = 0
+        self._polling = None  # the poll worker in flight, if any
         self.pinned_step: int | None = None  # a checkpoint the user picked; None = follow the latest preview
 
     def compose(self) -> ComposeResult:
@@ -61,64 +73,93 @@ class MonitorScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        try:
-            self.follower = runs_info.follow(self.run_dir)
-        except Exception as exc:
-            self.show_message(error_text(exc))
-        self.polls = 0
-        self.poll()
-        self.set_interval(REDRAW_SECONDS, self.poll)
+        self._start_poll()
+        self.set_interval(REDRAW_SECONDS, self._tick)
 
     def show_message(self, text: str, kind: str = "error") -> None:
         show_message(self, text, kind)
 
-    # --- following ---------------------------------------------------------------------------------------------
+    # --- following (thread worker) -----------------------------------------------------------------------------
 
-    def poll(self) -> None:
-        if self.follower is None:
-            return
-        try:
-            events = self.follower.poll()
-        except Exception as exc:
-            self.show_message(error_text(exc))
-            return
-        if events:
-            self.view.apply_all(events)
-        self.polls += 1
-        if getattr(self.app, "check_liveness", True) and (self.polls % LIVENESS_EVERY == 1) and not events:
-            try:
-                info = self.follower.info()
-                self.view.set_liveness(info.state, info.reason)
-            except Exception:
-                pass
+    def _tick(self) -> None:
+        self._start_poll()
         if self.view.version != self.shown_version:
-            self.shown_version = self.view.version
             self.redraw()
+
+    def _start_poll(self) -> None:
+        if self._polling is not None and not self._polling.is_finished:
+            return  # the previous poll is still reading (a long history): never two at once
+        self._polling = self._poll()
+
+    @work(thread=True, group="monitor-follow", exit_on_error=False)
+    def _poll(self) -> None:
+        """Off the UI thread: read what is new and post it. Polls never overlap, so the follower is used by one
+        thread at a time."""
+        try:
+            if self.follower is None:
+                self.follower = runs_info.follow(self.run_dir)
+                self.follower.max_bytes = HISTORY_CHUNK
+            if not self.loaded:
+                view = RunView(self.run_dir)
+                while events := self.follower.poll_events():  # the whole history, folded here
+                    view.apply_all(events)
+                self.loaded = True
+                self.post_message(RunHistoryLoaded(view))
+                events = []
+            else:
+                events = self.follower.poll_events()
+                if events:
+                    self.post_message(RunEventsArrived(events))
+            self.polls += 1
+            if getattr(self.app, "check_liveness", True) and self.polls % LIVENESS_EVERY == 1 and not events:
+                info = self.follower.info()
+                self.post_message(RunLiveness(info.state, info.reason))
+        except Exception as exc:  # noqa: BLE001 - shown, never a crash of the UI
+            self.post_message(RunFollowFailed(error_text(exc)))
+
+    def on_run_history_loaded(self, message: RunHistoryLoaded) -> None:
+        self.view = message.view
+        self.query_one(RunHeader).view = self.view
+        self.redraw()
+
+    def on_run_events_arrived(self, message: RunEventsArrived) -> None:
+        self.view.apply_all(message.events)  # drawn by the next tick
+
+    def on_run_liveness(self, message: RunLiveness) -> None:
+        self.view.set_liveness(message.phase, message.reason)
+
+    def on_run_follow_failed(self, message: RunFollowFailed) -> None:
+        self.show_message(message.message)
+
+    # --- drawing -----------------------------------------------------------------------------------------------
 
     def redraw(self) -> None:
         view = self.view
+        self.shown_version = view.version
         self.query_one(RunHeader).refresh()
         self.query_one(LossPlot).update_series(view.losses, view.smoothed, view.val_losses)
         warnings = self.query_one("#mon-warnings", Static)
-        lines = [f"[red]error: {view.error}[/]"] if view.error else []
-        lines += [f"[yellow]warning: {w}[/]" for w in view.warnings[-3:]]
+        lines = [f"[red]error: {_escape(view.error)}[/]"] if view.error else []
+        lines += [f"[yellow]warning: {_escape(w)}[/]" for w in view.warnings[-3:]]
         warnings.update("\n".join(lines))
         warnings.display = bool(lines)
-        menu = self.query_one("#mon-checkpoints", OptionList)
-        if menu.option_count != len(view.checkpoints):
+        rows = tuple((c.step, bool(c.preview)) for c in view.checkpoints)
+        if rows != self.shown_rows:  # also when a preview arrives after its checkpoint: the marker must show
+            self.shown_rows = rows
+            menu = self.query_one("#mon-checkpoints", OptionList)
             highlighted = menu.highlighted
             menu.clear_options()
-            for c in view.checkpoints:
-                menu.add_option(Option(f"step {c.step:>6}{'  ▣' if c.preview else ''}", id=str(c.step)))
+            menu.add_options([Option(f"step {step:>6}{'  ▣' if preview else ''}", id=str(step))
+                              for step, preview in rows])
             if highlighted is not None and highlighted < menu.option_count:
                 menu.highlighted = highlighted
         self._show_preview()
         if view.state in TERMINAL_STATES:
-            tail = {"finished": "Finished. f: where the files are and how to use them.",
-                    "stopped": "Stopped and saved. Resume it from the start screen.",
-                    "failed": "The run failed; see the error above and worker.log in the run folder.",
-                    "killed": "The worker was killed. Escape, then r on the start screen resumes it."}[view.state]
-            self.show_message(tail, "ok" if view.state == "finished" else "warning")
+            tail = {RunPhase.FINISHED: "Finished. f: where the files are and how to use them.",
+                    RunPhase.STOPPED: "Stopped and saved. Resume it from the start screen.",
+                    RunPhase.FAILED: "The run failed; see the error above and worker.log in the run folder.",
+                    RunPhase.KILLED: "The worker was killed. Escape, then r on the start screen resumes it."}
+            self.show_message(tail[view.state], "ok" if view.state == RunPhase.FINISHED else "warning")
 
     def _show_preview(self) -> None:
         label = self.query_one("#mon-preview-label", Label)
@@ -153,12 +194,17 @@ class MonitorScreen(Screen):
         if self.view.state in TERMINAL_STATES:
             self.show_message(f"The run is {self.view.state}; there is nothing to {command}.", "info")
             return
+        self._send_command(command, done)
+
+    @work(thread=True, group="monitor-command", exit_on_error=False)
+    def _send_command(self, command: str, done: str) -> None:
+        """Drop the command file off the UI thread (a slow or full disk must not freeze the screen)."""
         try:
             runs_info.send_command(self.run_dir, command)
-        except Exception as exc:
-            self.show_message(error_text(exc))
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self.app.call_from_thread(self.show_message, error_text(exc))
             return
-        self.show_message(done, "info")
+        self.app.call_from_thread(self.show_message, done, "info")
 
     def action_stop(self) -> None:
         if self.view.state in TERMINAL_STATES:
@@ -193,3 +239,9 @@ class MonitorScreen(Screen):
 
     def action_leave(self) -> None:
         self.app.goto("start")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

@@ -1,16 +1,24 @@
-"""A braille loss plot: raw loss (dim), its moving average (bright) and the validation loss (dots), redrawn only when
-the monitor hands it new data."""
+"""A braille loss plot: raw loss (dim), its moving average (bright) and the validation loss (yellow), redrawn only when
+the monitor hands it new data.
+
+Drawing cost does not grow with the run: every series is cut into one bucket per pixel column (2 per character), and
+the raw loss is drawn as the min..max span of each bucket, so a single spike among 100k steps still shows. The series
+are kept in growing float arrays (appending only the new points), and the bucketing and rasterising are numpy."""
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widget import Widget
+from array import array
 
-_BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))  # [row][col] of a 2x4 braille cell
+import numpy as np
+from rich.text import Span, Text
+from textual.widget import Widget
 
 RAW_STYLE = "grey50"
 SMOOTH_STYLE = "bold bright_cyan"
 VAL_STYLE = "bold yellow"
+
+# weight of the braille dot at (row 0..3, column 0..1) of a cell
+_DOT_WEIGHTS = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.uint16)
 
 
 def _fmt(v: float) -> str:
@@ -21,114 +29,196 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}"[:6]
 
 
-class BrailleCanvas:
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.bits = [[0] * width for _ in range(height)]
-        self.styles: list[list[tuple[int, str] | None]] = [[None] * width for _ in range(height)]
+class Series:
+    """(step, value) points in two growing arrays. `sync(points)` appends what is new in a list that only grows, and
+    rebuilds when the list was cut (a resume truncates it)."""
 
-    def dot(self, px: int, py: int, style: str, rank: int) -> None:
-        cx, cy = px // 2, py // 4
-        if not (0 <= cx < self.width and 0 <= cy < self.height):
+    def __init__(self) -> None:
+        self.steps = array("d")
+        self.values = array("d")
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def sync(self, points) -> None:
+        n = len(self.steps)
+        if isinstance(points, Series):
+            self.steps, self.values = points.steps, points.values
             return
-        self.bits[cy][cx] |= _BITS[py % 4][px % 2]
-        current = self.styles[cy][cx]
-        if current is None or rank >= current[0]:
-            self.styles[cy][cx] = (rank, style)
+        if n > len(points) or (n and (points[n - 1][0] != self.steps[-1] or points[n - 1][1] != self.values[-1])):
+            self.steps, self.values, n = array("d"), array("d"), 0
+        new = points[n:] if n else points
+        try:
+            self.steps.extend(p[0] for p in new)
+            self.values.extend(p[1] for p in new)
+        except BufferError:  # a numpy view of the old buffer is still alive somewhere: grow a copy instead
+            self.steps, self.values = array("d", self.steps), array("d", self.values)
+            self.steps.extend(p[0] for p in new)
+            self.values.extend(p[1] for p in new)
 
-    def line(self, x0: int, y0: int, x1: int, y1: int, style: str, rank: int) -> None:
-        dx, dy = abs(x1 - x0), -abs(y1 - y0)
-        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-        err = dx + dy
-        while True:
-            self.dot(x0, y0, style, rank)
-            if x0 == x1 and y0 == y1:
-                return
-            e2 = 2 * err
-            if e2 >= dy:
-                err += dy
-                x0 += sx
-            if e2 <= dx:
-                err += dx
-                y0 += sy
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.frombuffer(self.steps, dtype=np.float64) if len(self.steps) else np.zeros(0),
+                np.frombuffer(self.values, dtype=np.float64) if len(self.values) else np.zeros(0))
 
-    def rows(self) -> list[Text]:
-        out = []
-        for bits_row, style_row in zip(self.bits, self.styles):
-            text = Text()
-            for bits, style in zip(bits_row, style_row):
-                text.append(chr(0x2800 + bits) if bits else " ", style[1] if style else None)
-            out.append(text)
-        return out
+    @property
+    def last(self) -> float | None:
+        return self.values[-1] if len(self.values) else None
+
+
+def _as_series(points) -> Series:
+    if isinstance(points, Series):
+        return points
+    series = Series()
+    series.sync(list(points))
+    return series
+
+
+def _column_starts(steps: np.ndarray, x_lo: float, x_hi: float, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """For steps sorted ascending: the pixel columns that hold points and the index of each one's first point.
+    O(columns x log points): the points themselves are never visited."""
+    edges = x_lo + (np.arange(1, n_cols) - 0.5) / max(n_cols - 1, 1) * (x_hi - x_lo)
+    bounds = np.searchsorted(steps, edges, side="left")
+    starts_all = np.r_[0, bounds]
+    ends_all = np.r_[bounds, len(steps)]
+    cols = np.flatnonzero(ends_all > starts_all)
+    return cols, starts_all[cols]
+
+
+def _buckets(steps: np.ndarray, values: np.ndarray, x_lo: float, x_hi: float, n_cols: int, spans: bool):
+    """Per pixel column that holds points: (column, min, max, last value); min/max only when `spans`."""
+    if not len(steps):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros(0), np.zeros(0), np.zeros(0)
+    cols, starts = _column_starts(steps, x_lo, x_hi, n_cols)
+    ends = np.r_[starts[1:], len(values)] - 1
+    lasts = values[ends]
+    if not spans:
+        return cols, lasts, lasts, lasts
+    return cols, np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts), lasts
+
+
+def _spans(diff: np.ndarray, cols: np.ndarray, y0: np.ndarray, y1: np.ndarray) -> None:
+    """Mark y0[i]..y1[i] in each column in a difference array [rows + 1, cols]; its cumulative sum down the rows is
+    the pixel mask (see `_mask`)."""
+    if not len(cols):
+        return
+    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
+    np.add.at(diff, (lo, cols), 1)
+    np.add.at(diff, (hi + 1, cols), -1)
+
+
+def _mask(diff: np.ndarray) -> np.ndarray:
+    return np.cumsum(diff, axis=0, dtype=np.int32)[:-1] > 0
+
+
+def _cells(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixel mask [height*4, width*2] -> braille bits per cell [height, width]."""
+    m = mask.reshape(height, 4, width, 2).astype(np.uint16)
+    return np.einsum("hrwc,rc->hw", m, _DOT_WEIGHTS)
 
 
 def render_plot(raw, smoothed, val, width: int, height: int) -> Text:
-    """The whole plot (legend, y labels, braille area, x labels) as Rich text of at most `width`x`height`."""
+    """The whole plot (legend, y labels, braille area, x labels) as Rich text of at most `width`x`height`. The series
+    are (step, value) lists or `Series`."""
+    raw, smoothed, val = _as_series(raw), _as_series(smoothed), _as_series(val)
     width, height = max(width, 20), max(height, 4)
     legend = Text()
     legend.append("━ smoothed", SMOOTH_STYLE)
-    if smoothed:
-        legend.append(f" {_fmt(smoothed[-1][1])}", SMOOTH_STYLE)
+    if smoothed.last is not None:
+        legend.append(f" {_fmt(smoothed.last)}", SMOOTH_STYLE)
     legend.append("  · loss", RAW_STYLE)
-    if raw:
-        legend.append(f" {_fmt(raw[-1][1])}", RAW_STYLE)
+    if raw.last is not None:
+        legend.append(f" {_fmt(raw.last)}", RAW_STYLE)
     legend.append("  • val", VAL_STYLE)
-    if val:
-        legend.append(f" {_fmt(val[-1][1])}", VAL_STYLE)
+    if val.last is not None:
+        legend.append(f" {_fmt(val.last)}", VAL_STYLE)
     legend.truncate(width)
-    if not raw and not val:
+    if not len(raw) and not len(val):
         return Text.assemble(legend, "\n\n", Text("waiting for the first step…", style="dim"))
     label_w = 7
     plot_w, plot_h = width - label_w - 1, height - 2
-    points = list(raw) + list(val) + list(smoothed)
-    steps = [p[0] for p in points]
-    values = [p[1] for p in points]
-    x_lo, x_hi = min(steps), max(steps)
-    y_lo, y_hi = min(values), max(values)
+    px_w, px_h = plot_w * 2, plot_h * 4
+    arrays = []
+    for series in (raw, smoothed, val):
+        steps, values = series.arrays()
+        if len(values) and not np.isfinite(values.min() + values.max()):  # rare: drop NaN/inf points
+            keep = np.isfinite(values)
+            steps, values = steps[keep], values[keep]
+        arrays.append((steps, values))
+    present = [a for a in arrays if len(a[0])]
+    if not present:
+        return Text.assemble(legend, "\n\n", Text("waiting for the first step…", style="dim"))
+    x_lo = min(float(a[0][0]) for a in present)
+    x_hi = max(float(a[0][-1]) for a in present)
+    y_lo = min(float(a[1].min()) for a in present)
+    y_hi = max(float(a[1].max()) for a in present)
     if y_hi - y_lo < 1e-12:
         y_lo, y_hi = y_lo - 0.5 * abs(y_lo or 1), y_hi + 0.5 * abs(y_hi or 1)
     if x_hi == x_lo:
         x_hi = x_lo + 1
-    canvas = BrailleCanvas(plot_w, plot_h)
-    px_max, py_max = plot_w * 2 - 1, plot_h * 4 - 1
 
-    def to_px(step: float, value: float) -> tuple[int, int]:
-        x = round((step - x_lo) / (x_hi - x_lo) * px_max)
-        y = round((1 - (value - y_lo) / (y_hi - y_lo)) * py_max)
-        return x, y
+    def to_py(values: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint((1 - (values - y_lo) / (y_hi - y_lo)) * (px_h - 1)), 0, px_h - 1).astype(np.int64)
 
-    for series, style, rank, connect in ((raw, RAW_STYLE, 0, False), (smoothed, SMOOTH_STYLE, 1, True),
-                                         (val, VAL_STYLE, 2, True)):
-        prev = None
-        for step, value in series:
-            x, y = to_px(step, value)
-            if connect and prev is not None:
-                canvas.line(prev[0], prev[1], x, y, style, rank)
-            else:
-                canvas.dot(x, y, style, rank)
-            prev = (x, y)
-    rows = canvas.rows()
+    masks = []
+    for rank, (steps, values) in enumerate(arrays):
+        diff = np.zeros((px_h + 1, px_w), dtype=np.int32)
+        cols, lows, highs, lasts = _buckets(steps, values, x_lo, x_hi, px_w, spans=rank == 0)
+        if rank == 0:  # raw: each column's whole min..max span
+            _spans(diff, cols, to_py(highs), to_py(lows))
+        elif len(cols):  # smoothed and val: a line through each column's last value
+            ys = to_py(lasts)
+            _spans(diff, cols, ys, ys)
+            if len(cols) > 1:
+                _connect(diff, cols, ys)
+        masks.append(_mask(diff))
+    bits = [_cells(m, plot_h, plot_w) for m in masks]
+    total = bits[0] | bits[1] | bits[2]
+    # the style of a cell: the highest-ranked series with a dot in it; a blank cell takes its left neighbour's, so
+    # a row needs one span per change of series, not one per gap
+    kind = np.where(bits[2] > 0, 2, np.where(bits[1] > 0, 1, 0))
+    idx = np.where(total > 0, np.arange(plot_w)[None, :], 0)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    kind = np.take_along_axis(kind, idx, axis=1)
+    codes = np.where(total > 0, total.astype(np.uint32) + 0x2800, 0x20).astype("<u4")
+    styles = (RAW_STYLE, SMOOTH_STYLE, VAL_STYLE)
     out = Text()
     out.append_text(legend)
-    for i, row in enumerate(rows):
+    for i in range(plot_h):
         out.append("\n")
-        if i == 0:
-            label = _fmt(y_hi)
-        elif i == len(rows) - 1:
-            label = _fmt(y_lo)
-        else:
-            label = ""
+        label = _fmt(y_hi) if i == 0 else (_fmt(y_lo) if i == plot_h - 1 else "")
         out.append(label.rjust(label_w) + "┤", "dim")
-        out.append_text(row)
+        row_kind = kind[i]
+        changes = np.flatnonzero(row_kind[1:] != row_kind[:-1]) + 1
+        bounds = [0, *changes.tolist(), plot_w]
+        line = codes[i].tobytes().decode("utf-32-le")
+        kinds = row_kind[bounds[:-1]].tolist()
+        out.append_text(Text(line, spans=[Span(a, b, styles[k]) for a, b, k in zip(bounds[:-1], bounds[1:], kinds)]))
     out.append("\n")
-    lo, hi = f"{x_lo}", f"step {x_hi}"
+    lo, hi = f"{x_lo:g}", f"step {x_hi:g}"
     axis = " " * (label_w + 1) + lo + " " * max(plot_w - len(lo) - len(hi), 1) + hi
     out.append(axis[:width], "dim")
     return out
 
 
+def _connect(diff: np.ndarray, cols: np.ndarray, ys: np.ndarray) -> None:
+    """Join successive points: a column's span reaches halfway to the next point, the next column's the rest; gaps
+    between far-apart columns (sparse validation points) are filled by interpolation."""
+    gaps = np.diff(cols)
+    if np.all(gaps <= 1):
+        mid = (ys[:-1] + ys[1:]) // 2
+        _spans(diff, cols[:-1], ys[:-1], mid)
+        _spans(diff, cols[1:], mid, ys[1:])
+        return
+    full = np.arange(cols[0], cols[-1] + 1)
+    yi = np.rint(np.interp(full, cols, ys)).astype(np.int64)
+    mid = (yi[:-1] + yi[1:]) // 2
+    _spans(diff, full[:-1], yi[:-1], mid)
+    _spans(diff, full[1:], mid, yi[1:])
+
+
 class LossPlot(Widget):
-    """Loss curve; call `update_series` with new data (cheap to call; it only refreshes)."""
+    """Loss curve; call `update_series` with new data (cheap: appends only the new points, then refreshes)."""
 
     DEFAULT_CSS = """
     LossPlot { height: 1fr; min-height: 6; }
@@ -136,12 +226,12 @@ class LossPlot(Widget):
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
-        self.raw: list[tuple[int, float]] = []
-        self.smoothed: list[tuple[int, float]] = []
-        self.val: list[tuple[int, float]] = []
+        self.raw, self.smoothed, self.val = Series(), Series(), Series()
 
     def update_series(self, raw, smoothed, val) -> None:
-        self.raw, self.smoothed, self.val = list(raw), list(smoothed), list(val)
+        self.raw.sync(raw)
+        self.smoothed.sync(smoothed)
+        self.val.sync(val)
         self.refresh()
 
     def render(self) -> Text:

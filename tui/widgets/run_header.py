@@ -9,7 +9,7 @@ from tui.run_view import RunView, format_duration, format_rate
 
 STATE_STYLES = {
     "running": "bold green", "stopping": "bold yellow", "stopped": "bold yellow", "finished": "bold cyan",
-    "failed": "bold red", "waiting": "dim", "killed": "bold red", "interrupted": "bold red",
+    "failed": "bold red", "starting": "dim", "killed": "bold red", "damaged": "bold red",
 }
 
 
@@ -27,7 +27,7 @@ def header_text(view: RunView) -> Text:
     second = Text(no_wrap=True, overflow="ellipsis", style="dim")
     second.append(view.name or view.run_dir.name)
     if view.device:
-        second.append(f" · {view.device}{' ' + view.dtype if view.dtype else ''}")
+        second.append(f" · {view.device}{' ' + view.precision if view.precision else ''}")
     if view.n_images:
         second.append(f" · {view.n_images} images")
     if view.epoch is not None:

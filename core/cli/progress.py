@@ -1,0 +1,159 @@
+"""The one progress display of the CLI (`tiwiz train`, `attach`, `demo`), driven by the run-state reducer.
+
+On a terminal: one live tqdm-style line, redrawn at most 4 times a second, with a line above it for every event worth
+reading (checkpoint, preview, warning, ...). Elsewhere (a pipe, a log file): plain lines, the progress at most every
+5 s, and always the last one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from core.runs import run_events as ev
+from core.runs.run_state import RunState
+from core.timefmt import format_duration
+
+
+def _fmt_time(seconds: float | None) -> str:
+    return format_duration(seconds, unknown="?")
+
+
+def progress_line(state: RunState, width: int = 20) -> str:
+    """tqdm's format: ` 42%|████▏     | 420/1000 [03:10<04:22, 2.21it/s, loss=0.0734, avg=0.0801, lr=5.00e-03]`
+    (elapsed<left); `val=` joins once a validation loss exists."""
+    step, total = state.step, state.max_steps
+    frac = min(1.0, step / total) if total else 0.0
+    eighths = int(frac * width * 8)
+    bar = "█" * (eighths // 8) + (" ▏▎▍▌▋▊▉"[eighths % 8] if eighths % 8 else "")
+    bar = bar.ljust(width)
+    rate = state.it_s or 0.0
+    rate_s = f"{rate:.2f}it/s" if rate >= 1 else (f"{1 / rate:.2f}s/it" if rate > 0 else "?it/s")
+    eta = (total - step) / rate if rate > 0 and total else None
+    parts = [rate_s]
+    for value, label, fmt in ((state.last_loss, "loss", "{:.4f}"), (state.loss_avg, "avg", "{:.4f}"),
+                              (state.last_val_loss, "val", "{:.4f}"), (state.lr, "lr", "{:.2e}")):
+        if isinstance(value, (int, float)):
+            parts.append(f"{label}={fmt.format(value)}")
+    return f"{frac * 100:3.0f}%|{bar}| {step}/{total} [{_fmt_time(state.elapsed)}<{_fmt_time(eta)}, {', '.join(parts)}]"
+
+
+def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | None:
+    """One line for an event worth a line of its own (None for steps, shown only as progress)."""
+
+    def path(rel: str) -> str:
+        if not rel:
+            return "?"
+        return str(run_dir / rel) if run_dir is not None else rel
+
+    if isinstance(event, ev.Started):
+        verb = "resumed at step" if event.resumed else "started at step"
+        return (f"{verb} {event.step} of {event.max_steps}: {event.name} on {event.device or '?'} "
+                f"({event.precision or '?'}), {event.n_images} images, model {event.model}")
+    if isinstance(event, ev.Checkpoint):
+        return f"checkpoint at step {event.step}: {path(event.safetensors)}"
+    if isinstance(event, ev.Preview):
+        return f"preview at step {event.step}: {path(event.path)}"
+    if isinstance(event, ev.Validation):
+        return f"validation loss at step {event.step}: {event.val_loss:.4f}"
+    if isinstance(event, ev.Warning):
+        return f"warning: {event.message}"
+    if isinstance(event, ev.Error):
+        return f"error: {event.message}"
+    if isinstance(event, ev.Stopping):
+        return f"stopping after step {event.step} ({event.reason or 'stop requested'}): saving ..."
+    if isinstance(event, ev.Stopped):
+        return f"stopped at step {event.step} ({event.reason}): {path(event.safetensors)}"
+    if isinstance(event, ev.Finished):
+        return f"finished at step {event.step}: {path(event.safetensors)}"
+    return None
+
+
+class ProgressView:
+    """Renders a run's events through a RunState. `replay(history)` summarises what already happened; `live(event)`
+    follows; `note(text)` prints a line of the caller's; `end()` leaves the last progress line in place."""
+
+    def __init__(self, run_dir: Path | None = None, out=None, tty: bool | None = None) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.out = out or sys.stdout
+        self.tty = tty if tty is not None else bool(getattr(self.out, "isatty", lambda: False)())
+        self.state = RunState()
+        self._drawn_at = 0.0
+        self._drawn_step: int | None = None
+        self._bar_visible = False
+        self.min_interval = 0.25 if self.tty else 5.0
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        if self._bar_visible:
+            self._write("\r\x1b[K")
+            self._bar_visible = False
+        self._write(text + "\n")
+
+    line = note
+
+    def draw(self, force: bool = False) -> None:
+        if not self.state.counts.get("step"):
+            return
+        now = time.monotonic()
+        last = self.state.max_steps and self.state.step >= self.state.max_steps
+        if not force and not last and now - self._drawn_at < self.min_interval:
+            return
+        if not self.tty and self._drawn_step == self.state.step:
+            return
+        self._drawn_at, self._drawn_step = now, self.state.step
+        if self.tty:
+            cols = shutil.get_terminal_size((120, 24)).columns
+            text = progress_line(self.state)
+            if len(text) >= cols:  # narrow terminal: shrink the bar before cutting the numbers
+                text = progress_line(self.state, width=max(3, 20 - (len(text) - cols + 1)))
+            self._write("\r" + text[: max(20, cols - 1)] + "\x1b[K")
+            self._bar_visible = True
+        else:
+            self._write(progress_line(self.state) + "\n")
+
+    def live(self, event) -> None:
+        """One new event (typed, or a dict from events.jsonl)."""
+        event = ev.as_event(event)
+        if event is None or not self.state.apply(event):
+            return
+        if isinstance(event, ev.Step):
+            self.draw()
+        elif (text := describe_event(event, self.run_dir)) is not None:
+            self.note(text)
+            if self.tty:
+                self.draw(force=True)
+
+    __call__ = live
+
+    def replay(self, events) -> None:
+        """History: a count, then every event line except repeated checkpoints/previews/validations (the last of each
+        is shown), then the progress as it stands."""
+        typed = ev.parse_all(events)
+        if not typed:
+            return
+        self.state.apply_all(typed)
+        last_of = {}
+        for i, event in enumerate(typed):
+            if isinstance(event, (ev.Checkpoint, ev.Preview, ev.Validation)):
+                last_of[event.TYPE] = i
+        counts = self.state.counts
+        self.note(f"history: {len(self.state.losses)} steps"
+                  + "".join(f", {counts[k]} {k}s" for k in last_of if counts.get(k)))
+        for i, event in enumerate(typed):
+            if event.TYPE in last_of and last_of[event.TYPE] != i:
+                continue
+            if (text := describe_event(event, self.run_dir)) is not None:
+                self.note(text)
+        self.draw(force=True)
+
+    def end(self) -> None:
+        self.draw(force=True)
+        if self._bar_visible:
+            self._write("\n")
+            self._bar_visible = False

@@ -1,0 +1,248 @@
+"""The one fold of a run's events into its state: phase, progress, loss history, checkpoints (with their previews),
+warnings, error and final files. `tiwiz runs` (when status.json is missing), `tiwiz attach`, the CLI progress, the
+TUI monitor and the Finish screen all read a run through `RunState`. Torch-free and Textual-free.
+
+    state = RunState()
+    state.apply_all(events)       # typed events or the dicts of events.jsonl (parsed with run_events.parse)
+    state.phase, state.step, state.losses, state.checkpoints ...
+
+Resume truncation lives here (once): a `started` event at step M drops the loss points after M, which a killed life
+wrote after its last checkpoint and which the resumed run trains again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.runs import run_events as ev
+from core.runs.run_events import RunPhase
+
+EMA_ALPHA = 0.1  # smoothing of the plotted loss curve (weight of the newest point)
+
+
+@dataclass
+class CheckpointRow:
+    step: int
+    pt: str = ""
+    safetensors: str = ""
+    preview: str = ""  # the preview rendered at this step (relative path), whichever event came first
+
+
+@dataclass
+class RunState:
+    phase: RunPhase = RunPhase.STARTING
+    name: str = ""
+    step: int = 0
+    max_steps: int = 0
+    epoch: int | None = None
+    lr: float | None = None
+    it_s: float | None = None
+    elapsed: float | None = None
+    loss_avg: float | None = None
+    device: str = ""
+    precision: str = ""
+    n_images: int | None = None
+    model: str = ""
+    resumed: bool = False
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    smoothed: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    checkpoints: list[CheckpointRow] = field(default_factory=list)  # sorted by step
+    previews: dict[int, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    error: str = ""
+    reason: str = ""  # why it stopped or failed
+    final_pt: str = ""
+    final_safetensors: str = ""
+    gpu: dict = field(default_factory=dict)  # mem_used, mem_total (bytes), util (percent)
+    counts: dict[str, int] = field(default_factory=dict)  # events applied, by type
+    skipped: int = 0  # events dropped by the parser (wrong field types), each also in `warnings`
+    updated: float | None = None  # time of the newest event
+    version: int = 0  # bumped on every change, so a UI redraws only when something changed
+
+    @classmethod
+    def fold(cls, events) -> "RunState":
+        state = cls()
+        state.apply_all(events)
+        return state
+
+    def apply_all(self, events) -> bool:
+        changed = False
+        for event in events:
+            changed = self.apply(event) or changed
+        return changed
+
+    def apply(self, event) -> bool:
+        """Fold one event (typed, or a dict from events.jsonl). Returns False when it was ignored (unknown type)."""
+        if not isinstance(event, ev.RunEvent):
+            event = ev.parse(event)
+            if event is None:
+                return False
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            return False
+        handler(self, event)
+        self.counts[event.TYPE] = self.counts.get(event.TYPE, 0) + 1
+        if event.time:
+            self.updated = event.time
+        self.version += 1
+        return True
+
+    # ---- handlers ---------------------------------------------------------------------------------------------------
+    def _started(self, e: ev.Started) -> None:
+        self.phase, self.error, self.reason = RunPhase.RUNNING, "", ""
+        self.name = e.name or self.name
+        self.max_steps = e.max_steps or self.max_steps
+        self.step = e.step
+        self.device = e.device or self.device
+        self.precision = e.precision or self.precision
+        self.n_images = e.n_images or self.n_images
+        self.model = e.model or self.model
+        self.resumed = e.resumed
+        self.final_pt = self.final_safetensors = ""
+        self._truncate(e.step)
+
+    def _truncate(self, step: int) -> None:
+        """Drop the points after `step`: a resume trains them again."""
+        for series in (self.losses, self.smoothed, self.val_losses):
+            while series and series[-1][0] > step:
+                series.pop()
+
+    def _step(self, e: ev.Step) -> None:
+        if self.phase not in (RunPhase.RUNNING, RunPhase.STOPPING):
+            self.phase = RunPhase.RUNNING
+        self.step = e.step
+        self.max_steps = e.max_steps or self.max_steps
+        self.epoch = e.epoch
+        self.lr = e.lr if e.lr is not None else self.lr
+        self.it_s = e.it_s if e.it_s is not None else self.it_s
+        self.elapsed = e.elapsed if e.elapsed is not None else self.elapsed
+        self.loss_avg = e.loss_avg if e.loss_avg is not None else self.loss_avg
+        loss = e.loss
+        if loss is not None and loss == loss:
+            if self.losses and self.losses[-1][0] >= e.step:  # a log without `started` between two lives
+                self._truncate(e.step - 1)
+            prev = self.smoothed[-1][1] if self.smoothed else loss
+            self.losses.append((e.step, loss))
+            self.smoothed.append((e.step, prev + EMA_ALPHA * (loss - prev)))
+        for src, dst in (("gpu_mem_used", "mem_used"), ("gpu_mem_total", "mem_total"), ("gpu_util", "util")):
+            value = getattr(e, src)
+            if value is not None:
+                self.gpu[dst] = value
+
+    def _validation(self, e: ev.Validation) -> None:
+        if self.val_losses and self.val_losses[-1][0] >= e.step:
+            while self.val_losses and self.val_losses[-1][0] >= e.step:
+                self.val_losses.pop()
+        self.val_losses.append((e.step, e.val_loss))
+
+    def _checkpoint(self, e: ev.Checkpoint) -> None:
+        row = CheckpointRow(e.step, e.pt, e.safetensors, self.previews.get(e.step, ""))
+        rows = [c for c in self.checkpoints if c.step != e.step]
+        if rows and rows[-1].step > e.step:
+            rows.append(row)
+            rows.sort(key=lambda c: c.step)
+        else:
+            rows.append(row)
+        self.checkpoints = rows
+
+    def _preview(self, e: ev.Preview) -> None:
+        if not e.path:
+            return
+        self.previews[e.step] = e.path
+        for row in reversed(self.checkpoints):  # a preview after its checkpoint marks it too
+            if row.step == e.step:
+                row.preview = e.path
+                break
+
+    def _warning(self, e: ev.Warning) -> None:
+        if e.skipped:
+            self.skipped += 1
+        message = e.message.strip()
+        if message:
+            self.warnings.append(message)
+
+    def _error(self, e: ev.Error) -> None:
+        self.phase = RunPhase.FAILED
+        self.error = self.reason = e.message or "the run failed"
+
+    def _stopping(self, e: ev.Stopping) -> None:
+        if not self.phase.final:
+            self.phase = RunPhase.STOPPING
+        self.reason = e.reason or self.reason
+
+    def _stopped(self, e: ev.Stopped) -> None:
+        self.phase = RunPhase.STOPPED
+        self.step = e.step
+        self.reason = self.reason or e.reason
+        self.final_pt, self.final_safetensors = e.pt, e.safetensors
+
+    def _finished(self, e: ev.Finished) -> None:
+        self.phase, self.reason = RunPhase.FINISHED, ""
+        self.step = e.step
+        self.final_pt, self.final_safetensors = e.pt, e.safetensors
+
+    def _exit(self, e: ev.Exit) -> None:
+        if e.state.final:
+            self.phase = e.state
+        self.step = max(self.step, e.step)
+        if e.reason:
+            self.reason = e.reason
+            if e.state == RunPhase.FAILED and not self.error:
+                self.error = e.reason
+
+    # ---- liveness and derived figures --------------------------------------------------------------------------
+    def set_liveness(self, phase, reason: str = "") -> bool:
+        """Take the phase `core.runs.folder` finds (status.json + the worker lock): a worker that died without a final
+        event shows as killed. Returns True when the state changed."""
+        phase = RunPhase.parse(phase)
+        if phase == RunPhase.KILLED and self.phase.active:
+            self.phase = RunPhase.KILLED
+            self.error = f"The worker is gone (killed at step {self.step}). Resume it from the start screen (r)."
+        elif phase == RunPhase.FAILED and self.phase == RunPhase.STARTING and reason:
+            self.phase, self.error, self.reason = RunPhase.FAILED, reason, reason
+        elif phase in (RunPhase.STOPPED, RunPhase.FINISHED, RunPhase.FAILED) and self.phase.active:
+            self.phase = phase  # the worker ended and wrote its status before its last event reached us
+            self.reason = reason or self.reason
+        else:
+            return False
+        self.version += 1
+        return True
+
+    @property
+    def last_checkpoint(self) -> int | None:
+        return self.checkpoints[-1].step if self.checkpoints else None
+
+    @property
+    def last_loss(self) -> float | None:
+        return self.losses[-1][1] if self.losses else None
+
+    @property
+    def last_smoothed(self) -> float | None:
+        return self.smoothed[-1][1] if self.smoothed else None
+
+    @property
+    def last_val_loss(self) -> float | None:
+        return self.val_losses[-1][1] if self.val_losses else None
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate, while running."""
+        if not self.it_s or self.it_s <= 0 or not self.max_steps or self.phase != RunPhase.RUNNING:
+            return None
+        return max(self.max_steps - self.step, 0) / self.it_s
+
+    @property
+    def latest_preview(self) -> tuple[int, str] | None:
+        if not self.previews:
+            return None
+        step = max(self.previews)
+        return step, self.previews[step]
+
+
+_HANDLERS = {
+    ev.Started: RunState._started, ev.Step: RunState._step, ev.Validation: RunState._validation,
+    ev.Checkpoint: RunState._checkpoint, ev.Preview: RunState._preview, ev.Warning: RunState._warning,
+    ev.Error: RunState._error, ev.Stopping: RunState._stopping, ev.Stopped: RunState._stopped,
+    ev.Finished: RunState._finished, ev.Exit: RunState._exit,
+}
