@@ -98,7 +98,10 @@ def test_report_json_lists_sources_outputs_and_skips(tmp_path):
     data = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert data["written"] == 2 and data["skipped"] == 1
     assert [s["file"] for s in data["sources"]] == ["astronaut.jpg", "coffee.jpg", "zero.jpg"]
-    assert data["sources"][0]["outputs"] == [{"image": "astronaut.png", "kind": "crop", "flipped": False}]
+    # SDXL's size conditioning: the source size, and the crop's corner in the source scaled to cover 64x64 (96x72
+    # becomes 85x64, whose centred 64-wide crop starts at x=10)
+    assert data["sources"][0]["outputs"] == [{"image": "astronaut.png", "kind": "crop", "flipped": False,
+                                              "original_size": [96, 72], "crop_left_top": [10, 0]}]
     assert data["sources"][2] == {"file": "zero.jpg", "status": "skipped", "outputs": [],
                                   "reason": "empty file (0 bytes)"}
     assert data["options"]["width"] == 64

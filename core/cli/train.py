@@ -68,6 +68,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train in a detached worker (the run folder is the output folder) and attach to it; `--detach` returns at
     once printing the run folder last; `--foreground` trains in this process (same run folder files)."""
     config = config_from_args(args)
+    from core.training import preflight
+
+    preflight.check(config, cli=True)  # before any worker or run folder: these would fail only after model loading
     if args.foreground:
         return run_foreground(config)
     from core.cli.runs import start_detached_training

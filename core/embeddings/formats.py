@@ -2,7 +2,10 @@
 
 Layouts: A1111 `.pt` (`string_to_param` with one entry), diffusers `{token: tensor}` (.bin/.pt/.safetensors), kohya
 `{"emb_params": t}`, OneTrainer `{"emp_params": t}`, a bare tensor, and A1111 PNG embeddings carrying the
-`sd-ti-embedding` text chunk. SDXL `{clip_l, clip_g}` files are recognised and refused (tiwiz trains SD1/SD2).
+`sd-ti-embedding` text chunk. SDXL (`family="sdxl"`): the one-file `{clip_l, clip_g}` layout (kohya, OneTrainer,
+ai-toolkit, tiwiz) and diffusers' two files (`learned_embeds.safetensors` + `learned_embeds_2.safetensors`, given as
+a pair or found beside each other). OneTrainer's output-side copies (`*_out` keys) are ignored with a warning.
+An embedding of the other family is refused with a message naming both.
 
 The file type is sniffed from its first bytes, not trusted from the extension. Pickle-based files are read only with
 `torch.load(weights_only=True)`, so a file that would run code is refused before anything runs.
@@ -21,7 +24,9 @@ from core.errors import TiwizError
 
 MAX_EMBEDDING_BYTES = 64 * 1024 * 1024  # real embeddings are kilobytes; anything this big is a model checkpoint
 MAX_VECTORS = 75  # one CLIP chunk; A1111's slider range
-FORMATS = ("a1111", "diffusers", "kohya", "onetrainer", "tensor", "a1111-png")
+FORMATS = ("a1111", "diffusers", "kohya", "onetrainer", "tensor", "a1111-png", "sdxl", "diffusers-sdxl")
+SDXL_PARTS = ("clip_l", "clip_g")
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 
 @dataclass
@@ -31,6 +36,14 @@ class LoadedEmbedding:
     format: str  # one of FORMATS
     step: int | None  # training step where the file records one
     metadata: dict = field(default_factory=dict)  # str -> str provenance (safetensors metadata, A1111 fields)
+    # SDXL: {"clip_l": [n, 768], "clip_g": [n, 1280]}; `vectors` is then both side by side [n, 2048]. {} otherwise.
+    parts: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # things ignored while reading (OneTrainer `_out` keys)
+
+    @property
+    def family(self) -> str | None:
+        """"sdxl" for two-part files, else None (an SD1/SD2 file's family shows only in its width)."""
+        return "sdxl" if self.parts else None
 
     @property
     def n_vectors(self) -> int:
@@ -46,8 +59,19 @@ def describe_width(dim: int) -> str:
     return f"{dim} ({family})" if family else str(dim)
 
 
-def load_embedding(path, expected_dim: int | None = None) -> LoadedEmbedding:
-    """Load an embedding file; `expected_dim` (the text encoder's width) is checked when given."""
+def load_embedding(path, expected_dim: int | None = None, *, family: str | None = None,
+                   widths: tuple[int, int] | None = None) -> LoadedEmbedding:
+    """Load an embedding file; `expected_dim` (the text encoder's width) is checked when given. `family` is the
+    model's ("sd1", "sd2", "sdxl"): an SDXL model reads SDXL files (see `load_sdxl_embedding`; `widths` are its two
+    encoders' widths), an SD1/SD2 model refuses them naming both families."""
+    if family == "sdxl":
+        return load_sdxl_embedding(path, widths)
+    emb = _load_one(path, sdxl=False, model_family=family)
+    _check_width(emb, Path(os.path.expanduser(str(path))), expected_dim)
+    return emb
+
+
+def _load_one(path, *, sdxl: bool, model_family: str | None = None) -> LoadedEmbedding:
     path = Path(os.path.expanduser(str(path)))
     if not path.exists():
         raise TiwizError(f"embedding file not found: {path}")
@@ -63,9 +87,77 @@ def load_embedding(path, expected_dim: int | None = None) -> LoadedEmbedding:
     else:
         raise TiwizError(f"{path.name} is not an embedding file tiwiz can read (expected .safetensors, or a .pt/.bin "
                          "saved by torch)")
-    emb = _interpret(obj, path, metadata, png=(kind == "png"))
-    _check_width(emb, path, expected_dim)
+    return _interpret(obj, path, metadata, png=(kind == "png"), sdxl=sdxl, model_family=model_family)
+
+
+def load_sdxl_embedding(spec, widths: tuple[int, int] | None = None) -> LoadedEmbedding:
+    """An SDXL embedding from one `{clip_l, clip_g}` file, or from diffusers' two single-tensor files: `spec` is a
+    path, a pair of paths (list/tuple, or "A,B"), or one of the two files with its partner beside it
+    (`learned_embeds.safetensors` <-> `learned_embeds_2.safetensors`). `widths` (CLIP-L, bigG) are checked."""
+    paths = _spec_paths(spec)
+    if len(paths) == 1:
+        emb = _load_one(paths[0], sdxl=True)
+        if not emb.parts:
+            partner = _diffusers_partner(paths[0])
+            if partner is None:
+                raise TiwizError(
+                    f"{paths[0].name} holds one tensor {emb.dim} wide (an SD1/SD2-style embedding), but this model is "
+                    f"SDXL, which needs two sets of vectors, clip_l and clip_g{_widths_text(widths)}. An embedding only "
+                    "works with the model family it was trained for. (For diffusers' SDXL output, keep "
+                    "learned_embeds_2.safetensors beside learned_embeds.safetensors, or give both files.)")
+            paths = [paths[0], partner]
+    if len(paths) == 2:
+        emb = _pair(paths, widths)
+    elif len(paths) > 2:
+        raise TiwizError(f"an SDXL embedding is one file or a pair of files, not {len(paths)}")
+    if widths is not None:
+        got = (int(emb.parts["clip_l"].shape[1]), int(emb.parts["clip_g"].shape[1]))
+        if got != tuple(int(w) for w in widths):
+            raise TiwizError(f"{emb.name}: clip_l/clip_g are {got[0]}/{got[1]} wide but this model's text encoders "
+                             f"are {widths[0]}/{widths[1]} wide; an embedding only works with the model family it "
+                             "was trained for")
     return emb
+
+
+def _spec_paths(spec) -> list[Path]:
+    if isinstance(spec, (list, tuple)):
+        return [Path(os.path.expanduser(str(p))) for p in spec]
+    text = str(spec)
+    whole = Path(os.path.expanduser(text))
+    if not whole.exists() and "," in text:
+        return [Path(os.path.expanduser(p.strip())) for p in text.split(",") if p.strip()]
+    return [whole]
+
+
+def _diffusers_partner(path: Path) -> Path | None:
+    """diffusers' SDXL script writes `NAME.safetensors` (CLIP-L) and `NAME_2.safetensors` (bigG) side by side."""
+    stem = path.stem
+    candidates = [path.with_name(stem[:-2] + path.suffix)] if stem.endswith("_2") else []
+    candidates.append(path.with_name(stem + "_2" + path.suffix))
+    return next((c for c in candidates if c != path and c.is_file()), None)
+
+
+def _pair(paths: list[Path], widths) -> LoadedEmbedding:
+    import torch
+
+    a, b = (_load_one(p, sdxl=True) for p in paths)
+    for emb, p in ((a, paths[0]), (b, paths[1])):
+        if emb.parts:
+            raise TiwizError(f"{p.name} already holds both clip_l and clip_g; give it alone, not as one of a pair")
+    if widths is not None and (a.dim, b.dim) == (widths[1], widths[0]):
+        a, b = b, a
+    elif widths is None and paths[0].stem.endswith("_2"):
+        a, b = b, a
+    if a.n_vectors != b.n_vectors:
+        raise TiwizError(f"{paths[0].name} and {paths[1].name} hold {a.n_vectors} and {b.n_vectors} vectors; the two "
+                         "halves of an SDXL embedding need the same number")
+    return LoadedEmbedding(name=a.name, vectors=torch.cat([a.vectors, b.vectors], 1), format="diffusers-sdxl",
+                           step=a.step, metadata=a.metadata, parts={"clip_l": a.vectors, "clip_g": b.vectors},
+                           warnings=a.warnings + b.warnings)
+
+
+def _widths_text(widths) -> str:
+    return f" ({widths[0]} and {widths[1]} wide)" if widths else ""
 
 
 # ---- reading ----------------------------------------------------------------------------------------------------
@@ -147,7 +239,25 @@ def _read_png(path: Path):
 
 
 # ---- interpreting -----------------------------------------------------------------------------------------------
-def _interpret(obj, path: Path, metadata: dict, png: bool = False) -> LoadedEmbedding:
+def _interpret(obj, path: Path, metadata: dict, png: bool = False, sdxl: bool = False,
+               model_family: str | None = None) -> LoadedEmbedding:
+    warnings = []
+    if isinstance(obj, dict):
+        outs = [k for k in obj if isinstance(k, str) and k.endswith("_out")]
+        if outs and len(outs) == len(obj):
+            raise TiwizError(f"{path.name} holds only OneTrainer output embeddings ({', '.join(outs)}), which act on the "
+                             "text encoder's output; tiwiz, A1111 and ComfyUI use input embeddings (clip_l/clip_g or "
+                             "emp_params). Export the embedding without output embeddings.")
+        if outs:
+            warnings.append(f"{path.name}: ignored OneTrainer output embedding(s) {', '.join(outs)} (they act on the "
+                            "text encoder's output; only the input vectors are used)")
+            obj = {k: v for k, v in obj.items() if k not in outs}
+    emb = _interpret_inputs(obj, path, metadata, png, sdxl, model_family)
+    emb.warnings = warnings + emb.warnings
+    return emb
+
+
+def _interpret_inputs(obj, path: Path, metadata: dict, png: bool, sdxl: bool, model_family: str | None):
     import torch
 
     stem = path.stem
@@ -168,10 +278,24 @@ def _interpret(obj, path: Path, metadata: dict, png: bool = False) -> LoadedEmbe
         step = obj.get("step")
         step = int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else None
         return _result(name, next(iter(params.values())), "a1111-png" if png else "a1111", step, meta, path)
-    if "clip_l" in obj or "clip_g" in obj:
-        raise TiwizError(f"{path.name} is an SDXL embedding (clip_l + clip_g); this model is SD1/SD2, and tiwiz "
-                         "trains SD1/SD2 embeddings only. Use it with an SDXL model.")
     step = _int_or_none(metadata.get("step") or metadata.get("ss_steps"))
+    if "clip_l" in obj or "clip_g" in obj:
+        model = FAMILY_NAMES.get(model_family or "", "SD1/SD2")
+        if not sdxl:
+            raise TiwizError(f"{path.name} is an SDXL embedding (clip_l + clip_g); this model is {model}. An embedding "
+                             f"only works with the model family it was trained for: use it with an SDXL model, or "
+                             f"train a {model} embedding.")
+        missing = [k for k in SDXL_PARTS if not isinstance(obj.get(k), torch.Tensor)]
+        if missing:
+            raise TiwizError(f"{path.name} has {' and '.join(k for k in SDXL_PARTS if k not in missing)} but no "
+                             f"{missing[0]}; an SDXL embedding needs both clip_l and clip_g")
+        vec_l, vec_g = vector_matrix(obj["clip_l"], path.name), vector_matrix(obj["clip_g"], path.name)
+        if vec_l.shape[0] != vec_g.shape[0]:
+            raise TiwizError(f"{path.name}: clip_l has {vec_l.shape[0]} vectors but clip_g has {vec_g.shape[0]}; "
+                             "the two halves of an SDXL embedding need the same number")
+        return LoadedEmbedding(name=str(metadata.get("name") or stem), vectors=torch.cat([vec_l, vec_g], 1),
+                               format="sdxl", step=step, metadata={str(k): str(v) for k, v in metadata.items()},
+                               parts={"clip_l": vec_l, "clip_g": vec_g})
     if "emb_params" in obj:
         return _result(stem, obj["emb_params"], "kohya", step, metadata, path)
     if "emp_params" in obj:  # OneTrainer (sic); emp_params_out, if present, is its output-side copy

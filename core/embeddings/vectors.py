@@ -22,7 +22,7 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 1
 __all__ = [
     "LoadedEmbedding", "MAX_NAME_LENGTH", "MAX_VECTORS", "check_trigger", "init_vectors", "load_embedding",
     "name_problem", "sanitize_name",
-    "save_embedding", "trigger_problems",
+    "save_embedding", "save_sdxl_embedding", "trigger_problems",
 ]
 
 
@@ -185,3 +185,42 @@ def save_embedding(vectors, path_stem, *, name: str, step: int, base_model: str,
     save_a1111_pt(pt_data, pt_path, name)
     atomic_write_with(st_path, lambda tmp: save_file({name: vec}, tmp, metadata=metadata))
     return pt_path, st_path
+
+
+def save_sdxl_embedding(clip_l, clip_g, path_stem, *, name: str, step: int, base_model: str, base_hash: str | None,
+                        init_text: str, overwrite: bool = False) -> Path:
+    """Write `path_stem.safetensors` with exactly two fp32 tensors, `clip_l [n, 768]` and `clip_g [n, 1280]` (same n),
+    and the same string metadata as SD1 files: the one SDXL layout A1111/Forge, ComfyUI, InvokeAI and SD.Next all
+    load. There is no A1111 `.pt` layout for SDXL, so none is written. Returns the path."""
+    from safetensors.torch import save_file
+
+    from core import __version__
+    from core.atomic import atomic_write_with
+
+    if not isinstance(name, str) or not name.strip():
+        raise TiwizError("an embedding needs a name")
+    vec_l, vec_g = _clean_vectors(clip_l), _clean_vectors(clip_g)
+    if vec_l.shape[0] != vec_g.shape[0]:
+        raise TiwizError(f"embedding vectors: clip_l has {vec_l.shape[0]} vectors but clip_g has {vec_g.shape[0]}; "
+                         "an SDXL embedding needs the same number in both")
+    stem = Path(path_stem)
+    st_path = stem.with_name(stem.name + ".safetensors")
+    if st_path.exists() and not overwrite:
+        raise TiwizError(f"{st_path} already exists; choose another name or allow overwriting (--overwrite)")
+    if st_path.is_dir():
+        raise TiwizError(f"{st_path} is a folder; cannot write an embedding there")
+    metadata = {
+        "format": "pt",
+        "name": name,
+        "base_model": "" if base_model is None else str(base_model),
+        "base_model_hash": "" if base_hash is None else str(base_hash),
+        "step": str(int(step)),
+        "vectors": str(vec_l.shape[0]),
+        "dim": f"{vec_l.shape[1]}+{vec_g.shape[1]}",
+        "family": "sdxl",
+        "init_text": "" if init_text is None else str(init_text),
+        "tiwiz_version": __version__,
+    }
+    os.makedirs(stem.parent, exist_ok=True)
+    atomic_write_with(st_path, lambda tmp: save_file({"clip_l": vec_l, "clip_g": vec_g}, tmp, metadata=metadata))
+    return st_path

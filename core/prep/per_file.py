@@ -34,6 +34,9 @@ class OutputImage:
     png: bytes
     kind: str  # "crop", "split", "focal"
     flipped: bool = False
+    # Where the output sits in the source, for SDXL's size conditioning: the crop's (left, top) in the source scaled to
+    # cover the output size (None when unknown). The source's own size is SourceResult.size.
+    crop_left_top: tuple[int, int] | None = None
 
 
 @dataclass
@@ -76,6 +79,11 @@ def _png(img: Image.Image) -> bytes:
 def centre_crop_resize(img: Image.Image, width: int, height: int) -> Image.Image:
     """A1111's resize_image mode 1 ("crop and resize"): scale to cover, then centre. Only the kept region is resampled,
     which gives the same pixels as resizing everything and cropping, faster."""
+    return _centre_crop(img, width, height)[0]
+
+
+def _centre_crop(img: Image.Image, width: int, height: int):
+    """`centre_crop_resize`, plus the crop's (left, top) and the covering scaled width."""
     ratio = width / height
     src_ratio = img.width / img.height
     src_w = width if ratio > src_ratio else img.width * height // img.height
@@ -83,7 +91,7 @@ def centre_crop_resize(img: Image.Image, width: int, height: int) -> Image.Image
     sx, sy = src_w / img.width, src_h / img.height
     ox, oy = src_w // 2 - width // 2, src_h // 2 - height // 2
     box = (ox / sx, oy / sy, (ox + width) / sx, (oy + height) / sy)
-    return img.resize((width, height), Image.LANCZOS, box=box, reducing_gap=3.0)
+    return img.resize((width, height), Image.LANCZOS, box=box, reducing_gap=3.0), (ox, oy), src_w
 
 
 def process_source(task: SourceTask) -> SourceResult:
@@ -120,12 +128,16 @@ def _process(task: SourceTask, result: SourceResult) -> None:
     ow, oh = loaded.original_size
     result.upscale = max(W / ow, H / oh)
 
-    made: list[tuple[str, str, Image.Image]] = []  # (suffix, kind, image)
+    made: list[tuple] = []  # (suffix, kind, image, (left, top, scaled width) or None)
     default_resize = True
     if opt.split and should_split(img.width, img.height, W, H, opt.split_threshold):
+        from core.prep.split import plan_split
+
         crops = split_image(img, W, H, opt.split_overlap)
+        plan = plan_split(img.width, img.height, W, H, opt.split_overlap)
         digits = len(str(len(crops)))
-        made += [(f"-{i + 1:0{digits}d}", "split", c) for i, c in enumerate(crops)]
+        made += [(f"-{i + 1:0{digits}d}", "split", c, (b[0], b[1], plan.resized[0]))
+                 for i, (c, b) in enumerate(zip(crops, plan.boxes))]
         default_resize = False
     if opt.focal_crop and img.width != img.height:  # A1111: square images take the default crop
         t1 = time.process_time()
@@ -136,20 +148,24 @@ def _process(task: SourceTask, result: SourceResult) -> None:
             result.timings[f"focal_{name}"] = seconds
         result.faces = focal.faces
         suffix = "-focal" if made else ""
-        made.append((suffix, "focal", focal.crop))
+        made.append((suffix, "focal", focal.crop, (focal.box[0], focal.box[1], focal.scaled_size[0])))
         if opt.focal_debug:
             result.debug.append((suffix, _png(debug_image(focal))))
         default_resize = False
     if default_resize:
-        made.append(("", "crop", centre_crop_resize(img, W, H)))
+        out, (left, top), scaled_w = _centre_crop(img, W, H)
+        made.append(("", "crop", out, (left, top, scaled_w)))
     if task.detect_faces and "focal_face" not in result.timings:
         t1 = time.process_time()
         result.faces = len(detect_faces(img))
         result.timings["faces"] = time.process_time() - t1
 
     t1 = time.process_time()
-    for suffix, kind, out in made:
-        result.outputs.append(OutputImage(suffix, _png(out), kind))
+    for suffix, kind, out, where in made:
+        crop = (int(where[0]), int(where[1])) if where else None
+        result.outputs.append(OutputImage(suffix, _png(out), kind, crop_left_top=crop))
         if opt.flip:
-            result.outputs.append(OutputImage(f"{suffix}-flip", _png(ImageOps.mirror(out)), kind, flipped=True))
+            mirrored = (int(where[2]) - int(where[0]) - out.width, int(where[1])) if where else None
+            result.outputs.append(OutputImage(f"{suffix}-flip", _png(ImageOps.mirror(out)), kind, flipped=True,
+                                              crop_left_top=mirrored))
     result.timings["encode"] = time.process_time() - t1

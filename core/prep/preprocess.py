@@ -288,7 +288,10 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
             for out in res.outputs:
                 name = f"{base}{out.suffix}.png"
                 writer.submit(dest / name, out.png)
-                record["outputs"].append({"image": name, "kind": out.kind, "flipped": out.flipped})
+                entry = {"image": name, "kind": out.kind, "flipped": out.flipped}
+                if out.crop_left_top is not None and res.size:  # SDXL size conditioning (core.training.dataset)
+                    entry.update(original_size=list(res.size), crop_left_top=list(out.crop_left_top))
+                record["outputs"].append(entry)
             for suffix, png in res.debug:
                 debug_name = f"{DEBUG_DIR}/{base}{suffix}.png"
                 writer.submit(dest / debug_name, png)

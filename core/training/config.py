@@ -19,7 +19,8 @@ except ModuleNotFoundError:  # Python 3.10
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from core.errors import TiwizError
+from core.errors import FieldError, TiwizError
+from core.fields import FieldSpec, field_specs
 from core.training.schedule import parse_schedule
 
 CHOICES = {
@@ -30,11 +31,35 @@ CHOICES = {
     "optimizer": ("adamw", "prodigy", "adamw8bit"),
     "preview_sampler": ("euler_a", "dpmpp_2m", "ddim", "euler"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "prediction_type": ("auto", "epsilon", "v_prediction"),
+    "gradient_checkpointing": ("auto", "on", "off"),
 }
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+# Inclusive (min, max) of numeric fields (None = unbounded), checked by validate() and shown by the forms. A field
+# whose rule involves other fields or special values (preview_width: 0 or 64-4096) is checked in validate() instead.
+BOUNDS = {
+    "vectors": (1, 75),
+    "steps": (1, None),
+    "batch_size": (1, None),
+    "grad_accum": (1, None),
+    "width": (64, 4096),
+    "height": (64, 4096),
+    "noise_offset": (0.0, 1.0),
+    "save_every": (0, None),
+    "preview_every": (0, None),
+    "validate_every": (-1, None),
+    "validation_images": (1, 64),
+    "auto_stop_window": (2, None),
+    "holdout": (-1, None),
+    "bucket_min_side": (64, 4096),
+    "threads": (0, 1024),
+    "preview_steps": (1, 1000),
+    "preview_cfg": (0.0, None),
+    "max_nan_steps": (1, None),
+}
 
 HELP = {
-    "model": "Base model: a diffusers folder or a .safetensors/.ckpt file (SD1.x/SD2.x)",
+    "model": "Base model: a diffusers folder or a .safetensors/.ckpt file (SD1.x, SD2.x or SDXL: Pony, Illustrious, NoobAI...)",
     "data": "Folder of training images; same-stem .txt files are their captions",
     "name": "Embedding name: the word you type in prompts and the output file name",
     "init_text": "Text whose token embeddings start the vectors ('*' like A1111; empty = zeros)",
@@ -90,6 +115,11 @@ HELP = {
     "device": "auto, cpu, cuda or mps",
     "precision": "auto: bf16 autocast on GPUs with native bf16 (compute capability 8.0+), else fp16 with a gradient "
                  "scaler; fp32 on CPU/MPS. fp32, bf16 or fp16 force one (bf16/fp16 need a CUDA GPU)",
+    "prediction_type": "auto: what the model says (its scheduler config, a v_pred marker key, a .yaml beside it); "
+                       "epsilon or v_prediction force one (for v-prediction files without a marker)",
+    "gradient_checkpointing": "Recompute UNet activations in the backward pass instead of keeping them: much less GPU "
+                              "memory, about 20-30% slower. auto: on for SDXL on CUDA (so 1024 px fits in 24 GB), "
+                              "off otherwise",
     "init_from": "Continue from an existing embedding file instead of init_text (empty = off)",
     "preview_prompt": "Preview prompt with [name] (empty = first template line with the first caption)",
     "preview_negative": "Preview negative prompt",
@@ -145,6 +175,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    prediction_type: str = "auto"
+    gradient_checkpointing: str = "auto"
     init_from: str = ""
     preview_prompt: str = ""
     preview_negative: str = ""
@@ -159,8 +191,9 @@ class TrainConfig:
 
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+    def field_specs(cls) -> list[FieldSpec]:
+        """Every field's type, default, help, choices and bounds (see `core.fields`)."""
+        return field_specs(cls, help=HELP, choices=CHOICES, bounds=BOUNDS)
 
     @classmethod
     def from_dict(cls, data: dict, *, validate: bool = True) -> "TrainConfig":
@@ -193,6 +226,8 @@ class TrainConfig:
         data = data.get("train", data) if isinstance(data.get("train"), dict) else data
         try:
             return cls.from_dict(data, validate=validate)
+        except FieldError as exc:
+            raise FieldError(exc.field, f"{path}: {exc}") from None
         except TiwizError as exc:
             raise TiwizError(f"{path}: {exc}") from None
 
@@ -217,65 +252,51 @@ class TrainConfig:
 
     # ---- validation ---------------------------------------------------------------------------------------------
     def validate(self, *, require_paths: bool = True) -> "TrainConfig":
-        """Raise TiwizError naming the first bad field. `require_paths=False` skips model/data/name presence."""
-        for key, allowed in CHOICES.items():
-            value = getattr(self, key)
-            if value not in allowed:
-                raise TiwizError(f"{key}: must be one of {', '.join(allowed)} (got {value!r})")
+        """Raise FieldError naming the first bad field. `require_paths=False` skips model/data/name presence."""
+        for spec in self.field_specs():  # types, choices and BOUNDS, from the field metadata
+            spec.check(getattr(self, spec.name))
         if not re.fullmatch(DEVICE_PATTERN, self.device):
-            raise TiwizError(f"device: must be one of auto, cpu, cuda, cuda:N, mps (got {self.device!r})")
+            raise FieldError("device", f"device: must be one of auto, cpu, cuda, cuda:N, mps (got {self.device!r})")
         if self.precision in ("bf16", "fp16") and self.device in ("cpu", "mps"):
-            raise TiwizError(f"precision: {self.precision} mixed precision needs a CUDA GPU but device is "
+            raise FieldError("precision", f"precision: {self.precision} mixed precision needs a CUDA GPU but device is "
                              f"{self.device} (use precision auto or fp32, or device cuda)")
         if require_paths:
             for key in ("model", "data", "name"):
                 if not str(getattr(self, key)).strip():
-                    raise TiwizError(f"{key}: required ({HELP[key]})")
-        _check_range("vectors", self.vectors, 1, 75)
-        _check_range("steps", self.steps, 1, None)
-        _check_range("batch_size", self.batch_size, 1, None)
-        _check_range("grad_accum", self.grad_accum, 1, None)
+                    raise FieldError(key, f"{key}: required ({HELP[key]})")
         for key in ("width", "height"):
             value = getattr(self, key)
-            _check_range(key, value, 64, 4096)
             if value % 8:
-                raise TiwizError(f"{key}: must be a multiple of 8 (got {value})")
+                raise FieldError(key, f"{key}: must be a multiple of 8 (got {value})")
         for key in ("preview_width", "preview_height"):
             value = getattr(self, key)
             if value:
                 _check_range(key, value, 64, 4096)
                 if value % 8:
-                    raise TiwizError(f"{key}: must be a multiple of 8, or 0 for the training size (got {value})")
+                    raise FieldError(key, f"{key}: must be a multiple of 8, or 0 for the training size (got {value})")
         if not 0.0 <= self.tag_dropout < 1.0:
-            raise TiwizError(f"tag_dropout: must be between 0 and 1 (got {self.tag_dropout})")
-        if not 0.0 <= self.noise_offset <= 1.0:
-            raise TiwizError(f"noise_offset: must be between 0 and 1 (got {self.noise_offset})")
-        _check_range("save_every", self.save_every, 0, None)
-        _check_range("preview_every", self.preview_every, 0, None)
-        _check_range("validate_every", self.validate_every, -1, None)
-        _check_range("validation_images", self.validation_images, 1, 64)
+            raise FieldError("tag_dropout", f"tag_dropout: must be between 0 and 1 (got {self.tag_dropout})")
         if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
-            raise TiwizError(f"min_snr_gamma: must be a number > 0 (got {self.min_snr_gamma})")
-        _check_range("auto_stop_window", self.auto_stop_window, 2, None)
+            raise FieldError("min_snr_gamma", f"min_snr_gamma: must be a number > 0 (got {self.min_snr_gamma})")
         if not (math.isfinite(self.auto_stop_threshold) and 0 < self.auto_stop_threshold < 1):
-            raise TiwizError(f"auto_stop_threshold: must be between 0 and 1 (got {self.auto_stop_threshold})")
+            raise FieldError("auto_stop_threshold",
+                             f"auto_stop_threshold: must be between 0 and 1 (got {self.auto_stop_threshold})")
         if self.auto_stop and self.validate_every == 0:
-            raise TiwizError("auto_stop: needs the validation loss; set validate_every to -1 (automatic) or > 0")
-        _check_range("holdout", self.holdout, -1, None)
-        _check_range("bucket_min_side", self.bucket_min_side, 64, 4096)
+            raise FieldError("auto_stop",
+                             "auto_stop: needs the validation loss; set validate_every to -1 (automatic) or > 0")
         _check_range("bucket_max_side", self.bucket_max_side, self.bucket_min_side, 4096)
         for key in ("bucket_min_side", "bucket_max_side"):
             if getattr(self, key) % 64:
-                raise TiwizError(f"{key}: must be a multiple of 64 (got {getattr(self, key)})")
-        _check_range("threads", self.threads, 0, 1024)
-        _check_range("preview_steps", self.preview_steps, 1, 1000)
-        _check_range("max_nan_steps", self.max_nan_steps, 1, None)
-        if not math.isfinite(self.preview_cfg) or self.preview_cfg < 0:
-            raise TiwizError(f"preview_cfg: must be a number >= 0 (got {self.preview_cfg})")
-        parse_schedule(self.lr, "lr")
-        parse_schedule(self.clip_grad_value, "clip_grad_value")
+                raise FieldError(key, f"{key}: must be a multiple of 64 (got {getattr(self, key)})")
+        for key in ("lr", "clip_grad_value"):
+            try:
+                parse_schedule(getattr(self, key), key)
+            except FieldError:
+                raise
+            except TiwizError as exc:
+                raise FieldError(key, str(exc)) from None
         if any(ch in self.name for ch in "/\\") or self.name.strip() in (".", ".."):
-            raise TiwizError(f"name: must not contain path separators (got {self.name!r})")
+            raise FieldError("name", f"name: must not contain path separators (got {self.name!r})")
         return self
 
     # ---- derived values -----------------------------------------------------------------------------------------
@@ -304,10 +325,10 @@ class TrainConfig:
 
 def _check_range(key: str, value, low, high) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TiwizError(f"{key}: must be a whole number (got {value!r})")
+        raise FieldError(key, f"{key}: must be a whole number (got {value!r})")
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise TiwizError(f"{key}: must be {bound} (got {value})")
+        raise FieldError(key, f"{key}: must be {bound} (got {value})")
 
 
 def _coerce(key: str, value, default):
@@ -317,10 +338,10 @@ def _coerce(key: str, value, default):
             return value
         if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.strip().lower() in ("true", "yes", "1", "on")
-        raise TiwizError(f"{key}: must be true or false (got {value!r})")
+        raise FieldError(key, f"{key}: must be true or false (got {value!r})")
     if isinstance(default, int):
         if isinstance(value, bool):
-            raise TiwizError(f"{key}: must be a whole number (got {value!r})")
+            raise FieldError(key, f"{key}: must be a whole number (got {value!r})")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -330,7 +351,7 @@ def _coerce(key: str, value, default):
                 return int(value.strip())
             except ValueError:
                 pass
-        raise TiwizError(f"{key}: must be a whole number (got {value!r})")
+        raise FieldError(key, f"{key}: must be a whole number (got {value!r})")
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -339,11 +360,11 @@ def _coerce(key: str, value, default):
                 return float(value.strip())
             except ValueError:
                 pass
-        raise TiwizError(f"{key}: must be a number (got {value!r})")
+        raise FieldError(key, f"{key}: must be a number (got {value!r})")
     if key in ("lr", "clip_grad_value") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return repr(value) if isinstance(value, float) else str(value)
     if not isinstance(value, str):
-        raise TiwizError(f"{key}: must be a string (got {value!r})")
+        raise FieldError(key, f"{key}: must be a string (got {value!r})")
     return value
 
 

@@ -647,7 +647,13 @@ class Trainer:
         import torch
 
         self.generator = torch.Generator().manual_seed(self.config.seed)
-        self.optimizer = torch.optim.AdamW([self.vectors], lr=self.lr_schedule.rate_at(0), weight_decay=0.0)
+        from core.training.optimizers import lr_warning, make_optimizer
+
+        self.optimizer = make_optimizer(self.config.optimizer, [self.vectors], self.lr_schedule.rate_at(0),
+                                        self.device.type)
+        warning = lr_warning(self.config.optimizer, self.config.lr)
+        if warning:
+            self.sink.emit(ev.Warning(message=warning))
 
     def _restore(self, state: dict) -> None:
         from core.training.resume_state import py_state_from, restore_global_rng
