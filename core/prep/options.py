@@ -1,6 +1,7 @@
 """Every `tiwiz preprocess` option in one torch-free dataclass. The TUI builds its form from `option_fields()`.
 
-Each field carries `metadata` with `help` (one line), and where it applies `choices`, `min`, `max` and `cli` (the flag).
+Each field carries `metadata` with `help` (one line), and where it applies `choices`, `min`, `max` and `cli` (the flag):
+the convention of `core.fields`, shared with `TrainConfig`. Bad values raise `FieldError(field, message)`.
 Defaults follow A1111's Preprocess tab (512×512, split 0.5/0.2, focal weights 0.9/0.15/0.5).
 """
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, fields
 
-from core.errors import TiwizError
+from core.errors import FieldError, TiwizError
+from core.fields import FieldSpec, field_specs
 
 CAPTION_ACTIONS = ("ignore", "copy", "prepend", "append")
 
@@ -57,27 +59,32 @@ class PreprocessOptions:
             flag = meta.get("cli", f.name)
             if isinstance(f.default, bool):
                 if not isinstance(value, bool):
-                    raise TiwizError(f"{flag} must be true or false, not {value!r}.")
+                    raise FieldError(f.name, f"{flag} must be true or false, not {value!r}.")
                 continue
             if isinstance(f.default, (int, float)):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise TiwizError(f"{flag} must be a number, not {value!r}.")
+                    raise FieldError(f.name, f"{flag} must be a number, not {value!r}.")
                 if isinstance(f.default, int) and not float(value).is_integer():
-                    raise TiwizError(f"{flag} must be a whole number, not {value!r}.")
+                    raise FieldError(f.name, f"{flag} must be a whole number, not {value!r}.")
                 lo, hi = meta.get("min"), meta.get("max")
                 if (lo is not None and value < lo) or (hi is not None and value > hi):
-                    raise TiwizError(f"{flag} must be between {lo} and {hi}, not {value}.")
+                    raise FieldError(f.name, f"{flag} must be between {lo} and {hi}, not {value}.")
             if "choices" in meta and value not in meta["choices"]:
-                raise TiwizError(f"{flag} must be one of {', '.join(meta['choices'])}, not {value!r}.")
+                raise FieldError(f.name, f"{flag} must be one of {', '.join(meta['choices'])}, not {value!r}.")
         for name in ("width", "height"):
             if getattr(self, name) % 8:
-                raise TiwizError(f"--{name} must be a multiple of 8 (Stable Diffusion works in 8-pixel blocks), "
+                raise FieldError(name, f"--{name} must be a multiple of 8 (Stable Diffusion works in 8-pixel blocks), "
                                  f"not {getattr(self, name)}.")
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", self.background or ""):
-            raise TiwizError(f"--background must be a colour like #808080, not {self.background!r}.")
+            raise FieldError("background", f"--background must be a colour like #808080, not {self.background!r}.")
         if self.focal_crop and not (self.focal_face_weight or self.focal_entropy_weight or self.focal_edges_weight):
-            raise TiwizError("--focal-crop needs at least one non-zero weight (face, entropy or edges).")
+            raise FieldError("focal_crop", "--focal-crop needs at least one non-zero weight (face, entropy or edges).")
         return self
+
+    @classmethod
+    def field_specs(cls) -> list[FieldSpec]:
+        """Every option's type, default, help, choices and bounds (see `core.fields`)."""
+        return field_specs(cls)
 
     @property
     def background_rgb(self) -> tuple[int, int, int]:

@@ -105,17 +105,24 @@ class PreprocessScreen(WizardScreen):
             event.input.add_class("-invalid")
             self.show_message(f"{name.replace('_', ' ')}: not a number")
             return
-        event.input.remove_class("-invalid")
         self._set(name, value)
         problem = self.validate_options()
         if problem:
             self.show_message(problem)
 
     def validate_options(self) -> str | None:
+        """The first problem with the options (its input marked invalid), or None."""
+        from core.errors import FieldError
         from core.prep.options import PreprocessOptions
 
+        for widget in self.query(".form-field"):
+            widget.remove_class("-invalid")
         try:
             PreprocessOptions.from_dict(dict(self.state.preprocess))
+        except FieldError as exc:
+            for widget in self.query(f"#pp-{exc.field}"):
+                widget.add_class("-invalid")
+            return error_text(exc)
         except Exception as exc:
             return error_text(exc)
         return None

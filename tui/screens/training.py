@@ -5,7 +5,7 @@ Next starts the detached worker and opens the monitor."""
 from __future__ import annotations
 
 import random
-from dataclasses import fields
+import time
 from pathlib import Path
 
 from textual import on, work
@@ -14,7 +14,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Select, Static, TabbedContent, TabPane
 
-from core.training.config import CHOICES, HELP, TrainConfig
+from core.errors import FieldError
+from core.training.config import TrainConfig
 from tui import runs_info
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import PromptModal
@@ -24,11 +25,13 @@ SET_EARLIER = ("model", "data", "name", "init_text", "vectors", "overwrite")
 BASIC = ("steps", "lr", "batch_size", "grad_accum", "width", "height", "resize", "template", "save_every",
          "preview_every", "seed", "device")
 PREVIEW_PREFIX = "preview_"
+SIDE_DEBOUNCE_S = 0.15  # the summary and sample prompts wait for typing to pause this long
 
 
 def groups() -> dict[str, list]:
+    """The form's tabs: each TrainConfig field's spec (type, help, choices, bounds; see `core.fields`)."""
     out: dict[str, list] = {"Basic": [], "Preview": [], "Advanced": []}
-    for f in fields(TrainConfig):
+    for f in TrainConfig.field_specs():
         if f.name in SET_EARLIER:
             continue
         if f.name in BASIC:
@@ -108,11 +111,11 @@ class TrainingScreen(WizardScreen):
     def _field(self, f, defaults: TrainConfig, templates: list[str]):
         value = self.state.train.get(f.name, getattr(defaults, f.name))
         with Horizontal(classes="form-row"):
-            yield Label(f.name.replace("_", " "), classes="form-label")
-            if isinstance(f.default, bool):
+            yield Label(f.label, classes="form-label")
+            if f.type is bool:
                 yield Checkbox("", bool(value), id=f"tr-{f.name}", classes="form-field", compact=True)
-            elif f.name in CHOICES:
-                yield Select([(c, c) for c in CHOICES[f.name]], value=value, allow_blank=False,
+            elif f.choices:
+                yield Select([(c, c) for c in f.choices], value=value, allow_blank=False,
                              id=f"tr-{f.name}", classes="form-field", compact=True)
             elif f.name == "template" and templates:
                 options = [(t, t) for t in templates]
@@ -120,9 +123,9 @@ class TrainingScreen(WizardScreen):
                     options.append((str(value), str(value)))
                 yield Select(options, value=value, allow_blank=False, id=f"tr-{f.name}", classes="form-field", compact=True)
             else:
-                kind = "integer" if isinstance(f.default, int) else "number" if isinstance(f.default, float) else "text"
+                kind = {int: "integer", float: "number"}.get(f.type, "text")
                 yield OrderedInput(str(value), type=kind, id=f"tr-{f.name}", classes="form-field", compact=True)
-        yield Static(HELP.get(f.name, ""), classes="form-help")
+        yield Static(f.help, classes="form-help")
 
     def on_mount(self) -> None:
         self.query_one("#tr-steps").focus()
@@ -159,16 +162,26 @@ class TrainingScreen(WizardScreen):
         problem = None
         try:
             config = self.build_config(require_paths=False)
+        except FieldError as exc:  # the field comes with the error: mark its input
+            config, problem = None, error_text(exc)
+            for widget in self.query(f"#tr-{exc.field}"):
+                widget.add_class("-invalid")
         except Exception as exc:
             config, problem = None, error_text(exc)
-            field = problem.split(":", 1)[0].strip()
-            for widget in self.query(f"#tr-{field}"):
-                widget.add_class("-invalid")
         self.show_message(problem or "")
         self._update_side(config)
 
     def _update_side(self, config: TrainConfig | None) -> None:
-        if config is None:
+        if config is not None:
+            self.render_side(config)
+
+    @work(thread=True, exclusive=True, group="samples", exit_on_error=False)
+    def render_side(self, config: TrainConfig) -> None:
+        """The summary and the sample prompts read the dataset folder: off the UI thread, once typing pauses."""
+        from textual.worker import get_current_worker
+
+        time.sleep(SIDE_DEBOUNCE_S)
+        if get_current_worker().is_cancelled:
             return
         images = 0
         try:
@@ -177,6 +190,17 @@ class TrainingScreen(WizardScreen):
             images = len(list_images(config.data))
         except Exception:
             pass
+        try:
+            lines = sample_prompts(config.template, self.state.name, self.state.dataset,
+                                   shuffle_tags=config.shuffle_tags, tag_dropout=config.tag_dropout)
+            text = "\n".join(f"• {line}" for line in lines)
+        except Exception as exc:
+            text = f"[red]{error_text(exc)}[/]"
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._show_side, config, images, text)
+
+    def _show_side(self, config: TrainConfig, images: int, samples: str) -> None:
+        self.query_one("#tr-samples", Static).update(samples)
         per_step = config.batch_size * config.grad_accum
         epochs = config.steps * per_step / images if images else 0
         self.query_one("#tr-summary", Static).update(
@@ -185,17 +209,6 @@ class TrainingScreen(WizardScreen):
             f"{config.width}×{config.height}, lr {config.lr}\n"
             f"saves every {config.save_every or 'end'}, previews every {config.preview_every or 'never'}"
         )
-        self.render_samples(config.template, config.shuffle_tags, config.tag_dropout)
-
-    @work(thread=True, exclusive=True, group="samples", exit_on_error=False)
-    def render_samples(self, template: str, shuffle: bool, dropout: float) -> None:
-        try:
-            lines = sample_prompts(template, self.state.name, self.state.dataset, shuffle_tags=shuffle,
-                                   tag_dropout=dropout)
-            text = "\n".join(f"• {line}" for line in lines)
-        except Exception as exc:
-            text = f"[red]{error_text(exc)}[/]"
-        self.app.call_from_thread(self.query_one("#tr-samples", Static).update, text)
 
     # --- TOML --------------------------------------------------------------------------------------------------
 
