@@ -128,6 +128,9 @@ def test_whole_wizard_with_real_worker(workspace):
             app.screen.query_one("#tr-device").value = "cpu"
             await wait_idle(pilot)
             await pilot.press("ctrl+n")
+            await wait_idle(pilot)
+            assert "4 steps" in str(app.screen.query_one(".dialog-detail").content)  # asks first
+            await pilot.press("y")
             await until(pilot, lambda: getattr(app.screen, "view", None) is not None
                         and app.screen.__class__.__name__ == "MonitorScreen", 60, "the monitor")
             monitor = app.screen
@@ -177,6 +180,8 @@ async def main():
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause(0.5)
         await pilot.press("ctrl+n")
+        await pilot.pause(0.5)
+        await pilot.press("y")
         while not (type(app.screen).__name__ == "MonitorScreen" and app.screen.view.step >= 2):
             await pilot.pause(0.2)
         print("RUN", app.state.run_dir, app.screen.view.step, flush=True)

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Static
 
 from tui.widgets.inputs import OrderedInput
 
@@ -25,9 +25,9 @@ class ConfirmModal(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, classes="dialog-title")
+            yield Static(self.question, classes="dialog-title", markup=False)  # wraps; paths may hold "[...]"
             if self.detail:
-                yield Static(self.detail)
+                yield Static(self.detail, classes="dialog-detail", markup=False)
             yield Static("[b]y[/b] yes    [b]n[/b] no", classes="dialog-keys")
 
     def action_answer(self, value: bool) -> None:
@@ -47,7 +47,7 @@ class PromptModal(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, classes="dialog-title")
+            yield Static(self.question, classes="dialog-title", markup=False)
             yield OrderedInput(self.value, placeholder=self.placeholder, id="prompt-input")
             yield Static("[b]Enter[/b] ok    [b]Esc[/b] cancel", classes="dialog-keys")
 

@@ -86,6 +86,9 @@ class EmbeddingScreen(WizardScreen):
             return f"Name: {problem}."
         if not 1 <= self.state.vectors <= 75:
             return "Vectors per token must be between 1 and 75."
+        warnings = self.name_warnings()
+        if warnings:  # diffusers refuses such a file, A1111 hijacks the word: found now, not after model loading
+            return f"Name: {warnings[0]}. Pick a made-up word such as 'zxq-{self.state.name.lower()}'."
         return None
 
     def check(self) -> str | None:

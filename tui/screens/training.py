@@ -18,7 +18,7 @@ from core.errors import FieldError
 from core.training.config import TrainConfig
 from tui import runs_info
 from tui.screens.base import WizardScreen, error_text
-from tui.screens.dialogs import PromptModal
+from tui.screens.dialogs import ConfirmModal, PromptModal
 from tui.widgets.inputs import OrderedInput
 
 SET_EARLIER = ("model", "data", "name", "init_text", "vectors", "overwrite")
@@ -71,6 +71,56 @@ def sample_prompts(template: str, name: str, dataset: str, *, n: int = 3, shuffl
         out.append(render(line, name or "NAME", captions[i % len(captions)], shuffle_tags=shuffle_tags,
                           tag_dropout=tag_dropout, rng=rng))
     return out
+
+
+def recent_rate(runs_root) -> tuple[float, int] | None:
+    """(seconds per image, pixels per image) of the newest run under `runs_root` that logged a speed, read from the
+    tail of its events.jsonl and its config.toml; None when there is none."""
+    import json
+    import tomllib
+
+    try:
+        runs = sorted(Path(runs_root).glob("*/events.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return None
+    for events in runs[:5]:
+        try:
+            with open(events, "rb") as fh:
+                fh.seek(0, 2)
+                fh.seek(max(0, fh.tell() - 65536))
+                lines = fh.read().decode("utf-8", "replace").splitlines()
+            with open(events.parent / "config.toml", "rb") as fh:
+                settings = tomllib.load(fh)
+        except (OSError, ValueError):
+            continue
+        for line in reversed(lines):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            rate = event.get("it_s") if isinstance(event, dict) else None
+            if rate:
+                per_step = max(1, int(settings.get("batch_size") or 1) * int(settings.get("grad_accum") or 1))
+                pixels = int(settings.get("width") or 512) * int(settings.get("height") or 512)
+                return 1.0 / (float(rate) * per_step), pixels
+    return None
+
+
+def start_summary(config: TrainConfig, runs_root) -> str:
+    """What ctrl+n is about to start: steps, image size and batch, and a time estimate from the last measured run."""
+    per_step = config.batch_size * config.grad_accum
+    lines = [f"{config.steps} steps × {per_step} image{'s' if per_step != 1 else ''} at {config.width}×{config.height}"
+             f" on device {config.device}, into a new run folder under {runs_root}."]
+    measured = recent_rate(runs_root)
+    if measured:
+        from core.timefmt import format_duration
+
+        seconds_per_image, pixels = measured
+        seconds = config.steps * per_step * seconds_per_image * (config.width * config.height) / pixels
+        lines.append(f"Estimated time: about {format_duration(seconds)} (from the last run's speed on this machine).")
+    else:
+        lines.append("Estimated time: shown once the first steps are measured.")
+    return "\n".join(lines)
 
 
 def loaded_message(path: str, loaded: dict, current: dict) -> str:
@@ -250,19 +300,35 @@ class TrainingScreen(WizardScreen):
     # --- start -------------------------------------------------------------------------------------------------
 
     def check(self) -> str | None:
+        from core.training import preflight
+
         try:
-            self.build_config()
+            config = self.build_config()
         except Exception as exc:
             return error_text(exc)
-        return None
+        # found now rather than after the worker has loaded the model (the CUDA check is in start_training)
+        found = preflight.problems(config, cuda=lambda: None)
+        return found[0] if found else None
 
     def proceed(self) -> None:
-        self.show_message("Starting the training worker…", "info")
-        self.start_training()
+        config = self.build_config()
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.show_message("Starting the training worker…", "info")
+                self.start_training()
+
+        self.app.push_screen(ConfirmModal("Start training?", start_summary(config, self.app.runs_root)), answered)
 
     @work(thread=True, exclusive=True, group="start", exit_on_error=False)
     def start_training(self) -> None:
+        from core.training import preflight
+
         config = self.build_config()
+        problem = preflight.device_problem(config.device, cuda=preflight.cuda_available_in_subprocess)
+        if problem:
+            self.app.call_from_thread(self.show_message, problem)
+            return
         run_dir = runs_info.start(config.to_dict(), self.app.runs_root)
 
         def started() -> None:

@@ -1,0 +1,91 @@
+"""Checks that would otherwise fail only once the worker runs (after model loading, tens of seconds later, leaving a
+failed run folder behind): a data folder without images, a trigger word diffusers refuses, `--device cuda` on a
+machine without CUDA. The CLI and the Training screen run them before spawning anything.
+
+Torch-free except `cuda_available`, which the TUI runs in a subprocess (`python -m core.training.preflight cuda`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from core.errors import TiwizError
+
+
+def _label(field: str, cli: bool) -> str:
+    return "--" + field.replace("_", "-") if cli else field
+
+
+def data_problem(data: str, cli: bool = False) -> str | None:
+    from core.prep.captions import list_images
+
+    try:
+        images = list_images(data)
+    except TiwizError as exc:
+        return f"{_label('data', cli)}: {exc}"
+    if not images:
+        return (f"{_label('data', cli)}: {data} holds no images (.png, .jpg, .webp, …); point it at the folder of "
+                "training images (preprocess writes one)")
+    return None
+
+
+def trigger_problem(name: str, vectors: int, cli: bool = False) -> str | None:
+    from core.embeddings.vectors import sanitize_name, trigger_problems
+
+    try:
+        problems = trigger_problems(None, sanitize_name(name), vectors)
+    except TiwizError as exc:
+        return f"{_label('name', cli)}: {exc}"
+    except Exception:  # the bundled tokenizer is unreadable: the trainer still checks with the model's own
+        return None
+    if not problems:
+        return None
+    return (f"{_label('name', cli)}: {'; '.join(problems)}. Pick a made-up word such as 'zxq-{name.lower()}'")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def cuda_available_in_subprocess(timeout: float = 120.0) -> bool | None:
+    """`cuda_available()` in a fresh interpreter (for the TUI, which never imports torch). None: could not tell."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "core.training.preflight", "cuda"], capture_output=True,
+                              text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"yes": True, "no": False}.get(done.stdout.strip())
+
+
+def device_problem(device: str, cli: bool = False, cuda=cuda_available) -> str | None:
+    if not str(device).startswith("cuda"):
+        return None
+    available = cuda()
+    if available is False:
+        return (f"{_label('device', cli)}: {device} was asked for, but no CUDA GPU is usable here (no GPU, no driver, "
+                "or a CPU build of torch); use --device auto or cpu" if cli else
+                f"device: {device} was asked for, but no CUDA GPU is usable here (no GPU, no driver, or a CPU build "
+                "of torch); choose auto or cpu")
+    return None
+
+
+def problems(config, *, cli: bool = False, cuda=cuda_available) -> list[str]:
+    """Everything wrong with starting `config` now (empty: fine). `cuda` answers whether CUDA works (None: unknown)."""
+    found = [data_problem(config.data, cli), trigger_problem(config.name, config.vectors, cli),
+             device_problem(config.device, cli, cuda)]
+    return [p for p in found if p]
+
+
+def check(config, *, cli: bool = False, cuda=cuda_available) -> None:
+    """Raise TiwizError naming every problem `problems` finds."""
+    found = problems(config, cli=cli, cuda=cuda)
+    if found:
+        raise TiwizError("\n".join(found))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["cuda"]:
+        print("yes" if cuda_available() else "no")
