@@ -94,6 +94,10 @@ def main(argv=None) -> int:
     unknown = [p for p in wanted if p not in PARTS[1:]]
     if unknown:
         parser.error(f"--parts: unknown {', '.join(unknown)} (choose from {', '.join(PARTS[1:])})")
+    def on_term(signum, frame):  # the caller's time limit: still write the report
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         check.run_setup(args.install_timeout)
         for name in PARTS[1:]:
@@ -102,10 +106,12 @@ def main(argv=None) -> int:
                 continue
             check.run_part(name)
     except KeyboardInterrupt:
-        check.note("interrupted (Ctrl-C): the report holds what ran")
+        check.kill_child()
+        check.note("interrupted (Ctrl-C or SIGTERM): the report holds what ran")
     finally:
         check.write_report()
-    print(f"report: {check.json_path} and {check.md_path}", flush=True)
+    print("\n" + check.md_path.read_text(encoding="utf-8"), flush=True)
+    print(f"report: {check.json_path}, {check.md_path} and {check.log_path}", flush=True)
     return 1 if any(p["status"] == "failed" for p in check.parts.values()) else 0
 
 
@@ -121,6 +127,7 @@ class Check:
         self.json_path, self.md_path, self.log_path = out / "gpu_check.json", out / "gpu_check.md", out / "gpu_check.log"
         self.log_path.write_text(f"tiwiz gpu_check {'(dry run) ' if dry else ''}started {self.started_at}\n")
         self.tmp = Path(tempfile.mkdtemp(prefix="tiwiz-gpu-check-"))
+        self.child = None
         self.caps = DRY_CAP_S if dry else CAP_S
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                         TOKENIZERS_PARALLELISM="false")
@@ -158,25 +165,38 @@ class Check:
     def run_child(self, name: str, cmd: list[str], limit: float, cwd: Path = ROOT) -> dict:
         """Run `cmd` with its output appended to the log; kill its process group at `limit`."""
         self.log(f"[{name}] $ {' '.join(cmd)}   (limit {limit:.0f} s)")
-        part_log = self.tmp / f"{name}.log"
+        start = self.log_path.stat().st_size
         t0 = time.monotonic()
-        with open(part_log, "wb") as fh:
+        # the child writes straight into the log, so a run killed from outside still leaves its output in $OUT
+        with open(self.log_path, "ab") as fh:
             proc = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            self.child = proc
             timed_out = False
             try:
                 rc = proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                with _suppress():
-                    os.killpg(proc.pid, signal.SIGKILL)
-                rc = proc.wait()
+                rc = self.kill_child()
+            except BaseException:  # Ctrl-C / SIGTERM: take the child (and its process group) down too
+                self.kill_child()
+                raise
+            finally:
+                self.child = None
         seconds = time.monotonic() - t0
-        text = part_log.read_text(encoding="utf-8", errors="replace")
-        with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(text if len(text) < 200_000 else "[...]\n" + text[-200_000:])
-            fh.write(f"[{name}] exit status {rc}{' (killed at the time limit)' if timed_out else ''}\n")
+        with open(self.log_path, "rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode("utf-8", errors="replace")
+        self.log(f"[{name}] exit status {rc}{' (killed at the time limit)' if timed_out else ''}")
         return {"rc": rc, "seconds": seconds, "timed_out": timed_out, "output": text}
+
+    def kill_child(self):
+        proc = getattr(self, "child", None)
+        if proc is None:
+            return None
+        with _suppress():
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
 
     def python(self) -> str:
         return sys.executable
