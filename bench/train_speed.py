@@ -149,6 +149,7 @@ def run_case(case: str, steps_override: int | None) -> dict:
     import torch
 
     import core.models.loader as loader
+    from core.models.device import precision_for
 
     spec = CASES[case]
     warmup, timed = spec["warmup"], steps_override or spec["timed"]
@@ -180,8 +181,7 @@ def run_case(case: str, steps_override: int | None) -> dict:
     ours_cpu, floor_cpu = statistics.median(step_cpu[warmup:]), statistics.median(floor_cpu[warmup:])
     result = {
         "case": case, "size": spec["size"], "device": spec["device"],
-        "dtype": "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else
-                 ("fp16" if device.type == "cuda" else "fp32"),
+        "dtype": precision_for(device).name,  # bf16 only where the GPU has it natively (compute capability 8.0+)
         "timed_steps": timed, "s_per_step": round(ours, 4), "floor_s": round(floor, 4),
         "ratio": round(ours / floor, 3), "cpu_s_per_step": round(ours_cpu, 4), "floor_cpu_s": round(floor_cpu, 4),
         "cpu_ratio": round(ours_cpu / floor_cpu, 3), "load_avg": round(os.getloadavg()[0], 1), "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
