@@ -85,16 +85,16 @@ def _column_starts(steps: np.ndarray, x_lo: float, x_hi: float, n_cols: int) -> 
 
 
 def _buckets(steps: np.ndarray, values: np.ndarray, x_lo: float, x_hi: float, n_cols: int, spans: bool):
-    """Per pixel column that holds points: (column, min, max, last value); min/max only when `spans`."""
+    """Per pixel column that holds points: (column, min, max, last value, point count); min/max only when `spans`."""
     if not len(steps):
         empty = np.zeros(0, dtype=np.int64)
-        return empty, np.zeros(0), np.zeros(0), np.zeros(0)
+        return empty, np.zeros(0), np.zeros(0), np.zeros(0), empty
     cols, starts = _column_starts(steps, x_lo, x_hi, n_cols)
     ends = np.r_[starts[1:], len(values)] - 1
-    lasts = values[ends]
+    lasts, counts = values[ends], ends - starts + 1
     if not spans:
-        return cols, lasts, lasts, lasts
-    return cols, np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts), lasts
+        return cols, lasts, lasts, lasts, counts
+    return cols, np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts), lasts, counts
 
 
 def _spans(diff: np.ndarray, cols: np.ndarray, y0: np.ndarray, y1: np.ndarray) -> None:
@@ -163,9 +163,13 @@ def render_plot(raw, smoothed, val, width: int, height: int) -> Text:
     masks = []
     for rank, (steps, values) in enumerate(arrays):
         diff = np.zeros((px_h + 1, px_w), dtype=np.int32)
-        cols, lows, highs, lasts = _buckets(steps, values, x_lo, x_hi, px_w, spans=rank == 0)
-        if rank == 0:  # raw: each column's whole min..max span
-            _spans(diff, cols, to_py(highs), to_py(lows))
+        cols, lows, highs, lasts, counts = _buckets(steps, values, x_lo, x_hi, px_w, spans=rank == 0)
+        if rank == 0:  # raw: each column's min..max span where it holds many points, its 1-2 points as dots
+            dense = counts > 2
+            _spans(diff, cols[dense], to_py(highs[dense]), to_py(lows[dense]))
+            sparse = ~dense
+            for ys in (to_py(lows[sparse]), to_py(highs[sparse])):
+                _spans(diff, cols[sparse], ys, ys)
         elif len(cols):  # smoothed and val: a line through each column's last value
             ys = to_py(lasts)
             _spans(diff, cols, ys, ys)
