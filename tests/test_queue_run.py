@@ -82,3 +82,31 @@ def test_queue_survives_kills_and_matches_uninterrupted_runs(tmp_path, tmp_path_
 
 def sched_log(queue: Path) -> str:
     return (queue / sched.SCHEDULER_LOG).read_text(errors="replace")
+
+
+def test_queue_stop_saves_running_jobs_and_starts_no_new_one(tmp_path, tmp_path_factory, tiny_model_dir):
+    from core.queue.jobs import add_jobs
+
+    data = shared_data(tmp_path_factory)
+    root = tmp_path / "runs"
+    env = {"TIWIZ_RUNS_DIR": str(root)}
+    queue = root / "queue"
+    endless = dict(model=str(tiny_model_dir), data=str(data), steps=100000, width=64, height=64, save_every=0,
+                   preview_every=0, validate_every=0, device="cpu")
+    add_jobs(queue, [(n, {**endless, "name": n}, n) for n in ("first", "second")])
+    started = cli("queue", "run", "--slots", 1, env=env)
+    assert started.returncode == 0, started.stderr
+    first = root / "first"
+    wait_for(lambda: (runs.read_status(first) or {}).get("step", 0) >= 1 if runs.is_run_dir(first) else False,
+             "the first job to train")
+    stopped = cli("queue", "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped; `tiwiz queue run` continues from the checkpoints" in stopped.stdout
+    assert not sched.scheduler_alive(queue) and sched.read_scheduler(queue)["state"] == "stopped"
+    info = runs.inspect_run(first)
+    assert (info.alive, info.reason) == (False, "stop requested")
+    assert info.last_checkpoint == info.step >= 1 and (first / "first.safetensors").is_file()  # it saved
+    jobs = {j.name: j for j in list_jobs(queue)}
+    assert jobs["first"].state == "stopped" and jobs["second"].state == "queued"
+    assert not (root / "second").exists()  # no new job started
+    assert not (queue / sched.STOP).exists()
