@@ -232,3 +232,33 @@ def test_embeddings_of_the_other_family_are_refused_naming_both(tiny_sdxl_dir, t
                       ListSink())
     trainer.run()
     assert torch.equal(trainer.vectors.detach(), torch.zeros(1, 96))
+
+
+@pytest.mark.slow
+def test_cli_train_attach_resume_and_runs_on_an_sdxl_run(tiny_sdxl_dir, tmp_path):
+    """`tiwiz train` (detached worker + attach), `tiwiz resume` and `tiwiz runs` on an SDXL run."""
+    import json
+
+    data = make_images(tmp_path / "data", n=2)
+    root = tmp_path / "runs"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def tiwiz(*args):
+        return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, env=env,
+                              cwd=ROOT, timeout=300)
+
+    out = root / "xl"
+    first = tiwiz("train", "--model", str(tiny_sdxl_dir), "--data", str(data), "--name", "zxqxl", "--steps", "2",
+                  "--width", "64", "--height", "64", "--save-every", "2", "--preview-every", "2", "--preview-steps",
+                  "2", "--device", "cpu", "--output", str(out))
+    assert first.returncode == 0, first.stderr
+    assert "zxqxl.safetensors" in first.stdout and "zxqxl.pt" not in first.stdout
+    assert (out / "previews" / "zxqxl-2.png").is_file()  # rendered by StableDiffusionXLPipeline with live vectors
+    second = tiwiz("resume", str(out), "--steps", "4")
+    assert second.returncode == 0, second.stderr
+    assert sorted(load_file(out / "zxqxl.safetensors")) == ["clip_g", "clip_l"]
+    assert (out / "embeddings" / "zxqxl-4.safetensors").is_file() and not list(out.glob("*.pt"))
+    listed = tiwiz("runs", "--root", str(root), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (run,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert run["step"] == 4, run
