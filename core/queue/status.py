@@ -27,6 +27,7 @@ class JobRow:
     run_dir: str
     attempts: int
     reason: str
+    started: bool = False  # the run folder exists (something to attach to)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -36,7 +37,8 @@ def job_row(job: Job, retries: int | None = None) -> JobRow:
     step = max_steps = 0
     eta = None
     state = job.state
-    if job.run_dir and runs.is_run_dir(Path(job.run_dir)):
+    started = bool(job.run_dir) and runs.is_run_dir(Path(job.run_dir))
+    if started:
         info = runs.inspect_run(job.run_dir)
         run = RunState.fold(runs.last_events(job.run_dir, TAIL_BYTES))
         run.set_liveness(info.state, info.reason)
@@ -48,7 +50,8 @@ def job_row(job: Job, retries: int | None = None) -> JobRow:
         state = f"queued (retry {job.attempts}" + (f"/{retries})" if retries is not None else ")")
     gpu = job.gpu if job.state == "running" and job.gpu not in (None, "") else None
     return JobRow(name=job.name, state=state, gpu=gpu, step=step, max_steps=max_steps, eta=eta,
-                  run_dir=job.run_dir, attempts=job.attempts, reason=job.reason)
+                  run_dir=job.run_dir, attempts=job.attempts, reason=job.reason,
+                  started=started)
 
 
 def job_rows(queue_dir: str | os.PathLike, retries: int | None = None) -> list[JobRow]:

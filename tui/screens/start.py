@@ -35,6 +35,9 @@ class StartScreen(WizardScreen):
             yield Label("Runs on disk", classes="section")
             yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
             yield Static("", id="runs-empty", classes="hint")
+            yield Label("Queue (tiwiz queue run runs it; Enter attaches to a job's run)", id="queue-label",
+                        classes="section")
+            yield DataTable(id="queue", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
         menu = self.query_one("#start-menu", OptionList)
@@ -50,7 +53,13 @@ class StartScreen(WizardScreen):
         table = self.query_one("#runs", DataTable)
         for label, width in (("Run", 40), ("State", 12), ("Step", 12), ("Loss", 8)):
             table.add_column(label, width=width)
+        queue = self.query_one("#queue", DataTable)
+        for label, width in (("Job", 28), ("State", 16), ("GPU", 8), ("Step", 12)):
+            queue.add_column(label, width=width)
+        queue.display = self.query_one("#queue-label").display = False  # shown once jobs are found
+        self._queue_started: dict[str, bool] = {}
         self.load_runs()
+        self.load_queue()
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def load_runs(self) -> None:
@@ -68,6 +77,32 @@ class StartScreen(WizardScreen):
             "" if runs else "No runs yet. They appear here while training and after it, ready to attach or resume."
         )
         table.display = bool(runs)
+
+    @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
+    def load_queue(self) -> None:
+        from core.queue.jobs import default_queue_dir
+        from core.queue.status import job_rows
+
+        rows = job_rows(default_queue_dir(self.app.runs_root))
+        self.app.call_from_thread(self._show_queue, rows)
+
+    def _show_queue(self, rows) -> None:
+        table = self.query_one("#queue", DataTable)
+        table.clear()
+        self._queue_started = {row.run_dir or row.name: row.started for row in rows}
+        for row in rows:
+            step = f"{row.step}/{row.max_steps}" if row.max_steps else "-"
+            table.add_row(row.name, row.state, row.gpu or "-", step, key=row.run_dir or row.name)
+        table.display = self.query_one("#queue-label").display = bool(rows)
+
+    @on(DataTable.RowSelected, "#queue")
+    def _job_selected(self, event: DataTable.RowSelected) -> None:
+        key = str(event.row_key.value)
+        if not self._queue_started.get(key):
+            self.show_message("That job has not started yet: `tiwiz queue run` starts the queue.", "info")
+            return
+        self.app.state.run_dir = key
+        self.app.goto("monitor")
 
     @on(OptionList.OptionSelected, "#start-menu")
     def _chosen(self, event: OptionList.OptionSelected) -> None:

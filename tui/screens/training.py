@@ -140,6 +140,7 @@ class TrainingScreen(WizardScreen):
     BINDINGS = [
         Binding("ctrl+s", "save_toml", "Save TOML", priority=True),
         Binding("ctrl+l", "load_toml", "Load TOML", priority=True),
+        Binding("ctrl+b", "add_to_queue", "Add to queue", priority=True),
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -319,6 +320,27 @@ class TrainingScreen(WizardScreen):
                 self.start_training()
 
         self.app.push_screen(ConfirmModal("Start training?", start_summary(config, self.app.runs_root)), answered)
+
+    def action_add_to_queue(self) -> None:
+        """Beside "start now" (ctrl+n): add this embedding to the run queue (`tiwiz queue`), to train with the rest."""
+        self.show_message("Adding to the queue…", "info")
+        self.add_to_queue()
+
+    @work(thread=True, exclusive=True, group="start", exit_on_error=False)
+    def add_to_queue(self) -> None:
+        from core.queue.jobs import add_jobs, default_queue_dir
+
+        problem = self.check()
+        if problem:
+            self.app.call_from_thread(self.show_message, problem)
+            return
+        try:
+            (job,) = add_jobs(default_queue_dir(self.app.runs_root), [(None, self.build_config().to_dict(), "job")])
+        except Exception as exc:
+            self.app.call_from_thread(self.show_message, error_text(exc))
+            return
+        self.app.call_from_thread(self.show_message, f"Added job {job.name} to the queue ({job.config_path}). "
+                                  "`tiwiz queue run` trains the queue; the start screen lists it.", "ok")
 
     @work(thread=True, exclusive=True, group="start", exit_on_error=False)
     def start_training(self) -> None:
