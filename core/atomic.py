@@ -49,9 +49,11 @@ def new_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
+def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None], *, sync_dir: bool = True) -> Path:
     """Call `writer(tmp_path)` to produce the file, then fsync and rename it over `path`. The file gets the mode a
-    plain `open(path, "w")` would give it (mkstemp's temp files are 0600, which would make every output private)."""
+    plain `open(path, "w")` would give it (mkstemp's temp files are 0600, which would make every output private).
+    `sync_dir=False` leaves the folder's fsync to the caller: a batch of writes into one folder syncs it once at the
+    end (`sync_folder`) instead of once per file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
@@ -68,20 +70,26 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) ->
         except OSError:
             pass
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def sync_folder(folder: str | os.PathLike) -> None:
+    """fsync a folder, making the renames of earlier `sync_dir=False` writes into it durable."""
+    _fsync_dir(Path(folder))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync_dir: bool = True) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
 
-    return atomic_write_with(path, write)
+    return atomic_write_with(path, write, sync_dir=sync_dir)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, *, sync_dir: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), sync_dir=sync_dir)
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:

@@ -83,7 +83,7 @@ def test_doctor_findings_show_when_one_is_an_error(tmp_path, monkeypatch):
     asyncio.run(drive())
 
 
-def test_name_uses_core_rules_and_warns_about_clip_words(tmp_path, monkeypatch):
+def test_name_uses_core_rules_and_flags_clip_words_at_once(tmp_path, monkeypatch):
     freeze_cursor(monkeypatch)
     from core.embeddings.vectors import MAX_NAME_LENGTH
 
@@ -95,8 +95,8 @@ def test_name_uses_core_rules_and_warns_about_clip_words(tmp_path, monkeypatch):
             await wait_idle(pilot)
             screen = app.screen
             plan = str(screen.query_one("#emb-plan").content)
-            assert "warning" in plan and "CLIP" in plan  # a real word: warned at once, yet allowed
-            assert screen.check() is None
+            assert "CLIP" in plan  # a real CLIP word: said at once, before Next
+            assert "CLIP" in screen.check()
             name = screen.query_one("#emb-name")
             assert name.max_length == MAX_NAME_LENGTH
             for bad in ("-dash", "my style", "a/b", "CON"):

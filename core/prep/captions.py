@@ -18,9 +18,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
-from core.atomic import atomic_write_text
+from core.atomic import atomic_write_text, sync_folder
 from core.errors import TiwizError
 from core.tokens import TOKEN_LIMIT, count_tokens_many
 
@@ -73,9 +73,10 @@ def training_caption(image: str | os.PathLike) -> str:
     return caption if caption is not None else clean_stem(Path(image).stem)
 
 
-def write_caption(image: str | os.PathLike, caption: str) -> Path:
-    """Write the caption of an image atomically (stripped, UTF-8, no trailing newline). Returns the .txt path."""
-    return atomic_write_text(caption_path(image), (caption or "").strip())
+def write_caption(image: str | os.PathLike, caption: str, *, sync_dir: bool = True) -> Path:
+    """Write the caption of an image atomically (stripped, UTF-8, no trailing newline). Returns the .txt path.
+    `sync_dir=False` is for batches, which sync the folder once at the end."""
+    return atomic_write_text(caption_path(image), (caption or "").strip(), sync_dir=sync_dir)
 
 
 def apply_existing_caption(generated: str, existing: str | None, action: str) -> str:
@@ -184,6 +185,32 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted((p for p in entries if is_image_file(p)), key=lambda p: p.name)
 
 
+def filter_items(items: Iterable[CaptionItem], text: str = "", *, tag: str | None = None, missing: bool = False,
+                 empty: bool = False, over_limit: bool = False) -> list[CaptionItem]:
+    """Items matching every given criterion, in memory (no disk access): `text` is a case-insensitive substring of
+    the caption or the image name; `tag` is one of its tags; `missing` = no caption file; `empty` = missing or blank
+    caption; `over_limit` = more than 75 CLIP tokens."""
+    needle = text.casefold().strip()
+    tag_key = _key(tag) if tag else None
+    out = []
+    for item in items:
+        if needle and needle not in item.caption.casefold() and needle not in item.image.name.casefold():
+            continue
+        if tag_key is not None and tag_key not in {_key(t) for t in item.tags}:
+            continue
+        if missing and item.has_file:
+            continue
+        if empty and item.caption:
+            continue
+        if over_limit and not item.over_limit:
+            continue
+        out.append(item)
+    return out
+
+
+ProgressCallback = Callable[[int, int], None]  # (done, total)
+
+
 class CaptionSet:
     """The images of one folder and their captions. Reads the disk on every call, so it never shows stale data."""
 
@@ -210,25 +237,8 @@ class CaptionSet:
 
     def find(self, text: str = "", *, tag: str | None = None, missing: bool = False, empty: bool = False,
              over_limit: bool = False) -> list[CaptionItem]:
-        """Items matching every given criterion: `text` is a case-insensitive substring of the caption or the image
-        name; `tag` is one of its tags; `missing` = no caption file; `empty` = missing or blank caption;
-        `over_limit` = more than 75 CLIP tokens."""
-        needle = text.casefold().strip()
-        tag_key = _key(tag) if tag else None
-        out = []
-        for item in self.items():
-            if needle and needle not in item.caption.casefold() and needle not in item.image.name.casefold():
-                continue
-            if tag_key is not None and tag_key not in {_key(t) for t in item.tags}:
-                continue
-            if missing and item.has_file:
-                continue
-            if empty and item.caption:
-                continue
-            if over_limit and not item.over_limit:
-                continue
-            out.append(item)
-        return out
+        """The items matching every criterion (see `filter_items`), read from the disk now."""
+        return filter_items(self.items(), text, tag=tag, missing=missing, empty=empty, over_limit=over_limit)
 
     def tag_counts(self) -> dict[str, int]:
         """How many captions use each tag (first spelling seen), most used first."""
@@ -249,9 +259,11 @@ class CaptionSet:
         write_caption(image, caption)
         return self.item(image)
 
-    def add_tag(self, tag: str, position: str = "append", images: Iterable[str | os.PathLike] | None = None) -> int:
+    def add_tag(self, tag: str, position: str = "append", images: Iterable[str | os.PathLike] | None = None,
+                progress: ProgressCallback | None = None) -> int:
         """Add `tag` to every caption (or to `images`) that lacks it, at the start (`prepend`) or end (`append`).
-        Images without a caption file get one. Returns how many files changed."""
+        Images without a caption file get one. Returns how many files changed. `progress(done, total)` is called
+        as files are checked (for every bulk edit)."""
         tag = _clean_tag_argument(tag)
         if position not in ("prepend", "append"):
             raise TiwizError(f"Unknown position {position!r}; choose prepend or append.")
@@ -261,20 +273,22 @@ class CaptionSet:
                 return tags
             return [tag, *tags] if position == "prepend" else [*tags, tag]
 
-        return self._edit_tags(edit, images, create=True)
+        return self._edit_tags(edit, images, create=True, progress=progress)
 
-    def remove_tag(self, tag: str, images: Iterable[str | os.PathLike] | None = None) -> int:
+    def remove_tag(self, tag: str, images: Iterable[str | os.PathLike] | None = None,
+                   progress: ProgressCallback | None = None) -> int:
         """Remove every occurrence of `tag`. Returns how many files changed."""
         key = _key(_clean_tag_argument(tag))
-        return self._edit_tags(lambda tags: [t for t in tags if _key(t) != key], images)
+        return self._edit_tags(lambda tags: [t for t in tags if _key(t) != key], images, progress=progress)
 
-    def replace_tag(self, old: str, new: str, images: Iterable[str | os.PathLike] | None = None) -> int:
+    def replace_tag(self, old: str, new: str, images: Iterable[str | os.PathLike] | None = None,
+                    progress: ProgressCallback | None = None) -> int:
         """Replace tag `old` by `new` where it occurs, in place; an empty `new` removes it, and a caption that already
         has `new` keeps a single copy. Returns how many files changed."""
         old_key = _key(_clean_tag_argument(old, "Tag to replace"))
         new = normalize_tag(new)
         if not new:
-            return self.remove_tag(old, images)
+            return self.remove_tag(old, images, progress=progress)
         new = _clean_tag_argument(new, "Replacement tag")
 
         def edit(tags: list[str]) -> list[str]:
@@ -291,7 +305,7 @@ class CaptionSet:
                 out.append(t)
             return out
 
-        return self._edit_tags(edit, images)
+        return self._edit_tags(edit, images, progress=progress)
 
     # helpers
 
@@ -303,17 +317,24 @@ class CaptionSet:
             raise TiwizError(f"{path} is not an image in {self.folder}.")
         return path
 
-    def _edit_tags(self, edit, images, create: bool = False) -> int:
+    def _edit_tags(self, edit, images, create: bool = False, progress: ProgressCallback | None = None) -> int:
+        """Each changed file is written atomically with one fsync; the folders are synced once at the end."""
         targets = self.images() if images is None else [self._resolve(p) for p in images]
         changed = 0
-        for image in targets:
-            caption = read_caption(image)
-            if caption is None and not create:
-                continue
-            tags = split_tags(caption)
-            new_tags = edit(list(tags))
-            if new_tags == tags and caption is not None:
-                continue
-            write_caption(image, join_tags(new_tags))
-            changed += 1
+        folders: set[Path] = set()
+        try:
+            for done, image in enumerate(targets, 1):
+                caption = read_caption(image)
+                if caption is not None or create:
+                    tags = split_tags(caption)
+                    new_tags = edit(list(tags))
+                    if new_tags != tags or caption is None:
+                        write_caption(image, join_tags(new_tags), sync_dir=False)
+                        folders.add(image.parent)
+                        changed += 1
+                if progress is not None:
+                    progress(done, len(targets))
+        finally:
+            for folder in folders:
+                sync_folder(folder)
         return changed

@@ -1,8 +1,12 @@
 """Caption review: the image list beside a preview, the caption edited in place with its CLIP token count, bulk tag
-add/remove/replace, and the dataset doctor's findings shown beside the image they concern."""
+add/remove/replace, and the dataset doctor's findings shown beside the image they concern.
+
+The folder is read once, in a worker, into an index of every image and its caption; the filter works on that index
+in memory, edits update it, and bulk edits run in a worker (with progress) and re-read it."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from textual import on, work
@@ -12,13 +16,16 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from core.prep.captions import CaptionSet, split_tags
+from core.prep.captions import CaptionSet, filter_items, split_tags
 from core.tokens import TOKEN_LIMIT, count_tokens
 from tui.jobs import run_json
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import PromptModal
 from tui.widgets.image_preview import ImagePreview
 from tui.widgets.inputs import OrderedInput
+
+
+BULK_PROGRESS_EVERY_S = 0.1
 
 
 def _finding_fields(f) -> tuple[list[str], str, str]:
@@ -75,6 +82,8 @@ class CaptionsScreen(WizardScreen):
         self.shown: Path | None = None  # the image whose caption the caption field holds
         self.total: int | None = None  # all images, when a filter shows fewer
         self.doctor_count: int | None = None
+        self.index_items: list = []  # every image of the folder and its caption, read once by `load_index`
+        self.loaded = False
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="body"):
@@ -92,24 +101,37 @@ class CaptionsScreen(WizardScreen):
                      classes="hint keys-hint")
 
     def on_mount(self) -> None:
-        self.reload()
+        self.query_one("#cap-title", Label).update("Reading the captions…")
         self.query_one("#cap-input", Input).focus()
+        self.load_index()
         self.action_doctor()
+
+    @work(thread=True, exclusive=True, group="index", exit_on_error=False)
+    def load_index(self) -> None:
+        """Read every caption of the folder (and count its tokens) off the UI thread."""
+        try:
+            items, error = self.caption_set.items(), None
+        except Exception as exc:
+            items, error = [], exc
+        self.app.call_from_thread(self._index_loaded, items, error)
+
+    def _index_loaded(self, items: list, error: BaseException | None) -> None:
+        self.index_items, self.loaded = items, True
+        if error is not None:
+            self.show_message(error_text(error))
+        self.reload(keep=self.shown)
 
     @property
     def caption_set(self) -> CaptionSet:
         return CaptionSet(self.state.dataset)
 
     def reload(self, keep: Path | None = None) -> None:
+        """Rebuild the list from the index and the filter (no disk access)."""
         total = None
-        try:
-            self.items = self.caption_set.items()
-            if self.filter_text:
-                total = len(self.items)
-                self.items = self.caption_set.find(self.filter_text)
-        except Exception as exc:
-            self.items = []
-            self.show_message(error_text(exc))
+        self.items = list(self.index_items)
+        if self.filter_text:
+            total = len(self.items)
+            self.items = filter_items(self.items, self.filter_text)
         menu = self.query_one("#cap-list", OptionList)
         menu.clear_options()
         for item in self.items:
@@ -135,7 +157,8 @@ class CaptionsScreen(WizardScreen):
     def show_item(self, index: int) -> None:
         if not self.items:
             self.query_one("#cap-title", Label).update(
-                "No image matches the filter." if self.filter_text else "No images in this folder.")
+                "No image matches the filter." if self.filter_text else
+                "No images in this folder." if self.loaded else "Reading the captions…")
             return
         self.index = index
         item = self.items[index]
@@ -184,10 +207,11 @@ class CaptionsScreen(WizardScreen):
         if text == item.caption and item.has_file:
             return
         try:
-            self.items[index] = self.caption_set.set_caption(item.image, text)
+            self.items[index] = self.caption_set.set_caption(item.image, text)  # one small atomic write
         except Exception as exc:
             self.show_message(error_text(exc))
             return
+        self.index_items = [self.items[index] if it.image == item.image else it for it in self.index_items]
         self.query_one("#cap-list", OptionList).replace_option_prompt_at_index(index, item_label(self.items[index]))
         self._update_count()
 
@@ -229,34 +253,64 @@ class CaptionsScreen(WizardScreen):
     # --- bulk ----------------------------------------------------------------------------------------------------
 
     def _bulk(self, question: str, apply) -> None:
+        """Ask for the tag, then run `apply(value, progress)` over every caption in a worker."""
         self.save_current()
 
         def answered(value: str | None) -> None:
             if value is None or not value.strip():
                 return
-            try:
-                changed = apply(value.strip())
-            except Exception as exc:
-                self.show_message(error_text(exc))
-                return
-            self.show_message(f"{changed} caption file{'s' if changed != 1 else ''} changed.", "ok")
-            self.reload(keep=self.items[self.index].image if self.items else None)
+            self.query_one("#cap-input", Input).disabled = True  # no edit can race the bulk edit
+            self.run_bulk(apply, value.strip())
 
         self.app.push_screen(PromptModal(question), answered)
 
+    @work(thread=True, exclusive=True, group="bulk", exit_on_error=False)
+    def run_bulk(self, apply, value: str) -> None:
+        shown = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - shown[0] >= BULK_PROGRESS_EVERY_S:
+                shown[0] = now
+                self.app.call_from_thread(self.show_message, f"Editing captions… {done}/{total}", "info")
+
+        changed, error, items = 0, None, None
+        try:
+            changed = apply(value, progress)
+        except Exception as exc:
+            error = exc
+        try:
+            items = self.caption_set.items()
+        except Exception as exc:
+            error = error or exc
+        self.app.call_from_thread(self._bulk_done, changed, error, items)
+
+    def _bulk_done(self, changed: int, error: BaseException | None, items: list | None) -> None:
+        field = self.query_one("#cap-input", Input)
+        field.disabled = False
+        if items is not None:
+            self.index_items = items
+            self.reload(keep=self.shown)
+        if error is not None:
+            self.show_message(error_text(error))
+        else:
+            self.show_message(f"{changed} caption file{'s' if changed != 1 else ''} changed.", "ok")
+        field.focus()
+
     def action_add_tag(self) -> None:
         self._bulk("Add this tag to every caption (at the start):",
-                   lambda tag: self.caption_set.add_tag(tag, position="prepend"))
+                   lambda tag, progress: self.caption_set.add_tag(tag, position="prepend", progress=progress))
 
     def action_remove_tag(self) -> None:
-        self._bulk("Remove this tag from every caption:", lambda tag: self.caption_set.remove_tag(tag))
+        self._bulk("Remove this tag from every caption:",
+                   lambda tag, progress: self.caption_set.remove_tag(tag, progress=progress))
 
     def action_replace_tag(self) -> None:
-        def apply(text: str) -> int:
+        def apply(text: str, progress) -> int:
             if "=>" not in text:
                 raise ValueError("Write it as: old tag => new tag")
             old, new = (part.strip() for part in text.split("=>", 1))
-            return self.caption_set.replace_tag(old, new)
+            return self.caption_set.replace_tag(old, new, progress=progress)
 
         self._bulk("Replace a tag everywhere, written as: old tag => new tag", apply)
 
@@ -289,6 +343,8 @@ class CaptionsScreen(WizardScreen):
 
     def check(self) -> str | None:
         self.save_current()
+        if not self.loaded:
+            return "Still reading the captions; try again in a moment."
         if not self.items:
             return "There are no images in the dataset folder."
         return None

@@ -1,12 +1,16 @@
 """Folders: the source images and the destination of the preprocessed dataset, typed or picked from a tree, each
-validated (exists, readable, images found). "Already preprocessed" skips straight to captions."""
+validated (exists, readable, images found). "Already preprocessed" skips straight to captions.
+
+While typing, the folders are scanned in an exclusive worker once typing pauses (`SCAN_DEBOUNCE_S`), not on the UI
+thread; Next checks them afresh."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Checkbox, DirectoryTree, Input, Label, Static
@@ -14,6 +18,9 @@ from textual.widgets import Checkbox, DirectoryTree, Input, Label, Static
 from core.prep.captions import list_images
 from tui.screens.base import WizardScreen, error_text
 from tui.widgets.inputs import OrderedInput
+
+
+SCAN_DEBOUNCE_S = 0.2
 
 
 class FolderTree(DirectoryTree):
@@ -93,25 +100,45 @@ class FoldersScreen(WizardScreen):
         self.query_one(f"#{target}", Input).value = str(event.path.resolve())
 
     def _refresh_info(self) -> None:
-        ok, msg = folder_report(self.state.source)
-        self.query_one("#source-info", Static).update(f"[{'green' if ok else 'red'}]{msg}[/]")
         skip = self.state.skip_preprocess
         for wid in ("#dest", "#dest-label", "#dest-info"):
             self.query_one(wid).display = not skip
         if skip:
             self.state.dataset = self.state.source
-            return
-        dest = self.query_one("#dest", Input).value.strip()
-        if not dest:
+        dest = "" if skip else self.query_one("#dest", Input).value.strip()
+        if not skip and not dest:
             self.query_one("#dest-info", Static).update("[dim]where the cropped, captioned images go[/]")
+        self.scan(self.state.source, dest)
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def scan(self, source: str, dest: str) -> None:
+        """Count the images of both folders once typing pauses; a newer scan cancels this one."""
+        from textual.worker import get_current_worker
+
+        time.sleep(SCAN_DEBOUNCE_S)
+        worker = get_current_worker()
+        if worker.is_cancelled:
             return
-        ok, msg = folder_report(dest, must_exist=False)
-        if ok and Path(dest).expanduser().exists() and msg != "0 images":
+        results = {(source, True): folder_report(source)}
+        if dest:
+            results[(dest, False)] = folder_report(dest, must_exist=False)
+            results[("exists", False)] = (Path(dest).expanduser().exists(), "")
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self._show_scan, source, dest, results)
+
+    def _show_scan(self, source: str, dest: str, results: dict) -> None:
+        exists = results.pop(("exists", False), (False, ""))[0]
+        ok, msg = results[(source, True)]
+        self.query_one("#source-info", Static).update(f"[{'green' if ok else 'red'}]{msg}[/]")
+        if not dest:
+            return
+        ok, msg = results[(dest, False)]
+        if ok and exists and msg != "0 images":
             msg += " already there: preprocessing will ask before overwriting"
         self.query_one("#dest-info", Static).update(f"[{'green' if ok else 'red'}]{msg}[/]")
 
     def check(self) -> str | None:
-        ok, msg = folder_report(self.state.source)
+        ok, msg = folder_report(self.state.source)  # scanned afresh: the folder may have changed since
         if not ok:
             return f"Source folder: {msg}." if self.state.source else "Type or pick the folder of your images."
         if msg == "0 images":

@@ -1,0 +1,96 @@
+"""The wizard keeps folder and caption I/O off the UI thread: folder scans are debounced in a worker, the caption
+filter works on an index read once, and bulk tag edits run in a worker with one fsync per changed file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+from core.prep.captions import CaptionSet
+from tests.tui_support import freeze_cursor, make_photos, wait_idle
+from tui.app import TiwizApp
+from tui.state import WizardState
+
+
+def _recording(monkeypatch, owner, name):
+    """Wrap `owner.name` to record the thread of every call (the real function still runs)."""
+    calls: list[str] = []
+    real = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+def test_bulk_edit_fsyncs_each_changed_file_once(tmp_path, monkeypatch):
+    folder = make_photos(tmp_path / "set", 6, {i: f"photo {i}, red" for i in range(5)})
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    seen = []
+    changed = CaptionSet(folder).add_tag("tabby", position="prepend", progress=lambda d, t: seen.append((d, t)))
+    assert changed == 6  # five captions gain the tag, the uncaptioned image gets a caption file
+    assert len(synced) == changed + 1  # one per file, and the folder once (was two per file)
+    assert seen[-1] == (6, 6) and len(seen) == 6
+    assert all(CaptionSet(folder).item(p).caption.startswith("tabby") for p in CaptionSet(folder).images())
+
+
+def test_folder_scans_are_debounced_off_the_ui_thread(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    freeze_cursor(monkeypatch)
+    make_photos(tmp_path / "photos", 3)
+    from tui.screens import folders
+
+    calls = _recording(monkeypatch, folders, "folder_report")
+    app = TiwizApp(state=WizardState(), save=False, runs_root=tmp_path / "runs", start_stage="folders",
+                   finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(pilot)
+            calls.clear()
+            for ch in "photos":
+                await pilot.press(ch)
+            await wait_idle(pilot)
+            assert "3 images" in str(app.screen.query_one("#source-info").content)
+            assert calls and len(calls) <= 2, calls  # not one scan per keystroke
+            assert threading.main_thread().name not in calls
+    asyncio.run(drive())
+
+
+def test_caption_filter_uses_the_index_and_bulk_edits_run_in_a_worker(tmp_path, monkeypatch):
+    freeze_cursor(monkeypatch)
+    folder = make_photos(tmp_path / "ds", 4, {0: "a cat, red", 1: "a dog, blue", 2: "a cat, green"})
+    reads = _recording(monkeypatch, CaptionSet, "items")
+    edits = _recording(monkeypatch, CaptionSet, "add_tag")
+    state = WizardState(dataset=str(folder), skip_preprocess=True)
+    app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="captions", finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(pilot, timeout=120)
+            screen = app.screen
+            assert len(screen.items) == 4 and len(reads) == 1  # the index, read once...
+            assert reads[0] != threading.main_thread().name  # ...in a worker
+            await pilot.press("ctrl+f")
+            for ch in "cat":
+                await pilot.press(ch)
+            await wait_idle(pilot)
+            assert [i.image.name for i in screen.items] == ["photo-00.png", "photo-02.png"]
+            assert len(reads) == 1  # no rescan per keystroke
+            await pilot.press("f2")
+            await wait_idle(pilot)
+            for ch in "tabby":
+                await pilot.press(ch)
+            await pilot.press("enter")
+            await wait_idle(pilot)
+            assert edits and edits[0] != threading.main_thread().name
+            assert "4 caption files changed" in str(screen.query_one("#message").content)
+            assert all(i.caption.startswith("tabby") for i in screen.index_items)  # the index re-read after it
+            assert not screen.query_one("#cap-input").disabled
+    asyncio.run(drive())
+    assert all((folder / f"photo-{i:02d}.txt").read_text().startswith("tabby") for i in range(4))
