@@ -304,3 +304,28 @@ def test_write_errors_become_clear_messages(tmp_path):
     tracker.set(state="failed", reason=message, sync=True)
     assert runs.read_status(run)["state"] == "failed"
     tracker.close()
+
+
+def test_junk_in_commands_never_stops_the_training(tmp_path, tiny_model_dir, data_dir):
+    """A sub-folder in commands/, then commands/ replaced by a plain file: the worker warns, recreates the folder and
+    trains on, before its first checkpoint; a stop sent afterwards still works (issue 13, item 3)."""
+    import shutil
+
+    run = runapi.start_run(tiny_config(tiny_model_dir, data_dir, steps=100000, output=str(tmp_path / "run")))
+    follower = runapi.follow(run)
+    box = run / runs.COMMANDS
+    next_events(follower, lambda e: e["type"] == "step", "the first step")
+    (box / "junk-folder").mkdir()
+    (box / "junk-folder" / "stop").write_text("")  # a command name inside the folder is still not a command
+    seen = next_events(follower, lambda e: e["type"] == "warning" and "junk-folder" in e["message"], "the warning")
+    step = max(e["step"] for e in seen if e["type"] == "step")
+    shutil.rmtree(box)
+    box.write_text("not a folder")
+    next_events(follower, lambda e: e["type"] == "warning" and "was not a folder" in e["message"], "the 2nd warning")
+    next_events(follower, lambda e: e["type"] == "step" and e["step"] >= step + 2, "steps after the junk")
+    assert box.is_dir() and runs.inspect_run(run).state == "running"
+    assert not any(e["type"] == "checkpoint" for e in runs.read_events(run)[0])  # all before the first checkpoint
+    runs.send_command(run, "stop")
+    info = wait_done(run)
+    assert (info.state, info.reason) == ("stopped", "stop requested"), worker_log(run)
+    assert (run / runs.STATE).is_file() and (run / "tcat.safetensors").is_file()
