@@ -2,13 +2,15 @@
 status.json (the worker keeps space in reserve for its last words), never "killed", and the user's screen shows the
 last good checkpoint and what to do."""
 
-import time
+import pytest
 
 from core.runs import api as runapi
 from core.runs import folder as runs
 from small_disk import fill_disk, small_disk  # noqa: F401 (fixture)
 from test_runs_worker import cli, next_events, wait_done
 from train_helpers import make_images, tiny_config
+
+pytestmark = pytest.mark.slow  # a real detached worker: 20-40 s on 2 busy cores
 
 
 def test_full_disk_ends_failed_with_the_reason_on_screen(tmp_path, tiny_model_dir, small_disk):

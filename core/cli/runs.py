@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     _root_arg(p)
     p.add_argument("--steps", type=int, default=None, help="raise the run's max steps to N (to train further)")
     p.add_argument("--detach", action="store_true", help="start it and return; prints the run folder last")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="continue although the data folder changed since the checkpoint (images added, removed or "
+                        "edited); without it such a resume is refused and the changes are listed")
     p.set_defaults(func=cmd_resume)
 
 
@@ -125,12 +128,21 @@ def cmd_runs(args) -> int:
 
 
 # ---- tiwiz train (detached) ---------------------------------------------------------------------------------------
-def wait_until_running(run_dir: Path, timeout: float = 15.0) -> runs.RunInfo:
-    """Wait until the worker holds the run (it took the lock and wrote its pid); raise if it died starting."""
+def wait_until_running(run_dir: Path, timeout: float = 15.0, pid: int | None = None) -> runs.RunInfo:
+    """Wait until the worker holds the run (it took the lock and wrote its pid); raise if it died starting. With
+    `pid` (the worker we spawned), a live run of another worker (one that won the folder's lock) is an error too."""
     deadline = time.monotonic() + timeout
     while True:
         info = runs.inspect_run(run_dir)
-        if info.state != "starting":
+        if pid is not None and not runs.pid_is_worker(pid, run_dir):
+            if (info.alive and info.pid != pid) or runs.lock_is_held(run_dir):  # ours lost the lock to another
+                who = f" (pid {info.pid})" if info.alive and info.pid != pid else ""
+                raise TiwizError(f"{run_dir}: a worker is already training there{who}; "
+                                 f"`tiwiz attach {run_dir}` to watch it")
+            if info.state == "starting":
+                info = runs.inspect_run(run_dir)
+            break
+        if info.state != "starting" and (pid is None or info.pid == pid):
             break
         if time.monotonic() > deadline:
             return info
@@ -148,8 +160,9 @@ def wait_until_running(run_dir: Path, timeout: float = 15.0) -> runs.RunInfo:
 
 def start_detached_training(config, detach: bool = False, root=None) -> int:
     """`tiwiz train`: start the worker; with detach print the run folder as the last line, else attach."""
-    run_dir = runapi.start_run(config, root=root)
-    info = wait_until_running(run_dir)
+    spawned: list[int] = []
+    run_dir = runapi.start_run(config, root=root, spawned=spawned)
+    info = wait_until_running(run_dir, pid=spawned[0] if spawned else None)
     if detach:
         print(f"training in the background (pid {info.pid}). Watch: tiwiz attach {run_dir}   "
               f"Stop: tiwiz stop {run_dir}")
@@ -186,7 +199,12 @@ def cmd_stop(args) -> int:
 # ---- tiwiz resume -------------------------------------------------------------------------------------------------
 def cmd_resume(args) -> int:
     run_dir = runs.resolve_run(args.run, args.root)
-    run_dir = runapi.resume_run(run_dir, steps=args.steps)
+    restart = runapi.restarts_from_zero(run_dir)
+    run_dir = runapi.resume_run(run_dir, steps=args.steps,
+                                allow_data_change=getattr(args, "allow_data_change", False))
+    if restart:
+        print(f"{run_dir.name} stopped before its first checkpoint: starting it again from step 0 with the same "
+              "config", flush=True)
     if args.detach:
         print(f"resumed; watch it with: tiwiz attach {run_dir}")
         print(run_dir)

@@ -6,6 +6,7 @@ viewer can die at any moment without touching the training.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -63,12 +64,16 @@ def _holds_run(run_dir: Path) -> str | None:
     return None
 
 
-def start_run(config, root: str | os.PathLike | None = None, name: str | None = None) -> Path:
+def start_run(config, root: str | os.PathLike | None = None, name: str | None = None,
+              spawned: list | None = None) -> Path:
     """Create the run folder (config.output, or ROOT/NAME-YYYYmmdd-HHMMSS), write config.toml and spawn the worker.
-    Returns the run folder. Raises TiwizError for a bad config or a folder that already holds a run."""
+    Returns the run folder. Raises TiwizError for a bad config or a folder that already holds a run. The worker's
+    pid is appended to `spawned` when given (to tell it from another worker that won the folder's lock)."""
     config = prepare_run(config, root, name)
     run_dir = Path(config.output)
-    _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
+    pid = _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
+    if spawned is not None:
+        spawned.append(pid)
     return run_dir
 
 
@@ -85,8 +90,9 @@ def prepare_run(config, root: str | os.PathLike | None = None, name: str | None 
     else:
         run_dir = new_run_dir(name or config.name, root).resolve()
     info = inspect_run(run_dir) if run_dir.exists() else None
-    if info is not None and info.alive:
-        raise TiwizError(f"{run_dir}: a worker is already training there (pid {info.pid}); "
+    if info is not None and (info.alive or runs.lock_is_held(run_dir)):
+        who = f" (pid {info.pid})" if info.pid else ""
+        raise TiwizError(f"{run_dir}: a worker is already training there{who}; "
                          f"`tiwiz attach {run_dir}` to watch it")
     marker = _holds_run(run_dir) if run_dir.exists() else None
     if marker and not config.overwrite:
@@ -102,8 +108,16 @@ def prepare_run(config, root: str | os.PathLike | None = None, name: str | None 
     return config
 
 
-def resume_run(run_dir: str | os.PathLike, steps: int | None = None) -> Path:
-    """Continue a stopped, killed, failed or finished run from state/latest.pt; `steps` raises the step count."""
+def restarts_from_zero(run_dir: str | os.PathLike) -> bool:
+    """True when `resume_run` would start the run again from step 0 (it was stopped before its first checkpoint)."""
+    run_dir = Path(run_dir)
+    return not (run_dir / runs.STATE).is_file() and (run_dir / runs.CONFIG).is_file()
+
+
+def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_change: bool = False) -> Path:
+    """Continue a stopped, killed, failed or finished run from state/latest.pt; `steps` raises the step count.
+    A run stopped before its first checkpoint starts again from step 0 with the same config (`restarts_from_zero`).
+    `allow_data_change` lets it continue on a data folder that changed since the checkpoint."""
     from core.training.config import TrainConfig
 
     run_dir = Path(run_dir).resolve()
@@ -111,8 +125,16 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None) -> Path:
     if info.alive:
         raise TiwizError(f"{run_dir} is still training (pid {info.pid}); `tiwiz attach {run_dir}` to watch it")
     if not (run_dir / runs.STATE).is_file():
-        raise TiwizError(f"nothing to resume in {run_dir}: no checkpoint was saved yet ({runs.STATE} is missing); "
-                         "start the training again")
+        if not (run_dir / runs.CONFIG).is_file():
+            raise TiwizError(f"nothing to resume in {run_dir}: it has no {runs.CONFIG} and no checkpoint")
+        config = TrainConfig.from_toml(run_dir / runs.CONFIG)
+        if steps is not None:
+            config.steps = int(steps)
+            config.to_toml(run_dir / runs.CONFIG)
+        with contextlib.suppress(FileNotFoundError):  # rows of the lost steps; the restart writes its own
+            os.unlink(run_dir / "loss.csv")
+        _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
+        return run_dir
     config = TrainConfig.from_toml(run_dir / runs.CONFIG)
     saved = info.last_checkpoint or 0
     if steps is not None:
@@ -125,7 +147,7 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None) -> Path:
         raise TiwizError(f"{run_dir.name} finished all {done} steps; `tiwiz resume {run_dir} --steps "
                          f"{done + 1000}` trains further")
     _spawn(run_dir, resume=True, name=config.name, max_steps=config.steps,
-           previous=info)
+           previous=info, env_extra={"TIWIZ_ALLOW_DATA_CHANGE": "1"} if allow_data_change else None)
     return run_dir
 
 
@@ -142,7 +164,8 @@ def _final_files_done(run_dir: Path, config) -> bool:
     return step is not None and step >= config.steps
 
 
-def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: RunInfo | None = None) -> int:
+def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: RunInfo | None = None,
+           env_extra: dict | None = None) -> int:
     # Stale commands from an earlier life (e.g. a `stop` the killed worker never read) must not hit the new one.
     box = run_dir / runs.COMMANDS
     box.mkdir(exist_ok=True)
@@ -159,6 +182,8 @@ def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: Run
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env.pop("TIWIZ_ALLOW_DATA_CHANGE", None)
+    env.update(env_extra or {})
     cmd = [sys.executable, "-m", "core.runs.worker", str(run_dir)] + (["--resume"] if resume else [])
     with open(run_dir / runs.LOG, "ab") as log, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,

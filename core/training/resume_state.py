@@ -92,3 +92,34 @@ def final_files_step(out_dir: str | os.PathLike, name: str) -> int | None:
         return int(read_safetensors_header(out_dir / f"{name}.safetensors").metadata.get("step", ""))
     except (TiwizError, OSError, ValueError):
         return None
+
+
+def data_fingerprint(folder: str | os.PathLike) -> list[list]:
+    """[name, size, mtime_ns] of every training image in `folder` and of its same-stem .txt caption, sorted."""
+    from core.prep.captions import list_images
+
+    rows = []
+    for image in list_images(folder):
+        for path in (image, image.with_suffix(".txt")):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            rows.append([path.name, int(st.st_size), int(st.st_mtime_ns)])
+    return sorted(rows)
+
+
+def describe_data_change(saved: list | None, now: list) -> str | None:
+    """What changed between two fingerprints in words ("2 files removed (a.png, b.png); 1 changed (c.txt)"), or
+    None when nothing did (or the state predates fingerprints)."""
+    if saved is None:
+        return None
+    before = {str(r[0]): (int(r[1]), int(r[2])) for r in saved}
+    after = {str(r[0]): (int(r[1]), int(r[2])) for r in now}
+    parts = []
+    for label, names in (("removed", sorted(set(before) - set(after))), ("added", sorted(set(after) - set(before))),
+                         ("changed", sorted(n for n in set(before) & set(after) if before[n] != after[n]))):
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            parts.append(f"{len(names)} file{'s' if len(names) != 1 else ''} {label} ({shown})")
+    return "; ".join(parts) or None
