@@ -84,7 +84,9 @@ def sched_log(queue: Path) -> str:
     return (queue / sched.SCHEDULER_LOG).read_text(errors="replace")
 
 
-def test_queue_stop_saves_running_jobs_and_starts_no_new_one(tmp_path, tmp_path_factory, tiny_model_dir):
+@pytest.mark.slow
+def test_gpu_pinning_then_queue_stop_saves_running_jobs_and_starts_no_new_one(tmp_path, tmp_path_factory,
+                                                                              tiny_model_dir):
     from core.queue.jobs import add_jobs
 
     data = shared_data(tmp_path_factory)
@@ -93,20 +95,34 @@ def test_queue_stop_saves_running_jobs_and_starts_no_new_one(tmp_path, tmp_path_
     queue = root / "queue"
     endless = dict(model=str(tiny_model_dir), data=str(data), steps=100000, width=64, height=64, save_every=0,
                    preview_every=0, validate_every=0, device="cpu")
-    add_jobs(queue, [(n, {**endless, "name": n}, n) for n in ("first", "second")])
-    started = cli("queue", "run", "--slots", 1, env=env)
+    add_jobs(queue, [(n, {**endless, "name": n}, n) for n in ("first", "second", "third")])
+    # Two "GPUs" (this machine trains on CPU; the pinning is what is checked): one worker each.
+    started = cli("queue", "run", "--gpus", "0,1", env=env)
     assert started.returncode == 0, started.stderr
-    first = root / "first"
-    wait_for(lambda: (runs.read_status(first) or {}).get("step", 0) >= 1 if runs.is_run_dir(first) else False,
-             "the first job to train")
+    assert "GPUs 0,1" in started.stdout
+
+    def training(name):
+        return (runs.read_status(root / name) or {}).get("step", 0) >= 1 if runs.is_run_dir(root / name) else False
+
+    wait_for(lambda: training("first") and training("second"), "two jobs to train")
+    pinned = {}
+    for name in ("first", "second"):
+        environ = Path(f"/proc/{runs.read_status(root / name)['pid']}/environ").read_bytes().split(b"\0")
+        pinned[name] = [v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"CUDA_VISIBLE_DEVICES=")]
+    assert pinned == {"first": ["0"], "second": ["1"]}
+    listed = json.loads(cli("queue", "--json", env=env).stdout)
+    assert [(j["name"], j["state"], j["gpu"]) for j in listed["jobs"]] == \
+        [("first", "running", "0"), ("second", "running", "1"), ("third", "queued", None)]
+
     stopped = cli("queue", "stop", env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped; `tiwiz queue run` continues from the checkpoints" in stopped.stdout
     assert not sched.scheduler_alive(queue) and sched.read_scheduler(queue)["state"] == "stopped"
-    info = runs.inspect_run(first)
-    assert (info.alive, info.reason) == (False, "stop requested")
-    assert info.last_checkpoint == info.step >= 1 and (first / "first.safetensors").is_file()  # it saved
+    for name in ("first", "second"):
+        info = runs.inspect_run(root / name)
+        assert (info.alive, info.reason) == (False, "stop requested")
+        assert info.last_checkpoint == info.step >= 1 and (root / name / f"{name}.safetensors").is_file()  # saved
     jobs = {j.name: j for j in list_jobs(queue)}
-    assert jobs["first"].state == "stopped" and jobs["second"].state == "queued"
-    assert not (root / "second").exists()  # no new job started
+    assert [jobs[n].state for n in ("first", "second", "third")] == ["stopped", "stopped", "queued"]
+    assert not (root / "third").exists()  # no new job started
     assert not (queue / sched.STOP).exists()

@@ -239,6 +239,9 @@ def prepare_config(data: dict, where: str):
         if config.init_from and not Path(config.init_from).is_file():
             raise TiwizError(f"init_from: {config.init_from} is not a file")
     except TiwizError as exc:
+        field = getattr(exc, "field", None)
+        if field:  # keep the field for forms that mark the input (core.errors.FieldError)
+            raise type(exc)(field, f"{where}: {exc}") from None
         raise TiwizError(f"{where}: {exc}") from None
     return config
 
