@@ -94,3 +94,31 @@ def test_caption_filter_uses_the_index_and_bulk_edits_run_in_a_worker(tmp_path, 
             assert not screen.query_one("#cap-input").disabled
     asyncio.run(drive())
     assert all((folder / f"photo-{i:02d}.txt").read_text().startswith("tabby") for i in range(4))
+
+
+def test_checks_that_read_folders_still_ask_first(tmp_path, monkeypatch):
+    """The run-name and destination checks moved into workers; their questions still come before anything runs."""
+    from tests.tui_support import recorded_events, write_recorded_run
+    from tui.screens.dialogs import ConfirmModal
+
+    freeze_cursor(monkeypatch)
+    write_recorded_run(tmp_path / "runs" / "zxqcat-1", recorded_events("zxqcat", steps=5, max_steps=5, finished=True),
+                       state="finished")
+    make_photos(tmp_path / "photos", 2)
+    make_photos(tmp_path / "out", 1)
+    state = WizardState(model="m", source=str(tmp_path / "photos"), dataset=str(tmp_path / "out"), name="zxqcat")
+    app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="embedding", finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(pilot)
+            await pilot.press("ctrl+n")
+            await wait_idle(pilot)
+            assert isinstance(app.screen, ConfirmModal)  # a run of that name exists: asked before going on
+            app.pop_screen()
+            app.goto("preprocess")
+            await wait_idle(pilot)
+            await pilot.press("ctrl+r")
+            await wait_idle(pilot)
+            assert isinstance(app.screen, ConfirmModal)  # the destination has files: asked before preprocessing
+    asyncio.run(drive())

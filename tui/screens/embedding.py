@@ -3,14 +3,14 @@ tokenizes into the vectors; asks before reusing a name that already has a run.""
 
 from __future__ import annotations
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Label, Static
 
 from core.embeddings.vectors import MAX_NAME_LENGTH, name_problem, trigger_problems
 from tui import runs_info
-from tui.screens.base import WizardScreen, error_text
+from tui.screens.base import WizardScreen
 from tui.screens.dialogs import ConfirmModal
 from tui.widgets.inputs import OrderedInput
 
@@ -95,11 +95,15 @@ class EmbeddingScreen(WizardScreen):
         return self._problem()
 
     def proceed(self) -> None:
-        try:
-            same = [r for r in runs_info.list_runs(self.app.runs_root) if r.name == self.state.name]
-        except Exception as exc:
-            self.show_message(error_text(exc))
-            return
+        self.find_same_name(self.state.name)
+
+    @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
+    def find_same_name(self, name: str) -> None:
+        """The runs already trained under this name, read off the UI thread (errors become messages)."""
+        same = [r for r in runs_info.list_runs(self.app.runs_root) if r.name == name]
+        self.app.call_from_thread(self._after_same_name, same)
+
+    def _after_same_name(self, same: list) -> None:
         if same and not self.state.overwrite:
             def answered(yes: bool | None) -> None:
                 if yes:

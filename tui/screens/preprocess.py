@@ -138,14 +138,22 @@ class PreprocessScreen(WizardScreen):
         if problem:
             self.show_message(problem)
             return
-        dest = Path(self.state.dataset).expanduser()
+        self.look_at_dest(self.state.dataset)
+
+    @work(thread=True, exclusive=True, group="dest", exit_on_error=False)
+    def look_at_dest(self, dataset: str) -> None:
+        """Whether the destination already holds files (read off the UI thread), then run or ask first."""
+        dest = Path(dataset).expanduser()
         has_files = dest.is_dir() and any(dest.iterdir())
+        self.app.call_from_thread(self._start, dataset, has_files)
+
+    def _start(self, dataset: str, has_files: bool) -> None:
         if has_files and not self.state.preprocess.get("overwrite"):
             def answered(yes: bool | None) -> None:
                 if yes:
                     self.preprocess(overwrite=True)
 
-            self.app.push_screen(ConfirmModal(f"{self.state.dataset} already has files. Overwrite them?",
+            self.app.push_screen(ConfirmModal(f"{dataset} already has files. Overwrite them?",
                                               "Your source images are never modified."), answered)
             return
         self.preprocess()
