@@ -12,6 +12,7 @@ detached, so a restarted submitter finds them by name (`ray.get_actor`) instead 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import socket
@@ -141,8 +142,8 @@ class RayBackend:
                                  "/workspace) and pass --root there")
 
     # ---- the scheduler's interface ----------------------------------------------------------------------------
-    def free_slots(self, running: list[Job]) -> list[str]:
-        return ["ray"] * 1_000_000  # Ray places the actors as GPUs/CPUs free up
+    def free_slots(self, running: list[Job]):
+        return itertools.repeat("ray")  # every queued job is submitted; Ray places the actors as GPUs/CPUs free up
 
     def actor_name(self, job: Job) -> str:
         return f"tiwiz-{self.qid}-{job.name}-{job.attempts}"
