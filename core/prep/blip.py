@@ -51,10 +51,58 @@ def _fetch_help(model: str) -> str:
     )
 
 
-def _looks_like_path(model: str) -> bool:
+def looks_like_path(model: str) -> bool:
     """A folder rather than a hub id ("org/name")."""
     return (Path(model).expanduser().exists() or model.startswith((".", "/", "~", "\\")) or model.count("/") > 1
             or "\\" in model)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers a TCP connect within `timeout` (name lookup included, run on a thread so a
+    hanging resolver cannot stall us); the hub client would otherwise retry for minutes on an offline pod."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def hub_source_is_local(model: str) -> bool:
+    """For a hub id: True to load from the local Hugging Face cache only (it is cached, or HF_HUB_OFFLINE is set);
+    False to let the hub client download it. Raises TiwizError at once when it is not cached and cannot be fetched
+    (offline mode, or the hub unreachable), instead of the hub client's minutes of retries."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:
+        cached = False
+    if cached:
+        return True
+    if _hub_offline():
+        raise TiwizError(f"BLIP model {model!r} is not available on this machine: it is not in the local Hugging "
+                         "Face cache, and offline mode is on (HF_HUB_OFFLINE=1). " + _fetch_help(model))
+    if not _hub_reachable():
+        raise TiwizError(f"BLIP model {model!r} is not available on this machine: it is not in the local Hugging "
+                         "Face cache, and the Hugging Face hub cannot be reached from here. " + _fetch_help(model))
+    return False
 
 
 def _load(model: str, device: str, fp16: bool):
@@ -63,7 +111,7 @@ def _load(model: str, device: str, fp16: bool):
     from transformers.utils import logging as hf_logging
 
     path = Path(model).expanduser()
-    if _looks_like_path(model):
+    if looks_like_path(model):
         if not path.is_dir():
             raise TiwizError(f"BLIP model folder {path} does not exist (or is not a folder).")
         if not (path / "config.json").is_file():
@@ -73,7 +121,7 @@ def _load(model: str, device: str, fp16: bool):
         source, local_only = str(path), True
     else:
         source = model
-        local_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        local_only = hub_source_is_local(model)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # no torchvision-fallback notices or progress chatter in our output
     hf_logging.disable_progress_bar()

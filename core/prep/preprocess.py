@@ -243,6 +243,11 @@ def run_preprocess(src, dest, options: PreprocessOptions | None = None, sink=Non
     sources, odd_entries = scan_sources(src)
     workers = max(1, min(workers or default_workers(), max(1, len(sources))))
 
+    if not sources:  # before anything is written: an empty run leaves no folder or report behind
+        n_odd = len(odd_entries)
+        skipped = f" ({n_odd} other entr{'y' if n_odd == 1 else 'ies'} skipped)" if n_odd else ""
+        raise TiwizError(f"No image files in {display_name(str(src))}{skipped}; nothing was written.")
+
     captioner = None
     if options.blip:
         captioner = _load_captioner(options)  # fail fast, before any file is written
@@ -426,9 +431,11 @@ def _write_captions(dest: Path, record: dict, caption: str, write=None) -> None:
 
 def _load_captioner(options: PreprocessOptions):
     try:
-        from core.prep.blip import BlipCaptioner
+        from core.prep.blip import BlipCaptioner, hub_source_is_local, looks_like_path
     except ImportError as exc:
         raise TiwizError(f"BLIP captioning is not available in this install ({exc}).") from None
+    if not looks_like_path(options.blip):
+        hub_source_is_local(options.blip)  # an uncached hub id offline fails here, before torch is even imported
     return BlipCaptioner(options.blip, device=None, batch_size=options.blip_batch_size)
 
 
