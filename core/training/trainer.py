@@ -125,7 +125,7 @@ class Trainer:
                                   precision=ev.precision_name(self.precision.name),
                                   n_images=len(self.dataset), model=self.model.name, resumed=state is not None,
                                   n_holdout=len(self.holdout_indices), auto_stop=cfg.auto_stop,
-                                  auto_stop_window=cfg.auto_stop_window))
+                                  auto_stop_window=cfg.auto_stop_window, threads=self.thread_choice.threads))
         self.t_start = time.monotonic()
         self.last_loss = self.last_val_loss = None
         if state is None and self.validate_every:
@@ -164,6 +164,7 @@ class Trainer:
             reason = self._handle_commands()
             if reason:
                 return reason
+            self.thread_choice.tick()
             lr = self.lr_schedule.rate_at(self.step)
             t0 = time.monotonic()
             loss = self._train_step(lr)
@@ -545,11 +546,17 @@ class Trainer:
         from core.models.device import pick_device, precision_for
         from core.models.loader import load_model
 
+        from core.training.threads import ThreadChoice
+
+        self.thread_choice = ThreadChoice(self.config.threads)  # the free cores, not all cores (OpenMP spinning)
+        self.thread_choice.apply()
         self.device = pick_device(self.config.device)
         self.precision = precision_for(self.device, self.config.precision)
         prediction = None if self.config.prediction_type == "auto" else self.config.prediction_type
-        # fp32 weights; autocast does mixed precision
-        self.model = load_model(self.config.model, device=self.device, prediction_type=prediction)
+        # fp32 weights; autocast does mixed precision. SDXL under bf16 autocast keeps its frozen weights in bf16 (half
+        # the memory: 1024 px fits 24 GB); the trained vectors stay fp32 either way.
+        self.model = load_model(self.config.model, device=self.device, prediction_type=prediction,
+                                dtype=self._frozen_weights_dtype())
         for module in self.model.modules:
             module.requires_grad_(False)
             module.eval()
@@ -559,6 +566,21 @@ class Trainer:
             self.model.unet.enable_gradient_checkpointing()  # frozen weights: only the activations are recomputed
         self.unet_dtype = next(self.model.unet.parameters()).dtype
         self.scaler = self.precision.grad_scaler()
+
+    def _frozen_weights_dtype(self):
+        """bf16 for SDXL on CUDA with bf16 autocast, else None (fp32). The family comes from the header only."""
+        import torch
+
+        if self.device.type != "cuda" or self.precision.autocast_dtype != torch.bfloat16:
+            return None
+        from core.models.find import inspect_checkpoint
+        from core.models.loader import resolve_model_path
+
+        try:
+            family = inspect_checkpoint(resolve_model_path(self.config.model)).family
+        except TiwizError:
+            return None  # load_model says what is wrong
+        return torch.bfloat16 if family == "sdxl" else None
 
     def _setup_vectors(self, state: dict | None) -> None:
         import torch
