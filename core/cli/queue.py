@@ -152,11 +152,13 @@ def cmd_list(args) -> int:
 
 # ---- add / remove / retry -----------------------------------------------------------------------------------------
 def cmd_add(args) -> int:
-    from core.queue.jobs import add_jobs, manifest_entries, parse_sets, read_toml
+    from core.queue.jobs import add_jobs, check_job_name, manifest_entries, parse_sets, read_toml
 
     if bool(args.config) == bool(args.manifest):
         raise TiwizError("queue add: give a CONFIG.toml or --manifest BATCH.toml (one of them)")
     sets = parse_sets(args.sets)
+    if args.name:
+        check_job_name(args.name)
     if args.manifest:
         if args.name:
             raise TiwizError("--name: a manifest names its jobs in [[job]] name = ...")

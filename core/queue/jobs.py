@@ -256,7 +256,7 @@ def add_jobs(queue_dir: str | os.PathLike, entries: list[tuple[str | None, dict,
     prepared = []
     for name, data, where in entries:
         config = prepare_config(data, where)
-        name = check_job_name(name) if name else job_name_from(config.name)
+        name = job_name_from(name or config.name)
         name = _unique(name, taken, None if config.output else root)
         taken.add(name)
         if config.output:

@@ -196,41 +196,56 @@ class Scheduler:
             if job.state == "stopped":
                 job.save(state="queued", reason=f"continuing after: {job.reason}" if job.reason else "")
         while True:
-            if (self.queue_dir / STOP).exists() and not self.stopping:
-                self.log("stop requested: running jobs save and stop; no new job starts")
-                self.stopping = True
-                self.write_status(state="stopping")
-            running = self._poll_running()
-            if self.stopping:
-                for job in list(running):
-                    if job.name not in self.stop_sent and self.backend.cancel(job):  # submitted, not started
-                        job.save(state="queued", reason="withdrawn by `tiwiz queue stop` before it started")
-                        running.remove(job)
-                        continue
-                    if job.name not in self.stop_sent and job.run_dir:
-                        try:
-                            runs.send_command(job.run_dir, "stop")
-                        except (TiwizError, OSError):
-                            pass  # not started yet; sent again next tick
-                        else:
-                            self.stop_sent.add(job.name)
-                if not running:
-                    try:
-                        (self.queue_dir / STOP).unlink()
-                    except FileNotFoundError:
-                        pass
-                    self.log("stopped")
-                    self.write_status(state="stopped")
-                    return 0
-                time.sleep(TICK_S)
+            try:
+                done = self._tick()
+            except OSError as exc:  # a full disk or a vanished file: say so and try again (workers go on)
+                self.log(f"error: {exc}; trying again in 5 s")
+                time.sleep(5)
                 continue
-            queued = [job for job in list_jobs(self.queue_dir) if job.state == "queued"]
-            for slot, job in zip(self.backend.free_slots(running), queued):
-                self._start(job, slot)
-                running.append(job)
-            if not queued and not running:
-                return self._drained()
+            if done is not None:
+                return done
             time.sleep(TICK_S)
+
+    def _tick(self) -> int | None:
+        """One look at the queue; the exit code once the scheduler is done (stopped or drained), else None."""
+        if (self.queue_dir / STOP).exists() and not self.stopping:
+            self.log("stop requested: running jobs save and stop; no new job starts")
+            self.stopping = True
+            self.write_status(state="stopping")
+        running = self._poll_running()
+        if self.stopping:
+            return self._stop_tick(running)
+        queued = [job for job in list_jobs(self.queue_dir) if job.state == "queued"]
+        for slot, job in zip(self.backend.free_slots(running), queued):
+            self._start(job, slot)
+            running.append(job)
+        if not queued and not running:
+            return self._drained()
+        return None
+
+    def _stop_tick(self, running: list[Job]) -> int | None:
+        for job in list(running):
+            if job.name in self.stop_sent:
+                continue
+            if self.backend.cancel(job):  # submitted to Ray, not started yet: withdrawn
+                job.save(state="queued", reason="withdrawn by `tiwiz queue stop` before it started")
+                running.remove(job)
+            elif job.run_dir:
+                try:
+                    runs.send_command(job.run_dir, "stop")
+                except (TiwizError, OSError):
+                    pass  # its run folder is not there yet: sent again next tick
+                else:
+                    self.stop_sent.add(job.name)
+        if running:
+            return None
+        try:
+            (self.queue_dir / STOP).unlink()
+        except FileNotFoundError:
+            pass
+        self.log("stopped")
+        self.write_status(state="stopped")
+        return 0
 
     def request_stop(self, signum=None, frame=None) -> None:
         """SIGTERM/SIGINT (a pod shutting down): the same graceful stop as `tiwiz queue stop`."""
@@ -387,8 +402,13 @@ def main(argv: list[str] | None = None) -> int:
         scheduler = Scheduler(queue_dir, backend, retries=args.retries, on_finish=args.on_finish,
                               settings={k: v for k, v in settings.items() if k != "queue_dir"}, echo=args.foreground)
         signal.signal(signal.SIGTERM, scheduler.request_stop)
-        if not args.foreground:
-            signal.signal(signal.SIGINT, scheduler.request_stop)
+
+        def on_interrupt(signum, frame) -> None:  # Ctrl-C: stop gracefully; a second one gives up waiting
+            if scheduler.stopping:
+                raise KeyboardInterrupt
+            scheduler.request_stop()
+
+        signal.signal(signal.SIGINT, on_interrupt)
         return scheduler.run(args.launch_id)
     except TiwizError as exc:
         print(f"tiwiz queue: {exc}", file=sys.stderr, flush=True)
