@@ -57,6 +57,7 @@ class WizardState:
     stage: str = "start"
     demo: bool = False
     model: str = ""
+    model_family: str = ""  # "sd1" | "sd2" | "sdxl", from the model's header when the model screen accepts it
     source: str = ""
     dataset: str = ""  # the preprocessed (training) folder: the preprocess destination
     skip_preprocess: bool = False

@@ -70,6 +70,10 @@ class EmbeddingScreen(WizardScreen):
         shown = ", ".join(f"{i + 1}←{p}" for i, p in enumerate(plan[:12])) + (" …" if n > 12 else "")
         lines.append(f"{n} vector{'s' if n != 1 else ''}: {shown}")
         lines.append(f"In prompts, “{self.state.name}” uses {n} of the 75 tokens.")
+        if getattr(self.state, "model_family", "") == "sdxl":
+            lines.append("SDXL: CLIP-L and OpenCLIP bigG split text the same way, so both encoders' vectors start "
+                         "from these tokens: each vector is a 768-wide CLIP-L part and a 1280-wide bigG part, saved "
+                         "as clip_l and clip_g in one file.")
         lines += [f"[yellow]warning: {w}[/]" for w in self.name_warnings()]
         widget.update("\n".join(lines))
 

@@ -27,7 +27,10 @@ def human_size(n: int) -> str:
 
 
 def describe(info) -> str:
-    text = f"{FAMILY_NAMES.get(info.family, info.family)} · {info.kind} · {human_size(info.size_bytes)}"
+    family = FAMILY_NAMES.get(info.family, info.family)
+    if info.prediction_type == "v_prediction":  # a diffusers scheduler config or a v_pred marker key said so
+        family += " v-prediction"
+    text = f"{family} · {info.kind} · {human_size(info.size_bytes)}"
     if info.problem:
         text += f" · cannot use: {info.problem}"
     return text
@@ -35,6 +38,9 @@ def describe(info) -> str:
 
 class ModelScreen(WizardScreen):
     STAGE = "model"
+    DEFAULT_CSS = """
+    #found { height: 1fr; }
+    """
     BINDINGS = [Binding("f5", "rescan", "Rescan"), Binding("f3", "browse", "Browse")]
 
     def compose_body(self) -> ComposeResult:
@@ -136,4 +142,8 @@ class ModelScreen(WizardScreen):
             return error_text(exc)
         if not info.usable:
             return f"This model cannot be used: {info.problem or FAMILY_NAMES.get(info.family, info.family)}."
+        self.state.model_family = info.family
+        if info.family == "sdxl":  # SDXL's native size; the training screen says why
+            for key in ("width", "height"):
+                self.state.train.setdefault(key, 1024)
         return None

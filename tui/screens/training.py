@@ -25,6 +25,11 @@ SET_EARLIER = ("model", "data", "name", "init_text", "vectors", "overwrite")
 BASIC = ("steps", "lr", "batch_size", "grad_accum", "width", "height", "resize", "template", "save_every",
          "preview_every", "seed", "device")
 PREVIEW_PREFIX = "preview_"
+SDXL_HELP = {  # why the SDXL defaults differ, shown under the field when the model is SDXL
+    "width": ". SDXL: 1024 (its native size); smaller trains faster but the embedding fits 1024 px images less well",
+    "height": ". SDXL: 1024 (its native size)",
+    "gradient_checkpointing": ". SDXL: auto turns it on on a GPU, so 1024 px training fits in 24 GB",
+}
 SIDE_DEBOUNCE_S = 0.15  # the summary and sample prompts wait for typing to pause this long
 
 
@@ -137,6 +142,10 @@ def loaded_message(path: str, loaded: dict, current: dict) -> str:
 
 class TrainingScreen(WizardScreen):
     STAGE = "training"
+    DEFAULT_CSS = """
+    #tr-tabs { width: 1fr; }
+    #tr-side { width: 34; padding-left: 1; border-left: solid $primary; }
+    """
     BINDINGS = [
         Binding("ctrl+s", "save_toml", "Save TOML", priority=True),
         Binding("ctrl+l", "load_toml", "Load TOML", priority=True),
@@ -176,7 +185,8 @@ class TrainingScreen(WizardScreen):
             else:
                 kind = {int: "integer", float: "number"}.get(f.type, "text")
                 yield OrderedInput(str(value), type=kind, id=f"tr-{f.name}", classes="form-field", compact=True)
-        yield Static(f.help, classes="form-help")
+        yield Static(f.help + (SDXL_HELP.get(f.name, "") if getattr(self.state, "model_family", "") == "sdxl" else ""),
+                     classes="form-help")
 
     def on_mount(self) -> None:
         self.query_one("#tr-steps").focus()

@@ -1,0 +1,68 @@
+"""The wizard with an SDXL model: the model screen names the family (and v-prediction), SDXL defaults (1024 px) are
+applied with the reason on the training screen, and the embedding screen explains the two encoders' vectors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+from safetensors.torch import save_file
+
+from tests.tui_support import make_photos, wait_idle
+from tui.app import TiwizApp
+from tui.state import WizardState
+
+SDXL_HEADER = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+               "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(3, 8),
+               "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(3, 8),
+               "v_pred": torch.zeros(0)}
+
+
+def _app(tmp_path, stage, **state):
+    return TiwizApp(state=WizardState(**state), save=False, runs_root=tmp_path / "runs", start_stage=stage,
+                    finder_roots=[])
+
+
+def test_model_screen_names_sdxl_and_sets_its_defaults(tmp_path):
+    model = tmp_path / "noob-vpred.safetensors"
+    save_file(SDXL_HEADER, model)
+    app = _app(tmp_path, "model", model=str(model))
+
+    async def drive():
+        async with app.run_test(size=(110, 30)) as pilot:
+            await wait_idle(pilot)
+            for _ in range(50):
+                info = str(app.screen.query_one("#model-info").content)
+                if info:
+                    break
+                await pilot.pause(0.05)
+            assert "SDXL v-prediction" in info
+            assert app.screen.check() is None
+    asyncio.run(drive())
+    assert app.state.model_family == "sdxl"
+    assert (app.state.train["width"], app.state.train["height"]) == (1024, 1024)
+
+
+def test_training_and_embedding_screens_explain_sdxl(tmp_path):
+    make_photos(tmp_path / "photos", 2)
+    state = dict(model=str(tmp_path / "m"), model_family="sdxl", dataset=str(tmp_path / "photos"), name="zxq-cat",
+                 init_text="a cat", train={"width": 1024, "height": 1024})
+    app = _app(tmp_path, "training", **state)
+
+    async def drive_training():
+        async with app.run_test(size=(110, 40)) as pilot:
+            await wait_idle(pilot)
+            helps = [str(w.content) for w in app.screen.query(".form-help")]
+            assert any("SDXL: 1024 (its native size)" in h for h in helps)
+            assert any("so 1024 px training fits in 24 GB" in h for h in helps)
+            assert app.screen.query_one("#tr-width").value == "1024"
+    asyncio.run(drive_training())
+
+    app = _app(tmp_path, "embedding", **state)
+
+    async def drive_embedding():
+        async with app.run_test(size=(110, 40)) as pilot:
+            await wait_idle(pilot)
+            plan = str(app.screen.query_one("#emb-plan").content)
+            assert "CLIP-L and OpenCLIP bigG" in plan and "clip_l and clip_g" in plan
+    asyncio.run(drive_embedding())
