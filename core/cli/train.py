@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from core.runs.run_events import RunPhase
+from core.errors import FieldError
 from core.training.config import CHOICES, HELP, TrainConfig
 
 EPILOG = """examples:
@@ -57,11 +58,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     data: dict = {}
     if getattr(args, "config", None):
         data = TrainConfig.from_toml(args.config, validate=False).to_dict()
+    given = set()
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is not None:
             data[f.name] = value
-    return TrainConfig.from_dict(data)
+            given.add(f.name)
+    try:
+        return TrainConfig.from_dict(data)
+    except FieldError as exc:  # a value typed on the command line: name the flag the user typed
+        prefix = f"{exc.field}:"
+        if exc.field in given and str(exc).startswith(prefix):
+            flag = "--" + exc.field.replace("_", "-")
+            raise FieldError(exc.field, flag + str(exc)[len(exc.field):]) from None
+        raise
 
 
 def cmd_train(args: argparse.Namespace) -> int:

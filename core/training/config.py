@@ -35,13 +35,17 @@ CHOICES = {
     "gradient_checkpointing": ("auto", "on", "off"),
 }
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+SCHEDULE_MAX = {"lr": 10.0, "clip_grad_value": 1e6}  # beyond these, fp32 overflows or the vectors blow up
+MAX_NAME_BYTES = 200  # NAME-YYYYmmdd-HHMMSS run folders and NAME-STEP.safetensors files must fit 255 bytes
 # Inclusive (min, max) of numeric fields (None = unbounded), checked by validate() and shown by the forms. A field
 # whose rule involves other fields or special values (preview_width: 0 or 64-4096) is checked in validate() instead.
 BOUNDS = {
     "vectors": (1, 75),
-    "steps": (1, None),
-    "batch_size": (1, None),
-    "grad_accum": (1, None),
+    "steps": (1, 10_000_000),
+    "batch_size": (1, 1024),
+    "grad_accum": (1, 1024),  # more never ends a step in reasonable time (and a stop is checked per micro-batch)
+    "seed": (0, 2 ** 63 - 1),  # torch generators take 64-bit seeds; derived seeds add a few million
+    "preview_seed": (0, 2 ** 63 - 1),
     "width": (64, 4096),
     "height": (64, 4096),
     "noise_offset": (0.0, 1.0),
@@ -290,11 +294,17 @@ class TrainConfig:
                 raise FieldError(key, f"{key}: must be a multiple of 64 (got {getattr(self, key)})")
         for key in ("lr", "clip_grad_value"):
             try:
-                parse_schedule(getattr(self, key), key)
+                schedule = parse_schedule(getattr(self, key), key)
             except FieldError:
                 raise
             except TiwizError as exc:
                 raise FieldError(key, str(exc)) from None
+            high = max(rate for rate, _ in schedule.pairs)
+            if high > SCHEDULE_MAX[key]:
+                raise FieldError(key, f"{key}: {high:g} is too large (at most {SCHEDULE_MAX[key]:g}; textual inversion "
+                                      f"uses about 0.005)" if key == "lr" else
+                                 f"{key}: {high:g} is too large (at most {SCHEDULE_MAX[key]:g})")
+        _check_text_fields(self)
         if any(ch in self.name for ch in "/\\") or self.name.strip() in (".", ".."):
             raise FieldError("name", f"name: must not contain path separators (got {self.name!r})")
         return self
@@ -321,6 +331,25 @@ class TrainConfig:
         if self.holdout > 0:
             return min(self.holdout, n_images - 1)
         return min(4, n_images // 8)
+
+
+def _check_text_fields(config) -> None:
+    """NULs, over-long names and an --output that is a file: one line naming the field, never a traceback later."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, str) and "\0" in value:
+            raise FieldError(f.name, f"{f.name}: contains a NUL character (\\0), which no file name can hold")
+    if len(config.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise FieldError("name", f"name: {len(config.name.encode('utf-8', 'surrogateescape'))} bytes long; at most "
+                                 f"{MAX_NAME_BYTES} (file and folder names are made from it)")
+    if config.output:
+        for part in Path(config.output).parts:
+            if len(os.fsencode(part)) > 255:
+                raise FieldError("output", f"output: the folder name {part[:40]}... is {len(os.fsencode(part))} "
+                                           "bytes long; file systems allow 255")
+        out = Path(config.output).expanduser()
+        if out.exists() and not out.is_dir():
+            raise FieldError("output", f"output: {out} is a file, not a folder; choose a folder for the run")
 
 
 def _check_range(key: str, value, low, high) -> None:

@@ -29,6 +29,7 @@ from core.errors import TiwizError
 from core.runs import run_events as ev
 from core.training.schedule import parse_schedule
 
+STEP_ABANDONED = object()  # _train_step's answer when a stop came between micro-batches
 VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
 PLACEHOLDER = "<tiwiz-vec-{}>"
 
@@ -41,6 +42,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.sink = sink
         self.poll_commands = poll_commands or (lambda: [])
+        self._pending_commands: list = []  # commands read between micro-batches, handled after the step
         self.allow_data_change: bool | None = None  # None: $TIWIZ_ALLOW_DATA_CHANGE=1 (set by `tiwiz resume`)
         self._data_fingerprint: list | None = None
         self._gpu_polled = 0.0
@@ -168,6 +170,8 @@ class Trainer:
             lr = self.lr_schedule.rate_at(self.step)
             t0 = time.monotonic()
             loss = self._train_step(lr)
+            if loss is STEP_ABANDONED:
+                continue  # a stop came between micro-batches: _handle_commands ends the loop
             if loss is None:
                 nan_streak += 1
                 self._restore_snapshot(self._good)
@@ -208,7 +212,8 @@ class Trainer:
         return "finished"
 
     def _handle_commands(self) -> str | None:
-        for command in self.poll_commands() or []:
+        pending, self._pending_commands = self._pending_commands, []
+        for command in pending + list(self.poll_commands() or []):
             if command == "save":
                 self._save()
             elif command == "preview":
@@ -234,7 +239,13 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for _ in range(cfg.grad_accum):
+        position = self._data_position()
+        for micro in range(cfg.grad_accum):
+            if micro and self._stop_between_micro_batches():
+                # Abandon this step as if it never began, so the saved state resumes exactly.
+                self.optimizer.zero_grad(set_to_none=True)
+                self._restore_data_position(position)
+                return STEP_ABANDONED
             indices = self._next_batch()
             loss = self._batch_loss(indices, self.generator, weighted=True) / cfg.grad_accum
             if not torch.isfinite(loss):
@@ -258,6 +269,23 @@ class Trainer:
         if not torch.isfinite(self.vectors.detach()).all():
             return None
         return total
+
+    def _stop_between_micro_batches(self) -> bool:
+        """A stop (signal or `stop` command) is honoured within one forward/backward, not after grad_accum of them.
+        Other commands wait for the end of the step."""
+        taken = list(self.poll_commands() or [])
+        if "stop" in taken:
+            self._pending_commands.append("stop")
+        self._pending_commands.extend(c for c in taken if c != "stop")
+        return self._stop_requested or "stop" in taken
+
+    def _data_position(self) -> tuple:
+        return (self.generator.get_state(), self.data_rng.getstate(), self.batches, self.batch_pos, self.epoch)
+
+    def _restore_data_position(self, position: tuple) -> None:
+        generator, data_rng, self.batches, self.batch_pos, self.epoch = position
+        self.generator.set_state(generator)
+        self.data_rng.setstate(data_rng)
 
     def _batch_loss(self, indices: list[int], generator, prompts: list[str] | None = None, latents=None,
                     noise=None, timesteps=None, weighted: bool = False, time_ids=None):
