@@ -35,6 +35,14 @@ HISTORY_CHUNK = 4 << 20  # bytes of events.jsonl folded per step of the first lo
 
 
 class MonitorScreen(Screen):
+    DEFAULT_CSS = """
+    #mon-body { height: 1fr; }
+    #mon-left { width: 1fr; }
+    #mon-warnings { height: auto; max-height: 4; display: none; }
+    #mon-right { width: 40%; max-width: 48; min-width: 24; padding-left: 1; border-left: solid $primary; }
+    #mon-preview { height: 1fr; min-height: 4; }
+    #mon-checkpoints { height: 7; }
+    """
     BINDINGS = [
         Binding("s", "stop", "Stop"),
         Binding("v", "save", "Save now"),
@@ -134,42 +142,67 @@ class MonitorScreen(Screen):
     # --- drawing -----------------------------------------------------------------------------------------------
 
     def redraw(self) -> None:
+        """Bring the widgets up to the view. Each is touched only when what it shows changed: a text update or an
+        option list rebuild re-lays-out the screen, which at 4 Hz would cost more than everything else."""
         view = self.view
         self.shown_version = view.version
         self.query_one(RunHeader).refresh()
         self.query_one(LossPlot).update_series(view.losses, view.smoothed, view.val_losses)
-        warnings = self.query_one("#mon-warnings", Static)
         lines = [f"[red]error: {_escape(view.error)}[/]"] if view.error else []
         lines += [f"[yellow]warning: {_escape(w)}[/]" for w in view.warnings[-3:]]
-        warnings.update("\n".join(lines))
-        warnings.display = bool(lines)
+        self._set_text("#mon-warnings", "\n".join(lines), display=bool(lines))
         rows = tuple((c.step, bool(c.preview)) for c in view.checkpoints)
         if rows != self.shown_rows:  # also when a preview arrives after its checkpoint: the marker must show
-            self.shown_rows = rows
-            menu = self.query_one("#mon-checkpoints", OptionList)
-            highlighted = menu.highlighted
-            menu.clear_options()
-            menu.add_options([Option(f"step {step:>6}{'  ▣' if preview else ''}", id=str(step))
-                              for step, preview in rows])
-            if highlighted is not None and highlighted < menu.option_count:
-                menu.highlighted = highlighted
+            self._update_checkpoints(rows)
         self._show_preview()
         if view.state in TERMINAL_STATES:
             tail = {RunPhase.FINISHED: "Finished. f: where the files are and how to use them.",
                     RunPhase.STOPPED: "Stopped and saved. Resume it from the start screen.",
                     RunPhase.FAILED: "The run failed; see the error above and worker.log in the run folder.",
                     RunPhase.KILLED: "The worker was killed. Escape, then r on the start screen resumes it."}
-            self.show_message(tail[view.state], "ok" if view.state == RunPhase.FINISHED else "warning")
+            message = (tail[view.state], "ok" if view.state == RunPhase.FINISHED else "warning")
+            if message != getattr(self, "_shown_tail", None):
+                self._shown_tail = message
+                self.show_message(*message)
+
+    def _set_text(self, selector: str, text: str, display: bool | None = None) -> None:
+        widget = self.query_one(selector, Static)
+        if getattr(widget, "_monitor_text", None) != text:
+            widget._monitor_text = text
+            widget.update(text)
+        if display is not None and widget.display != display:
+            widget.display = display
+
+    def _update_checkpoints(self, rows: tuple) -> None:
+        """Append the new rows and re-label the changed ones; rebuild only when rows went away (a resume)."""
+        menu = self.query_one("#mon-checkpoints", OptionList)
+        old = self.shown_rows
+        self.shown_rows = rows
+
+        def label(step: int, preview: bool) -> str:
+            return f"step {step:>6}{'  ▣' if preview else ''}"
+
+        if len(rows) >= len(old) and [r[0] for r in rows[: len(old)]] == [r[0] for r in old]:
+            for i, (before, now) in enumerate(zip(old, rows)):
+                if before != now:
+                    menu.replace_option_prompt_at_index(i, label(*now))
+            if len(rows) > len(old):
+                menu.add_options([Option(label(*row), id=str(row[0])) for row in rows[len(old):]])
+            return
+        highlighted = menu.highlighted
+        menu.clear_options()
+        menu.add_options([Option(label(*row), id=str(row[0])) for row in rows])
+        if highlighted is not None and highlighted < menu.option_count:
+            menu.highlighted = highlighted
 
     def _show_preview(self) -> None:
-        label = self.query_one("#mon-preview-label", Label)
         preview = self.query_one("#mon-preview", ImagePreview)
         if self.pinned_step is not None and self.pinned_step in self.view.previews:
             step, rel = self.pinned_step, self.view.previews[self.pinned_step]
-            label.update(f"checkpoint step {step} (l: latest)")
+            self._set_text("#mon-preview-label", f"checkpoint step {step} (l: latest)")
         elif self.view.latest_preview is not None:
             step, rel = self.view.latest_preview
-            label.update(f"latest preview: step {step}")
+            self._set_text("#mon-preview-label", f"latest preview: step {step}")
         else:
             return
         preview.set_image(self.view.resolve(rel))

@@ -10,7 +10,10 @@ from __future__ import annotations
 from array import array
 
 import numpy as np
-from rich.text import Span, Text
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.strip import Strip
 from textual.widget import Widget
 
 RAW_STYLE = "grey50"
@@ -117,24 +120,49 @@ def _cells(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.einsum("hrwc,rc->hw", m, _DOT_WEIGHTS)
 
 
+Row = list  # of (text, style or None) runs
+
+
 def render_plot(raw, smoothed, val, width: int, height: int) -> Text:
     """The whole plot (legend, y labels, braille area, x labels) as Rich text of at most `width`x`height`. The series
     are (step, value) lists or `Series`."""
+    out = Text()
+    for i, row in enumerate(plot_rows(raw, smoothed, val, width, height)):
+        if i:
+            out.append("\n")
+        for text, style in row:
+            out.append(text, style)
+    return out
+
+
+def _cut(row: Row, width: int) -> Row:
+    out, used = [], 0
+    for text, style in row:
+        if used + len(text) > width:
+            text = text[: width - used]
+        if text:
+            out.append((text, style))
+            used += len(text)
+    return out
+
+
+def plot_rows(raw, smoothed, val, width: int, height: int) -> list[Row]:
+    """The plot as rows of styled runs: the legend, the braille area with y labels, the x axis."""
     raw, smoothed, val = _as_series(raw), _as_series(smoothed), _as_series(val)
     width, height = max(width, 20), max(height, 4)
-    legend = Text()
-    legend.append("━ smoothed", SMOOTH_STYLE)
+    legend: Row = [("━ smoothed", SMOOTH_STYLE)]
     if smoothed.last is not None:
-        legend.append(f" {_fmt(smoothed.last)}", SMOOTH_STYLE)
-    legend.append("  · loss", RAW_STYLE)
+        legend.append((f" {_fmt(smoothed.last)}", SMOOTH_STYLE))
+    legend.append(("  · loss", RAW_STYLE))
     if raw.last is not None:
-        legend.append(f" {_fmt(raw.last)}", RAW_STYLE)
-    legend.append("  • val", VAL_STYLE)
+        legend.append((f" {_fmt(raw.last)}", RAW_STYLE))
+    legend.append(("  • val", VAL_STYLE))
     if val.last is not None:
-        legend.append(f" {_fmt(val.last)}", VAL_STYLE)
-    legend.truncate(width)
+        legend.append((f" {_fmt(val.last)}", VAL_STYLE))
+    legend = _cut(legend, width)
+    waiting = [legend, [], [("waiting for the first step…", "dim")]]
     if not len(raw) and not len(val):
-        return Text.assemble(legend, "\n\n", Text("waiting for the first step…", style="dim"))
+        return waiting
     label_w = 7
     plot_w, plot_h = width - label_w - 1, height - 2
     px_w, px_h = plot_w * 2, plot_h * 4
@@ -147,7 +175,7 @@ def render_plot(raw, smoothed, val, width: int, height: int) -> Text:
         arrays.append((steps, values))
     present = [a for a in arrays if len(a[0])]
     if not present:
-        return Text.assemble(legend, "\n\n", Text("waiting for the first step…", style="dim"))
+        return waiting
     x_lo = min(float(a[0][0]) for a in present)
     x_hi = max(float(a[0][-1]) for a in present)
     y_lo = min(float(a[1].min()) for a in present)
@@ -186,23 +214,21 @@ def render_plot(raw, smoothed, val, width: int, height: int) -> Text:
     kind = np.take_along_axis(kind, idx, axis=1)
     codes = np.where(total > 0, total.astype(np.uint32) + 0x2800, 0x20).astype("<u4")
     styles = (RAW_STYLE, SMOOTH_STYLE, VAL_STYLE)
-    out = Text()
-    out.append_text(legend)
+    rows: list[Row] = [legend]
     for i in range(plot_h):
-        out.append("\n")
         label = _fmt(y_hi) if i == 0 else (_fmt(y_lo) if i == plot_h - 1 else "")
-        out.append(label.rjust(label_w) + "┤", "dim")
+        row: Row = [(label.rjust(label_w) + "┤", "dim")]
         row_kind = kind[i]
         changes = np.flatnonzero(row_kind[1:] != row_kind[:-1]) + 1
         bounds = [0, *changes.tolist(), plot_w]
         line = codes[i].tobytes().decode("utf-32-le")
         kinds = row_kind[bounds[:-1]].tolist()
-        out.append_text(Text(line, spans=[Span(a, b, styles[k]) for a, b, k in zip(bounds[:-1], bounds[1:], kinds)]))
-    out.append("\n")
+        row.extend((line[a:b], styles[k]) for a, b, k in zip(bounds[:-1], bounds[1:], kinds))
+        rows.append(row)
     lo, hi = f"{x_lo:g}", f"step {x_hi:g}"
     axis = " " * (label_w + 1) + lo + " " * max(plot_w - len(lo) - len(hi), 1) + hi
-    out.append(axis[:width], "dim")
-    return out
+    rows.append([(axis[:width], "dim")])
+    return rows
 
 
 def _connect(diff: np.ndarray, cols: np.ndarray, ys: np.ndarray) -> None:
@@ -222,7 +248,8 @@ def _connect(diff: np.ndarray, cols: np.ndarray, ys: np.ndarray) -> None:
 
 
 class LossPlot(Widget):
-    """Loss curve; call `update_series` with new data (cheap: appends only the new points, then refreshes)."""
+    """Loss curve; call `update_series` with new data (cheap: appends only the new points, then refreshes). Drawn
+    through the line API from cached strips, rebuilt once per data change or resize."""
 
     DEFAULT_CSS = """
     LossPlot { height: 1fr; min-height: 6; }
@@ -231,13 +258,37 @@ class LossPlot(Widget):
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.raw, self.smoothed, self.val = Series(), Series(), Series()
+        self._version = 0
+        self._strips: list[Strip] = []
+        self._strips_key: tuple | None = None
 
     def update_series(self, raw, smoothed, val) -> None:
         self.raw.sync(raw)
         self.smoothed.sync(smoothed)
         self.val.sync(val)
+        self._version += 1
         self.refresh()
 
-    def render(self) -> Text:
-        size = self.content_size
-        return render_plot(self.raw, self.smoothed, self.val, size.width, size.height)
+    def _build(self, width: int, height: int) -> list[Strip]:
+        key = (self._version, width, height)
+        if key != self._strips_key:
+            rows = plot_rows(self.raw, self.smoothed, self.val, width, height)
+            self._strips = [Strip([Segment(text, _style(style)) for text, style in row]).adjust_cell_length(width)
+                            for row in rows[:height]]
+            self._strips_key = key
+        return self._strips
+
+    def render_line(self, y: int) -> Strip:
+        width, height = self.size
+        strips = self._build(width, height)
+        return strips[y] if y < len(strips) else Strip.blank(width)
+
+
+_STYLES: dict[str | None, Style] = {}
+
+
+def _style(name: str | None) -> Style:
+    style = _STYLES.get(name)
+    if style is None:
+        style = _STYLES[name] = Style.parse(name) if name else Style()
+    return style
