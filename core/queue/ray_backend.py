@@ -84,8 +84,9 @@ class RayBackend:
         self.address = address
         self.qid = hashlib.sha1(str(self.queue_dir).encode()).hexdigest()[:8]
         self.refs: dict[str, dict] = {}
-        project = str(Path(__file__).resolve().parents[2])
-        path = os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH", "")) if p)
+        # The actors import core.queue: this checkout first, then whatever the node already has (Ray expands ${...}
+        # on each node; a node with tiwiz installed finds it either way).
+        path = str(Path(__file__).resolve().parents[2]) + os.pathsep + "${PYTHONPATH}"
         try:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
