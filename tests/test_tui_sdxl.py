@@ -66,3 +66,29 @@ def test_training_and_embedding_screens_explain_sdxl(tmp_path):
             plan = str(app.screen.query_one("#emb-plan").content)
             assert "CLIP-L and OpenCLIP bigG" in plan and "clip_l and clip_g" in plan
     asyncio.run(drive_embedding())
+
+
+def test_finish_screen_shows_the_sdxl_file_and_two_call_diffusers_snippet(tmp_path):
+    from core.embeddings.vectors import save_sdxl_embedding
+    from tests.tui_support import recorded_events, write_recorded_run
+
+    events = recorded_events("zxqxl", steps=4, max_steps=4, every=2, finished=True)
+    for e in events:  # an SDXL run: no .pt anywhere
+        if "pt" in e:
+            e["pt"] = ""
+    run = write_recorded_run(tmp_path / "runs" / "zxqxl-1", events, state="finished")
+    save_sdxl_embedding(torch.zeros(1, 768), torch.zeros(1, 1280), run / "zxqxl", name="zxqxl", step=4,
+                        base_model="pony.safetensors", base_hash=None, init_text="")
+    app = _app(tmp_path, "finish", model="/models/pony.safetensors", model_family="sdxl", name="zxqxl",
+               run_dir=str(run))
+
+    async def drive():
+        async with app.run_test(size=(130, 40)) as pilot:
+            await wait_idle(pilot)
+            files = str(app.screen.query_one("#fin-files").content)
+            assert "clip_l + clip_g" in files and "no .pt" in files and "zxqxl.pt" not in files
+            snippet = str(app.screen.query_one("#fin-snippet").content)
+            assert "StableDiffusionXLPipeline.from_single_file" in snippet
+            assert 'state["clip_g"], token="zxqxl", text_encoder=pipe.text_encoder_2' in snippet
+            assert [p.name for p in app.screen.files] == ["zxqxl.safetensors"]
+    asyncio.run(drive())

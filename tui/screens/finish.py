@@ -34,8 +34,32 @@ def final_files(run_dir: Path) -> RunView:
     return view
 
 
-def diffusers_snippet(model: str, embedding: str, name: str) -> str:
+def is_sdxl_embedding(path: Path) -> bool:
+    """An SDXL file ({clip_l, clip_g}), from its safetensors header (no torch in the TUI)."""
+    from core.models.headers import read_safetensors_header
+
+    try:
+        return {"clip_l", "clip_g"} <= set(read_safetensors_header(path).shapes)
+    except Exception:
+        return False
+
+
+def diffusers_snippet(model: str, embedding: str, name: str, sdxl: bool = False) -> str:
     loader = "from_single_file" if Path(model).suffix.lower() in (".safetensors", ".ckpt") else "from_pretrained"
+    if sdxl:  # diffusers loads an SDXL embedding with one call per text encoder
+        return (
+            "import torch\n"
+            "from diffusers import StableDiffusionXLPipeline\n"
+            "from safetensors.torch import load_file\n\n"
+            f'pipe = StableDiffusionXLPipeline.{loader}("{model}", torch_dtype=torch.float16).to("cuda")\n'
+            f'state = load_file("{embedding}")\n'
+            f'pipe.load_textual_inversion(state["clip_l"], token="{name}", text_encoder=pipe.text_encoder, '
+            'tokenizer=pipe.tokenizer)\n'
+            f'pipe.load_textual_inversion(state["clip_g"], token="{name}", text_encoder=pipe.text_encoder_2, '
+            'tokenizer=pipe.tokenizer_2)\n'
+            f'image = pipe("a photo in the style of {name}").images[0]\n'
+            'image.save("out.png")'
+        )
     return (
         "import torch\n"
         "from diffusers import StableDiffusionPipeline\n\n"
@@ -48,6 +72,10 @@ def diffusers_snippet(model: str, embedding: str, name: str) -> str:
 
 class FinishScreen(WizardScreen):
     STAGE = "finish"
+    DEFAULT_CSS = """
+    #fin-targets { height: auto; max-height: 6; }
+    .code { background: $boost; padding: 0 1; margin-top: 1; }
+    """
     BINDINGS = [
         Binding("c", "copy", "Copy to selected"),
         Binding("m", "monitor", "Monitor"),
@@ -75,18 +103,25 @@ class FinishScreen(WizardScreen):
         name = self.view.name or self.state.name
         st = self.view.final_safetensors or f"{name}.safetensors"
         pt = self.view.final_pt or f"{name}.pt"
-        self.files = [self.view.resolve(st), self.view.resolve(pt)]
+        sdxl = is_sdxl_embedding(self.view.resolve(st))
+        self.files = [self.view.resolve(st)] if sdxl else [self.view.resolve(st), self.view.resolve(pt)]
+        if sdxl:
+            embedding = (f"Embedding    {st}  (SDXL: clip_l + clip_g; A1111/Forge, ComfyUI, InvokeAI, SD.Next)\n"
+                         "             no .pt: A1111's .pt format has no SDXL form\n")
+            invoke = "InvokeAI: install the .safetensors."
+        else:
+            embedding = (f"Embedding    {st}  (diffusers, ComfyUI, A1111)\n"
+                         f"             {pt}  (A1111 classic, InvokeAI)\n")
+            invoke = "InvokeAI: install the .pt (it misreads the width of a one-tensor .safetensors)."
         self.query_one("#fin-files", Static).update(
-            f"Run folder   {run_dir}\n"
-            f"Embedding    {st}  (diffusers, ComfyUI, A1111)\n"
-            f"             {pt}  (A1111 classic)\n"
-            f"Checkpoints  embeddings/ · previews/ · loss.csv · config.toml"
+            f"Run folder   {run_dir}\n{embedding}Checkpoints  embeddings/ · previews/ · loss.csv · config.toml"
         )
         self.query_one("#fin-usage", Static).update(
             f"Trigger word: [b]{name}[/b]. Type it in a prompt, e.g. “a portrait, {name}”. "
-            f"A1111 and ComfyUI (embedding:{name}) pick it up from their embeddings folder."
+            f"A1111 and ComfyUI (embedding:{name}) pick it up from their embeddings folder. {invoke}"
         )
-        self.query_one("#fin-snippet", Static).update(diffusers_snippet(self.state.model or "MODEL", str(self.files[0]), name))
+        self.query_one("#fin-snippet", Static).update(
+            diffusers_snippet(self.state.model or "MODEL", str(self.files[0]), name, sdxl=sdxl))
         self.targets = []
         self.query_one("#fin-targets", OptionList).focus()
         self.scan_targets()
