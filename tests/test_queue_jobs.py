@@ -148,3 +148,13 @@ def test_shared_folder_probe_names_what_a_node_cannot_do(tmp_path):
     assert not missing["ok"] and "cannot read" in missing["message"]
     other = check_shared(str(probe), "another", [str(tmp_path)])
     assert not other["ok"] and "a different folder of the same name" in other["message"]
+
+
+def test_a_job_named_config_does_not_turn_the_queue_into_a_run_folder(setup):
+    from core.runs import folder as runs
+
+    model, data, root, env = setup
+    (job,) = qjobs.add_jobs(root / "queue", [(None, {"model": str(model), "data": str(data), "name": "config"}, "x")])
+    assert job.name == "config-2" and not runs.is_run_dir(root / "queue")
+    with pytest.raises(TiwizError, match="reserved"):
+        qjobs.check_job_name("config")

@@ -37,6 +37,7 @@ QUEUE = "queue"
 STATE_SUFFIX = ".state.json"
 JOB_STATES = ("queued", "running", "finished", "failed", "stopped")
 FINAL_JOB_STATES = ("finished", "failed", "stopped")
+RESERVED = {runs.CONFIG[: -len(".toml")]}  # a job file `config.toml` would make the queue folder look like a run
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -52,6 +53,8 @@ def job_name_from(text: str) -> str:
 
 
 def check_job_name(name: str) -> str:
+    if name in RESERVED:
+        raise TiwizError(f"job name {name!r} is reserved; choose another")
     if not _NAME_RE.fullmatch(name or "") or name.endswith(STATE_SUFFIX) or name.endswith(".toml"):
         raise TiwizError(f"job name {name!r}: use letters, digits, '.', '_' and '-' (at most 100), starting with a "
                          "letter or digit")
@@ -252,7 +255,7 @@ def add_jobs(queue_dir: str | os.PathLike, entries: list[tuple[str | None, dict,
     adds none. Each job's run folder (`output`) defaults to RUNS_ROOT/JOB (RUNS_ROOT: the queue folder's parent)."""
     queue_dir = Path(queue_dir).resolve()
     root = Path(runs_root).resolve() if runs_root is not None else queue_dir.parent
-    taken = {j.name for j in list_jobs(queue_dir)}
+    taken = {j.name for j in list_jobs(queue_dir)} | RESERVED
     prepared = []
     for name, data, where in entries:
         config = prepare_config(data, where)
