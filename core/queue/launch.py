@@ -56,12 +56,17 @@ def launch(job: Job, gpu: str | None = None, first: bool = False) -> dict:
         config.device = "cuda"  # the one visible GPU
     env = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}
     with _environ(**env):
-        if not first and (run_dir / runs.STATE).is_file():
+        if not first and (run_dir / runs.CONFIG).is_file():
             if info is not None and info.state == "finished" and info.step >= (info.max_steps or config.steps):
                 return {"how": "finished", "pid": None, "run_dir": str(run_dir)}
-            runapi.resume_run(run_dir)
+            try:  # from its last checkpoint; a run that died before its first one starts again from step 0
+                runapi.resume_run(run_dir)
+            except TiwizError as exc:
+                if "finished all" in str(exc):  # killed after its final save, before it said so
+                    return {"how": "finished", "pid": None, "run_dir": str(run_dir)}
+                raise
             how = "resumed"
-        elif not first:  # it died before its first checkpoint: nothing to resume, so start it over
+        elif not first:  # it died before its run folder was written: start it
             runapi.start_run(config.replace(overwrite=True))
             how = "restarted"
         else:
