@@ -62,6 +62,13 @@ class CaptionInput(OrderedInput):
 
 class CaptionsScreen(WizardScreen):
     STAGE = "captions"
+    DEFAULT_CSS = """
+    #cap-left { width: 34; }
+    #cap-list { height: 1fr; }
+    #cap-right { width: 1fr; padding-left: 1; }
+    #cap-preview { height: 1fr; min-height: 4; }
+    #cap-findings { height: auto; max-height: 4; }
+    """
     BINDINGS = [
         Binding("f2", "add_tag", "Add tag"),
         Binding("f3", "remove_tag", "Remove tag"),

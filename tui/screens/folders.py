@@ -50,6 +50,10 @@ def folder_report(path_text: str, *, must_exist: bool = True) -> tuple[bool, str
 
 class FoldersScreen(WizardScreen):
     STAGE = "folders"
+    DEFAULT_CSS = """
+    #folder-fields { width: 1fr; }
+    #tree { width: 36; height: 1fr; border-left: solid $primary; }
+    """
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="body"):

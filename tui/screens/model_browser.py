@@ -40,6 +40,11 @@ class ModelTree(DirectoryTree):
 class ModelBrowser(ModalScreen[str | None]):
     """Enter on a .safetensors/.ckpt file or on a diffusers folder returns its path; Escape returns None."""
 
+    DEFAULT_CSS = """
+    .browser { width: 90; height: 80%; }
+    .browser DirectoryTree { height: 1fr; }
+    """
+
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, start: Path) -> None:

@@ -41,6 +41,11 @@ def cli_args(values: dict) -> list[str]:
 
 class PreprocessScreen(WizardScreen):
     STAGE = "preprocess"
+    DEFAULT_CSS = """
+    #pp-form { width: 1fr; }
+    #pp-side { width: 36; padding-left: 1; border-left: solid $primary; }
+    #pp-skipped { height: 1fr; }
+    """
     BINDINGS = [Binding("ctrl+r", "run", "Run", priority=True)]
 
     def compose_body(self) -> ComposeResult:

@@ -18,6 +18,11 @@ from tui.state import STAGE_TITLES, WizardState
 
 class StartScreen(WizardScreen):
     STAGE = "start"
+    DEFAULT_CSS = """
+    #start-body { padding: 0 2; }
+    #start-menu { height: auto; max-height: 8; }
+    #runs { height: 1fr; }
+    """
     BINDINGS = [
         Binding("n", "new", "New"),
         Binding("c", "continue", "Continue", show=False),
