@@ -69,7 +69,7 @@ def save_single_file(model_dir, out_path, *, half: bool = False, overwrite: bool
     if suffix not in (".safetensors", ".ckpt"):
         raise TiwizError(f"{out_path}: the output must end in .safetensors or .ckpt")
     if out_path.exists() and not overwrite:
-        raise TiwizError(f"{out_path}: already exists (pass overwrite to replace it)")
+        raise TiwizError(f"{out_path}: already exists (pass --overwrite to replace it)")
     model = model_dir if isinstance(model_dir, LoadedModel) else load_model(model_dir)
     dtype = torch.float16 if half else torch.float32
     sd = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous().clone()

@@ -79,6 +79,9 @@ def load_pipeline(model_dir):
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    from core.quiet import quiet_loaded_libraries
+
+    quiet_loaded_libraries()
     pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
