@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from core.safe_text import safe_print
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -41,7 +43,7 @@ def _train_detached(config: dict, progress) -> Path:
         progress.end()
     except KeyboardInterrupt:
         runapi.send_command(run_dir, "stop")
-        print(f"\nasked the demo worker to stop; its run folder is {run_dir}", file=sys.stderr)
+        safe_print(f"\nasked the demo worker to stop; its run folder is {run_dir}", file=sys.stderr)
         raise
     state = progress.state
     if state.phase == RunPhase.FINISHED:
@@ -64,30 +66,30 @@ def run_demo(args) -> int:
     if out.exists() and not out.is_dir():
         raise TiwizError(f"--output: {out} exists and is not a folder")
     t0 = time.time()
-    print(f"Preparing the demo in {out} ...", flush=True)
+    safe_print(f"Preparing the demo in {out} ...", flush=True)
     prep = prepare_demo(out, steps=steps, seed=args.seed, random_model=args.random_model)
-    print(f"  model:  {prep['model_dir']}  (the built-in shapes-world model)")
-    print(f"  images: {prep['data_dir']}  ({len(list(Path(prep['data_dir']).glob('*.png')))} images of a concept the "
+    safe_print(f"  model:  {prep['model_dir']}  (the built-in shapes-world model)")
+    safe_print(f"  images: {prep['data_dir']}  ({len(list(Path(prep['data_dir']).glob('*.png')))} images of a concept the "
           "model has never been captioned with)")
     from core.cli.progress import ProgressView
 
     prep["config"]["device"] = getattr(args, "device", "cpu")
-    print(f"Training the embedding '{prep['config']['name']}' for {steps} steps ...", flush=True)
+    safe_print(f"Training the embedding '{prep['config']['name']}' for {steps} steps ...", flush=True)
     run_dir = _train_detached(prep["config"], ProgressView(out=sys.stdout))
     name = prep["config"]["name"]
     emb = run_dir / f"{name}.safetensors"
     if not emb.is_file():
         raise TiwizError(f"demo training ended without an embedding ({emb} is missing); see {run_dir}")
-    print("Rendering the before/after grid ...", flush=True)
+    safe_print("Rendering the before/after grid ...", flush=True)
     result = before_after(prep["model_dir"], prep["data_dir"], emb, out / "before_after.png")
     previews = sorted((run_dir / "previews").glob("*.png"), key=lambda p: p.stat().st_mtime)
-    print(f"\nDone in {time.time() - t0:.0f}s. Results:")
-    print(f"  embedding:  {run_dir / (name + '.pt')}  and  {emb}")
+    safe_print(f"\nDone in {time.time() - t0:.0f}s. Results:")
+    safe_print(f"  embedding:  {run_dir / (name + '.pt')}  and  {emb}")
     if previews:
-        print(f"  previews:   {run_dir / 'previews'}  ({len(previews)} images, latest {previews[-1].name})")
-    print(f"  grid:       {result['grid']}  (top: training images; middle: init text '{prep['config']['init_text']}';"
+        safe_print(f"  previews:   {run_dir / 'previews'}  ({len(previews)} images, latest {previews[-1].name})")
+    safe_print(f"  grid:       {result['grid']}  (top: training images; middle: init text '{prep['config']['init_text']}';"
           " bottom: learned embedding)")
-    print(f"  colour distance to the concept: before {result['distance_before']:.3f}, after "
+    safe_print(f"  colour distance to the concept: before {result['distance_before']:.3f}, after "
           f"{result['distance_after']:.3f} (ratio {result['ratio']:.2f})")
-    print(f"  run folder: {run_dir}  (loss.csv, config.toml)")
+    safe_print(f"  run folder: {run_dir}  (loss.csv, config.toml)")
     return 0

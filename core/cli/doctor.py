@@ -46,19 +46,23 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(folder: str, findings, counts) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from core.safe_text import safe_text
 
     console = Console()
     if not findings:
-        console.print(f"[green]✓[/] {folder}: no problems found.")
+        console.print(f"[green]✓[/] {escape(safe_text(folder))}: no problems found.")
         return
     style = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-    table = Table(title=f"tiwiz doctor: {folder}", show_lines=False, expand=False)
+    table = Table(title=f"tiwiz doctor: {escape(safe_text(folder))}", show_lines=False, expand=False)
     table.add_column("severity", no_wrap=True)
     table.add_column("check", no_wrap=True)
     table.add_column("files", overflow="fold", max_width=40)
     table.add_column("message", overflow="fold")
     for f in findings:
-        table.add_row(f"[{style[f.severity]}]{f.severity}[/]", f.code, "\n".join(f.files), f.message)
+        table.add_row(f"[{style[f.severity]}]{f.severity}[/]", f.code, escape(safe_text("\n".join(f.files))),
+                      escape(safe_text(f.message)))  # file names are user-controlled: no markup, no escapes
     console.print(table)
     console.print(", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items()))

@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from core.safe_text import safe_print
+
 EPILOG = """examples:
   tiwiz inspect runs/cat/zxq-cat.safetensors --model ./sd15
   tiwiz inspect zxq-cat.pt runs/cat/embeddings/zxq-cat-500.safetensors     # cosine between the two
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, ensure_ascii=False, indent=1)
         sys.stdout.write("\n")
     else:
-        print(_safe(format_report(report)))
+        safe_print(_safe(format_report(report)))
     return 0
 
 

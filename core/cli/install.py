@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.safe_text import safe_print
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -32,15 +34,15 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         targets = find_targets(args.roots)
         for t in targets:
-            print(f"{t.app:<9} {t.path}")
+            safe_print(f"{t.app:<9} {t.path}")
         if not targets:
-            print("no A1111, ComfyUI or InvokeAI embeddings folder found")
+            safe_print("no A1111, ComfyUI or InvokeAI embeddings folder found")
         return 0
     target, written = install(args.embedding, args.to, overwrite=args.overwrite, roots=args.roots)
     where = f"{target.app} " if target.app != "folder" else ""
-    print(f"installed {written.name} into {where}{written.parent}")
+    safe_print(f"installed {written.name} into {where}{written.parent}")
     if target.app == "ComfyUI":
-        print(f"use it in a prompt as embedding:{written.stem}")
+        safe_print(f"use it in a prompt as embedding:{written.stem}")
     elif target.app in ("A1111", "InvokeAI"):
-        print(f"refresh the embeddings list in {target.app}, then type {written.stem} in a prompt")
+        safe_print(f"refresh the embeddings list in {target.app}, then type {written.stem} in a prompt")
     return 0

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from core.errors import TiwizError
+from core.safe_text import safe_print
 
 
 def register(sub) -> None:
@@ -60,7 +61,7 @@ def cmd_demo_model(args) -> int:
     quiet_libraries()
     if getattr(args, "family", "sd1") == "sdxl":
         demo.write_tiny_sdxl_model(dest, seed=args.seed)
-        print(f"wrote the tiny SDXL-shaped model (random weights, seed {args.seed}) to {dest}")
+        safe_print(f"wrote the tiny SDXL-shaped model (random weights, seed {args.seed}) to {dest}")
         return 0
     if args.random:
         demo.write_random_demo_model(dest, seed=args.seed)
@@ -70,10 +71,10 @@ def cmd_demo_model(args) -> int:
             demo.write_demo_model(dest)
             kind = "shipped demo weights"
         except TiwizError as exc:  # shipped weights not installed: the random model still works everywhere
-            print(f"note: {exc}; writing random weights instead")
+            safe_print(f"note: {exc}; writing random weights instead")
             demo.write_random_demo_model(dest, seed=args.seed)
             kind = f"random weights, seed {args.seed}"
-    print(f"wrote the demo model ({kind}) to {dest}")
+    safe_print(f"wrote the demo model ({kind}) to {dest}")
     return 0
 
 
@@ -85,18 +86,18 @@ def cmd_models(args) -> int:
         found = [i for i in found if i.usable or i.source in ("a1111", "comfyui") or i.family == "sdxl"]
     if args.json:
         for info in found:
-            print(json.dumps(info.to_dict()))
+            safe_print(json.dumps(info.to_dict()))
         return 0
     if not found:
-        print("no checkpoints found" + (" (try: tiwiz models /path/to/models)" if not args.roots else ""))
+        safe_print("no checkpoints found" + (" (try: tiwiz models /path/to/models)" if not args.roots else ""))
         return 0
     rows = [(i.name, family_label(i), i.kind, human_size(i.size_bytes), i.source, str(i.path)) for i in found]
     heads = ("NAME", "FAMILY", "KIND", "SIZE", "SOURCE", "PATH")
     widths = [min(40, max(len(h), *(len(r[c]) for r in rows))) for c, h in enumerate(heads[:-1])]
     line = lambda cells: "  ".join(c[:w].ljust(w) for c, w in zip(cells, widths)) + "  " + cells[-1]  # noqa: E731
-    print(line(heads))
+    safe_print(line(heads))
     for row in rows:
-        print(line(row))
+        safe_print(line(row))
     return 0
 
 
@@ -106,7 +107,7 @@ def cmd_to_single_file(args) -> int:
 
     quiet_libraries()
     out = save_single_file(args.model, args.out, half=args.half, overwrite=args.overwrite)
-    print(f"wrote {out} ({human_size(out.stat().st_size)})")
+    safe_print(f"wrote {out} ({human_size(out.stat().st_size)})")
     return 0
 
 

@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields
 
 from core.prep.options import PreprocessOptions
+from core.safe_text import safe_print, safe_text
 
 
 def register(subparsers) -> None:
@@ -77,7 +78,7 @@ def _run_with_progress(args, options) -> int:
             if phase not in tasks:
                 label = "Preprocessing" if phase == "images" else "Captioning"
                 tasks[phase] = progress.add_task(label, total=event["total"], file="")
-            progress.update(tasks[phase], completed=event["done"], total=event["total"], file=event.get("file", ""))
+            progress.update(tasks[phase], completed=event["done"], total=event["total"], file=safe_text(event.get("file", "")))
         elif kind == "skipped":
             log.append(("skip", f"{event['file']}: {event['reason']}"))
         elif kind == "warning" and "file" not in event:
@@ -89,17 +90,18 @@ def _run_with_progress(args, options) -> int:
     out = Console(highlight=False, soft_wrap=True)
     sources = len(report.sources)
     used = sum(1 for s in report.sources if s["status"] == "written")
-    out.print(f"Wrote {len(report.written)} image(s) from {used} of {sources} source file(s) to {report.dest}")
+    out.print(f"Wrote {len(report.written)} image(s) from {used} of {sources} source file(s) to "
+              f"{escape(safe_text(report.dest))}")
     captions = sum(len(s.get("captions", [])) for s in report.sources)
     if captions:
         out.print(f"Wrote {captions} caption file(s).")
     if report.skipped:
         out.print(f"[yellow]Skipped {len(report.skipped)} file(s):[/]")
         for item in report.skipped:
-            out.print(f"  {item['file']}: {item['reason']}", markup=False)
+            out.print(safe_text(f"  {item['file']}: {item['reason']}"), markup=False)
     for message in report.warnings:
-        out.print(f"[yellow]warning:[/] {escape(message)}")
-    out.print(f"Details: {report.dest}/report.json")
+        out.print(f"[yellow]warning:[/] {escape(safe_text(message))}")
+    out.print(f"Details: {escape(safe_text(report.dest))}/report.json")
     if not report.written:
-        print("tiwiz: no image was written.", file=sys.stderr)
+        safe_print("tiwiz: no image was written.", file=sys.stderr)
     return report.exit_code

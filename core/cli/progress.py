@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from core.runs import run_events as ev
+from core.safe_text import safe_text
 from core.runs.run_state import RunState
 from core.timefmt import format_duration
 
@@ -93,7 +94,7 @@ class ProgressView:
         if self._bar_visible:
             self._write("\r\x1b[K")
             self._bar_visible = False
-        self._write(text + "\n")
+        self._write(safe_text(text) + "\n")  # event messages carry file names: never raw escapes
 
     line = note
 

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from core.errors import TiwizError
+from core.safe_text import safe_print
 
 EPILOG = """examples:
   tiwiz queue add cat.toml --set steps=2000 --set init_text=cat
@@ -126,16 +127,16 @@ def cmd_list(args) -> int:
     retries = (sched.get("settings") or {}).get("retries")
     rows = job_rows(queue_dir, retries)
     if args.json:
-        print(json.dumps({"queue": str(queue_dir), "scheduler": {**sched, "alive": alive},
+        safe_print(json.dumps({"queue": str(queue_dir), "scheduler": {**sched, "alive": alive},
                           "jobs": [r.as_dict() for r in rows]}))
         return 0
     if alive:
-        print(f"scheduler: {sched.get('state', 'running')} (pid {sched.get('pid')} on {sched.get('host')}), "
+        safe_print(f"scheduler: {sched.get('state', 'running')} (pid {sched.get('pid')} on {sched.get('host')}), "
               f"{sched.get('backend', '')}; stop it with `tiwiz queue stop`")
     elif rows:
-        print("scheduler: not running; `tiwiz queue run` starts it")
+        safe_print("scheduler: not running; `tiwiz queue run` starts it")
     if not rows:
-        print(f"no jobs in {queue_dir}; `tiwiz queue add CONFIG.toml` adds one")
+        safe_print(f"no jobs in {queue_dir}; `tiwiz queue add CONFIG.toml` adds one")
         return 0
     table = [("JOB", "STATE", "GPU", "STEP", "ETA", "RUN")]
     for r in rows:
@@ -143,10 +144,10 @@ def cmd_list(args) -> int:
                       format_duration(r.eta, unknown="-"), r.run_dir))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        safe_print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     for r in rows:
         if r.reason and r.state.split()[0] in ("failed", "stopped", "queued"):
-            print(f"  {r.name}: {r.reason}")
+            safe_print(f"  {r.name}: {r.reason}")
     return 0
 
 
@@ -171,8 +172,8 @@ def cmd_add(args) -> int:
     root = getattr(args, "root", None)
     added = add_jobs(queue_dir_of(args), entries, runs_root=root)
     for job in added:
-        print(f"added {job.name}: {job.config_path} -> {job.run_dir}")
-    print(f"{len(added)} job{'s' * (len(added) != 1)} added; `tiwiz queue run` runs the queue")
+        safe_print(f"added {job.name}: {job.config_path} -> {job.run_dir}")
+    safe_print(f"{len(added)} job{'s' * (len(added) != 1)} added; `tiwiz queue run` runs the queue")
     return 0
 
 
@@ -181,7 +182,7 @@ def cmd_remove(args) -> int:
 
     job = find_job(queue_dir_of(args), args.job)
     remove_job(job)
-    print(f"removed {job.name}" + (f" (its run folder {job.run_dir} stays)" if job.run_dir else ""))
+    safe_print(f"removed {job.name}" + (f" (its run folder {job.run_dir} stays)" if job.run_dir else ""))
     return 0
 
 
@@ -192,7 +193,7 @@ def cmd_retry(args) -> int:
     queue_dir = queue_dir_of(args)
     job = retry_job(find_job(queue_dir, args.job))
     tail = "the running scheduler picks it up" if scheduler_alive(queue_dir) else "`tiwiz queue run` runs it"
-    print(f"{job.name} queued again; {tail}")
+    safe_print(f"{job.name} queued again; {tail}")
     return 0
 
 
@@ -269,7 +270,7 @@ def cmd_run(args) -> int:
     proc = spawn_scheduler(queue_dir, argv)
     sched = wait_for_scheduler(queue_dir, proc, launch_id)
     pending = sum(j.state in ("queued", "running", "stopped") for j in jobs)
-    print(f"scheduler running in the background (pid {sched.get('pid')}): {sched.get('backend')}, {pending} of "
+    safe_print(f"scheduler running in the background (pid {sched.get('pid')}): {sched.get('backend')}, {pending} of "
           f"{len(jobs)} jobs to do. Watch: tiwiz queue   Stop: tiwiz queue stop   Log: "
           f"{queue_dir / scheduler.SCHEDULER_LOG}")
     return 0
@@ -325,18 +326,18 @@ def cmd_stop(args) -> int:
             if job.state == "running" and job.run_dir and runs.inspect_run(job.run_dir).alive:
                 runs.send_command(job.run_dir, "stop")
                 stopped += 1
-        print(f"no scheduler is running; asked {stopped} running job{'s' * (stopped != 1)} to save and stop")
+        safe_print(f"no scheduler is running; asked {stopped} running job{'s' * (stopped != 1)} to save and stop")
         return 0
     scheduler.request_stop(queue_dir)
     if args.no_wait:
-        print("asked the scheduler to stop: running jobs save and stop, no new job starts")
+        safe_print("asked the scheduler to stop: running jobs save and stop, no new job starts")
         return 0
-    print("stopping: running jobs save and stop, no new job starts ...", flush=True)
+    safe_print("stopping: running jobs save and stop, no new job starts ...", flush=True)
     deadline = time.monotonic() + args.timeout
     while scheduler.scheduler_alive(queue_dir):
         if time.monotonic() > deadline:
-            print(f"still stopping after {args.timeout:.0f} s; `tiwiz queue` shows where it is", file=sys.stderr)
+            safe_print(f"still stopping after {args.timeout:.0f} s; `tiwiz queue` shows where it is", file=sys.stderr)
             return 1
         time.sleep(0.2)
-    print("stopped; `tiwiz queue run` continues from the checkpoints")
+    safe_print("stopped; `tiwiz queue run` continues from the checkpoints")
     return 0

@@ -19,6 +19,7 @@ from core.errors import TiwizError
 from core.runs import api as runapi
 from core.runs import folder as runs
 from core.runs.run_events import RunPhase
+from core.safe_text import safe_print
 
 ASK_TIMEOUT_S = 30.0
 
@@ -77,11 +78,12 @@ def runs_table(found: list[runs.RunInfo], tty: bool = False) -> list[str]:
     """The rows of `tiwiz runs`: the STATE column holds the phase word only; a run's longer story (why it failed,
     where it was killed, what is damaged) goes on its own indented line below it, so a long reason never widens the
     columns. On a terminal that line is cut to the width; in a pipe it is whole."""
-    rows = [("NAME", "STATE", "STEP", "LOSS", "AGE", "CHECKPOINT")]
+    rows = [("NAME", "STATE", "STEP", "LOSS", "AGE", "CHECKPOINT", "BEST")]
     for info in found:
         rows.append((safe_line(info.path.name), info.state.value, f"{info.step}/{info.max_steps or '?'}",
                      f"{info.last_loss:.4f}" if info.last_loss is not None else "-", _age(info.updated),
-                     str(info.last_checkpoint) if info.last_checkpoint else "-"))
+                     str(info.last_checkpoint) if info.last_checkpoint else "-",
+                     str(info.best_step) if info.best_step is not None else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     cols = shutil.get_terminal_size((80, 24)).columns
     lines = []
@@ -110,20 +112,20 @@ def cmd_runs(args) -> int:
     found = runs.list_runs(root)
     if args.json:
         for info in found:
-            print(json.dumps({"path": str(info.path), "name": info.name, "state": info.state,
+            safe_print(json.dumps({"path": str(info.path), "name": info.name, "state": info.state,
                               "description": info.description, "step": info.step, "max_steps": info.max_steps,
                               "last_loss": info.last_loss, "last_checkpoint": info.last_checkpoint,
                               "updated": info.updated, "pid": info.pid, "alive": info.alive,
-                              "problems": info.problems}))
+                              "problems": info.problems, "best_step": info.best_step}))
         return 0
     if not found:
-        print(f"no runs under {root}")
+        safe_print(f"no runs under {root}")
         return 0
     for line in runs_table(found, sys.stdout.isatty()):
-        print(line)
+        safe_print(line)
     for info in found:
         for problem in info.problems:
-            print(f"warning: {info.path.name}: {problem}", file=sys.stderr)
+            safe_print(f"warning: {info.path.name}: {problem}", file=sys.stderr)
     return 0
 
 
@@ -164,12 +166,12 @@ def start_detached_training(config, detach: bool = False, root=None) -> int:
     run_dir = runapi.start_run(config, root=root, spawned=spawned)
     info = wait_until_running(run_dir, pid=spawned[0] if spawned else None)
     if detach:
-        print(f"training in the background (pid {info.pid}). Watch: tiwiz attach {run_dir}   "
+        safe_print(f"training in the background (pid {info.pid}). Watch: tiwiz attach {run_dir}   "
               f"Stop: tiwiz stop {run_dir}")
-        print(run_dir)
+        safe_print(run_dir)
         return 0
     code = attach(run_dir)
-    print(run_dir)
+    safe_print(run_dir)
     return code
 
 
@@ -178,21 +180,21 @@ def cmd_stop(args) -> int:
     run_dir = runs.resolve_run(args.run, args.root)
     info = runs.inspect_run(run_dir)
     if not info.alive:
-        print(f"{run_dir} is not running ({info.description})", file=sys.stderr)
+        safe_print(f"{run_dir} is not running ({info.description})", file=sys.stderr)
         return 1
     if args.no_wait:
         runs.send_command(run_dir, "stop")
-        print(f"stop requested; the worker saves and stops after the current step ({run_dir})")
+        safe_print(f"stop requested; the worker saves and stops after the current step ({run_dir})")
         return 0
-    print(f"stopping {run_dir.name} (pid {info.pid}): it saves and stops after the current step ...", flush=True)
+    safe_print(f"stopping {run_dir.name} (pid {info.pid}): it saves and stops after the current step ...", flush=True)
     info = runapi.stop_run(run_dir, timeout=args.timeout)
     if info.alive:
-        print(f"still running after {args.timeout:.0f}s; it stops after its current step. Check with "
+        safe_print(f"still running after {args.timeout:.0f}s; it stops after its current step. Check with "
               f"`tiwiz runs`", file=sys.stderr)
         return 1
-    print(f"{info.description}; last checkpoint: step {info.last_checkpoint or '-'}")
+    safe_print(f"{info.description}; last checkpoint: step {info.last_checkpoint or '-'}")
     if info.state in (RunPhase.STOPPED, RunPhase.KILLED):
-        print(f"continue it with: tiwiz resume {run_dir}")
+        safe_print(f"continue it with: tiwiz resume {run_dir}")
     return 0 if info.state in (RunPhase.STOPPED, RunPhase.FINISHED) else 1
 
 
@@ -203,11 +205,11 @@ def cmd_resume(args) -> int:
     run_dir = runapi.resume_run(run_dir, steps=args.steps,
                                 allow_data_change=getattr(args, "allow_data_change", False))
     if restart:
-        print(f"{run_dir.name} stopped before its first checkpoint: starting it again from step 0 with the same "
+        safe_print(f"{run_dir.name} stopped before its first checkpoint: starting it again from step 0 with the same "
               "config", flush=True)
     if args.detach:
-        print(f"resumed; watch it with: tiwiz attach {run_dir}")
-        print(run_dir)
+        safe_print(f"resumed; watch it with: tiwiz attach {run_dir}")
+        safe_print(run_dir)
         return 0
     return attach(run_dir)
 
@@ -253,16 +255,16 @@ def _replay(run_dir: Path, follower, view, emit, as_json: bool, follow: bool) ->
         for event in history:
             emit(event)
         return
-    print(f"run: {run_dir}", flush=True)
+    safe_print(f"run: {run_dir}", flush=True)
     view.replay(history)
     if follow and not any(e.get("type") == "started" for e in history) and runs.inspect_run(run_dir).alive:
-        print("waiting for the worker to load the model ...", flush=True)
+        safe_print("waiting for the worker to load the model ...", flush=True)
 
 
 def _attach(run_dir: Path, as_json: bool, follow: bool, interval: float) -> int:
     follower = runapi.follow(run_dir)
     view = ProgressView(run_dir)
-    emit = (lambda e: print(json.dumps(e, ensure_ascii=False), flush=True)) if as_json else view.live
+    emit = (lambda e: safe_print(json.dumps(e, ensure_ascii=False), flush=True)) if as_json else view.live
     replayed = stopping = False
     while True:
         try:
@@ -284,7 +286,7 @@ def _attach(run_dir: Path, as_json: bool, follow: bool, interval: float) -> int:
             if as_json or stopping or _ask_detach_or_stop() == "detach":
                 view.end()
                 info = runs.inspect_run(run_dir)
-                print(f"detached; training continues{f' (pid {info.pid})' if info.alive and info.pid else ''}. "
+                safe_print(f"detached; training continues{f' (pid {info.pid})' if info.alive and info.pid else ''}. "
                       f"Reattach with: tiwiz attach {run_dir}", file=sys.stderr)
                 return 0
             runs.send_command(run_dir, "stop")
@@ -293,17 +295,17 @@ def _attach(run_dir: Path, as_json: bool, follow: bool, interval: float) -> int:
     view.end()
     info = runs.inspect_run(run_dir)
     if follower.bad_lines:
-        print(f"warning: skipped {follower.bad_lines} unreadable line(s) in {run_dir / runs.EVENTS}", file=sys.stderr)
+        safe_print(f"warning: skipped {follower.bad_lines} unreadable line(s) in {run_dir / runs.EVENTS}", file=sys.stderr)
     for problem in info.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        safe_print(f"warning: {problem}", file=sys.stderr)
     if as_json:
         return 0 if info.state in (RunPhase.FINISHED, RunPhase.STOPPED) or info.alive else 1
     if info.alive:
-        print(f"{info.state} at step {info.step}/{info.max_steps or '?'} (pid {info.pid})")
+        safe_print(f"{info.state} at step {info.step}/{info.max_steps or '?'} (pid {info.pid})")
         return 0
-    print(info.description + (f"; last checkpoint: step {info.last_checkpoint}" if info.last_checkpoint else ""))
+    safe_print(info.description + (f"; last checkpoint: step {info.last_checkpoint}" if info.last_checkpoint else ""))
     if info.state in (RunPhase.KILLED, RunPhase.STOPPED, RunPhase.FAILED) and (run_dir / runs.STATE).is_file():
-        print(f"continue it with: tiwiz resume {run_dir}")
+        safe_print(f"continue it with: tiwiz resume {run_dir}")
     if info.state == RunPhase.FAILED:
-        print(f"details: {run_dir / runs.LOG}", file=sys.stderr)
+        safe_print(f"details: {run_dir / runs.LOG}", file=sys.stderr)
     return 0 if info.state in (RunPhase.FINISHED, RunPhase.STOPPED) else 1

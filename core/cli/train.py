@@ -11,6 +11,7 @@ from pathlib import Path
 from core.runs.run_events import RunPhase
 from core.errors import FieldError
 from core.training.config import CHOICES, HELP, TrainConfig
+from core.safe_text import safe_print
 
 EPILOG = """examples:
   tiwiz train --model ./sd15 --data ./my-cat --name zxq-cat --init-text cat --vectors 4 --steps 2000
@@ -112,12 +113,12 @@ def run_foreground(config: TrainConfig, root=None) -> int:
         progress.end()
     state = progress.state
     if code != 0:
-        print(f"failed at step {state.step}: {state.error or state.reason or 'see ' + str(run_dir / 'worker.log')}",
+        safe_print(f"failed at step {state.step}: {state.error or state.reason or 'see ' + str(run_dir / 'worker.log')}",
               file=sys.stderr)
-        print(run_dir)
+        safe_print(run_dir)
         return 1
     word = "finished" if state.phase == RunPhase.FINISHED else "stopped"
     files = " and ".join(str(run_dir / f) for f in (state.final_pt, state.final_safetensors) if f)  # SDXL: no .pt
-    print(f"{word} at step {state.step}: {files}")
-    print(run_dir)
+    safe_print(f"{word} at step {state.step}: {files}")
+    safe_print(run_dir)
     return 0 if state.phase == RunPhase.FINISHED else 130

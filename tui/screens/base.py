@@ -10,6 +10,7 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
 from core.errors import TiwizError
+from core.safe_text import safe_text
 from tui.state import STAGE_TITLES, WIZARD_STAGES
 
 
@@ -120,7 +121,7 @@ class Row(Horizontal):
 def show_message(screen, text: str, kind: str = "error") -> None:
     """A readable line above the footer in the screen's `#message` Static (errors in red); empty text hides it."""
     widget = screen.query_one("#message", Static)
-    widget.update(text)
+    widget.update(safe_text(text))  # messages quote file names and run events: never raw terminal escapes
     widget.set_class(bool(text), "visible")
     for k in ("error", "info", "ok", "warning"):
         widget.set_class(k == kind, k)
