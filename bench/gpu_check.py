@@ -548,6 +548,22 @@ def build_model(family: str, device, dry: bool):
                        **kwargs)
 
 
+def _frozen_dtype(family: str, device, precision: str):
+    """The dtype of the frozen weights in our trainer: bf16 for SDXL on CUDA under bf16 autocast (the trainer loads
+    it so: half the memory), else fp32. The floor uses the same, so "ours / floor" compares like with like."""
+    import torch
+
+    if family == "sdxl" and device.type == "cuda" and precision == "bf16":
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cast(model, dtype) -> None:
+    for module in (model.text_encoder, getattr(model, "text_encoder_2", None), model.unet, model.vae):
+        if module is not None and next(module.parameters()).dtype != dtype:
+            module.to(dtype=dtype)
+
+
 def _te_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures",)}
 
@@ -644,6 +660,8 @@ def bench_floor(family, device, precision, spec, data, dry) -> dict:
 
     mem = _Memory(device)
     model = build_model(family, device, dry)
+    weights = _frozen_dtype(family, device, precision)
+    _cast(model, weights)
     if spec["gc"]:
         model.unet.enable_gradient_checkpointing()
     encoders = [e for e in (model.text_encoder, getattr(model, "text_encoder_2", None)) if e is not None]
@@ -670,6 +688,7 @@ def bench_floor(family, device, precision, spec, data, dry) -> dict:
     for h in handles:
         h.remove()
     out.update(mem.report())
+    out["weight_dtype"] = str(weights).replace("torch.", "")
     del model
     return out
 
@@ -679,6 +698,8 @@ def bench_ours(family, device, precision, spec, data, dry) -> dict:
     events: everything one of our steps costs, bookkeeping included."""
     import dataclasses
     import importlib.util
+
+    import torch
 
     import core.models.loader as loader
     from core.events import CallbackSink
@@ -704,7 +725,11 @@ def bench_ours(family, device, precision, spec, data, dry) -> dict:
         else:
             model.unet.enable_gradient_checkpointing()
             gc_by = "this benchmark (TrainConfig has no gradient_checkpointing field)"
-    fake = lambda *a, **k: model  # noqa: E731  the trainer loads "the model" through this function
+    def fake(*args, dtype=None, **kwargs):  # the trainer loads "the model" through this function
+        if dtype is not None:
+            _cast(model, dtype)
+        return model
+
     original = loader.load_model
     loader.load_model = fake
     if hasattr(trainer_module, "load_model"):
@@ -725,6 +750,10 @@ def bench_ours(family, device, precision, spec, data, dry) -> dict:
     out_dir = Path(tempfile.mkdtemp(prefix=f"tiwiz-gpu-ours-{family}-"))
     try:
         trainer = trainer_module.Trainer(TrainConfig.from_dict(settings), out_dir, CallbackSink(on_event))
+        if hasattr(trainer, "_frozen_weights_dtype"):
+            # it reads the family from the checkpoint's header; this model is in memory, so say it here
+            frozen = _frozen_dtype(family, device, precision)
+            trainer._frozen_weights_dtype = lambda: None if frozen == torch.float32 else frozen
         summary = trainer.run()
     except Exception as exc:
         if family == "sdxl" and not _trainer_knows_sdxl(trainer_module):
@@ -741,6 +770,7 @@ def bench_ours(family, device, precision, spec, data, dry) -> dict:
     out = _timing(times, spec)
     out.update(mem.report())
     out["precision_used"] = trainer.precision.name
+    out["weight_dtype"] = str(next(model.unet.parameters()).dtype).replace("torch.", "")
     if gc_by:
         out["gradient_checkpointing_by"] = gc_by
     del trainer, model
@@ -926,10 +956,11 @@ def _markdown(report: dict) -> str:
             ratio = f"{s / floor:.2f}" if s and floor else ""
             mem = c.get("peak_gib", "")
             mem_steps = c.get("peak_steps_gib", "")
+            note = c.get("reason") or (f"weights {c['weight_dtype']}" if c.get("weight_dtype") else "")
+            note = str(note).replace("|", "/")[:200]
             rows.append(f"| {name} | {bench.get('size')} px {bench.get('precision')}"
                         f"{' GC' if bench.get('gradient_checkpointing') else ''} | {case} | {c.get('status')} | "
-                        f"{s if s is not None else ''} | {ratio} | {mem} | {mem_steps} | "
-                        f"{str(c.get('reason', '')).replace('|', '/')[:200]} |")
+                        f"{s if s is not None else ''} | {ratio} | {mem} | {mem_steps} | {note} |")
     if rows:
         lines += ["", "| model | setting | case | status | s/step (median) | x floor | peak GiB | peak GiB in steps "
                       "| note |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"] + rows
