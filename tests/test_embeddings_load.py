@@ -130,14 +130,14 @@ def test_a1111_png_embedding(tmp_path):
         load_embedding(tmp_path / "plain.png")
 
 
-def test_sdxl_recognised_and_refused(tmp_path):
+def test_sdxl_refused_for_an_sd_width_and_read_when_inspecting(tmp_path):
     path = tmp_path / "xl.safetensors"
     save_file({"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)}, path)
     with pytest.raises(TiwizError, match="SDXL embedding.*this model is SD1/SD2"):
         load_embedding(path, expected_dim=768)
-    torch.save({"clip_g": torch.zeros(1, 1280), "clip_l": torch.zeros(1, 768)}, tmp_path / "xl.pt")
-    with pytest.raises(TiwizError, match="SDXL embedding"):
-        load_embedding(tmp_path / "xl.pt")
+    torch.save({"clip_g": torch.ones(1, 1280), "clip_l": torch.zeros(1, 768)}, tmp_path / "xl.pt")
+    emb = load_embedding(tmp_path / "xl.pt")  # no model given: the file is read as what it is
+    assert emb.family == "sdxl" and emb.dim == 2048 and emb.parts["clip_g"].shape == (1, 1280)
 
 
 def test_width_mismatch_names_both_widths(tmp_path):

@@ -63,10 +63,11 @@ def load_embedding(path, expected_dim: int | None = None, *, family: str | None 
                    widths: tuple[int, int] | None = None) -> LoadedEmbedding:
     """Load an embedding file; `expected_dim` (the text encoder's width) is checked when given. `family` is the
     model's ("sd1", "sd2", "sdxl"): an SDXL model reads SDXL files (see `load_sdxl_embedding`; `widths` are its two
-    encoders' widths), an SD1/SD2 model refuses them naming both families."""
+    encoders' widths), an SD1/SD2 model refuses them naming both families. With neither `family` nor `expected_dim`
+    (inspecting a file) every layout is read, SDXL files with their `parts`."""
     if family == "sdxl":
         return load_sdxl_embedding(path, widths)
-    emb = _load_one(path, sdxl=False, model_family=family)
+    emb = _load_one(path, sdxl=family is None and expected_dim is None, model_family=family)
     _check_width(emb, Path(os.path.expanduser(str(path))), expected_dim)
     return emb
 
