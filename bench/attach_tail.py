@@ -2,7 +2,8 @@
 
 Writes a synthetic events.jsonl shaped like a real run (step events with every field, a checkpoint every 500 steps),
 then times what `tiwiz attach` does before it can show the live state: a Follower replaying the whole file plus the
-loss history. Also times `tiwiz runs`-style inspection of the same folder.
+loss history (the typed parse and the one reducer, core.runs.run_state). Also times `tiwiz runs`-style inspection of
+the same folder.
 
     python bench/attach_tail.py [--events 100000]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -18,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.runs import api as runapi
-
+from core.runs import api as runapi  # noqa: E402
 from core.runs import folder as runs  # noqa: E402
+from core.runs.run_state import RunState  # noqa: E402
 
 
 def write_log(path: Path, n: int) -> int:
@@ -55,7 +57,7 @@ def main() -> int:
             events = []
             while batch := follower.poll():
                 events.extend(batch)
-            history = runs.loss_history(events)
+            history = RunState.fold(events).losses
             assert follower.caught_up() and len(history) == args.events
             best_tail = min(best_tail, time.perf_counter() - t0)
             t0 = time.perf_counter()
@@ -65,6 +67,7 @@ def main() -> int:
         print(f"attach_tail: {len(events)} events ({size / 1e6:.1f} MB) replayed to the live tail in "
               f"{best_tail * 1000:.0f} ms (best of {args.repeat}); target < 1000 ms")
         print(f"attach_tail: inspect_run (what `tiwiz runs` does per folder) {best_inspect * 1000:.1f} ms")
+        print(f"attach_tail: load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     return 0
 
 

@@ -420,29 +420,68 @@ def parse(obj: dict | str | bytes) -> RunEvent | None:
         return None
     aliases = _FIELD_ALIASES.get(kind)
     data = {aliases.get(k, k): v for k, v in obj.items()} if aliases else obj
-    values = {}
-    for spec, exact, default in _table(cls):
-        value = data.get(spec.name, _ABSENT)
-        if value is _ABSENT:
-            if spec.required:
-                return _skipped(kind, obj, f"it has no {spec.name!r}")
-            values[spec.name] = default() if callable(default) else default
-            continue
-        if type(value) in exact:  # the fast path: already the right type
-            values[spec.name] = value
-            continue
-        fix = _VALUE_FIXES.get((kind, spec.name))
-        if fix is not None and value is not None:
-            value = fix(value)
-        try:
-            values[spec.name] = _coerce(spec, value)
-        except TypeError as exc:
-            return _skipped(kind, obj, f"{spec.name!r} is {exc}, not {_type_word(spec)}")
-    if kind == "warning":
-        values["skipped"] = None  # readers' marker, never taken from a file
-    event = object.__new__(cls)  # the fields are checked above: skip the frozen __init__'s setattr per field
-    event.__dict__.update(values)
-    return event
+    try:
+        return _parser(cls)(data)
+    except _Bad as bad:
+        return _skipped(kind, obj, str(bad))
+
+
+class _Bad(Exception):
+    """A field is missing or of the wrong type (the message says which)."""
+
+
+def _slow_field(cls: type[RunEvent], spec: "_FieldSpec", value: Any) -> Any:
+    if value is _ABSENT:
+        raise _Bad(f"it has no {spec.name!r}")
+    fix = _VALUE_FIXES.get((cls.TYPE, spec.name))
+    if fix is not None and value is not None:
+        value = fix(value)
+    try:
+        return _coerce(spec, value)
+    except TypeError as exc:
+        raise _Bad(f"{spec.name!r} is {exc}, not {_type_word(spec)}") from None
+
+
+_PARSERS: dict[type, Any] = {}
+
+
+def _parser(cls: type[RunEvent]):
+    """A function dict -> event for one class, generated once: one `get` and one exact-type test per field (the
+    common case), the general check only for a value of another type. Parsing is what replaying a 100k-step log
+    costs, so it is kept to straight-line code."""
+    func = _PARSERS.get(cls)
+    if func is not None:
+        return func
+    env: dict[str, Any] = {"_ABSENT": _ABSENT, "_slow": _slow_field, "_cls": cls, "_new": object.__new__}
+    body = ["def parse(data):", "    get = data.get"]
+    names = []
+    for i, (spec, exact, default) in enumerate(_table(cls)):
+        env[f"_s{i}"], env[f"_d{i}"] = spec, default
+        var = f"v{i}"
+        names.append((spec.name, var))
+        body.append(f"    {var} = get({spec.name!r}, _ABSENT)")
+        tests = " or ".join(f"t is _t{i}_{j}" for j in range(len(exact)))
+        for j, t in enumerate(exact):
+            env[f"_t{i}_{j}"] = t
+        if exact:
+            body.append(f"    t = type({var})")
+            body.append(f"    if not ({tests}):")
+            indent = "        "
+        else:
+            indent = "    "
+        if spec.required:
+            body.append(f"{indent}{var} = _slow(_cls, _s{i}, {var})")
+        else:
+            call = f"_d{i}()" if callable(default) else f"_d{i}"
+            body.append(f"{indent}{var} = {call} if {var} is _ABSENT else _slow(_cls, _s{i}, {var})")
+    if cls.TYPE == "warning":
+        names = [(n, "None" if n == "skipped" else v) for n, v in names]  # readers' marker, never from a file
+    body.append("    event = _new(_cls)")
+    body.append("    event.__dict__.update({" + ", ".join(f"{n!r}: {v}" for n, v in names) + "})")
+    body.append("    return event")
+    exec("\n".join(body), env)  # noqa: S102 - source built above from the dataclass fields only
+    func = _PARSERS[cls] = env["parse"]
+    return func
 
 
 _ABSENT = object()
