@@ -58,7 +58,8 @@ def test_queue_survives_kills_and_matches_uninterrupted_runs(tmp_path, tmp_path_
 
     jobs = {j.name: j for j in list_jobs(queue)}
     assert {n: j.state for n, j in jobs.items()} == {**{n: "finished" for n in JOBS}, "zbad": "failed"}
-    assert "steps: must be >= 1" in jobs["zbad"].reason and not jobs["zbad"].lives
+    assert "zbad.toml: steps: must be" in jobs["zbad"].reason and "(got 0)" in jobs["zbad"].reason
+    assert not jobs["zbad"].lives  # it never got a worker
     assert jobs[job.name].attempts == 2 and [life["how"] for life in jobs[job.name].lives] == ["started", "resumed"]
     assert "killed at step" in sched_log(queue)
 
