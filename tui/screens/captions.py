@@ -71,9 +71,10 @@ class CaptionsScreen(WizardScreen):
     """
     BINDINGS = [
         Binding("f2", "add_tag", "Add tag"),
-        Binding("f3", "remove_tag", "Remove tag"),
-        Binding("f4", "replace_tag", "Replace tag"),
+        Binding("f3", "remove_tag", "Del tag"),
+        Binding("f4", "replace_tag", "Swap tag"),
         Binding("f5", "doctor", "Doctor"),
+        Binding("f6", "toggle_findings", "Findings"),
         Binding("ctrl+f", "focus_filter", "Filter", priority=True),
         Binding("pagedown", "move(1)", "Next image", show=False),
         Binding("pageup", "move(-1)", "Prev image", show=False),
@@ -103,11 +104,13 @@ class CaptionsScreen(WizardScreen):
                 yield Label("", id="cap-title")
                 yield CaptionInput("", placeholder="a caption: comma-separated tags or a sentence", id="cap-input")
                 yield Static("", id="cap-tokens")
-                yield Static("", id="cap-findings", classes="hint")
+                yield Static("", id="cap-findings", classes="hint", markup=False)
+                yield Static("", id="cap-all-findings", markup=False)
         yield Static("↑/↓ in the caption: previous/next image (saved as you go) · Enter: save and next",
                      classes="hint keys-hint")
 
     def on_mount(self) -> None:
+        self.query_one("#cap-all-findings", Static).display = False
         self.query_one("#cap-title", Label).update("Reading the captions…")
         self.query_one("#cap-input", Input).focus()
         self.load_index()
@@ -345,8 +348,24 @@ class CaptionsScreen(WizardScreen):
                 self.general_findings.append((severity, message))
         self.doctor_count = sum(len(v) for v in self.findings.values()) + len(self.general_findings)
         self._update_count()
+        panel = self.query_one("#cap-all-findings", Static)
+        if panel.display:
+            panel.update(self.all_findings_text())
         if self.items:
             self._show_findings(self.items[self.index].image.name)
+
+    def all_findings_text(self) -> str:
+        lines = [f"{sev}: {msg}" for sev, msg in self.general_findings]
+        for name, found in sorted(self.findings.items()):
+            lines += [f"{name}: {sev}: {msg}" for sev, msg in found]
+        return "\n".join(lines) if lines else "The doctor found nothing to report."
+
+    def action_toggle_findings(self) -> None:
+        """f6: every doctor finding in a list under the caption (again: hide it)."""
+        panel = self.query_one("#cap-all-findings", Static)
+        panel.display = not panel.display
+        if panel.display:
+            panel.update(self.all_findings_text() if self.doctor_count is not None else "The doctor is still running…")
 
     def check(self) -> str | None:
         self.save_current()

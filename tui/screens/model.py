@@ -12,7 +12,7 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.screens.base import WizardScreen, error_text
-from tui.widgets.inputs import OrderedInput
+from tui.widgets.inputs import PathInput
 
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "unknown": "unknown family"}
 
@@ -46,7 +46,7 @@ class ModelScreen(WizardScreen):
     def compose_body(self) -> ComposeResult:
         with Vertical(classes="body"):
             yield Label("Model path (a diffusers folder, .safetensors or .ckpt; f3 browses)", classes="field-label")
-            yield OrderedInput(self.state.model, placeholder="/workspace/models/v1-5-pruned-emaonly.safetensors",
+            yield PathInput(self.state.model, placeholder="/workspace/models/v1-5-pruned-emaonly.safetensors",
                         id="model-path")
             yield Static("", id="model-info", classes="hint")
             yield Label("Found on this machine", classes="section")
@@ -83,11 +83,17 @@ class ModelScreen(WizardScreen):
         self.app.call_from_thread(self._show_found, found)
 
     def _show_found(self, found) -> None:
+        from rich.text import Text
+
         menu = self.query_one("#found", OptionList)
         menu.clear_options()
         for info in found:
-            label = f"{info.name:<34} {describe(info)}  [{info.source}]"
+            label = Text(f"{info.name}  ·  {describe(info)}  ·  {info.source}\n")
+            label.append(f"  {info.path}", style="dim")  # two checkpoints of one name differ here
             menu.add_option(Option(label, id=str(info.path), disabled=not info.usable))
+        usable = [i for i, info in enumerate(found) if info.usable]
+        if usable:
+            menu.highlighted = usable[0]
         self.query_one("#found-status", Static).update(
             f"{len(found)} found. Enter picks one." if found else
             "No checkpoints found in the usual places. Type the path of yours above."

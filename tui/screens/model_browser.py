@@ -11,6 +11,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DirectoryTree, Label, Static
 
+from tui.widgets.trees import UpDirectoryTree
+
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
 
 
@@ -29,7 +31,7 @@ def browse_start(current: str) -> Path:
     return workspace if workspace.is_dir() else Path.cwd()
 
 
-class ModelTree(DirectoryTree):
+class ModelTree(UpDirectoryTree):
     """Folders and checkpoint files, no hidden entries."""
 
     def filter_paths(self, paths):
@@ -56,7 +58,8 @@ class ModelBrowser(ModalScreen[str | None]):
             yield Label(f"Pick a model under {self.start}", classes="dialog-title")
             yield ModelTree(self.start, id="browse-tree")
             yield Static("[b]Enter[/b] pick a .safetensors/.ckpt file or a diffusers folder (it has model_index.json)"
-                         " · other folders open · [b]Esc[/b] cancel", classes="dialog-keys")
+                         " · other folders open · [b]Backspace[/b] parent folder · [b]Esc[/b] cancel",
+                         classes="dialog-keys")
 
     def on_mount(self) -> None:
         self.query_one(ModelTree).focus()

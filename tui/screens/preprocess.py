@@ -65,7 +65,7 @@ class PreprocessScreen(WizardScreen):
                         else:
                             kind = {"int": "integer", "float": "number"}.get(f["type"], "text")
                             yield OrderedInput(str(value), type=kind, id=f"pp-{name}", classes="form-field", compact=True)
-                    yield Static(f.get("help", ""), classes="form-help")
+                    yield Static(f.get("help", ""), classes="form-help", markup=False)
             with Vertical(id="pp-side"):
                 yield Static(self._summary(), id="pp-summary")
                 yield Button("Run preprocessing (ctrl+r)", id="pp-run", variant="primary")

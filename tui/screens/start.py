@@ -16,6 +16,20 @@ from tui.screens.base import WizardScreen, error_text
 from tui.state import STAGE_TITLES, WizardState
 
 
+def run_age(path: Path) -> str:
+    """How long ago the run last wrote its status: "5 min", "3 h", "2 d"."""
+    import time
+
+    try:
+        seconds = time.time() - (Path(path) / "status.json").stat().st_mtime
+    except OSError:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return "now"
+
+
 class StartScreen(WizardScreen):
     STAGE = "start"
     DEFAULT_CSS = """
@@ -39,6 +53,7 @@ class StartScreen(WizardScreen):
             yield OptionList(id="start-menu")
             yield Label("Runs on disk", classes="section")
             yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="runs-detail", classes="hint", markup=False)
             yield Static("", id="runs-empty", classes="hint")
             yield Label("Queue (tiwiz queue run runs it; Enter attaches to a job's run)", id="queue-label",
                         classes="section")
@@ -54,10 +69,12 @@ class StartScreen(WizardScreen):
                                    f"{' (' + what + ')' if what else ''}", id="continue"))
         menu.add_option(Option("Demo: the tiny model and sample images", id="demo"))
         menu.add_option(Option("Quit", id="quit"))
+        menu.highlighted = 0  # Enter works at once
         menu.focus()
         table = self.query_one("#runs", DataTable)
-        for label, width in (("Run", 40), ("State", 12), ("Step", 12), ("Loss", 8)):
+        for label, width in (("Run", 26), ("State", 10), ("Step", 11), ("Loss", 7), ("Age", 9)):
             table.add_column(label, width=width)
+        self._runs: dict[str, runs_info.RunSummary] = {}
         queue = self.query_one("#queue", DataTable)
         for label, width in (("Job", 28), ("State", 16), ("GPU", 8), ("Step", 12)):
             queue.add_column(label, width=width)
@@ -69,15 +86,22 @@ class StartScreen(WizardScreen):
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def load_runs(self) -> None:
         runs = runs_info.list_runs(self.app.runs_root)
-        self.app.call_from_thread(self._show_runs, runs)
+        ages = {str(run.path): run_age(run.path) for run in runs}
+        self.app.call_from_thread(self._show_runs, runs, ages)
 
-    def _show_runs(self, runs: list[runs_info.RunSummary]) -> None:
+    def _show_runs(self, runs: list[runs_info.RunSummary], ages: dict[str, str] | None = None) -> None:
+        from rich.text import Text
+
         table = self.query_one("#runs", DataTable)
         table.clear()
+        self._runs = {str(run.path): run for run in runs}
         for run in runs:
             loss = "" if run.loss is None else f"{run.loss:.4f}"
             step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
-            table.add_row(run.name, run.state, step, loss, key=str(run.path))
+            table.add_row(Text(run.name), str(run.state), step, loss, (ages or {}).get(str(run.path), ""),
+                          key=str(run.path))
+        if runs:
+            self._show_run_detail(str(runs[0].path))
         self.query_one("#runs-empty", Static).update(
             "" if runs else "No runs yet. They appear here while training and after it, ready to attach or resume."
         )
@@ -172,6 +196,20 @@ class StartScreen(WizardScreen):
     @on(DataTable.RowSelected, "#runs")
     def _run_selected(self, event: DataTable.RowSelected) -> None:
         self.action_attach()
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def _run_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_run_detail(str(event.row_key.value))
+
+    def _show_run_detail(self, key: str) -> None:
+        """The highlighted run's folder and what its state means (two runs of one name differ here)."""
+        run = self._runs.get(key)
+        if run is None:
+            return
+        detail = f"{run.path}"
+        if run.description:
+            detail += f"\n{run.description}"
+        self.query_one("#runs-detail", Static).update(detail)
 
     def action_back(self) -> None:
         if self.demo_running():  # Esc cancels the demo; cancelling the worker kills its helper process

@@ -150,7 +150,19 @@ class TrainingScreen(WizardScreen):
         Binding("ctrl+s", "save_toml", "Save TOML", priority=True),
         Binding("ctrl+l", "load_toml", "Load TOML", priority=True),
         Binding("ctrl+b", "add_to_queue", "Add to queue", priority=True),
+        Binding("f2", "next_tab", "Next tab", priority=True),
+        Binding("shift+f2", "next_tab(-1)", "Prev tab", show=False, priority=True),
     ]
+
+    def action_next_tab(self, direction: int = 1) -> None:
+        """Basic → Preview → Advanced → Basic; the first field of the tab gets the focus."""
+        tabs = self.query_one("#tr-tabs", TabbedContent)
+        panes = [pane.id for pane in self.query(TabPane)]
+        at = panes.index(tabs.active) if tabs.active in panes else 0
+        tabs.active = panes[(at + direction) % len(panes)]
+        field = next(iter(self.query_one(f"#{tabs.active}", TabPane).query(".form-field")), None)
+        if field is not None:
+            self.set_focus(field)
 
     def compose_body(self) -> ComposeResult:
         defaults = TrainConfig()
@@ -186,7 +198,7 @@ class TrainingScreen(WizardScreen):
                 kind = {int: "integer", float: "number"}.get(f.type, "text")
                 yield OrderedInput(str(value), type=kind, id=f"tr-{f.name}", classes="form-field", compact=True)
         yield Static(f.help + (SDXL_HELP.get(f.name, "") if getattr(self.state, "model_family", "") == "sdxl" else ""),
-                     classes="form-help")
+                     classes="form-help", markup=False)
 
     def on_mount(self) -> None:
         self.query_one("#tr-steps").focus()
