@@ -181,3 +181,20 @@ def test_confirmation_dialogs_wrap_at_80_columns(tmp_path):
             text = " ".join(" ".join(lines).split())
             assert "Replace it with the new one from this run?" in text, screen_text(app)
     asyncio.run(drive())
+
+
+def test_an_invalid_compact_field_keeps_its_value_visible(tmp_path):
+    make_photos(tmp_path / "photos", 2)
+    state = WizardState(model=str(tmp_path / "m"), dataset=str(tmp_path / "photos"), name="zxq-cat")
+    app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="training", finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_idle(pilot)
+            await pilot.press("ctrl+u", *"0")
+            await wait_idle(pilot)
+            field = app.screen.query_one("#tr-steps")
+            assert field.has_class("-invalid")
+            row = screen_text(app).splitlines()[field.region.y]
+            assert "steps" in row and " 0" in row  # the value still shows beside its label
+    asyncio.run(drive())
