@@ -134,3 +134,15 @@ def test_dead_code_is_gone(module, name):
     import importlib
 
     assert not hasattr(importlib.import_module(module), name)
+
+
+def test_one_list_of_image_kinds_and_caption_actions(tmp_path):
+    from core.prep import options
+    from core.prep.doctor import diagnose
+    from tui.state import STAGES, WIZARD_STAGES
+
+    assert sorted(captions.IMAGE_KINDS.split(", ")) == sorted(e[1:] for e in captions.IMAGE_EXTENSIONS)
+    (finding,) = [f for f in diagnose(tmp_path) if f.code == "no-images"]
+    assert captions.IMAGE_KINDS in finding.message
+    assert options.CAPTION_ACTIONS is captions.CAPTION_ACTIONS
+    assert WIZARD_STAGES == tuple(s for s in STAGES if s not in ("start", "monitor", "finish"))

@@ -23,7 +23,7 @@ STAGE_TITLES = {
     "finish": "Finished",
 }
 # The stages a user walks through with Next/Back (start and monitor are entered, not stepped into).
-WIZARD_STAGES = ("model", "folders", "preprocess", "captions", "embedding", "training")
+WIZARD_STAGES = STAGES[STAGES.index("model"):STAGES.index("monitor")]
 # Next/Back move along STAGES up to the monitor; the monitor itself opens the finish screen.
 _STEPPED = STAGES[:STAGES.index("monitor") + 1]
 

@@ -25,6 +25,7 @@ from core.errors import TiwizError
 from core.tokens import TOKEN_LIMIT, count_tokens_many
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_KINDS = "png, jpg, jpeg, webp, bmp, gif, tif, tiff"  # IMAGE_EXTENSIONS, for messages
 CAPTION_ACTIONS = ("ignore", "copy", "prepend", "append")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from core.prep import phash
-from core.prep.captions import CaptionSet
+from core.prep.captions import IMAGE_KINDS, CaptionSet
 from core.errors import TiwizError
 from core.tokens import TOKEN_LIMIT
 
@@ -117,7 +117,7 @@ def diagnose(folder: str | os.PathLike, width: int = 512, height: int = 512, buc
 
 def _count_findings(n_ok: int, n_all: int) -> list[Finding]:
     if n_all == 0:
-        return [Finding("no-images", "error", [], "No images found (png, jpg, jpeg, webp, bmp, gif, tif).")]
+        return [Finding("no-images", "error", [], f"No images found ({IMAGE_KINDS}).")]
     if n_ok < RECOMMENDED_MIN_IMAGES:
         severity = "error" if n_ok < MIN_IMAGES_ERROR else "warning"
         return [Finding("too-few-images", severity, [],

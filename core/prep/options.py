@@ -11,9 +11,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 from core.errors import FieldError, TiwizError
+from core.prep.captions import CAPTION_ACTIONS
 from core.fields import FieldSpec, field_specs
 
-CAPTION_ACTIONS = ("ignore", "copy", "prepend", "append")
 
 
 def _opt(default, help: str, **extra):

@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Checkbox, DirectoryTree, Input, Label, Static
 
-from core.prep.captions import list_images
+from core.prep.captions import IMAGE_KINDS, list_images
 from tui.screens.base import WizardScreen, error_text
 from tui.widgets.inputs import OrderedInput
 
@@ -146,7 +146,7 @@ class FoldersScreen(WizardScreen):
         if not ok:
             return f"Source folder: {msg}." if self.state.source else "Type or pick the folder of your images."
         if msg == "0 images":
-            return "The source folder has no images (png, jpg, webp, bmp, gif, tiff)."
+            return f"The source folder has no images ({IMAGE_KINDS})."
         if self.state.skip_preprocess:
             self.state.dataset = self.state.source
             return None
