@@ -360,8 +360,6 @@ def _unsupported_global(exc: BaseException) -> str:
     """What the pickle asked for, without torch's advice to allow-list it."""
     import re
 
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-    if found:
-        return f"it asks for {found.group(1)}"
-    found = re.search(r"Unsupported operand \S+", str(exc))
-    return found.group(0) if found else "unsupported pickle content"
+    from core.errors import pickle_refusal
+
+    return pickle_refusal(exc) or "unsupported pickle content"

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import TiwizError
+from core.errors import TiwizError, pickle_refusal, without_torch_advice
 from core.models.builtin import TOKENIZER_DIR, load_bundled_tokenizer
 from core.models.find import family_from_text_config, folder_display_name, hf_cache_dir, is_sdxl_refiner_index
 from core.models.headers import (
@@ -347,12 +347,14 @@ def read_state_dict(path: Path) -> tuple[dict, dict, str]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         text = _first_line(exc)
-        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+        refusal = pickle_refusal(exc)
+        if refusal:
             raise TiwizError(
-                f"{path}: refused: the file contains Python objects other than tensors, which could run code when "
-                "loaded. Use a .safetensors version of this model."
-            ) from exc
-        raise TiwizError(f"{path}: cannot read the checkpoint: the file is corrupt or truncated ({text})") from exc
+                f"{path}: refused: the file contains Python objects other than tensors ({refusal}), which could run "
+                "code when loaded. Nothing was executed. Use a .safetensors version of this model."
+            ) from None
+        raise TiwizError(f"{path}: cannot read the checkpoint: the file is corrupt or truncated "
+                         f"({without_torch_advice(text)})") from exc
     if not isinstance(obj, dict):
         raise TiwizError(f"{path}: not a checkpoint (it holds a {type(obj).__name__}, not a dict of tensors)")
     if {"string_to_param", "emb_params", "emp_params"} & set(obj):

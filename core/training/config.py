@@ -221,10 +221,11 @@ class TrainConfig:
     def from_toml(cls, path: str | os.PathLike, *, validate: bool = True) -> "TrainConfig":
         path = Path(path)
         try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+            data = load_toml(path)
         except FileNotFoundError:
             raise TiwizError(f"config file not found: {path}") from None
+        except (UnicodeDecodeError, IsADirectoryError) as exc:
+            raise TiwizError(f"{path}: not a TOML text file ({exc.__class__.__name__})") from None
         except tomllib.TOMLDecodeError as exc:
             raise TiwizError(f"{path}: not valid TOML: {exc}") from None
         data = data.get("train", data) if isinstance(data.get("train"), dict) else data
@@ -331,6 +332,15 @@ class TrainConfig:
         if self.holdout > 0:
             return min(self.holdout, n_images - 1)
         return min(4, n_images // 8)
+
+
+def load_toml(path: str | os.PathLike) -> dict:
+    """tomllib.load that also reads files starting with a UTF-8 byte-order mark (Windows Notepad writes one).
+    Raises FileNotFoundError, tomllib.TOMLDecodeError, or UnicodeDecodeError as tomllib does."""
+    raw = Path(path).read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    return tomllib.loads(raw.decode("utf-8"))
 
 
 def _check_text_fields(config) -> None:

@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from core.atomic import atomic_write_with
-from core.errors import TiwizError
+from core.errors import TiwizError, pickle_refusal, without_torch_advice
 
 STATE_VERSION = 1
 
@@ -74,7 +74,12 @@ def load_state(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TiwizError(f"{path}: cannot read the resume state ({exc.__class__.__name__}: {exc})") from None
+        refusal = pickle_refusal(exc)
+        if refusal:
+            raise TiwizError(f"{path}: refused: not a tiwiz resume state ({refusal}, which could run code; nothing "
+                             "was executed)") from None
+        raise TiwizError(f"{path}: cannot read the resume state ({exc.__class__.__name__}: "
+                         f"{without_torch_advice(exc)})") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise TiwizError(f"{path}: not a tiwiz resume state (or from an incompatible version)")
     return state
