@@ -137,6 +137,8 @@ class Trainer:
 
         reason = self._loop(end_step)
         pt, st = self._save(final=True)
+        if reason in ("finished", "auto_stop"):
+            self._final_previews()
         best_step, best_file = self._best()
         if reason in ("finished", "auto_stop"):
             message = None
@@ -412,6 +414,19 @@ class Trainer:
             time_ids = self.dataset.time_ids([i] * len(timesteps)) if self.model.family == "sdxl" else None
             out.append((latents, noise, timesteps, prompt, time_ids))
         return out
+
+    def _final_previews(self) -> None:
+        """A preview of the last step (unless the schedule just made one), then previews/sheet.png of them all."""
+        if not self.config.preview_every:
+            return
+        if self.step % self.config.preview_every:
+            self._preview()
+        try:
+            from core.training.contact_sheet import write_contact_sheet
+
+            write_contact_sheet(self.out_dir / "previews", self.name)
+        except Exception as exc:  # a sheet is a convenience: never the end of a finished training
+            self.sink.emit(ev.Warning(step=self.step, message=f"could not write previews/sheet.png: {exc}"))
 
     def _preview(self) -> str | None:
         """Render a preview; a failure (e.g. out of memory) is a warning, never the end of the training."""
