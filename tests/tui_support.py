@@ -34,28 +34,28 @@ def gradient_png(path: Path, seed: int, size: int = 64) -> Path:
 
 def recorded_events(name: str = "mycat", steps: int = 120, max_steps: int = 400, every: int = 40,
                     finished: bool = False) -> list[dict]:
-    """A run's events as the trainer writes them: started, steps with a decaying loss, validation, checkpoints and
-    previews every `every` steps, a warning, and `finished` when asked."""
-    events = [{"type": "started", "time": T0, "max_steps": max_steps, "step": 0, "name": name, "device": "cuda",
-               "dtype": "bf16", "n_images": 24, "model": "v1-5.safetensors"}]
+    """A run's events as the trainer writes them (built with the trainer's own run_events constructors): started,
+    steps with a decaying loss, validation, checkpoints and previews every `every` steps, a warning, and `finished`
+    when asked."""
+    from core.runs import run_events as ev
+
+    events = [ev.Started(time=T0, max_steps=max_steps, step=0, name=name, device="cuda", precision="bf16",
+                         n_images=24, model="v1-5.safetensors")]
     for step in range(1, steps + 1):
         loss = 0.12 + 0.08 * math.exp(-step / 60) + 0.03 * math.sin(step * 1.7)
-        events.append({"type": "step", "time": T0 + step, "step": step, "max_steps": max_steps,
-                       "epoch": (step - 1) // 24 + 1, "loss": round(loss, 5), "lr": 0.005, "it_s": 2.5,
-                       "elapsed": step / 2.5, "gpu_mem_used": 7.5 * 2**30, "gpu_mem_total": 24 * 2**30,
-                       "gpu_util": 93})
+        events.append(ev.Step(time=T0 + step, step=step, max_steps=max_steps, epoch=(step - 1) // 24 + 1,
+                              loss=round(loss, 5), lr=0.005, it_s=2.5, elapsed=step / 2.5,
+                              gpu_mem_used=int(7.5 * 2**30), gpu_mem_total=24 * 2**30, gpu_util=93))
         if step % every == 0:
-            events.append({"type": "validation", "time": T0 + step, "step": step,
-                           "val_loss": round(0.14 + 0.05 * math.exp(-step / 80), 5)})
-            events.append({"type": "checkpoint", "time": T0 + step, "step": step,
-                           "pt": f"embeddings/{name}-{step}.pt", "safetensors": f"embeddings/{name}-{step}.safetensors"})
-            events.append({"type": "preview", "time": T0 + step, "step": step, "path": f"previews/{name}-{step}.png"})
+            events.append(ev.Validation(time=T0 + step, step=step, val_loss=round(0.14 + 0.05 * math.exp(-step / 80), 5)))
+            events.append(ev.Checkpoint(time=T0 + step, step=step, pt=f"embeddings/{name}-{step}.pt",
+                                        safetensors=f"embeddings/{name}-{step}.safetensors"))
+            events.append(ev.Preview(time=T0 + step, step=step, path=f"previews/{name}-{step}.png"))
         if step == 50:
-            events.append({"type": "warning", "time": T0 + step, "message": "loss spike at step 50 (0.9)"})
+            events.append(ev.Warning(time=T0 + step, message="loss spike at step 50 (0.9)"))
     if finished:
-        events.append({"type": "finished", "time": T0 + steps + 1, "step": steps, "pt": f"{name}.pt",
-                       "safetensors": f"{name}.safetensors"})
-    return events
+        events.append(ev.Finished(time=T0 + steps + 1, step=steps, pt=f"{name}.pt", safetensors=f"{name}.safetensors"))
+    return [e.to_json() for e in events]
 
 
 def write_recorded_run(run_dir: Path, events: list[dict], *, state: str = "running") -> Path:
