@@ -107,34 +107,52 @@ def test_cli_flag_sets_the_field():
     assert cfg.auto_stop is True and cfg.auto_stop_window == 50
 
 
-def test_world_model_run_stops_itself(tmp_path):
-    """A real run on the shipped world model: the validation loss goes flat well before 400 steps at lr 0.01."""
-    import torch
+@pytest.mark.slow
+def test_runs_and_attach_say_why_it_stopped_and_the_best_step(tmp_path):
+    """A real run on the shipped world model: `tiwiz train --foreground --auto-stop` stops itself when the validation
+    loss goes flat (well before 400 steps at lr 0.01); then `tiwiz runs` and `tiwiz attach` (real subprocesses) read
+    the run through the reducer and say it finished by auto-stop, and at which best step."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from core.events import ListSink
-    from core.runs import run_events as ev
-    from core.training.config import TrainConfig
-    from core.training.trainer import Trainer
     from core.world import demo_job
 
-    torch.set_num_threads(1)
+    root = Path(__file__).resolve().parent.parent
     prep = demo_job.prepare_demo(tmp_path, steps=400, n_images=4)
-    cfg = dict(prep["config"], preview_every=0, save_every=0, validate_every=-1, auto_stop=True,
-               auto_stop_window=20, lr="0.01", batch_size=2, validation_images=1)
-    sink = ListSink()
-    summary = Trainer(TrainConfig.from_dict(cfg), tmp_path / "run", sink).run()
-    events = [e if isinstance(e, ev.RunEvent) else ev.parse(e) for e in sink.events]
-    finished = [e for e in events if isinstance(e, ev.Finished)]
-    assert summary["state"] == "finished" and summary["reason"] == "auto_stop"
-    assert finished and finished[0].reason == "auto_stop" and "flat" in finished[0].message
-    assert summary["step"] < 100, summary
+    cfg = prep["config"]
+    runs_root = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "core.cli", "train", "--foreground", "--model", cfg["model"], "--data", cfg["data"],
+           "--name", "zxq-heart", "--init-text", "heart", "--vectors", "2", "--steps", "400", "--lr", "0.01",
+           "--loss-weighting", "velocity", "--batch-size", "2", "--width", "64", "--height", "64",
+           "--template", cfg["template"], "--save-every", "0", "--preview-every", "0", "--validation-images", "1",
+           "--device", "cpu", "--auto-stop", "--auto-stop-window", "20", "--output", str(runs_root / "heart")]
+    env = {**__import__("os").environ, "TIWIZ_RUNS_DIR": str(runs_root)}
+    trained = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "auto-stop: the validation loss went flat at step" in trained.stderr
+    assert "suggested best step" in trained.stderr
+    listed = subprocess.run([sys.executable, "-m", "core.cli", "runs", "--root", str(runs_root)], cwd=root,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert listed.returncode == 0, listed.stderr
+    header, row, detail = listed.stdout.splitlines()[:3]
+    assert header.split()[-1] == "BEST"
+    step = row.split()[2].split("/")[0]
+    assert int(step) < 400
+    assert row.split()[1] == "finished" and row.split()[-1] == step  # best = where the rule fired (no hold-out)
+    assert detail.strip().startswith(f"finished at step {step} (auto-stop: the validation loss went flat")
+    attached = subprocess.run([sys.executable, "-m", "core.cli", "attach", str(runs_root / "heart")], cwd=root,
+                              capture_output=True, text=True, timeout=120, env=env)
+    text = attached.stdout + attached.stderr
+    assert f"finished at step {step} (auto-stop" in text and f"suggested best step {step}" in text
+    # the log: the trainer's rule state is the rule's own on the losses it wrote, and it fired where the run ended
+    from core.runs import run_events as ev
+
+    events = ev.parse_all((runs_root / "heart" / "events.jsonl").read_text().splitlines())
     vals = [e for e in events if isinstance(e, ev.Validation)]
-    assert vals[-1].auto_stop_fired_at == summary["step"] and vals[-1].auto_stop_ratio < 0.15
-    # the trainer's rule state is the rule's on the losses it emitted
+    assert vals[-1].auto_stop_fired_at == int(step) and vals[-1].auto_stop_ratio < 0.15
     replay = AutoStop(20, 0.15)
-    for v in vals:
-        replay.update(v.step, v.val_loss)
-    assert replay.fired_at == summary["step"]
-    # without a hold-out the suggested best step is where the rule fired, and its checkpoint exists
-    assert finished[0].best_step == summary["step"]
-    assert (tmp_path / "run" / finished[0].best_checkpoint).is_file()
+    assert [replay.update(v.step, v.val_loss).stop for v in vals].index(True) == len(vals) - 1
+    finished = next(e for e in events if isinstance(e, ev.Finished))
+    assert finished.reason == "auto_stop" and finished.best_step == int(step)
+    assert (runs_root / "heart" / finished.best_checkpoint).is_file()

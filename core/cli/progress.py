@@ -54,11 +54,28 @@ def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | Non
         return (f"{verb} {event.step} of {event.max_steps}: {event.name} on {event.device or '?'} "
                 f"({event.precision or '?'}), {event.n_images} images, model {event.model}")
     if isinstance(event, ev.Checkpoint):
-        return f"checkpoint at step {event.step}: {path(event.safetensors)}"
+        text = f"checkpoint at step {event.step}: {path(event.safetensors)}" + (" (best so far)" if event.best else "")
+        if event.norms:
+            near = [f"{row[0][0]}" for row in event.nearest or [] if row]
+            text += f"; norms {', '.join(f'{n:.3f}' for n in event.norms)}" + (
+                f", nearest {', '.join(near)}" if near else "")
+        return text
     if isinstance(event, ev.Preview):
         return f"preview at step {event.step}: {path(event.path)}"
     if isinstance(event, ev.Validation):
-        return f"validation loss at step {event.step}: {event.val_loss:.4f}"
+        text = f"validation loss at step {event.step}: {event.val_loss:.4f}"
+        if event.holdout_loss is not None:
+            text += f", held out {event.holdout_loss:.4f}"
+        if event.best_step is not None:
+            text += f" (best step {event.best_step})"
+        if event.auto_stop_window is not None and event.auto_stop_threshold is not None:
+            from core.training.autostop import AutoStopState
+
+            text += "; auto-stop: " + AutoStopState(
+                step=event.step, window=event.auto_stop_window, threshold=event.auto_stop_threshold,
+                watched=event.auto_stop_watched or 0, ratio=event.auto_stop_ratio, stop=False,
+                fired_at=event.auto_stop_fired_at).label()
+        return text
     if isinstance(event, ev.Warning):
         return f"warning: {event.message}"
     if isinstance(event, ev.Error):
@@ -66,10 +83,18 @@ def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | Non
     if isinstance(event, ev.Stopping):
         return f"stopping after step {event.step} ({event.reason or 'stop requested'}): saving ..."
     if isinstance(event, ev.Stopped):
-        return f"stopped at step {event.step} ({event.reason}): {path(event.safetensors)}"
+        return f"stopped at step {event.step} ({event.reason}): {path(event.safetensors)}" + _best_text(event, path)
     if isinstance(event, ev.Finished):
-        return f"finished at step {event.step}: {path(event.safetensors)}"
+        why = f" ({event.message})" if event.message else ""
+        return f"finished at step {event.step}{why}: {path(event.safetensors)}" + _best_text(event, path)
     return None
+
+
+def _best_text(event, path) -> str:
+    if event.best_step is None:
+        return ""
+    where = f": {path(event.best_checkpoint)}" if event.best_checkpoint else ""
+    return f"\nsuggested best step {event.best_step}{where}"
 
 
 class ProgressView:

@@ -412,6 +412,7 @@ class RunInfo:
     alive: bool = False
     reason: str = ""
     problems: list[str] = field(default_factory=list)
+    best_step: int | None = None  # the suggested best step (lowest held-out loss, else the auto-stop rule's)
 
     @property
     def phase(self) -> RunPhase:
@@ -442,6 +443,8 @@ def describe_phase(phase: RunPhase, step: int, last_checkpoint: int | None = Non
         return f"stopped at step {step}" + (f" ({reason})" if reason else "")
     if phase == RunPhase.DAMAGED:
         return "damaged" + (f": {reason}" if reason else "")
+    if phase == RunPhase.FINISHED and reason:  # e.g. auto-stop: the validation loss went flat
+        return f"finished at step {step} ({reason})"
     return phase.value
 
 
@@ -505,6 +508,7 @@ def _apply_events(info: RunInfo, events: list[dict]) -> None:
     info.updated = state.updated or info.updated
     info.name = state.name or info.name
     info.state, info.reason = state.phase, state.reason
+    info.best_step = state.best_step if state.best_step is not None else info.best_step
     if state.skipped:
         info.problems.append(f"{info.path / EVENTS}: skipped {state.skipped} event(s) with fields of the wrong type")
     if info.state.active:  # the log says running; without a status the lock tells whether a worker lives
@@ -521,6 +525,7 @@ def _apply_status(info: RunInfo, status: dict) -> None:
     info.last_loss = _num(status.get("last_loss")) if status.get("last_loss") is not None else info.last_loss
     info.last_checkpoint = _num(status.get("last_checkpoint"), int) or info.last_checkpoint
     info.updated = _num(status.get("updated")) or info.updated
+    info.best_step = _num(status.get("best_step"), int) if status.get("best_step") is not None else info.best_step
     state = RunPhase.parse(status.get("state"))
     info.reason = str(status.get("reason") or status.get("error") or info.reason or "")
     if state.active:

@@ -26,6 +26,9 @@ class CheckpointRow:
     pt: str = ""
     safetensors: str = ""
     preview: str = ""  # the preview rendered at this step (relative path), whichever event came first
+    norms: list | None = None  # each vector's norm at this step
+    nearest: list | None = None  # each vector's nearest vocabulary tokens: [[token, cosine], ...]
+    best: bool = False  # saved because the held-out loss reached a new low
 
 
 @dataclass
@@ -54,6 +57,14 @@ class RunState:
     reason: str = ""  # why it stopped or failed
     final_pt: str = ""
     final_safetensors: str = ""
+    finish_reason: str = ""  # how a finished run ended: "steps", or "auto_stop" (the validation loss went flat)
+    holdout_losses: list[tuple[int, float]] = field(default_factory=list)  # the held-out images' validation loss
+    n_holdout: int | None = None
+    best_step: int | None = None  # the suggested best step (lowest held-out loss, else the auto-stop rule's)
+    best_checkpoint: str = ""  # its .safetensors checkpoint (relative), once the run says which
+    auto_stop: bool | None = None  # whether the auto-stop rule ends the run (it is watched either way)
+    auto_stop_state: object = None  # the rule's latest state (core.training.autostop.AutoStopState)
+    vocab_median_norm: float | None = None
     gpu: dict = field(default_factory=dict)  # mem_used, mem_total (bytes), util (percent)
     counts: dict[str, int] = field(default_factory=dict)  # events applied, by type
     skipped: int = 0  # events dropped by the parser (wrong field types), each also in `warnings`
@@ -100,11 +111,14 @@ class RunState:
         self.model = e.model or self.model
         self.resumed = e.resumed
         self.final_pt = self.final_safetensors = ""
+        self.finish_reason = ""
+        self.n_holdout = e.n_holdout if e.n_holdout is not None else self.n_holdout
+        self.auto_stop = e.auto_stop if e.auto_stop is not None else self.auto_stop
         self._truncate(e.step)
 
     def _truncate(self, step: int) -> None:
         """Drop the points after `step`: a resume trains them again."""
-        for series in (self.losses, self.smoothed, self.val_losses):
+        for series in (self.losses, self.smoothed, self.val_losses, self.holdout_losses):
             while series and series[-1][0] > step:
                 series.pop()
 
@@ -135,9 +149,24 @@ class RunState:
             while self.val_losses and self.val_losses[-1][0] >= e.step:
                 self.val_losses.pop()
         self.val_losses.append((e.step, e.val_loss))
+        if e.holdout_loss is not None:
+            while self.holdout_losses and self.holdout_losses[-1][0] >= e.step:
+                self.holdout_losses.pop()
+            self.holdout_losses.append((e.step, e.holdout_loss))
+        if e.best_step is not None:
+            self.best_step = e.best_step
+        if e.auto_stop_window is not None and e.auto_stop_threshold is not None:
+            from core.training.autostop import AutoStopState
+
+            self.auto_stop_state = AutoStopState(
+                step=e.step, window=e.auto_stop_window, threshold=e.auto_stop_threshold,
+                watched=e.auto_stop_watched or 0, ratio=e.auto_stop_ratio, stop=False, fired_at=e.auto_stop_fired_at)
 
     def _checkpoint(self, e: ev.Checkpoint) -> None:
-        row = CheckpointRow(e.step, e.pt, e.safetensors, self.previews.get(e.step, ""))
+        row = CheckpointRow(e.step, e.pt, e.safetensors, self.previews.get(e.step, ""), norms=e.norms,
+                            nearest=e.nearest, best=bool(e.best))
+        if e.vocab_median_norm is not None:
+            self.vocab_median_norm = e.vocab_median_norm
         rows = [c for c in self.checkpoints if c.step != e.step]
         if rows and rows[-1].step > e.step:
             rows.append(row)
@@ -176,11 +205,19 @@ class RunState:
         self.step = e.step
         self.reason = self.reason or e.reason
         self.final_pt, self.final_safetensors = e.pt, e.safetensors
+        self._best_from(e)
 
     def _finished(self, e: ev.Finished) -> None:
-        self.phase, self.reason = RunPhase.FINISHED, ""
+        self.phase, self.reason = RunPhase.FINISHED, e.message or ""
+        self.finish_reason = e.reason or "steps"
         self.step = e.step
         self.final_pt, self.final_safetensors = e.pt, e.safetensors
+        self._best_from(e)
+
+    def _best_from(self, e) -> None:
+        if e.best_step is not None:
+            self.best_step = e.best_step
+        self.best_checkpoint = e.best_checkpoint or self.best_checkpoint
 
     def _exit(self, e: ev.Exit) -> None:
         if e.state.final:
@@ -220,6 +257,18 @@ class RunState:
     @property
     def last_smoothed(self) -> float | None:
         return self.smoothed[-1][1] if self.smoothed else None
+
+    @property
+    def auto_stop_label(self) -> str:
+        """The auto-stop rule's state in words ('watching 120 of 310 steps', 'flat since step 400 ...'), or ''."""
+        return self.auto_stop_state.label() if self.auto_stop_state is not None else ""
+
+    @property
+    def best_checkpoint_row(self) -> CheckpointRow | None:
+        """The checkpoint of the suggested best step, where one was saved."""
+        if self.best_step is None:
+            return None
+        return next((c for c in self.checkpoints if c.step == self.best_step), None)
 
     @property
     def last_val_loss(self) -> float | None:

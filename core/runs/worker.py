@@ -115,6 +115,10 @@ class StatusTracker:
             self.status.update(step=event.step, last_checkpoint=event.step)
         elif isinstance(event, (ev.Finished, ev.Stopped)):
             self.status.update(step=event.step)
+            if event.best_step is not None:
+                self.status.update(best_step=event.best_step, best_checkpoint=event.best_checkpoint or "")
+            if isinstance(event, ev.Finished) and event.message:  # why it ended early (auto-stop)
+                self.status["reason"] = event.message
         elif isinstance(event, ev.Stopping):
             if self.status["state"] == RunPhase.RUNNING.value:
                 self.status.update(state=RunPhase.STOPPING.value, reason=self.status["reason"] or event.reason)
@@ -302,6 +306,8 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
     _release_reserve(reserve)
     state = RunPhase.FINISHED if summary.get("state") == "finished" else RunPhase.STOPPED
     reason = "" if state == RunPhase.FINISHED else _stop_reason(summary.get("state"), stop_signal)
+    if state == RunPhase.FINISHED and summary.get("reason") == "auto_stop":
+        reason = tracker.status.get("reason") or "auto-stop: the validation loss went flat"
     step = summary.get("step", tracker.status["step"])
     _safe_emit(sink, ev.Exit(state=state, step=step, reason=reason))
     sink.close()

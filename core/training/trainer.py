@@ -29,6 +29,8 @@ from core.errors import TiwizError
 from core.runs import run_events as ev
 from core.training.schedule import parse_schedule
 
+NORM_LIMIT_FACTOR = 100.0  # a vector this many times longer than the longest vocabulary token is diverging
+ROLLBACK_TO_CHECKPOINT_AFTER = 3  # bad steps in a row before rolling back to the checkpoint and halving the lr
 STEP_ABANDONED = object()  # _train_step's answer when a stop came between micro-batches
 VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
 PLACEHOLDER = "<tiwiz-vec-{}>"
@@ -42,6 +44,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.sink = sink
         self.poll_commands = poll_commands or (lambda: [])
+        self.lr_scale = 1.0  # halved by each rollback to a checkpoint (saved in the state)
+        self._norm_limits: list | None = None
         self._pending_commands: list = []  # commands read between micro-batches, handled after the step
         self.allow_data_change: bool | None = None  # None: $TIWIZ_ALLOW_DATA_CHANGE=1 (set by `tiwiz resume`)
         self._data_fingerprint: list | None = None
@@ -161,31 +165,48 @@ class Trainer:
         from core.models.device import gpu_fields
 
         cfg = self.config
-        nan_streak = 0
+        nan_streak, only_nan = 0, True
         self._good = self._snapshot()
+        self._checkpoint_snap = getattr(self, "_checkpoint_snap", None) or (self.step, self._good)
         ema, step_times = None, []
         while self.step < end_step:
             reason = self._handle_commands()
             if reason:
                 return reason
             self.thread_choice.tick()
-            lr = self.lr_schedule.rate_at(self.step)
+            lr = self.lr_schedule.rate_at(self.step) * self.lr_scale
             t0 = time.monotonic()
             loss = self._train_step(lr)
             if loss is STEP_ABANDONED:
                 continue  # a stop came between micro-batches: _handle_commands ends the loop
+            why = "loss was NaN/inf"
+            if loss is not None and (blown := self._norm_blowup()) is not None:
+                # A finite step can still poison the state (norms of 1e30 give NaN on every retry): never keep it.
+                loss, only_nan = None, False
+                why = (f"the vectors' norm reached {blown[0]:.3g}, over {NORM_LIMIT_FACTOR:g}x the largest in the "
+                       f"vocabulary ({blown[1] / NORM_LIMIT_FACTOR:.3g})")
             if loss is None:
                 nan_streak += 1
-                self._restore_snapshot(self._good)
-                self.sink.emit(ev.Warning(step=self.step + 1, message=(
-                    f"loss was NaN/inf at step {self.step + 1}; step skipped and vectors rolled back to the last "
-                    f"good state ({nan_streak}/{cfg.max_nan_steps} in a row)")))
+                failing = self.step + 1  # the step that failed; the same number in the warning and the error
+                if nan_streak % ROLLBACK_TO_CHECKPOINT_AFTER == 0:
+                    ckpt_step, snap = self._checkpoint_snap
+                    self._restore_snapshot(snap)
+                    self._good = snap
+                    self.lr_scale *= 0.5
+                    done = (f"vectors rolled back to the checkpoint at step {ckpt_step} and the learning rate halved "
+                            f"(now {self.lr_scale:g}x the schedule's)")
+                else:
+                    self._restore_snapshot(self._good)
+                    done = "step skipped and vectors rolled back to the last good state"
+                self.sink.emit(ev.Warning(step=failing, message=(
+                    f"{why} at step {failing}; {done} ({nan_streak}/{cfg.max_nan_steps} in a row)")))
                 if nan_streak >= cfg.max_nan_steps:
-                    raise TiwizError(f"the loss was NaN/inf for {nan_streak} steps in a row at step {self.step}; "
+                    what = "the loss was NaN/inf" if only_nan else "training diverged (NaN/inf loss or blown-up vectors)"
+                    raise TiwizError(f"{what} for {nan_streak} steps in a row at step {failing}; "
                                      "lower the learning rate (lr) or try another init text. The last good "
                                      "checkpoint in embeddings/ is intact.")
                 continue
-            nan_streak = 0
+            nan_streak, only_nan = 0, True
             self.step += 1
             self._good = self._snapshot()
             self.last_loss = loss
@@ -280,6 +301,21 @@ class Trainer:
             self._pending_commands.append("stop")
         self._pending_commands.extend(c for c in taken if c != "stop")
         return self._stop_requested or "stop" in taken
+
+    def _norm_blowup(self) -> tuple[float, float] | None:
+        """(largest vector norm, limit) when a vector is over NORM_LIMIT_FACTOR x the longest vocabulary token of
+        its text encoder, else None."""
+        vectors = self.vectors.detach()
+        if self._norm_limits is None:
+            self._norm_limits = [
+                (slot.columns, NORM_LIMIT_FACTOR * float(slot.encoder.get_input_embeddings().weight.detach()
+                                                         .float().norm(dim=1).max()))
+                for slot in self.slots]
+        for columns, limit in self._norm_limits:
+            top = float(vectors[:, columns].float().norm(dim=1).max())
+            if not top <= limit:
+                return top, limit
+        return None
 
     def _data_position(self) -> tuple:
         return (self.generator.get_state(), self.data_rng.getstate(), self.batches, self.batch_pos, self.epoch)
@@ -473,6 +509,7 @@ class Trainer:
             pt, st = self._save_embedding(f"embeddings/{self.name}-{self.step}")
             self._save_state()
             self.last_saved_step = self.step
+            self._checkpoint_snap = (self.step, self._snapshot())  # where a divergence rolls back to
             report = self._vector_report()
             self.sink.emit(ev.Checkpoint(step=self.step, pt=pt, safetensors=st, norms=report["norms"],
                                          nearest=report["nearest"], vocab_median_norm=report["vocab_median_norm"],
@@ -527,6 +564,7 @@ class Trainer:
             "data_rng": py_state(self.data_rng),
             "batches": [list(b) for b in self.batches],
             "batch_pos": self.batch_pos,
+            "lr_scale": self.lr_scale,
             "data_fingerprint": self._data_fingerprint,
             "autostop": self.autostop.state_dict(),
             "best_holdout": list(self.best_holdout) if self.best_holdout is not None else None,
@@ -732,6 +770,7 @@ class Trainer:
         self.data_rng.setstate(py_state_from(state["data_rng"]))
         self.batches = [list(b) for b in state["batches"]]
         self.batch_pos = int(state["batch_pos"])
+        self.lr_scale = float(state.get("lr_scale", 1.0))
         self.autostop.load_state_dict(state.get("autostop"))
         self.best_holdout = tuple(state["best_holdout"]) if state.get("best_holdout") else None
         restore_global_rng(state["global_rng"])

@@ -16,6 +16,7 @@ from tui import runs_info
 from tui.run_view import RunView
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
+from tui.widgets.image_preview import ImagePreview
 from core.install import copy_embedding, find_targets, pick_file
 
 
@@ -70,17 +71,35 @@ def diffusers_snippet(model: str, embedding: str, name: str, sdxl: bool = False)
     )
 
 
+def run_model(run_dir: Path, fallback: str = "") -> str:
+    """The model the run trained on, as its config.toml records it (an absolute path), else `fallback` made
+    absolute."""
+    import tomllib
+
+    try:
+        with open(run_dir / "config.toml", "rb") as fh:
+            model = tomllib.load(fh).get("model")
+    except (OSError, ValueError):
+        model = None
+    if isinstance(model, str) and model:
+        return model
+    return str(Path(fallback).expanduser().resolve()) if fallback else "MODEL"
+
+
 class FinishScreen(WizardScreen):
     STAGE = "finish"
     DEFAULT_CSS = """
     #fin-targets { height: auto; max-height: 6; }
+    #fin-sheet { height: 14; }
     .code { background: $boost; padding: 0 1; margin-top: 1; }
     """
     BINDINGS = [
         Binding("c", "copy", "Copy to selected"),
+        Binding("b", "best", "Best step"),
         Binding("m", "monitor", "Monitor"),
         Binding("n", "new", "New embedding"),
         Binding("q", "app.quit", "Quit"),
+        Binding("ctrl+n", "next", "Next", show=False),  # the last stage: nothing comes next
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -91,18 +110,20 @@ class FinishScreen(WizardScreen):
             yield OptionList(id="fin-targets")
             yield Label("Use it", classes="section")
             yield Static("", id="fin-usage")
-            yield Static("", id="fin-snippet", classes="code")
+            yield Static("", id="fin-snippet", classes="code", markup=False)
+            yield Label("Previews by step (previews/sheet.png)", classes="section", id="fin-sheet-label")
+            yield ImagePreview(id="fin-sheet")
 
     def on_mount(self) -> None:
-        run_dir = Path(self.state.run_dir)
+        run_dir = Path(self.state.run_dir).expanduser().resolve()  # paths shown absolute: they are copied elsewhere
         try:
             self.view = final_files(run_dir)
         except Exception as exc:
             self.view = RunView(run_dir)
             self.show_message(error_text(exc))
         name = self.view.name or self.state.name
-        st = self.view.final_safetensors or f"{name}.safetensors"
-        pt = self.view.final_pt or f"{name}.pt"
+        st = str(self.view.resolve(self.view.final_safetensors or f"{name}.safetensors"))
+        pt = str(self.view.resolve(self.view.final_pt or f"{name}.pt"))
         sdxl = is_sdxl_embedding(self.view.resolve(st))
         self.files = [self.view.resolve(st)] if sdxl else [self.view.resolve(st), self.view.resolve(pt)]
         if sdxl:
@@ -113,15 +134,26 @@ class FinishScreen(WizardScreen):
             embedding = (f"Embedding    {st}  (diffusers, ComfyUI, A1111)\n"
                          f"             {pt}  (A1111 classic, InvokeAI)\n")
             invoke = "InvokeAI: install the .pt (it misreads the width of a one-tensor .safetensors)."
+        best = self._best_files(name, sdxl)
+        suggested = ""
+        if best:
+            suggested = (f"Suggested    step {self.view.best_step}: {best[0].relative_to(run_dir)} "
+                         f"(lowest held-out loss, or where the loss went flat); b copies it instead\n")
+        self.final_files, self.best_files, self.name = self.files, best, name
         self.query_one("#fin-files", Static).update(
-            f"Run folder   {run_dir}\n{embedding}Checkpoints  embeddings/ · previews/ · loss.csv · config.toml"
+            f"Run folder   {run_dir}\n{embedding}{suggested}"
+            "Checkpoints  embeddings/ · previews/ · loss.csv · config.toml"
         )
         self.query_one("#fin-usage", Static).update(
             f"Trigger word: [b]{name}[/b]. Type it in a prompt, e.g. “a portrait, {name}”. "
             f"A1111 and ComfyUI (embedding:{name}) pick it up from their embeddings folder. {invoke}"
         )
         self.query_one("#fin-snippet", Static).update(
-            diffusers_snippet(self.state.model or "MODEL", str(self.files[0]), name, sdxl=sdxl))
+            diffusers_snippet(run_model(run_dir, self.state.model), str(self.files[0]), name, sdxl=sdxl))
+        sheet = run_dir / "previews" / "sheet.png"
+        self.query_one("#fin-sheet-label").display = self.query_one("#fin-sheet").display = sheet.is_file()
+        if sheet.is_file():
+            self.query_one("#fin-sheet", ImagePreview).set_image(sheet)
         self.targets = []
         self.query_one("#fin-targets", OptionList).focus()
         self.scan_targets()
@@ -155,7 +187,7 @@ class FinishScreen(WizardScreen):
             return
         target = self.targets[menu.highlighted]
         src = pick_file([f for f in self.files if f.is_file()] or self.files, target.app)
-        existing = target.path / src.name
+        existing = target.path / (f"{self.name}{src.suffix}" if src in (self.best_files or []) else src.name)
         if existing.exists() and not overwrite:
             self.app.push_screen(ConfirmModal(f"{existing} exists. Replace it?"),
                                  lambda yes: yes and self.action_copy(overwrite=True))
@@ -164,10 +196,29 @@ class FinishScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="copy", exit_on_error=False)
     def copy_to(self, src: Path, target, overwrite: bool) -> None:
-        written = copy_embedding(src, target.path, overwrite=overwrite)  # errors become messages (worker_failed)
+        name = f"{self.name}{src.suffix}" if src in (getattr(self, "best_files", None) or []) else None
+        written = copy_embedding(src, target.path, overwrite=overwrite, name=name)  # errors: messages (worker_failed)
         self.app.call_from_thread(
             self.show_message, f"Copied {written.name} to {written.parent}. Refresh the embeddings list in "
                                f"{target.app}.", "ok")
+
+    def _best_files(self, name: str, sdxl: bool) -> list[Path]:
+        """The suggested best step's checkpoint files, when it is not the final step and was saved."""
+        step, rel = self.view.best_step, self.view.best_checkpoint
+        if step is None or step == self.view.step or not rel or not self.view.resolve(rel).is_file():
+            return []
+        st = self.view.resolve(rel)
+        return [st] if sdxl else [st, st.with_suffix(".pt")]
+
+    def action_best(self) -> None:
+        """Switch what `c` copies between the final embedding and the suggested best step's checkpoint (copied under
+        the final name, so the trigger word stays the same)."""
+        if not getattr(self, "best_files", None):
+            self.show_message("No suggested best step other than the final one.", "info")
+            return
+        self.files = self.final_files if self.files is self.best_files else self.best_files
+        which = f"step {self.view.best_step}" if self.files is self.best_files else "the final embedding"
+        self.show_message(f"c now copies {which} as {self.name}.*", "info")
 
     def action_monitor(self) -> None:
         self.app.goto("monitor")
