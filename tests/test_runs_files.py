@@ -12,6 +12,7 @@ import pytest
 from core.runs import api as runapi
 
 from core.runs import folder as runs
+from core.runs.run_events import Step
 from core.errors import TiwizError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +27,7 @@ def write_events(run_dir: Path, events: list[dict], tail: bytes = b"") -> None:
 
 
 def steps(a, b, max_steps=100):
-    return [{"type": "step", "time": 1.0 + i, "step": i, "max_steps": max_steps, "loss": 1.0 / i, "lr": 0.005}
-            for i in range(a, b + 1)]
+    return [Step(time=1.0 + i, step=i, max_steps=max_steps, loss=1.0 / i, lr=0.005).to_json() for i in range(a, b + 1)]
 
 
 def test_status_roundtrip_is_atomic_json(tmp_path):

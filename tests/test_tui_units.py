@@ -12,6 +12,7 @@ from core.errors import TiwizError
 from tests.tui_support import freeze_cursor, make_photos, recorded_events, wait_idle, write_recorded_run
 from tui.app import TiwizApp
 from tui.jobs import run_jsonl
+from core.runs.run_events import Started, Step
 from tui.run_view import RunView, format_duration, format_rate
 from tui.state import WizardState, load_state, save_state
 from core.install import copy_embedding, find_targets
@@ -59,9 +60,9 @@ def test_run_view_folds_events(tmp_path):
 def test_run_view_resume_drops_unsaved_steps_and_kill_is_shown(tmp_path):
     view = RunView(tmp_path)
     view.apply_all(recorded_events("cat", steps=50, max_steps=100, every=40))
-    view.apply({"type": "started", "step": 40, "max_steps": 100, "name": "cat"})  # resumed from the checkpoint
+    view.apply(Started(step=40, max_steps=100, name="cat", resumed=True))  # resumed from the checkpoint
     assert view.losses[-1][0] == 40
-    view.apply({"type": "step", "step": 41, "loss": 0.1, "max_steps": 100})
+    view.apply(Step(step=41, loss=0.1, max_steps=100))
     assert view.set_liveness("killed")
     assert view.state == "killed" and "step 41" in view.error
     assert view.eta is None
