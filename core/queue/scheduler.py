@@ -193,8 +193,9 @@ class Scheduler:
         self.log(f"scheduler pid {os.getpid()} started: {self.backend.describe()}, retries {self.retries}")
         self._poll_running()
         for job in list_jobs(self.queue_dir):  # pick up: stopped jobs continue from their checkpoints
-            if job.state == "stopped":
-                job.save(state="queued", reason=f"continuing after: {job.reason}" if job.reason else "")
+            if job.state == "stopped":  # a graceful stop is no failure: a fresh retry budget
+                job.save(state="queued", attempts=0,
+                         reason=f"continuing after: {job.reason}" if job.reason else "")
         while True:
             try:
                 done = self._tick()
