@@ -127,7 +127,7 @@ def cmd_list(args) -> int:
     retries = (sched.get("settings") or {}).get("retries")
     rows = job_rows(queue_dir, retries)
     if args.json:
-        safe_print(json.dumps({"queue": str(queue_dir), "scheduler": {**sched, "alive": alive},
+        safe_print(json.dumps({"queue": str(queue_dir.resolve()), "scheduler": {**sched, "alive": alive},
                           "jobs": [r.as_dict() for r in rows]}))
         return 0
     if alive:
