@@ -348,7 +348,7 @@ class TrainingScreen(WizardScreen):
         self.show_message("Adding to the queue…", "info")
         self.add_to_queue()
 
-    @work(thread=True, exclusive=True, group="start", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
     def add_to_queue(self) -> None:
         from core.queue.jobs import add_jobs, default_queue_dir
 
