@@ -151,3 +151,22 @@ def test_checkpoint_events_carry_norms_and_nearest_tokens(tiny_model_dir, tmp_pa
     assert first.vocab_median_norm > 0 and len(first.norms) == 1
     saved = torch.load(tmp_path / "run" / first.pt, weights_only=True)["string_to_param"]["*"]
     assert first.norms[0] == pytest.approx(float(saved[0].norm()), rel=1e-4)
+
+
+def test_sdxl_file_has_both_parts_nearest_to_their_word(tiny_sdxl_dir, tmp_path):
+    """An SDXL {clip_l, clip_g} file: each part against its own encoder's vocabulary."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from core.models.builtin import load_bundled_tokenizer
+
+    te1 = CLIPTextModel.from_pretrained(tiny_sdxl_dir / "text_encoder")
+    te2 = CLIPTextModelWithProjection.from_pretrained(tiny_sdxl_dir / "text_encoder_2")
+    vec_l = init_vectors(load_bundled_tokenizer(), te1, WORD, 1)
+    vec_g = init_vectors(load_bundled_tokenizer(second=True), te2, WORD, 1)
+    path = tmp_path / "xl.safetensors"
+    save_file({"clip_l": vec_l.contiguous(), "clip_g": vec_g.contiguous()}, path)
+    report = inspect_file(path, model=tiny_sdxl_dir, k=2)
+    assert set(report["parts"]) == {"clip_l", "clip_g"}
+    for label, vec in (("clip_l", vec_l), ("clip_g", vec_g)):
+        part = report["parts"][label]
+        assert part["dim"] == vec.shape[1] and part["nearest"][0][0][0] == WORD, label
