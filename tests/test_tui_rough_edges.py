@@ -117,11 +117,11 @@ def test_captions_list_findings_and_keep_the_count_current(tmp_path):
             await pilot.press(*"a blue square", "enter")
             await wait_idle(pilot)
             assert "1 uncaptioned" in str(count.content)  # recounted when a caption is written
-            await pilot.press("f6")
+            await pilot.press("f5")
             await wait_idle(pilot)
             panel = app.screen.query_one("#cap-all-findings")
             assert panel.display and "img2.png" in str(panel.content)
-            await pilot.press("f6")
+            await pilot.press("f5")
             await wait_idle(pilot)
             assert not panel.display
     asyncio.run(drive())
@@ -198,3 +198,34 @@ def test_an_invalid_compact_field_keeps_its_value_visible(tmp_path):
             row = screen_text(app).splitlines()[field.region.y]
             assert "steps" in row and " 0" in row  # the value still shows beside its label
     asyncio.run(drive())
+
+
+def test_finish_shows_real_absolute_paths_the_sheet_and_copies_with_c(tmp_path, monkeypatch):
+    from core.training.contact_sheet import write_contact_sheet
+
+    monkeypatch.chdir(tmp_path)
+    run = write_recorded_run(tmp_path / "runs" / "mycat-1", recorded_events("mycat", steps=80, finished=True),
+                             state="finished")
+    (run / "mycat.safetensors").write_bytes(b"st")
+    (run / "mycat.pt").write_bytes(b"pt")
+    (run / "config.toml").write_text('model = "/models/real/v1-5.safetensors"\nname = "mycat"\n')
+    write_contact_sheet(run / "previews", "mycat")
+    webui = tmp_path / "stable-diffusion-webui" / "embeddings"
+    webui.mkdir(parents=True)
+    state = WizardState(model="models/tiny", name="mycat", run_dir="runs/mycat-1")
+    app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="finish",
+                   finder_roots=[tmp_path])
+
+    async def drive():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_idle(pilot)
+            snippet = str(app.screen.query_one("#fin-snippet").content)
+            assert '"/models/real/v1-5.safetensors"' in snippet and "from_single_file" in snippet
+            files = str(app.screen.query_one("#fin-files").content)
+            assert str(run / "mycat.safetensors") in files and str(run / "mycat.pt") in files
+            assert app.screen.query_one("#fin-sheet").display
+            assert "Next" not in screen_text(app).splitlines()[-1]
+            await pilot.press("c")
+            await wait_idle(pilot)
+    asyncio.run(drive())
+    assert sorted(p.name for p in webui.iterdir()) and any(p.name.startswith("mycat.") for p in webui.iterdir())

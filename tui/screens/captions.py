@@ -70,11 +70,11 @@ class CaptionsScreen(WizardScreen):
     #cap-findings { height: auto; max-height: 4; }
     """
     BINDINGS = [
-        Binding("f2", "add_tag", "Add tag"),
-        Binding("f3", "remove_tag", "Del tag"),
-        Binding("f4", "replace_tag", "Swap tag"),
-        Binding("f5", "doctor", "Doctor"),
-        Binding("f6", "toggle_findings", "Findings"),
+        # short descriptions: with Back, Next, Filter and Quit they fit an 80-column footer (the hint line explains)
+        Binding("f2", "add_tag", "+tag"),
+        Binding("f3", "remove_tag", "-tag"),
+        Binding("f4", "replace_tag", "Swap"),
+        Binding("f5", "toggle_findings", "Doctor"),
         Binding("ctrl+f", "focus_filter", "Filter", priority=True),
         Binding("pagedown", "move(1)", "Next image", show=False),
         Binding("pageup", "move(-1)", "Prev image", show=False),
@@ -106,7 +106,8 @@ class CaptionsScreen(WizardScreen):
                 yield Static("", id="cap-tokens")
                 yield Static("", id="cap-findings", classes="hint", markup=False)
                 yield Static("", id="cap-all-findings", markup=False)
-        yield Static("↑/↓ in the caption: previous/next image (saved as you go) · Enter: save and next",
+        yield Static("↑/↓ in the caption: previous/next image (saved as you go) · Enter: save and next · f2/f3/f4: "
+                     "add, remove or replace a tag in every caption · f5: the doctor's findings",
                      classes="hint keys-hint")
 
     def on_mount(self) -> None:
@@ -361,11 +362,12 @@ class CaptionsScreen(WizardScreen):
         return "\n".join(lines) if lines else "The doctor found nothing to report."
 
     def action_toggle_findings(self) -> None:
-        """f6: every doctor finding in a list under the caption (again: hide it)."""
+        """f5: run the doctor again and list every finding under the caption (again: hide the list)."""
         panel = self.query_one("#cap-all-findings", Static)
         panel.display = not panel.display
         if panel.display:
-            panel.update(self.all_findings_text() if self.doctor_count is not None else "The doctor is still running…")
+            panel.update("The doctor is checking the folder…")
+            self.action_doctor()
 
     def check(self) -> str | None:
         self.save_current()

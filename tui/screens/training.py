@@ -149,8 +149,8 @@ class TrainingScreen(WizardScreen):
     BINDINGS = [
         Binding("ctrl+s", "save_toml", "Save TOML", priority=True),
         Binding("ctrl+l", "load_toml", "Load TOML", priority=True),
-        Binding("ctrl+b", "add_to_queue", "Add to queue", priority=True),
-        Binding("f2", "next_tab", "Next tab", priority=True),
+        Binding("ctrl+b", "add_to_queue", "Queue", priority=True),  # short: the footer must fit 80 columns
+        Binding("f2", "next_tab", "Tabs", priority=True),
         Binding("shift+f2", "next_tab(-1)", "Prev tab", show=False, priority=True),
     ]
 
