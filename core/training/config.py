@@ -122,8 +122,8 @@ HELP = {
     "prediction_type": "auto: what the model says (its scheduler config, a v_pred marker key, a .yaml beside it); "
                        "epsilon or v_prediction force one (for v-prediction files without a marker)",
     "gradient_checkpointing": "Recompute UNet activations in the backward pass instead of keeping them: much less GPU "
-                              "memory for one more UNet forward pass per step. auto: on for SDXL on CUDA (so 1024 px fits in 24 GB), "
-                              "off otherwise",
+                              "memory for one more UNet forward pass per step. auto: on for SDXL on CUDA (so "
+                              "1024 px fits in 24 GB), off otherwise",
     "init_from": "Continue from an existing embedding file instead of init_text (empty = off). SDXL: a clip_l + "
                  "clip_g file, or diffusers' two files as 'A,B' (or just learned_embeds.safetensors with its _2 "
                  "partner beside it)",
