@@ -139,7 +139,7 @@ class FinishScreen(WizardScreen):
         if best:
             suggested = (f"Suggested    step {self.view.best_step}: {best[0].relative_to(run_dir)} "
                          f"(lowest held-out loss, or where the loss went flat); b copies it instead\n")
-        self.final_files, self.best_files, self.name = self.files, best, name
+        self.final_files, self.best_files, self.emb_name = self.files, best, name
         self.query_one("#fin-files", Static).update(
             f"Run folder   {run_dir}\n{embedding}{suggested}"
             "Checkpoints  embeddings/ · previews/ · loss.csv · config.toml"
@@ -187,7 +187,7 @@ class FinishScreen(WizardScreen):
             return
         target = self.targets[menu.highlighted]
         src = pick_file([f for f in self.files if f.is_file()] or self.files, target.app)
-        existing = target.path / (f"{self.name}{src.suffix}" if src in (self.best_files or []) else src.name)
+        existing = target.path / (f"{self.emb_name}{src.suffix}" if src in (self.best_files or []) else src.name)
         if existing.exists() and not overwrite:
             self.app.push_screen(ConfirmModal(f"{existing} exists. Replace it?"),
                                  lambda yes: yes and self.action_copy(overwrite=True))
@@ -196,7 +196,7 @@ class FinishScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="copy", exit_on_error=False)
     def copy_to(self, src: Path, target, overwrite: bool) -> None:
-        name = f"{self.name}{src.suffix}" if src in (getattr(self, "best_files", None) or []) else None
+        name = f"{self.emb_name}{src.suffix}" if src in (getattr(self, "best_files", None) or []) else None
         written = copy_embedding(src, target.path, overwrite=overwrite, name=name)  # errors: messages (worker_failed)
         self.app.call_from_thread(
             self.show_message, f"Copied {written.name} to {written.parent}. Refresh the embeddings list in "
@@ -218,7 +218,7 @@ class FinishScreen(WizardScreen):
             return
         self.files = self.final_files if self.files is self.best_files else self.best_files
         which = f"step {self.view.best_step}" if self.files is self.best_files else "the final embedding"
-        self.show_message(f"c now copies {which} as {self.name}.*", "info")
+        self.show_message(f"c now copies {which} as {self.emb_name}.*", "info")
 
     def action_monitor(self) -> None:
         self.app.goto("monitor")
