@@ -17,13 +17,14 @@ from textual.widgets import Checkbox, DirectoryTree, Input, Label, Static
 
 from core.prep.captions import IMAGE_KINDS, list_images
 from tui.screens.base import WizardScreen, error_text
-from tui.widgets.inputs import OrderedInput
+from tui.widgets.inputs import PathInput
+from tui.widgets.trees import UpDirectoryTree
 
 
 SCAN_DEBOUNCE_S = 0.2
 
 
-class FolderTree(DirectoryTree):
+class FolderTree(UpDirectoryTree):
     """Folders only, no hidden ones."""
 
     def filter_paths(self, paths):
@@ -59,15 +60,16 @@ class FoldersScreen(WizardScreen):
         with Horizontal(classes="body"):
             with Vertical(id="folder-fields"):
                 yield Label("Source images", classes="field-label")
-                yield OrderedInput(self.state.source, placeholder="/workspace/photos", id="source")
+                yield PathInput(self.state.source, placeholder="/workspace/photos", id="source")
                 yield Static("", id="source-info", classes="hint")
                 yield Checkbox("Already preprocessed: skip to captions", self.state.skip_preprocess, id="skip")
                 yield Label("Destination (the training dataset)", classes="field-label", id="dest-label")
-                yield OrderedInput(self.state.dataset if not self.state.skip_preprocess else "",
+                yield PathInput(self.state.dataset if not self.state.skip_preprocess else "",
                             placeholder="/workspace/dataset", id="dest")
                 yield Static("", id="dest-info", classes="hint")
-                yield Static("Tab moves between fields and the tree. Enter on a folder in the tree fills the field "
-                             "you were last in.", classes="hint")
+                yield Static("Tab completes a path, or moves between fields and the tree. Enter on a folder in the "
+                             "tree fills the field you were last in; Backspace shows the parent folder.",
+                             classes="hint")
             yield FolderTree(".", id="tree")
 
     def on_mount(self) -> None:
