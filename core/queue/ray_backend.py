@@ -167,7 +167,11 @@ class RayBackend:
                 actor = self.ray.get_actor(job.ray_actor, namespace=NAMESPACE)
             except ValueError:
                 return None
-            refs = self.refs[job.name] = {"actor": actor, "start": None, "wait": actor.wait.remote(job.run_dir)}
+            start = None
+            if not _started_this_life(job):  # its start call died with the old submitter: call it again
+                first = sum(life.get("event") == "launch" for life in job.lives) <= 1
+                start = actor.start.remote(str(self.queue_dir), job.name, first)
+            refs = self.refs[job.name] = {"actor": actor, "start": start, "wait": actor.wait.remote(job.run_dir)}
         return refs
 
     def poll(self, job: Job) -> dict | None:
@@ -225,6 +229,21 @@ class RayBackend:
             self.ray.shutdown()  # disconnects; the detached actors of running jobs live on
         except Exception:  # noqa: BLE001
             pass
+
+
+def _started_this_life(job: Job) -> bool:
+    """Whether the job's current life got as far as spawning its worker: the run folder's status was written after
+    the life was launched. (An actor's `start` call is owned by the submitter that made it; a call still waiting
+    for the actor when that submitter died is dropped with it.) Starting again is safe either way: `launch` adopts
+    a live run."""
+    from core.runs import folder as runs
+
+    launched = max((life.get("time") or 0 for life in job.lives if life.get("event") == "launch"), default=0)
+    try:
+        status = runs.read_status(job.run_dir) or {}
+    except TiwizError:
+        return False
+    return float(status.get("updated") or 0) >= launched
 
 
 def _failed(message: str) -> dict:
