@@ -19,7 +19,7 @@ def _bench():
     return module
 
 
-def test_five_kill_trials_resume_bit_identical(tmp_path, tiny_model_dir):
+def test_five_kill_trials_resume_bit_identical(tmp_path):
     bench = _bench()
     trials = bench.run_trials(1, 1, tmp_path, seed=1)
     result = bench.summary(trials)
