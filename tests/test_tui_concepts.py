@@ -107,3 +107,29 @@ def test_name_uses_core_rules_and_flags_clip_words_at_once(tmp_path, monkeypatch
             await pilot.pause()
             assert name.value == "x" * 80 and screen.check() is None
     asyncio.run(drive())
+
+
+def test_wizard_shows_the_caption_the_trainer_uses(tmp_path, monkeypatch):
+    from tests.tui_support import make_photos
+    from tui.screens.training import sample_prompts
+
+    freeze_cursor(monkeypatch)
+    ds = make_photos(tmp_path / "ds", 2, {0: "a cat,\r\n blue hat"})
+    (ds / "0042-tabby_cat.png").write_bytes((ds / "photo-01.png").read_bytes())
+    template = tmp_path / "t.txt"
+    template.write_text("[name], [filewords]\n")
+    prompts = sample_prompts(str(template), "zxq", str(ds), n=3)
+    # missing captions: the cleaned file name, as the trainer reads them
+    assert prompts == ["zxq, tabby cat", "zxq, a cat, blue hat", "zxq, photo-01"]
+    app = TiwizApp(state=WizardState(dataset=str(ds)), save=False, runs_root=tmp_path / "runs",
+                   start_stage="captions", finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(pilot)
+            field = app.screen.query_one("#cap-input")
+            assert field.value == "" and "tabby cat" in field.placeholder
+            await pilot.press("down")
+            await wait_idle(pilot)
+            assert field.value == "a cat, blue hat" and "trainer" not in field.placeholder
+    asyncio.run(drive())

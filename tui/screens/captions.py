@@ -26,6 +26,7 @@ from tui.widgets.inputs import OrderedInput
 
 
 BULK_PROGRESS_EVERY_S = 0.1
+CAPTION_PLACEHOLDER = "a caption: comma-separated tags or a sentence"
 
 
 def _finding_fields(f) -> tuple[list[str], str, str]:
@@ -102,7 +103,7 @@ class CaptionsScreen(WizardScreen):
             with Vertical(id="cap-right"):
                 yield ImagePreview(id="cap-preview")
                 yield Label("", id="cap-title")
-                yield CaptionInput("", placeholder="a caption: comma-separated tags or a sentence", id="cap-input")
+                yield CaptionInput("", placeholder=CAPTION_PLACEHOLDER, id="cap-input")
                 yield Static("", id="cap-tokens")
                 yield Static("", id="cap-findings", classes="hint", markup=False)
                 yield Static("", id="cap-all-findings", markup=False)
@@ -180,6 +181,9 @@ class CaptionsScreen(WizardScreen):
         self.query_one("#cap-title", Label).update(f"{index + 1}/{len(self.items)}  {item.image.name}")
         field = self.query_one("#cap-input", Input)
         self.shown = item.image
+        # no caption file: say what the trainer will use instead (the cleaned file name)
+        field.placeholder = (f"no caption file: the trainer uses “{item.training_caption}”" if item.is_missing
+                             else CAPTION_PLACEHOLDER)
         with field.prevent(Input.Changed):
             field.value = item.caption
         field.cursor_position = len(item.caption)

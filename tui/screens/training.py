@@ -60,13 +60,14 @@ def template_names() -> list[str]:
 
 def sample_prompts(template: str, name: str, dataset: str, *, n: int = 3, shuffle_tags=False,
                    tag_dropout=0.0) -> list[str]:
-    """A few prompts the trainer would see: template lines rendered with real captions of the dataset."""
-    from core.prep.captions import CaptionSet
+    """A few prompts the trainer would see: template lines rendered with the captions the trainer reads (the file
+    name, cleaned, for an image without a caption file)."""
+    from core.prep.captions import list_images, training_caption
     from core.training.templates import load_template, render
 
     tmpl = load_template(template)
     try:
-        captions = [i.caption for i in CaptionSet(dataset).items()] or [""]
+        captions = [training_caption(p) for p in list_images(dataset)[:n]] or [""]
     except Exception:
         captions = [""]
     rng = random.Random(0)
