@@ -229,3 +229,22 @@ def test_finish_shows_real_absolute_paths_the_sheet_and_copies_with_c(tmp_path, 
             await wait_idle(pilot)
     asyncio.run(drive())
     assert sorted(p.name for p in webui.iterdir()) and any(p.name.startswith("mycat.") for p in webui.iterdir())
+
+
+def test_a_refused_next_message_goes_once_the_field_is_edited(tmp_path):
+    app = TiwizApp(state=WizardState(name="zxq-cat", vectors=1), save=False, runs_root=tmp_path / "runs",
+                   start_stage="embedding", finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_idle(pilot)
+            message = app.screen.query_one("#message")
+            app.screen.query_one("#emb-vectors").value = "0"
+            await wait_idle(pilot)
+            await pilot.press("ctrl+n")
+            await wait_idle(pilot)
+            assert "between 1 and 75" in str(message.content) and message.has_class("visible")
+            app.screen.query_one("#emb-vectors").value = "2"
+            await wait_idle(pilot)
+            assert not message.has_class("visible")
+    asyncio.run(drive())

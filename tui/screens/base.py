@@ -78,8 +78,27 @@ class WizardScreen(Screen):
 
     # --- messages ----------------------------------------------------------------------------------------------
 
-    def show_message(self, text: str, kind: str = "error") -> None:
+    _clear_on_edit = False
+
+    def show_message(self, text: str, kind: str = "error", *, until_edit: bool = False) -> None:
+        """Show `text` above the footer. `until_edit`: it is about the form's current values (a refused Next), so the
+        next edit of any field clears it instead of leaving a stale complaint."""
         show_message(self, text, kind)
+        self._clear_on_edit = bool(text) and until_edit
+
+    def _form_edited(self) -> None:
+        if self._clear_on_edit:
+            self.show_message("")
+
+    # After the screens' own change handlers (they may set a newer message, which then stays).
+    def on_input_changed(self, event) -> None:
+        self._form_edited()
+
+    def on_checkbox_changed(self, event) -> None:
+        self._form_edited()
+
+    def on_select_changed(self, event) -> None:
+        self._form_edited()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
@@ -97,7 +116,7 @@ class WizardScreen(Screen):
     def action_next(self) -> None:
         problem = self.check()
         if problem:
-            self.show_message(problem)
+            self.show_message(problem, until_edit=True)
             return
         self.proceed()
 

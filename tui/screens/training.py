@@ -310,7 +310,7 @@ class TrainingScreen(WizardScreen):
             try:
                 config = TrainConfig.from_toml(Path(path).expanduser(), validate=False)
             except Exception as exc:
-                self.show_message(error_text(exc))
+                self.show_message(error_text(exc), until_edit=True)
                 return
             data = config.to_dict()
             defaults = TrainConfig().to_dict()
