@@ -17,7 +17,7 @@ from tui.run_view import RunView
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
 from tui.widgets.image_preview import ImagePreview
-from core.install import copy_embedding, find_targets, pick_file
+from core.install import copy_embedding, find_targets, is_sdxl, pick_file
 
 
 def final_files(run_dir: Path) -> RunView:
@@ -36,11 +36,9 @@ def final_files(run_dir: Path) -> RunView:
 
 
 def is_sdxl_embedding(path: Path) -> bool:
-    """An SDXL file ({clip_l, clip_g}), from its safetensors header (no torch in the TUI)."""
-    from core.models.headers import read_safetensors_header
-
+    """An SDXL file ({clip_l, clip_g}), from its safetensors header (no torch in the TUI); False if unreadable."""
     try:
-        return {"clip_l", "clip_g"} <= set(read_safetensors_header(path).shapes)
+        return is_sdxl(path)
     except Exception:
         return False
 
