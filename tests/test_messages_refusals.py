@@ -60,3 +60,11 @@ def test_toml_with_a_utf8_bom_is_read(tmp_path):
     path = tmp_path / "notepad.toml"
     path.write_bytes(b"\xef\xbb\xbf" + 'model = "m"\ndata = "d"\nname = "cat"\nsteps = 7\n'.encode())
     assert TrainConfig.from_toml(path).steps == 7
+
+
+def test_queue_job_files_with_a_bom_are_read(tmp_path):
+    from core.queue.jobs import read_toml
+
+    path = tmp_path / "job.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + 'output = "runs/x"\n'.encode())
+    assert read_toml(path) == {"output": "runs/x"}

@@ -110,10 +110,11 @@ class Job:
 
 def _run_dir_of(config_path: Path) -> str:
     """The `output` of a job file, read without validating the rest (a broken file must still list)."""
+    from core.training.config import load_toml
+
     try:
-        with open(config_path, "rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError):
+        data = load_toml(config_path)  # a UTF-8 BOM (Notepad) is fine
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return ""
     data = data.get("train", data) if isinstance(data.get("train"), dict) else data
     value = data.get("output")
@@ -195,9 +196,12 @@ def parse_sets(pairs: list[str] | None) -> dict:
 
 def read_toml(path: str | os.PathLike) -> dict:
     path = Path(path)
+    from core.training.config import load_toml
+
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        return load_toml(path)  # a UTF-8 BOM (Notepad) is fine
+    except UnicodeDecodeError:
+        raise TiwizError(f"{path}: not a UTF-8 text file") from None
     except FileNotFoundError:
         raise TiwizError(f"{path}: no such file") from None
     except OSError as exc:
