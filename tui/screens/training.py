@@ -83,7 +83,8 @@ def recent_rate(runs_root) -> tuple[float, int] | None:
     """(seconds per image, pixels per image) of the newest run under `runs_root` that logged a speed, read from the
     tail of its events.jsonl and its config.toml; None when there is none."""
     import json
-    import tomllib
+
+    from core.training.config import load_toml
 
     try:
         runs = sorted(Path(runs_root).glob("*/events.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -95,8 +96,7 @@ def recent_rate(runs_root) -> tuple[float, int] | None:
                 fh.seek(0, 2)
                 fh.seek(max(0, fh.tell() - 65536))
                 lines = fh.read().decode("utf-8", "replace").splitlines()
-            with open(events.parent / "config.toml", "rb") as fh:
-                settings = tomllib.load(fh)
+            settings = load_toml(events.parent / "config.toml")  # a UTF-8 BOM (Notepad) is fine
         except (OSError, ValueError):
             continue
         for line in reversed(lines):
