@@ -28,3 +28,16 @@ def test_a_full_disk_during_a_checkpoint_is_reported_in_words(tiny_model_dir, tm
     assert "iostream" not in message and "inline_container" not in message
     assert sink.of_type("error")[0]["message"] == message
     assert not [p for p in out.rglob("*.tmp")], "a temp file was left behind"
+
+
+def test_torch_iostream_errors_on_a_full_disk_count_as_disk_full(small_disk, tmp_path):
+    """torch.save on a full disk raises RuntimeError ("iostream error" / "inline_container"), without an errno."""
+    import torch
+
+    from core.diskspace import is_disk_full
+
+    fill_disk(small_disk)
+    with pytest.raises(Exception) as err:
+        torch.save({"x": torch.zeros(1 << 20)}, small_disk / "big.pt")
+    assert is_disk_full(err.value, small_disk)
+    assert not is_disk_full(RuntimeError("basic_ios::clear: iostream error"), tmp_path)  # plenty of space there
