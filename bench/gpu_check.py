@@ -10,7 +10,8 @@ silently and always writes its report:
          index, within --install-timeout
   tests  `pytest -m cuda` (tests/test_cuda_*.py and the CUDA test of tests/test_models_device.py)
   sd15   the SD1.5 architecture with random weights (core/data/configs/sd1) at 512 px, bf16, batch 1:
-           floor      text encoder + UNet forward and backward, frozen weights, gradients into the token embeddings
+           floor      text encoder + UNet forward and backward, frozen weights in the dtype ours uses (bf16 under
+                      bf16 autocast), gradients into the token embeddings
            ours       the real Trainer (core.training.trainer), timed from its own step events
            diffusers  our equivalent of the step of diffusers' examples/textual_inversion/textual_inversion.py
                       (whole embedding matrix trainable under AdamW, non-placeholder rows restored after each step,
@@ -549,11 +550,12 @@ def build_model(family: str, device, dry: bool):
 
 
 def _frozen_dtype(family: str, device, precision: str):
-    """The dtype of the frozen weights in our trainer: bf16 for SDXL on CUDA under bf16 autocast (the trainer loads
-    it so: half the memory), else fp32. The floor uses the same, so "ours / floor" compares like with like."""
+    """The dtype of the frozen weights in our trainer: bf16 on CUDA under bf16 autocast, every family (the trainer
+    loads them so: half the memory, no per-forward weight casts), else fp32. The floor uses the same, so "ours /
+    floor" compares like with like (the report's note gives each case's weight dtype)."""
     import torch
 
-    if family == "sdxl" and device.type == "cuda" and precision == "bf16":
+    if device.type == "cuda" and precision == "bf16":
         return torch.bfloat16
     return torch.float32
 

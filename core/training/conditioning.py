@@ -52,18 +52,20 @@ def token_ids(tokenizer, prompts: list[str], device):
                      return_tensors="pt").input_ids.to(device)
 
 
-def encode_prompts(model, prompts: list[str], device, time_ids=None):
+def encode_prompts(model, prompts: list[str], device, time_ids=None, tokenize=None):
     """(encoder_hidden_states, added_cond_kwargs) for the UNet. added_cond_kwargs is None for SD1/SD2; for SDXL it
-    holds `text_embeds` and `time_ids` ([batch, 6], required)."""
+    holds `text_embeds` and `time_ids` ([batch, 6], required). `tokenize(tokenizer, prompts, device)` replaces
+    `token_ids` (the trainer's cached, non-blocking one)."""
+    token_ids_for = tokenize or token_ids
     if model.family != "sdxl":
-        return model.text_encoder(token_ids(model.tokenizer, prompts, device))[0], None
+        return model.text_encoder(token_ids_for(model.tokenizer, prompts, device))[0], None
     import torch
 
     if time_ids is None:
         raise ValueError("SDXL conditioning needs time_ids (original size, crop, target size) for every image")
     hidden, pooled = [], None
     for slot in encoder_slots(model):
-        out = slot.encoder(token_ids(slot.tokenizer, prompts, device), output_hidden_states=True)
+        out = slot.encoder(token_ids_for(slot.tokenizer, prompts, device), output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
         if slot.key == "clip_g":
             pooled = out.text_embeds

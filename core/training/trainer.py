@@ -34,6 +34,7 @@ ROLLBACK_TO_CHECKPOINT_AFTER = 3  # bad steps in a row before rolling back to th
 STEP_ABANDONED = object()  # _train_step's answer when a stop came between micro-batches
 VALIDATION_TIMESTEPS = (100, 300, 500, 700, 900)
 PLACEHOLDER = "<tiwiz-vec-{}>"
+TOKEN_CACHE_SIZE = 20_000  # distinct prompts whose token ids are kept (per tokenizer)
 
 
 class Trainer:
@@ -50,6 +51,8 @@ class Trainer:
         self.allow_data_change: bool | None = None  # None: $TIWIZ_ALLOW_DATA_CHANGE=1 (set by `tiwiz resume`)
         self._data_fingerprint: list | None = None
         self._gpu_polled = 0.0
+        self._token_cache: dict = {}  # id(tokenizer) -> ({prompt: ids}, placeholder ids)
+        self._placeholder_seen = False
         self._stop_requested = False  # a plain attribute: safe to set from a signal handler or another thread
 
     def request_stop(self) -> None:
@@ -176,11 +179,12 @@ class Trainer:
             self.thread_choice.tick()
             lr = self.lr_schedule.rate_at(self.step) * self.lr_scale
             t0 = time.monotonic()
-            loss = self._train_step(lr)
-            if loss is STEP_ABANDONED:
+            total = self._train_step(lr)
+            if total is STEP_ABANDONED:
                 continue  # a stop came between micro-batches: _handle_commands ends the loop
+            loss, blown = self._step_outcome(total) if total is not None else (None, None)
             why = "loss was NaN/inf"
-            if loss is not None and (blown := self._norm_blowup()) is not None:
+            if loss is not None and blown is not None:
                 # A finite step can still poison the state (norms of 1e30 give NaN on every retry): never keep it.
                 loss, only_nan = None, False
                 why = (f"the vectors' norm reached {blown[0]:.3g}, over {NORM_LIMIT_FACTOR:g}x the largest in the "
@@ -252,16 +256,19 @@ class Trainer:
         return None
 
     # ---- one optimizer step -----------------------------------------------------------------------------------------
-    def _train_step(self, lr: float) -> float | None:
-        """Accumulate grad_accum micro-batches and apply one update. Returns the loss, or None (not applied) if it
-        was not finite."""
+    def _train_step(self, lr: float):
+        """Accumulate grad_accum micro-batches and apply one update. Returns the summed loss as a tensor on the device
+        (read once, with the NaN and norm checks, by `_step_outcome`: no wait for the GPU inside the step), or None
+        (not applied) if a micro-batch before the last was not finite. A non-finite last micro-batch is applied and
+        then undone by the loop's rollback, like a step that leaves non-finite vectors."""
         import torch
 
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = None
+        self._placeholder_seen = False  # set by _token_ids, on the host
         position = self._data_position()
         for micro in range(cfg.grad_accum):
             if micro and self._stop_between_micro_batches():
@@ -271,11 +278,16 @@ class Trainer:
                 return STEP_ABANDONED
             indices = self._next_batch()
             loss = self._batch_loss(indices, self.generator, weighted=True) / cfg.grad_accum
-            if not torch.isfinite(loss):
+            if micro < cfg.grad_accum - 1 and not torch.isfinite(loss):  # between micro-batches: a read is due anyway
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             self.scaler.scale(loss).backward() if self.scaler else loss.backward()
-            total += float(loss.detach())
+            total = loss.detach() if total is None else total + loss.detach()
+        if not self._placeholder_seen:
+            # No prompt of this step held the trigger (a template line without [name]): nothing to learn, and the
+            # splice (which on a GPU does not test for that, to avoid a wait) left zero gradients; apply nothing.
+            self.optimizer.zero_grad(set_to_none=True)
+            return total
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if cfg.clip_grad != "none":
@@ -289,9 +301,24 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        if not torch.isfinite(self.vectors.detach()).all():
-            return None
         return total
+
+    def _step_outcome(self, total) -> tuple[float | None, tuple[float, float] | None]:
+        """(loss, blow-up) of a step, from one read of the device: the loss (None if it or the vectors are not
+        finite) and, for finite ones, (largest norm, limit) when a vector is over its limit (see _norm_blowup)."""
+        import torch
+
+        vectors = self.vectors.detach().float()
+        limits = self._vector_norm_limits()
+        figures = torch.stack([total.float().reshape(()), torch.isfinite(vectors).all().float(),
+                               *[vectors[:, columns].norm(dim=1).max() for columns, _ in limits]]).tolist()
+        loss, finite, tops = figures[0], figures[1], figures[2:]
+        if not (finite and abs(loss) != float("inf") and loss == loss):
+            return None, None
+        for top, (_, limit) in zip(tops, limits):
+            if not top <= limit:
+                return loss, (top, limit)
+        return loss, None
 
     def _stop_between_micro_batches(self) -> bool:
         """A stop (signal or `stop` command) is honoured within one forward/backward, not after grad_accum of them.
@@ -306,16 +333,20 @@ class Trainer:
         """(largest vector norm, limit) when a vector is over NORM_LIMIT_FACTOR x the longest vocabulary token of
         its text encoder, else None."""
         vectors = self.vectors.detach()
+        for columns, limit in self._vector_norm_limits():
+            top = float(vectors[:, columns].float().norm(dim=1).max())
+            if not top <= limit:
+                return top, limit
+        return None
+
+    def _vector_norm_limits(self) -> list:
+        """[(columns, limit)] per text encoder: NORM_LIMIT_FACTOR x its longest vocabulary token (computed once)."""
         if self._norm_limits is None:
             self._norm_limits = [
                 (slot.columns, NORM_LIMIT_FACTOR * float(slot.encoder.get_input_embeddings().weight.detach()
                                                          .float().norm(dim=1).max()))
                 for slot in self.slots]
-        for columns, limit in self._norm_limits:
-            top = float(vectors[:, columns].float().norm(dim=1).max())
-            if not top <= limit:
-                return top, limit
-        return None
+        return self._norm_limits
 
     def _data_position(self) -> tuple:
         return (self.generator.get_state(), self.data_rng.getstate(), self.batches, self.batch_pos, self.epoch)
@@ -344,7 +375,8 @@ class Trainer:
                 noise = noise + self.config.noise_offset * offset
         if timesteps is None:
             timesteps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator)
-        latents, noise, timesteps = latents.to(self.device), noise.to(self.device), timesteps.to(self.device)
+        # Pageable host memory is staged at once, so non_blocking is safe; it spares a wait for the GPU per copy.
+        latents, noise, timesteps = (t.to(self.device, non_blocking=True) for t in (latents, noise, timesteps))
         noisy = sched.add_noise(latents, noise, timesteps)
         target = sched.get_velocity(latents, noise, timesteps) if self.model.prediction_type == "v_prediction" else noise
         if time_ids is None and self.model.family == "sdxl":
@@ -368,7 +400,26 @@ class Trainer:
         """(UNet conditioning, SDXL's added_cond_kwargs or None): core.training.conditioning."""
         from core.training.conditioning import encode_prompts
 
-        return encode_prompts(self.model, prompts, self.device, time_ids)
+        return encode_prompts(self.model, prompts, self.device, time_ids, tokenize=self._token_ids)
+
+    def _token_ids(self, tokenizer, prompts: list[str], device):
+        """Token ids of prompts: tokenised once per distinct prompt (a template x caption set repeats its prompts
+        every epoch), copied without waiting for the GPU. Notes on the host whether a placeholder is among them."""
+        import torch
+
+        from core.training.conditioning import token_ids
+
+        cache, placeholder_ids = self._token_cache.setdefault(
+            id(tokenizer), ({}, torch.tensor(tokenizer.convert_tokens_to_ids(self.placeholder.split()))))
+        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if missing:
+            if len(cache) + len(missing) > TOKEN_CACHE_SIZE:  # tag shuffling makes prompts unbounded
+                cache.clear()
+            cache.update(zip(missing, token_ids(tokenizer, missing, "cpu")))
+        ids = torch.stack([cache[p] for p in prompts])
+        if torch.isin(ids, placeholder_ids).any():
+            self._placeholder_seen = True
+        return ids.to(device, non_blocking=True)
 
     def _next_batch(self) -> list[int]:
         if self.batch_pos >= len(self.batches):
@@ -634,8 +685,8 @@ class Trainer:
         self.device = pick_device(self.config.device)
         self.precision = precision_for(self.device, self.config.precision)
         prediction = None if self.config.prediction_type == "auto" else self.config.prediction_type
-        # fp32 weights; autocast does mixed precision. SDXL under bf16 autocast keeps its frozen weights in bf16 (half
-        # the memory: 1024 px fits 24 GB); the trained vectors stay fp32 either way.
+        # Under bf16 autocast on CUDA the frozen weights are bf16 (every family: half the memory, and autocast no
+        # longer casts each weight at each forward); otherwise fp32. The trained vectors stay fp32 either way.
         self.model = load_model(self.config.model, device=self.device, prediction_type=prediction,
                                 dtype=self._frozen_weights_dtype())
         for module in self.model.modules:
@@ -645,23 +696,21 @@ class Trainer:
         if checkpointing == "on" or (checkpointing == "auto" and self.model.family == "sdxl"
                                      and self.device.type == "cuda"):
             self.model.unet.enable_gradient_checkpointing()  # frozen weights: only the activations are recomputed
+        if self.model.family == "sdxl" and max(self.config.width, self.config.height) < 768:
+            self.sink.emit(ev.Warning(message=(
+                f"SDXL models are made for 1024 px; training at {self.config.width}x{self.config.height} is faster but "
+                "the embedding may fit full-size images less well (--width 1024 --height 1024)")))
         self.unet_dtype = next(self.model.unet.parameters()).dtype
         self.scaler = self.precision.grad_scaler()
 
     def _frozen_weights_dtype(self):
-        """bf16 for SDXL on CUDA with bf16 autocast, else None (fp32). The family comes from the header only."""
+        """bf16 on CUDA with bf16 autocast (any family), else None (fp32). fp16 autocast keeps fp32 weights: the ops
+        autocast leaves in fp32 (norms, softmax, the loss) then keep fp32's range, which fp16 weights would not."""
         import torch
 
         if self.device.type != "cuda" or self.precision.autocast_dtype != torch.bfloat16:
             return None
-        from core.models.find import inspect_checkpoint
-        from core.models.loader import resolve_model_path
-
-        try:
-            family = inspect_checkpoint(resolve_model_path(self.config.model)).family
-        except TiwizError:
-            return None  # load_model says what is wrong
-        return torch.bfloat16 if family == "sdxl" else None
+        return torch.bfloat16
 
     def _setup_vectors(self, state: dict | None) -> None:
         import torch
@@ -808,28 +857,29 @@ class VectorSplice:
         self.vectors = vectors
         self.columns = columns or slice(None)  # SDXL: this encoder's columns of the shared parameter
         self.token_ids = torch.tensor(token_ids, dtype=torch.long)
-        self._ids = None
+        self._on_device = {}  # device -> token_ids there (copied once, not at every forward)
+        self._hits = None
         embedding = text_encoder.get_input_embeddings()
         self._handles = [embedding.register_forward_pre_hook(self._before),
                          embedding.register_forward_hook(self._after)]
 
     def _before(self, module, args):
         ids = args[0]
-        self._ids = ids
-        return (ids.masked_fill(self._mask(ids), 0),) + tuple(args[1:])
-
-    def _mask(self, ids):
-        return (ids.unsqueeze(-1) == self.token_ids.to(ids.device)).any(-1)
+        ids_here = self._on_device.get(ids.device)
+        if ids_here is None:
+            ids_here = self._on_device[ids.device] = self.token_ids.to(ids.device)
+        self._hits = ids.unsqueeze(-1) == ids_here  # [batch, seq, n]
+        return (ids.masked_fill(self._hits.any(-1), 0),) + tuple(args[1:])
 
     def _after(self, module, args, output):
         import torch
 
-        ids = self._ids
-        self._ids = None
-        mask = self._mask(ids)
-        if not bool(mask.any()):
+        hits, self._hits = self._hits, None
+        mask = hits.any(-1)
+        # On a GPU, asking whether any placeholder is there waits for it; torch.where gives the same values without.
+        if output.device.type == "cpu" and not bool(mask.any()):
             return output
-        which = (ids.unsqueeze(-1) == self.token_ids.to(ids.device)).long().argmax(-1)
+        which = hits.long().argmax(-1)
         spliced = self.vectors[:, self.columns].to(output.dtype)[which]
         return torch.where(mask.unsqueeze(-1), spliced, output)
 
