@@ -93,3 +93,6 @@ def test_loss_plot_keeps_a_lone_spike_among_100k_steps():
     assert len(series) == 100_001
     series.sync(raw[:500])
     assert len(series) == 500 and series.last == raw[499][1]
+    # A NaN validation loss is left out, not drawn at a bogus height.
+    lines = render_plot(raw[:10], raw[:10], [(2, float("nan")), (8, 0.1)], 60, 8).plain.split("\n")
+    assert len(lines) == 8 and "val 0.1000" in lines[0]

@@ -56,7 +56,7 @@ class MonitorScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.run_dir = Path(self.app.state.run_dir)
+        self.run_dir = Path(self.app.state.run_dir).absolute()  # the poll threads must not depend on the cwd
         self.view = RunView(self.run_dir)
         self.follower = None
         self.loaded = False  # the history has been folded and handed over

@@ -39,6 +39,7 @@ class Series:
     def __init__(self) -> None:
         self.steps = array("d")
         self.values = array("d")
+        self._range: tuple[float, float] | None = None  # (min, max) of the values, kept up to date by sync
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -50,7 +51,17 @@ class Series:
             return
         if n > len(points) or (n and (points[n - 1][0] != self.steps[-1] or points[n - 1][1] != self.values[-1])):
             self.steps, self.values, n = array("d"), array("d"), 0
+            self._range = None
         new = points[n:] if n else points
+        if new:
+            values = [p[1] for p in new]
+            if n and self._range is None:
+                pass  # a NaN came before: the plot computes the range itself
+            elif any(v != v for v in values):  # NaN: the plot drops such points and computes the range
+                self._range = None
+            else:
+                lo, hi = min(values), max(values)
+                self._range = (lo, hi) if self._range is None else (min(lo, self._range[0]), max(hi, self._range[1]))
         try:
             self.steps.extend(p[0] for p in new)
             self.values.extend(p[1] for p in new)
@@ -58,6 +69,11 @@ class Series:
             self.steps, self.values = array("d", self.steps), array("d", self.values)
             self.steps.extend(p[0] for p in new)
             self.values.extend(p[1] for p in new)
+
+    def value_range(self, values: np.ndarray) -> tuple[float, float]:
+        if self._range is not None and len(values) == len(self.values):
+            return self._range
+        return float(values.min()), float(values.max())
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return (np.frombuffer(self.steps, dtype=np.float64) if len(self.steps) else np.zeros(0),
@@ -81,8 +97,8 @@ def _column_starts(steps: np.ndarray, x_lo: float, x_hi: float, n_cols: int) -> 
     O(columns x log points): the points themselves are never visited."""
     edges = x_lo + (np.arange(1, n_cols) - 0.5) / max(n_cols - 1, 1) * (x_hi - x_lo)
     bounds = np.searchsorted(steps, edges, side="left")
-    starts_all = np.r_[0, bounds]
-    ends_all = np.r_[bounds, len(steps)]
+    starts_all = np.concatenate(([0], bounds))
+    ends_all = np.concatenate((bounds, [len(steps)]))
     cols = np.flatnonzero(ends_all > starts_all)
     return cols, starts_all[cols]
 
@@ -93,7 +109,7 @@ def _buckets(steps: np.ndarray, values: np.ndarray, x_lo: float, x_hi: float, n_
         empty = np.zeros(0, dtype=np.int64)
         return empty, np.zeros(0), np.zeros(0), np.zeros(0), empty
     cols, starts = _column_starts(steps, x_lo, x_hi, n_cols)
-    ends = np.r_[starts[1:], len(values)] - 1
+    ends = np.concatenate((starts[1:], [len(values)])) - 1
     lasts, counts = values[ends], ends - starts + 1
     if not spans:
         return cols, lasts, lasts, lasts, counts
@@ -166,20 +182,25 @@ def plot_rows(raw, smoothed, val, width: int, height: int) -> list[Row]:
     label_w = 7
     plot_w, plot_h = width - label_w - 1, height - 2
     px_w, px_h = plot_w * 2, plot_h * 4
-    arrays = []
+    arrays, ranges = [], []
     for series in (raw, smoothed, val):
         steps, values = series.arrays()
-        if len(values) and not np.isfinite(values.min() + values.max()):  # rare: drop NaN/inf points
-            keep = np.isfinite(values)
-            steps, values = steps[keep], values[keep]
+        if len(values):
+            lo, hi = series.value_range(values)
+            if not np.isfinite(lo + hi):  # rare: drop NaN/inf points
+                keep = np.isfinite(values)
+                steps, values = steps[keep], values[keep]
+                lo, hi = (float(values.min()), float(values.max())) if len(values) else (lo, hi)
+            if len(values):
+                ranges.append((lo, hi))
         arrays.append((steps, values))
     present = [a for a in arrays if len(a[0])]
     if not present:
         return waiting
     x_lo = min(float(a[0][0]) for a in present)
     x_hi = max(float(a[0][-1]) for a in present)
-    y_lo = min(float(a[1].min()) for a in present)
-    y_hi = max(float(a[1].max()) for a in present)
+    y_lo = min(r[0] for r in ranges)
+    y_hi = max(r[1] for r in ranges)
     if y_hi - y_lo < 1e-12:
         y_lo, y_hi = y_lo - 0.5 * abs(y_lo or 1), y_hi + 0.5 * abs(y_hi or 1)
     if x_hi == x_lo:
@@ -273,8 +294,14 @@ class LossPlot(Widget):
         key = (self._version, width, height)
         if key != self._strips_key:
             rows = plot_rows(self.raw, self.smoothed, self.val, width, height)
-            self._strips = [Strip([Segment(text, _style(style)) for text, style in row]).adjust_cell_length(width)
-                            for row in rows[:height]]
+            strips = []
+            for row in rows[:height]:
+                segments = [Segment(text, _style(style)) for text, style in row]
+                used = sum(len(text) for text, _ in row)  # every character here is one cell wide
+                if used < width:
+                    segments.append(Segment(" " * (width - used)))
+                strips.append(Strip(segments, max(width, used)).crop(0, width))
+            self._strips = strips
             self._strips_key = key
         return self._strips
 
