@@ -26,7 +26,7 @@ from tui.run_view import TERMINAL_STATES, RunView
 from tui.screens.base import error_text, show_message
 from tui.screens.dialogs import ConfirmModal
 from tui.widgets.image_preview import ImagePreview
-from tui.widgets.loss_plot import LossPlot
+from tui.widgets.loss_plot import LossPlot, Series
 from tui.widgets.run_header import RunHeader
 
 REDRAW_SECONDS = 0.25  # 4 Hz at most
@@ -111,8 +111,11 @@ class MonitorScreen(Screen):
                 view = RunView(self.run_dir)
                 while events := self.follower.poll_events():  # the whole history, folded here
                     view.apply_all(events)
+                series = (Series(), Series(), Series())  # and the plot's arrays filled here too
+                for target, points in zip(series, (view.losses, view.smoothed, view.val_losses)):
+                    target.sync(points)
                 self.loaded = True
-                self.post_message(RunHistoryLoaded(view))
+                self.post_message(RunHistoryLoaded(view, series))
                 events = []
             else:
                 events = self.follower.poll_events()
@@ -128,6 +131,8 @@ class MonitorScreen(Screen):
     def on_run_history_loaded(self, message: RunHistoryLoaded) -> None:
         self.view = message.view
         self.query_one(RunHeader).view = self.view
+        if message.series is not None:
+            self.query_one(LossPlot).adopt(*message.series)
         self.redraw()
 
     def on_run_events_arrived(self, message: RunEventsArrived) -> None:
@@ -277,4 +282,6 @@ class MonitorScreen(Screen):
 def _escape(text: str) -> str:
     from rich.markup import escape
 
-    return escape(text)
+    from core.safe_text import safe_text
+
+    return escape(safe_text(text))  # run events quote file names: no markup, no terminal escapes
