@@ -326,6 +326,28 @@ def render_run_folder() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# ---- mkdocs hook (mkdocs.yml: `hooks: [tools/gen_docs.py]`) ------------------------------------------------------
+# The wizard's screenshots are the snapshot tests' SVGs. The pages link them where the tests write them
+# (`../../tests/__snapshots__/test_tui_snapshots/X.svg`), which works in any Markdown viewer of the checkout; for the
+# mkdocs site these hooks add the snapshot folder to the build and point the links at it. Not used by the tests.
+SNAPSHOT_DIR = ROOT / "tests" / "__snapshots__"
+_SNAPSHOT_LINK = re.compile(r"(?:\.\./)+tests/__snapshots__/")
+
+
+def on_files(files, config):
+    from mkdocs.structure.files import File
+
+    for svg in sorted(SNAPSHOT_DIR.rglob("*.svg")):
+        rel = svg.relative_to(SNAPSHOT_DIR).as_posix()
+        files.append(File(rel, str(SNAPSHOT_DIR), config["site_dir"], config["use_directory_urls"]))
+    return files
+
+
+def on_page_markdown(markdown, page, config, files):
+    depth = page.file.src_uri.count("/")
+    return _SNAPSHOT_LINK.sub("../" * depth, markdown)
+
+
 PAGES = {
     "cli.md": render_cli,
     "config.md": render_config,
