@@ -12,11 +12,13 @@ from core.runs.run_events import RunEvent, RunPhase
 
 
 class RunHistoryLoaded(Message):
-    """The run's history, folded in the worker: `view` (a tui.run_view.RunView) now belongs to the UI thread."""
+    """The run's history, folded in the worker: `view` (a tui.run_view.RunView) now belongs to the UI thread, and
+    `series` (the loss plot's raw, smoothed and validation `Series`, already filled) too."""
 
-    def __init__(self, view) -> None:
+    def __init__(self, view, series: tuple | None = None) -> None:
         super().__init__()
         self.view = view
+        self.series = series
 
 
 class RunEventsArrived(Message):

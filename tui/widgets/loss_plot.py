@@ -283,6 +283,12 @@ class LossPlot(Widget):
         self._strips: list[Strip] = []
         self._strips_key: tuple | None = None
 
+    def adopt(self, raw: Series, smoothed: Series, val: Series) -> None:
+        """Take series filled elsewhere (the monitor fills them in its worker thread with the history)."""
+        self.raw, self.smoothed, self.val = raw, smoothed, val
+        self._version += 1
+        self.refresh()
+
     def update_series(self, raw, smoothed, val) -> None:
         self.raw.sync(raw)
         self.smoothed.sync(smoothed)
