@@ -23,6 +23,7 @@ from core.prep.captions import IMAGE_EXTENSIONS, list_images, training_caption
 
 RESIZE_MODES = ("crop", "stretch", "none")
 ENCODE_BATCH = 8
+ENCODE_PIXELS = 4 * 1024 * 1024  # per VAE call: 4 images at 1024 px (SDXL), 8 at 512; bounds the encoder's memory
 
 
 def load_rgb(path: Path):
@@ -182,7 +183,8 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
     while k < len(order):
         size = loaded[order[k]][2].size
         chunk = [order[k]]
-        while k + len(chunk) < len(order) and len(chunk) < ENCODE_BATCH and loaded[order[k + len(chunk)]][2].size == size:
+        most = max(1, min(ENCODE_BATCH, ENCODE_PIXELS // (size[0] * size[1])))
+        while k + len(chunk) < len(order) and len(chunk) < most and loaded[order[k + len(chunk)]][2].size == size:
             chunk.append(order[k + len(chunk)])
         pixels = torch.stack([image_to_tensor(loaded[j][2]) for j in chunk]).to(device=device, dtype=dtype)
         with torch.no_grad(), torch.autocast(device.type if hasattr(device, "type") else str(device), enabled=False):
