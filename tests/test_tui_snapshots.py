@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tests.tui_support import copy_model, dump_text, wait_idle, freeze_cursor, make_photos, recorded_events, write_recorded_run
+from tests.tui_support import (T0, copy_model, dump_text, freeze_cursor, make_photos, recorded_events, wait_idle,
+                               write_recorded_run)
 from tui.app import TiwizApp
 from tui.state import WizardState
 
@@ -15,8 +16,15 @@ SIZE = (100, 30)
 
 
 @pytest.fixture
-def workspace(tmp_path, monkeypatch, tiny_model_dir):
-    """cwd = a folder with models/tiny, photos/ (4 images, 2 captioned) and runs/ (one finished, one killed)."""
+def workspace(monkeypatch, tiny_model_dir):
+    """cwd = a folder with models/tiny, photos/ (4 images, 2 captioned) and runs/ (one finished, one killed). The
+    folder's path is fixed (screens such as Finish show absolute paths), and emptied first."""
+    import shutil
+    from pathlib import Path
+
+    tmp_path = Path("/tmp/tiwiz-snapshots")
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    tmp_path.mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TIWIZ_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TIWIZ_RUNS_DIR", "runs")
@@ -27,6 +35,9 @@ def workspace(tmp_path, monkeypatch, tiny_model_dir):
                        recorded_events("mycat", steps=400, max_steps=400, finished=True), state="finished")
     write_recorded_run(tmp_path / "runs" / "dog-20250614-090000",
                        recorded_events("dog", steps=120, max_steps=1000), state="running")
+    for status in (tmp_path / "runs").glob("*/status.json"):  # fixed ages on the Start screen
+        os.utime(status, (T0, T0))
+    monkeypatch.setattr("tui.screens.start._now", lambda: T0 + 7200)
     return tmp_path
 
 
@@ -74,6 +85,18 @@ class TestWizardScreens:
     def test_finish(self, workspace, snap_compare):
         state = dict(FILLED, run_dir="runs/mycat-20250615-101010")
         assert snap_compare(make_app("finish", **state), terminal_size=SIZE, run_before=settle)
+
+
+class TestWizardScreens80x24:
+    """Each stage at 80x24, the smallest terminal the wizard is laid out for."""
+
+    @pytest.mark.parametrize("stage", ["start", "model", "folders", "preprocess", "captions", "embedding",
+                                       "training", "finish"])
+    def test_screen(self, workspace, snap_compare, stage):
+        state = dict(FILLED, run_dir="runs/mycat-20250615-101010")
+        if stage in ("captions", "training"):
+            state.update(dataset="photos", skip_preprocess=True)
+        assert snap_compare(make_app(stage, **state), terminal_size=(80, 24), run_before=settle)
 
 
 class TestMonitor:

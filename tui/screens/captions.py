@@ -107,9 +107,8 @@ class CaptionsScreen(WizardScreen):
                 yield Static("", id="cap-tokens")
                 yield Static("", id="cap-findings", classes="hint", markup=False)
                 yield Static("", id="cap-all-findings", markup=False)
-        yield Static("↑/↓ in the caption: previous/next image (saved as you go) · Enter: save and next · f2/f3/f4: "
-                     "add, remove or replace a tag in every caption · f5: the doctor's findings",
-                     classes="hint keys-hint")
+        yield Static("↑/↓ previous/next image, Enter next (captions save as you go) · f2/f3/f4 add, remove, "
+                     "replace a tag in every caption · f5 the doctor's findings", classes="hint keys-hint")
 
     def on_mount(self) -> None:
         self.query_one("#cap-all-findings", Static).display = False

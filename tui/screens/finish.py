@@ -129,8 +129,8 @@ class FinishScreen(WizardScreen):
                          "             no .pt: A1111's .pt format has no SDXL form\n")
             invoke = "InvokeAI: install the .safetensors."
         else:
-            embedding = (f"Embedding    {st}  (diffusers, ComfyUI, A1111)\n"
-                         f"             {pt}  (A1111 classic, InvokeAI)\n")
+            embedding = (f"Embedding    {st}\n             for diffusers, ComfyUI, A1111\n"
+                         f"             {pt}\n             for A1111 classic, InvokeAI\n")
             invoke = "InvokeAI: install the .pt (it misreads the width of a one-tensor .safetensors)."
         best = self._best_files(name, sdxl)
         suggested = ""

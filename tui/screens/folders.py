@@ -53,7 +53,7 @@ class FoldersScreen(WizardScreen):
     STAGE = "folders"
     DEFAULT_CSS = """
     #folder-fields { width: 1fr; }
-    #tree { width: 36; height: 1fr; border-left: solid $primary; }
+    #tree { width: 40%; max-width: 36; height: 1fr; border-left: solid $primary; }
     """
 
     def compose_body(self) -> ComposeResult:

@@ -16,12 +16,16 @@ from tui.screens.base import WizardScreen, error_text
 from tui.state import STAGE_TITLES, WizardState
 
 
-def run_age(path: Path) -> str:
-    """How long ago the run last wrote its status: "5 min", "3 h", "2 d"."""
+def _now() -> float:
     import time
 
+    return time.time()
+
+
+def run_age(path: Path) -> str:
+    """How long ago the run last wrote its status: "5 min", "3 h", "2 d"."""
     try:
-        seconds = time.time() - (Path(path) / "status.json").stat().st_mtime
+        seconds = _now() - (Path(path) / "status.json").stat().st_mtime
     except OSError:
         return ""
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
