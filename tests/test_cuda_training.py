@@ -74,6 +74,9 @@ def test_bf16_autocast_training(tiny_model_dir, data_dir, tmp_path):
     assert trainer.scaler is None  # bf16 has fp32's exponent range: no loss scaling
     assert seen and set(seen) == {torch.bfloat16}
     assert trainer.vectors.device.type == "cuda" and trainer.vectors.dtype == torch.float32  # fp32 master copy
+    # frozen weights in bf16 for every family (half the memory, no per-forward weight casts)
+    assert {p.dtype for p in trainer.model.unet.parameters()} == {torch.bfloat16}
+    assert next(trainer.model.text_encoder.parameters()).dtype == torch.bfloat16
     losses = [e["loss"] for e in sink.of_type("step")]
     assert len(losses) == 4 and all(map(torch.isfinite, torch.tensor(losses)))
     assert not [w for w in sink.of_type("warning") if "NaN" in w["message"]], sink.of_type("warning")
@@ -89,6 +92,7 @@ def test_fp16_with_grad_scaler_forced_even_where_bf16_is_native(tiny_model_dir, 
     assert summary["state"] == "finished" and summary["step"] == 6
     assert _started_precision(sink) == "fp16"
     assert isinstance(trainer.scaler, torch.amp.GradScaler) and trainer.scaler.is_enabled()
+    assert next(trainer.model.unet.parameters()).dtype == torch.float32  # fp16 autocast keeps fp32 weights
     assert seen and set(seen) == {torch.float16}
     state = torch.load(out / "state" / "latest.pt", weights_only=True)
     assert state["scaler"] and state["scaler"]["scale"] > 0  # the scaler ran and is saved for resume

@@ -281,7 +281,8 @@ class Trainer:
             if micro < cfg.grad_accum - 1 and not torch.isfinite(loss):  # between micro-batches: a read is due anyway
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-            self.scaler.scale(loss).backward() if self.scaler else loss.backward()
+            if loss.requires_grad:  # not when no prompt held the trigger (on the CPU the splice then does nothing)
+                self.scaler.scale(loss).backward() if self.scaler else loss.backward()
             total = loss.detach() if total is None else total + loss.detach()
         if not self._placeholder_seen:
             # No prompt of this step held the trigger (a template line without [name]): nothing to learn, and the
@@ -409,8 +410,10 @@ class Trainer:
 
         from core.training.conditioning import token_ids
 
-        cache, placeholder_ids = self._token_cache.setdefault(
-            id(tokenizer), ({}, torch.tensor(tokenizer.convert_tokens_to_ids(self.placeholder.split()))))
+        if id(tokenizer) not in self._token_cache:
+            self._token_cache[id(tokenizer)] = ({}, torch.tensor(
+                tokenizer.convert_tokens_to_ids(self.placeholder.split())))
+        cache, placeholder_ids = self._token_cache[id(tokenizer)]
         missing = [p for p in dict.fromkeys(prompts) if p not in cache]
         if missing:
             if len(cache) + len(missing) > TOKEN_CACHE_SIZE:  # tag shuffling makes prompts unbounded
@@ -826,9 +829,9 @@ class Trainer:
 
     # ---- NaN rollback -----------------------------------------------------------------------------------------------
     def _snapshot(self) -> dict:
-        import copy
-
-        return {"vectors": self.vectors.detach().clone(), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        """Taken after every good step: tensors cloned directly (copy.deepcopy of the optimizer state costs
+        milliseconds of Python per step)."""
+        return {"vectors": self.vectors.detach().clone(), "optimizer": _cloned(self.optimizer.state_dict()),
                 "scaler": self.scaler.state_dict() if self.scaler else None}
 
     def _restore_snapshot(self, snap: dict) -> None:
@@ -842,6 +845,24 @@ class Trainer:
         if self.scaler and snap["scaler"]:
             self.scaler.load_state_dict(snap["scaler"])
         self.optimizer.zero_grad(set_to_none=True)
+
+
+def _cloned(value):
+    """A copy of a state dict: tensors cloned, dicts/lists/tuples rebuilt, numbers and strings shared, anything
+    else deep-copied."""
+    import copy
+
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _cloned(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_cloned(item) for item in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return copy.deepcopy(value)
 
 
 class VectorSplice:
