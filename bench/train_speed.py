@@ -139,7 +139,7 @@ def measure_trainer(spec: dict, model_path: str, data: Path, out: Path, steps: i
     config = TrainConfig.from_dict(dict(
         model=model_path, data=str(data), name="benchemb", steps=steps, width=spec["size"], height=spec["size"],
         save_every=0, preview_every=0, validate_every=0, device=spec["device"], vectors=4, init_text="a thing",
-        template="style_filewords",
+        template="style_filewords", gradient_checkpointing=spec.get("gradient_checkpointing", "auto"),
         precision=spec.get("precision", "auto") if spec["device"] == "cuda" else "auto"))
 
     def on_event(event):
@@ -206,7 +206,7 @@ def sync(device_type: str) -> None:
 
 def run_case(case: str | None = None, steps_override: int | None = None, *, arch: str | None = None,
              size: int | None = None, precision: str = "auto", device: str | None = None, steps: int | None = None,
-             warmup: int | None = None) -> dict:
+             warmup: int | None = None, gradient_checkpointing: str = "auto") -> dict:
     """One case, by name (`run_case("sdxl")`) or by its parts (`run_case(arch="sdxl", size=1024, precision="bf16",
     device="cuda", steps=10)`; arch is tiny, sd15 or sdxl). Returns the figures as a dict."""
     import torch
@@ -223,6 +223,7 @@ def run_case(case: str | None = None, steps_override: int | None = None, *, arch
         case = f"{arch}-{spec['device']}-{spec['size']}"
     if warmup is not None:
         spec["warmup"] = warmup
+    spec["gradient_checkpointing"] = gradient_checkpointing  # auto: on for SDXL on CUDA, as the trainer does
     warmup, timed = spec["warmup"], steps or steps_override or spec["timed"]
     if spec["device"] == "cuda" and not torch.cuda.is_available():
         return {"case": case, "skipped": "no CUDA device"}
@@ -280,10 +281,12 @@ def main() -> int:
                                                               "a subprocess)")
     parser.add_argument("--steps", type=int, help="timed steps (after warmup)")
     parser.add_argument("--json", action="store_true", help="print one JSON line per case")
+    parser.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"), default="auto",
+                        help="the trainer's gradient_checkpointing for the case (auto: on for SDXL on CUDA)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.case:
-        result = run_case(args.case, args.steps)
+        result = run_case(args.case, args.steps, gradient_checkpointing=args.gradient_checkpointing)
         print(json.dumps(result))
         return 0
     for case in CASES:

@@ -83,7 +83,8 @@ HELP = {
                     "noise so flat colours and backgrounds are learned from the prompt (0 = off; 0.05-0.1 typical)",
     "loss_weighting": "none: plain MSE per timestep (A1111); velocity: weight an epsilon model's loss by 1/alpha_bar(t), "
                       "which is the v-prediction loss, so the noisiest steps, where colours and layout are decided, "
-                      "count (no effect on v-prediction models)",
+                      "count (no effect on v-prediction models); min_snr: Min-SNR-gamma, min(SNR, min_snr_gamma) on "
+                      "the x0 error, which tames the low-noise steps (kohya's --min_snr_gamma)",
     "min_snr_gamma": "Min-SNR-gamma (Hang et al. 2023) for loss_weighting = min_snr: each timestep's loss is weighted "
                      "by min(SNR, gamma)/SNR (epsilon models) or min(SNR, gamma)/(SNR+1) (v-prediction); 5 is the "
                      "paper's value",
@@ -121,9 +122,9 @@ HELP = {
                  "scaler; fp32 on CPU/MPS. fp32, bf16 or fp16 force one (bf16/fp16 need a CUDA GPU)",
     "prediction_type": "auto: what the model says (its scheduler config, a v_pred marker key, a .yaml beside it); "
                        "epsilon or v_prediction force one (for v-prediction files without a marker)",
-    "gradient_checkpointing": "Recompute UNet activations in the backward pass instead of keeping them: much less GPU "
-                              "memory for one more UNet forward pass per step. auto: on for SDXL on CUDA (so "
-                              "1024 px fits in 24 GB), off otherwise",
+    "gradient_checkpointing": "Recompute UNet activations in the backward pass instead of keeping them: less GPU "
+                              "memory for more time (SDXL, 1024 px, batch 1, bf16, on an H200: 7.5 instead of 13 "
+                              "GiB, 0.44 instead of 0.21 s a step). auto: on for SDXL on CUDA, off otherwise",
     "init_from": "Continue from an existing embedding file instead of init_text (empty = off). SDXL: a clip_l + "
                  "clip_g file, or diffusers' two files as 'A,B' (or just learned_embeds.safetensors with its _2 "
                  "partner beside it)",
