@@ -262,3 +262,39 @@ def test_cli_train_attach_resume_and_runs_on_an_sdxl_run(tiny_sdxl_dir, tmp_path
     assert listed.returncode == 0, listed.stderr
     (run,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert run["step"] == 4, run
+
+
+def test_gradient_checkpointing_option_gives_the_same_training(tiny_sdxl_dir, tmp_path):
+    data = make_images(tmp_path / "data", n=2)
+    results = {}
+    for mode in ("on", "off"):
+        trainer = Trainer(tiny_config(tiny_sdxl_dir, data, steps=2, lr="0.05", gradient_checkpointing=mode),
+                          tmp_path / mode, ListSink())
+        trainer.run()
+        assert trainer.model.unet.is_gradient_checkpointing == (mode == "on")
+        results[mode] = trainer.vectors.detach().clone()
+    torch.testing.assert_close(results["on"], results["off"], rtol=0, atol=1e-6)
+
+
+def test_latents_are_never_encoded_in_fp16(tmp_path):
+    """An fp16 VAE (SDXL's overflows in fp16) encodes in fp32: the latents equal those of its fp32 copy."""
+    from diffusers import AutoencoderKL
+
+    from core.models.builtin import TINY_VAE
+    from core.training.dataset import build_dataset
+
+    torch.manual_seed(0)
+    half = AutoencoderKL(**TINY_VAE).half()
+    data = make_images(tmp_path / "data", n=2)
+    got = build_dataset(data, vae=half, width=64, height=64, resize="crop", latent_sampling="deterministic", seed=0)
+    assert next(half.parameters()).dtype == torch.float16  # the caller's module is left as it was
+    want = build_dataset(data, vae=_as_fp32(half), width=64, height=64, resize="crop",
+                         latent_sampling="deterministic", seed=0)
+    for a, b in zip(got.items, want.items):
+        assert a.latent.dtype == torch.float32 and torch.equal(a.latent, b.latent)
+
+
+def _as_fp32(module):
+    import copy
+
+    return copy.deepcopy(module).float()
