@@ -36,7 +36,9 @@ def test_state_round_trip_and_damaged_files(tmp_path):
 def test_train_config_carries_every_stage():
     state = WizardState(model="m", dataset="d", name="n", init_text="cat", vectors=2, train={"steps": 5})
     assert state.train_config() == {"steps": 5, "model": "m", "data": "d", "name": "n", "init_text": "cat",
-                                    "vectors": 2, "overwrite": False}
+                                    "vectors": 2, "overwrite": False, "auto_stop": True}  # the wizard's default
+    state.train["auto_stop"] = False
+    assert state.train_config()["auto_stop"] is False  # the user's choice wins
 
 
 def test_run_view_folds_events(tmp_path):
