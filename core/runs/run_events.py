@@ -20,6 +20,9 @@ Adding a field (e.g. a GPU figure on `Step`, the model family on `Started`):
 Old logs without the field still parse (the default is used). Never rename or retype a field: add a new one and map
 the old name in `_FIELD_ALIASES` if you must. A new event type: a new dataclass with `TYPE`, registered by the
 `@_event` decorator; it then appears in `EVENT_TYPES` and in the generated run-folder reference.
+
+For the reference docs: `EVENT_TYPES` maps each `type` to its class; `describe_event_types()` lists every type with
+its doc line and fields (name, type, required, default, help).
 """
 
 from __future__ import annotations
