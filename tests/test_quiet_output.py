@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = str(Path(__file__).resolve().parents[1])
 NOISE = ("torchvision", "accelerate", "Loading pipeline components", "Loading weights", "it/s]", "%|")
 
@@ -20,6 +22,7 @@ def run(code: str, **env) -> subprocess.CompletedProcess:
                           env={**clean, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env})
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch, diffusers and transformers (~45 s on a loaded machine)
 def test_model_and_pipeline_loading_is_silent(tiny_model_dir):
     done = run("import core\n"
                "from core.models.loader import load_model\n"

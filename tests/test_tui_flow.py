@@ -51,6 +51,7 @@ TRAIN_SETTINGS = {"#tr-steps": "4", "#tr-width": "64", "#tr-height": "64", "#tr-
                   "#tr-validation_images": "1", "#tr-device": None}
 
 
+@pytest.mark.slow  # every stage, a real worker training, then diffusers loading the result (~90 s loaded)
 def test_whole_wizard_with_real_worker(workspace):
     ws = workspace
     app = TiwizApp(state=WizardState(), state_path=ws / "home" / "wizard.json", runs_root=ws / "runs",
@@ -191,6 +192,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # a wizard subprocess, a real worker, a kill and a reattach (~45 s loaded)
 def test_killed_ui_leaves_training_running_and_reattaches(workspace):
     ws = workspace
     proc = subprocess.Popen([sys.executable, "-c", KILLED_APP, str(ROOT), str(ws / "model"), str(ws / "photos"),

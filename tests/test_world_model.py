@@ -107,6 +107,7 @@ def test_textual_inversion_learns_on_the_shipped_model(tmp_path_factory):
     assert (Path(cfg["output"]) / "demo-heart.safetensors").is_file()
 
 
+@pytest.mark.slow  # the shipped demo's full 300 steps and its before/after render (~50 s on a loaded 2-core machine)
 def test_demo_embedding_draws_closer_to_the_concept(tmp_path_factory):
     """The demo as shipped (seed 0, its config, 16 images): images generated with the learned embedding are less than
     half as far from the concept's images (colour histograms) as those generated with the init embedding."""

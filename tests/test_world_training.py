@@ -20,10 +20,17 @@ def _train(out: Path, *extra: str) -> Path:
     return out
 
 
+# Three real training subprocesses (~40 s each on a loaded 2-core machine): `-m "not slow"` skips them locally.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("world-train")
-    return _train(base / "a"), _train(base / "b"), _train(base / "frozen", "--te-lr", "0")
+    a = _train(base / "a")
+    # the frozen run needs no VAE of its own: it reuses a's (the text encoder is what it is about)
+    frozen = _train(base / "frozen", "--stage", "unet", "--vae-from", str(a), "--te-lr", "0")
+    return a, _train(base / "b"), frozen
 
 
 def test_same_seed_same_weights(runs):

@@ -165,6 +165,8 @@ class BlipCaptioner:
 
     def __init__(self, model: str | os.PathLike = DEFAULT_BLIP, device: str | None = None, batch_size: int = 8,
                  max_length: int = 48, min_length: int = 5, num_beams: int = 1):
+        if not looks_like_path(str(model)):
+            hub_source_is_local(str(model))  # an uncached hub id offline fails here, before torch is imported
         import torch
 
         if batch_size < 1 or max_length < 2 or min_length < 0 or num_beams < 1 or min_length > max_length:
