@@ -248,3 +248,20 @@ def test_a_refused_next_message_goes_once_the_field_is_edited(tmp_path):
             await wait_idle(pilot)
             assert not message.has_class("visible")
     asyncio.run(drive())
+
+
+def test_training_below_80_columns_keeps_help_readable(tmp_path):
+    make_photos(tmp_path / "photos", 2)
+    state = WizardState(model=str(tmp_path / "m"), dataset=str(tmp_path / "photos"), name="zxq-cat")
+    app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="training", finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=(60, 20)) as pilot:
+            await wait_idle(pilot)
+            assert not app.screen.query_one("#tr-side").display
+            widths = [w.region.width for w in app.screen.query(".form-help") if w.region.width]
+            assert widths and min(widths) >= 30
+            await pilot.resize_terminal(100, 30)
+            await wait_idle(pilot)
+            assert app.screen.query_one("#tr-side").display
+    asyncio.run(drive())

@@ -157,6 +157,11 @@ class TrainingScreen(WizardScreen):
         Binding("shift+f2", "next_tab(-1)", "Prev tab", show=False, priority=True),
     ]
 
+    def on_resize(self, event) -> None:
+        """Below 80 columns the side panel (sample prompts, run summary) goes, so the help text keeps a readable width
+        instead of wrapping a few characters a line."""
+        self.query_one("#tr-side").display = event.size.width >= 80
+
     def action_next_tab(self, direction: int = 1) -> None:
         """Basic → Preview → Advanced → Basic; the first field of the tab gets the focus."""
         tabs = self.query_one("#tr-tabs", TabbedContent)
