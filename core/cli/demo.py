@@ -83,11 +83,13 @@ def run_demo(args) -> int:
         raise TiwizError(f"demo training ended without an embedding ({emb} is missing); see {run_dir}")
     safe_print("Rendering the before/after grid ...", flush=True)
     result = before_after(prep["model_dir"], prep["data_dir"], emb, out / "before_after.png")
-    previews = sorted((run_dir / "previews").glob("*.png"), key=lambda p: p.stat().st_mtime)
+    previews = sorted((p for p in (run_dir / "previews").glob("*.png") if p.name != "sheet.png"),
+                      key=lambda p: p.stat().st_mtime)
     safe_print(f"\nDone in {time.time() - t0:.0f}s. Results:")
     safe_print(f"  embedding:  {run_dir / (name + '.pt')}  and  {emb}")
     if previews:
-        safe_print(f"  previews:   {run_dir / 'previews'}  ({len(previews)} images, latest {previews[-1].name})")
+        safe_print(f"  previews:   {run_dir / 'previews'}  ({len(previews)} images, latest {previews[-1].name}; "
+                   "all of them by step in sheet.png)")
     safe_print(f"  grid:       {result['grid']}  (top: training images; middle: init text '{prep['config']['init_text']}';"
           " bottom: learned embedding)")
     safe_print(f"  colour distance to the concept: before {result['distance_before']:.3f}, after "
