@@ -265,3 +265,21 @@ def test_training_below_80_columns_keeps_help_readable(tmp_path):
             await wait_idle(pilot)
             assert app.screen.query_one("#tr-side").display
     asyncio.run(drive())
+
+
+def test_preprocess_skip_reasons_wrap_at_80_columns(tmp_path):
+    make_photos(tmp_path / "photos", 1)
+    (tmp_path / "photos" / "a-broken-photo-with-a-long-name.png").write_bytes(b"not a png at all")
+    state = WizardState(model=str(tmp_path / "m"), source=str(tmp_path / "photos"), dataset=str(tmp_path / "ds"))
+    app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="preprocess", finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_idle(pilot)
+            await pilot.press("ctrl+r")
+            await wait_idle(pilot, timeout=120)
+            log = app.screen.query_one("#pp-skipped")
+            lines = [str(strip.text).rstrip() for strip in log.lines]
+            assert "a-broken-photo-with-a-long-name.png:" in "".join("".join(lines).split())  # wrapped, whole
+            assert all(len(line) <= log.region.width for line in lines) and len(lines) >= 2, (log.region, lines)
+    asyncio.run(drive())

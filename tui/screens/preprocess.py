@@ -9,7 +9,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, Checkbox, Input, Label, Log, ProgressBar, Select, Static
+from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, RichLog, Select, Static
 
 from core.prep.captions import list_images
 from tui.jobs import run_jsonl
@@ -72,7 +72,7 @@ class PreprocessScreen(WizardScreen):
                 yield ProgressBar(total=None, show_eta=False, id="pp-progress")
                 yield Static("", id="pp-status")
                 yield Label("Skipped", classes="section")
-                yield Log(id="pp-skipped", max_lines=500)
+                yield RichLog(id="pp-skipped", max_lines=500, wrap=True, markup=False, min_width=20)  # wrap, never cut
 
     def _summary(self) -> str:
         return f"From  {self.state.source}\nInto  {self.state.dataset}"
@@ -169,7 +169,7 @@ class PreprocessScreen(WizardScreen):
         if overwrite:
             values["overwrite"] = True
         bar = self.query_one("#pp-progress", ProgressBar)
-        log = self.query_one("#pp-skipped", Log)
+        log = self.query_one("#pp-skipped", RichLog)
         status = self.query_one("#pp-status", Static)
         log.clear()
         bar.update(total=None, progress=0)
@@ -184,9 +184,9 @@ class PreprocessScreen(WizardScreen):
                 bar.update(total=event.get("total") or None, progress=event.get("done", 0))
                 status.update(f"{event.get('done', 0)}/{event.get('total', '?')}  {Path(str(event.get('file', ''))).name}")
             elif kind == "skipped":
-                log.write_line(f"{Path(str(event.get('file', ''))).name}: {event.get('reason', '')}")
+                log.write(f"{Path(str(event.get('file', ''))).name}: {event.get('reason', '')}")
             elif kind == "warning":
-                log.write_line(f"warning: {event.get('message', '')}")
+                log.write(f"warning: {event.get('message', '')}")
             elif kind == "finished":
                 status.update(f"[green]done: {event.get('written', 0)} written, {event.get('skipped', 0)} skipped[/]")
 
