@@ -179,6 +179,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
+    from core.training.threads import ThreadChoice
+
+    ThreadChoice(0).apply()  # scoring runs outside the trainer: the free cores for it too (OpenMP spinning)
     print(f"load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
           f"({os.cpu_count()} cores)", flush=True)
     rows = []
@@ -200,9 +203,11 @@ def main(argv=None) -> int:
                   flush=True)
         c, a = r["c"], r["a"]
         a_time = a["seconds_to_good"] if a["seconds_to_good"] is not None else a["seconds_total"]
+        to_good = (f"{c['seconds_to_good'] / a['seconds_to_good']:.2f}" if a["seconds_to_good"] and
+                   c["seconds_to_good"] is not None else "n/a ((a) never got good)")
         print(f"  auto-stop chose step {c['auto_stop_step']}; best-ratio checkpoint step {c['best_ratio_step_whole']} "
-              f"(of the whole (c) curve); "
-              f"(c) total / (a) to good = {c['seconds_total'] / a_time:.2f}"
+              f"(of the whole (c) curve); time to good (c)/(a) = {to_good}; "
+              f"(c) whole run / (a) to good = {c['seconds_total'] / a_time:.2f}"
               + ("" if a["seconds_to_good"] is not None else " ((a) never got good: its whole run)"), flush=True)
         if "sweep" in r:
             sw = r["sweep"]
