@@ -170,3 +170,21 @@ def test_sdxl_file_has_both_parts_nearest_to_their_word(tiny_sdxl_dir, tmp_path)
     for label, vec in (("clip_l", vec_l), ("clip_g", vec_g)):
         part = report["parts"][label]
         assert part["dim"] == vec.shape[1] and part["nearest"][0][0][0] == WORD, label
+
+
+def test_trainer_warns_once_when_a_norm_swamps_the_vocabulary(tiny_model_dir, tmp_path):
+    from core.events import ListSink
+    from core.runs import run_events as ev
+    from core.training.trainer import Trainer
+    from train_helpers import make_images, tiny_config
+
+    torch.set_num_threads(1)
+    data = make_images(tmp_path / "data", n=2)
+    cfg = tiny_config(tiny_model_dir, data, steps=3, save_every=1, lr="1", init_text=WORD, vectors=1)
+    sink = ListSink()
+    Trainer(cfg, tmp_path / "run", sink).run()
+    events = [ev.parse(x) if isinstance(x, dict) else x for x in sink.events]
+    checkpoints = [e for e in events if isinstance(e, ev.Checkpoint)]
+    assert all(c.norms[0] > NORM_WARN_FACTOR * c.vocab_median_norm for c in checkpoints)  # lr 1: far too big
+    warnings = [e for e in events if isinstance(e, ev.Warning) and "may swamp the rest of the prompt" in e.message]
+    assert len(warnings) == 1 and warnings[0].step == 1 and warnings[0].message.startswith("vector 0 has norm")
