@@ -53,7 +53,8 @@ def train(prep: dict, out: Path, seed: int, **overrides) -> dict:
     from core.training.config import TrainConfig
     from core.training.trainer import Trainer
 
-    cfg = dict(prep["config"], preview_every=0, seed=seed, output=str(out), holdout=0, threads=0, **overrides)
+    cfg = dict(prep["config"], preview_every=0, seed=seed, output=str(out), holdout=0, threads=0)
+    cfg.update(overrides)
     sink = ListSink()
     summary = Trainer(TrainConfig.from_dict(cfg), out, sink).run()
     events = _events(sink)
