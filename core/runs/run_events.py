@@ -261,6 +261,15 @@ class Preview(RunEvent):
 
 @_event
 @dataclass(frozen=True, kw_only=True)
+class PreviewRendering(RunEvent):
+    """The worker began rendering a preview (a `preview` event, or a warning if it fails, follows)."""
+
+    TYPE: ClassVar[str] = "preview_rendering"
+    step: int = _help("the step it will show")
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
 class Warning(RunEvent):  # noqa: A001 - the contract's name; use it as run_events.Warning
     """Something the user should know; training goes on."""
 

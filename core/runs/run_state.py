@@ -65,6 +65,7 @@ class RunState:
     auto_stop: bool | None = None  # whether the auto-stop rule ends the run (it is watched either way)
     auto_stop_state: object = None  # the rule's latest state (core.training.autostop.AutoStopState)
     vocab_median_norm: float | None = None
+    rendering_preview: int | None = None  # the step of a preview the worker is rendering now, else None
     gpu: dict = field(default_factory=dict)  # mem_used, mem_total (bytes), util (percent)
     counts: dict[str, int] = field(default_factory=dict)  # events applied, by type
     skipped: int = 0  # events dropped by the parser (wrong field types), each also in `warnings`
@@ -159,6 +160,8 @@ class RunState:
             prev = smoothed[-1][1] if smoothed else loss
             losses.append((step, loss))
             smoothed.append((step, prev + EMA_ALPHA * (loss - prev)))
+        if self.rendering_preview is not None:  # a step after the render: it is over (done or failed)
+            self.rendering_preview = None
         if e.gpu_mem_used is not None or e.gpu_util is not None:
             for value, key in ((e.gpu_mem_used, "mem_used"), (e.gpu_mem_total, "mem_total"), (e.gpu_util, "util")):
                 if value is not None:
@@ -195,7 +198,11 @@ class RunState:
             rows.append(row)
         self.checkpoints = rows
 
+    def _preview_rendering(self, e: ev.PreviewRendering) -> None:
+        self.rendering_preview = e.step
+
     def _preview(self, e: ev.Preview) -> None:
+        self.rendering_preview = None
         if not e.path:
             return
         self.previews[e.step] = e.path
@@ -205,6 +212,8 @@ class RunState:
                 break
 
     def _warning(self, e: ev.Warning) -> None:
+        if self.rendering_preview is not None and e.step == self.rendering_preview:
+            self.rendering_preview = None  # the render failed (its warning says why)
         if e.skipped:
             self.skipped += 1
         message = e.message.strip()
@@ -212,6 +221,7 @@ class RunState:
             self.warnings.append(message)
 
     def _error(self, e: ev.Error) -> None:
+        self.rendering_preview = None
         self.phase = RunPhase.FAILED
         self.error = self.reason = e.message or "the run failed"
 
@@ -221,6 +231,7 @@ class RunState:
         self.reason = e.reason or self.reason
 
     def _stopped(self, e: ev.Stopped) -> None:
+        self.rendering_preview = None
         self.phase = RunPhase.STOPPED
         self.step = e.step
         self.reason = self.reason or e.reason
@@ -228,6 +239,7 @@ class RunState:
         self._best_from(e)
 
     def _finished(self, e: ev.Finished) -> None:
+        self.rendering_preview = None
         self.phase, self.reason = RunPhase.FINISHED, e.message or ""
         self.finish_reason = e.reason or "steps"
         self.step = e.step
@@ -240,6 +252,7 @@ class RunState:
         self.best_checkpoint = e.best_checkpoint or self.best_checkpoint
 
     def _exit(self, e: ev.Exit) -> None:
+        self.rendering_preview = None
         if e.state.final:
             self.phase = e.state
         self.step = max(self.step, e.step)
@@ -311,7 +324,8 @@ class RunState:
 
 _HANDLERS = {
     ev.Started: RunState._started, ev.Step: RunState._step, ev.Validation: RunState._validation,
-    ev.Checkpoint: RunState._checkpoint, ev.Preview: RunState._preview, ev.Warning: RunState._warning,
+    ev.Checkpoint: RunState._checkpoint, ev.Preview: RunState._preview,
+    ev.PreviewRendering: RunState._preview_rendering, ev.Warning: RunState._warning,
     ev.Error: RunState._error, ev.Stopping: RunState._stopping, ev.Stopped: RunState._stopped,
     ev.Finished: RunState._finished, ev.Exit: RunState._exit,
 }

@@ -520,6 +520,7 @@ class Trainer:
 
     def _preview(self) -> str | None:
         """Render a preview; a failure (e.g. out of memory) is a warning, never the end of the training."""
+        self.sink.emit(ev.PreviewRendering(step=self.step))  # viewers say "rendering preview…" meanwhile
         try:
             return self._render_preview()
         except TiwizError:

@@ -1,6 +1,9 @@
-"""The training monitor, attachable to any run: header, loss plot, latest preview, checkpoints (selecting one shows
-its preview), warnings. Keys: stop (confirm; saves), save now, preview now, detach (the run goes on; prints how to
-come back).
+"""The training monitor, attachable to any run: header, loss plot, the quality line (auto-stop rule, held-out loss,
+suggested best step), latest preview ("rendering preview…" while the worker renders one), checkpoints (selecting one
+shows its preview), warnings, and a details panel (i) with each checkpoint's vector norms and nearest tokens. Keys
+while it runs: stop (confirm; saves), save now, preview now, detach (the run goes on; prints how to come back). Once
+it is over the footer offers only what still works: resume (r, in a worker) and finish (f) for a stopped run, finish
+for a finished one, quit.
 
 Nothing here reads a file on the UI thread: a short thread worker, started every REDRAW_SECONDS, reads what was
 appended to events.jsonl (and, every LIVENESS_EVERY polls, whether the worker lives) and posts typed messages
@@ -20,6 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from core.embeddings.inspect import NORM_WARN_FACTOR
 from core.runs.run_events import RunPhase
 from tui import runs_info
 from tui.messages import RunEventsArrived, RunFollowFailed, RunHistoryLoaded, RunLiveness
@@ -40,19 +44,25 @@ class MonitorScreen(Screen):
     #mon-body { height: 1fr; }
     #mon-left { width: 1fr; }
     #mon-warnings { height: auto; max-height: 4; display: none; }
-    #mon-right { width: 40%; max-width: 48; min-width: 24; padding-left: 1; border-left: solid $primary; }
+    #mon-quality { height: auto; max-height: 2; display: none; }
+    #mon-details { height: 1fr; display: none; }
+    #mon-right { width: 40%; min-width: 24; padding-left: 1; border-left: solid $primary; }
     #mon-preview { height: 1fr; min-height: 4; }
     #mon-checkpoints { height: 7; }
     """
+    # Which are offered depends on the phase (check_action): a run that is over can no longer stop, save or preview.
     BINDINGS = [
         Binding("s", "stop", "Stop"),
         Binding("v", "save", "Save now"),
         Binding("p", "preview", "Preview now"),
         Binding("d", "detach", "Detach"),
+        Binding("r", "resume", "Resume"),
         Binding("f", "finish", "Finish"),
+        Binding("i", "details", "Details"),
         Binding("l", "latest", "Latest preview", show=False),
         Binding("escape", "leave", "Start screen", show=False),
         Binding("q", "detach", "Detach", show=False),
+        Binding("q", "quit_monitor", "Quit", show=False),  # the app shows ^q Quit
     ]
 
     def __init__(self) -> None:
@@ -66,12 +76,18 @@ class MonitorScreen(Screen):
         self.polls = 0
         self._polling = None  # the poll worker in flight, if any
         self.pinned_step: int | None = None  # a checkpoint the user picked; None = follow the latest preview
+        self.detail_step: int | None = None  # the checkpoint the details panel describes; None = the latest
+        self.shown_phase: RunPhase | None = None
+        self._shown_tail: tuple | None = None
+        self._resuming = None  # the resume worker in flight, if any
 
     def compose(self) -> ComposeResult:
         yield RunHeader(self.view, id="mon-header")
         with Horizontal(id="mon-body"):
             with Vertical(id="mon-left"):
                 yield LossPlot(id="mon-plot")
+                yield Static("", id="mon-details")
+                yield Static("", id="mon-quality")
                 yield Static("", id="mon-warnings")
             with Vertical(id="mon-right"):
                 yield Label("no preview yet", id="mon-preview-label")
@@ -162,23 +178,36 @@ class MonitorScreen(Screen):
         view = self.view
         self.shown_version = view.version
         self.query_one(RunHeader).refresh()
-        self.query_one(LossPlot).update_series(view.losses, view.smoothed, view.val_losses)
+        plot = self.query_one(LossPlot)
+        plot.update_series(view.losses, view.smoothed, view.val_losses)
+        plot.set_empty_text(empty_plot_text(view))
+        quality = quality_line(view)
+        self._set_text("#mon-quality", quality, display=bool(quality))
+        if self.query_one("#mon-details").display:
+            self._set_text("#mon-details", details_text(view, self.detail_step))
         lines = [f"[red]error: {_escape(view.error)}[/]"] if view.error else []
         lines += [f"[yellow]warning: {_escape(w)}[/]" for w in view.warnings[-3:]]
         self._set_text("#mon-warnings", "\n".join(lines), display=bool(lines))
-        rows = tuple((c.step, bool(c.preview)) for c in view.checkpoints)
+        rows = tuple((c.step, bool(c.preview), c.best or c.step == view.best_step,
+                      norm_too_big(c.norms, view.vocab_median_norm)) for c in view.checkpoints)
         if rows != self.shown_rows:  # also when a preview arrives after its checkpoint: the marker must show
             self._update_checkpoints(rows)
         self._show_preview()
+        if view.state != self.shown_phase:
+            self.shown_phase = view.state
+            self.refresh_bindings()  # the footer offers only what works in this phase
         if view.state in TERMINAL_STATES:
             tail = {RunPhase.FINISHED: "Finished. f: where the files are and how to use them.",
-                    RunPhase.STOPPED: "Stopped and saved. Resume it from the start screen.",
+                    RunPhase.STOPPED: "Stopped and saved. r resumes it; f: where the files are.",
                     RunPhase.FAILED: "The run failed; see the error above and worker.log in the run folder.",
-                    RunPhase.KILLED: "The worker was killed. Escape, then r on the start screen resumes it."}
+                    RunPhase.KILLED: "The worker was killed. r resumes it from its last checkpoint."}
             message = (tail[view.state], "ok" if view.state == RunPhase.FINISHED else "warning")
-            if message != getattr(self, "_shown_tail", None):
+            if message != self._shown_tail:
                 self._shown_tail = message
                 self.show_message(*message)
+        elif self._shown_tail is not None:  # resumed: the "Stopped and saved" line no longer holds
+            self._shown_tail = None
+            self.show_message("")
 
     def _set_text(self, selector: str, text: str, display: bool | None = None) -> None:
         widget = self.query_one(selector, Static)
@@ -194,8 +223,8 @@ class MonitorScreen(Screen):
         old = self.shown_rows
         self.shown_rows = rows
 
-        def label(step: int, preview: bool) -> str:
-            return f"step {step:>6}{'  ▣' if preview else ''}"
+        def label(step: int, preview: bool, best: bool = False, big: bool = False) -> str:
+            return f"step {step:>6}{'  ▣' if preview else ''}{' ★' if best else ''}{' !' if big else ''}"
 
         if len(rows) >= len(old) and [r[0] for r in rows[: len(old)]] == [r[0] for r in old]:
             for i, (before, now) in enumerate(zip(old, rows)):
@@ -217,15 +246,25 @@ class MonitorScreen(Screen):
             self._set_text("#mon-preview-label", f"checkpoint step {step} (l: latest)")
         elif self.view.latest_preview is not None:
             step, rel = self.view.latest_preview
-            self._set_text("#mon-preview-label", f"latest preview: step {step}")
+            self._set_text("#mon-preview-label", self._rendering_text() or f"latest preview: step {step}")
         else:
+            self._set_text("#mon-preview-label", self._rendering_text() or "no preview yet")
             return
         preview.set_image(self.view.resolve(rel))
+
+    def _rendering_text(self) -> str:
+        step = self.view.rendering_preview
+        if step is None or not self.view.state.active:
+            return ""
+        return f"rendering preview (step {step})…"
 
     @on(OptionList.OptionHighlighted, "#mon-checkpoints")
     @on(OptionList.OptionSelected, "#mon-checkpoints")
     def _checkpoint(self, event) -> None:
         step = int(event.option.id)
+        self.detail_step = step
+        if self.query_one("#mon-details").display:
+            self._set_text("#mon-details", details_text(self.view, step))
         if step in self.view.previews:
             self.pinned_step = step
         else:
@@ -233,8 +272,17 @@ class MonitorScreen(Screen):
         self._show_preview()
 
     def action_latest(self) -> None:
-        self.pinned_step = None
+        self.pinned_step = self.detail_step = None
         self._show_preview()
+
+    def action_details(self) -> None:
+        """Swap the loss plot for the checkpoint details (norms, nearest tokens, the quality figures) and back."""
+        details = self.query_one("#mon-details", Static)
+        shown = not details.display
+        if shown:
+            self._set_text("#mon-details", details_text(self.view, self.detail_step))
+        details.display = shown
+        self.query_one(LossPlot).display = not shown
 
     # --- commands ----------------------------------------------------------------------------------------------
 
@@ -273,20 +321,138 @@ class MonitorScreen(Screen):
     def action_preview(self) -> None:
         self._send("preview", "Asked the worker to render a preview after this step.")
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """The footer (and the keys) offer only what still works in the run's phase."""
+        state = self.view.state
+        if action in ("stop", "save", "preview", "detach"):
+            return state.active
+        if action == "resume":
+            return state in (RunPhase.STOPPED, RunPhase.KILLED) and not self._resume_busy()
+        if action == "finish":
+            return state in (RunPhase.FINISHED, RunPhase.STOPPED)
+        if action == "quit_monitor":
+            return not state.active
+        return True
+
+    def _resume_busy(self) -> bool:
+        return self._resuming is not None and not self._resuming.is_finished
+
     def action_detach(self) -> None:
         if self.view.state in TERMINAL_STATES:
             self.app.exit()
             return
         self.app.detach(self.run_dir)
 
+    def action_quit_monitor(self) -> None:
+        self.app.exit()
+
+    def action_resume(self) -> None:
+        if self._resume_busy():
+            return
+        self.show_message("Resuming: starting the worker…", "info")
+        self._resuming = self._resume()
+        self.refresh_bindings()
+
+    @work(thread=True, group="monitor-resume", exit_on_error=False)
+    def _resume(self) -> None:
+        """Spawn the worker off the UI thread (it reads the config and the checkpoint, then starts a process)."""
+        try:
+            runs_info.resume(self.run_dir)
+        except Exception as exc:  # noqa: BLE001 - e.g. a run with nothing to resume: said, never a crash
+            self.app.call_from_thread(self._resume_failed, error_text(exc))
+            return
+        self.app.call_from_thread(self._resumed)
+
+    def _resumed(self) -> None:
+        self.view.phase = RunPhase.STARTING  # until its `started` event arrives; a silent death then shows as killed
+        self.view.error = ""
+        self.view.version += 1
+        self.redraw()
+        self.show_message("Resumed: the worker continues from the last checkpoint.", "ok")
+
+    def _resume_failed(self, text: str) -> None:
+        self.show_message(text)
+        self.refresh_bindings()
+
     def action_finish(self) -> None:
-        if self.view.state != "finished":
+        if self.view.state not in (RunPhase.FINISHED, RunPhase.STOPPED):
             self.show_message("The run has not finished yet.", "info")
             return
         self.app.goto("finish")
 
     def action_leave(self) -> None:
         self.app.goto("start")
+
+
+def norm_too_big(norms, vocab_median: float | None) -> bool:
+    """True when a vector's norm is far beyond the vocabulary's (it swamps the rest of the prompt)."""
+    if not norms or not vocab_median:
+        return False
+    return any(isinstance(n, (int, float)) and n > NORM_WARN_FACTOR * vocab_median for n in norms)
+
+
+def empty_plot_text(view: RunView) -> str:
+    """What the loss plot says before it has a point: a failed run says so instead of waiting for a step."""
+    if view.state == RunPhase.FAILED:
+        return "the run failed before its first step (the error is below)"
+    if view.state == RunPhase.KILLED:
+        return "the worker died before its first step"
+    if view.state in TERMINAL_STATES:
+        return f"no steps: the run {view.state}"
+    return "waiting for the first step…"
+
+
+def quality_line(view: RunView) -> str:
+    """One line (wrapped to two at 80 columns): the auto-stop rule, the held-out loss and the suggested best step."""
+    parts = []
+    label = view.auto_stop_label
+    if label:
+        parts.append(f"auto-stop{'' if view.auto_stop is not False else ' (watch only)'}: {label}")
+    if view.holdout_losses:
+        parts.append(f"held-out {view.holdout_losses[-1][1]:.4f}")
+    if view.best_step is not None:
+        parts.append(f"best step {view.best_step}")
+    return _escape(" · ".join(parts))
+
+
+def details_text(view: RunView, step: int | None) -> str:
+    """The details panel: the chosen (else latest) checkpoint's vector norms against the vocabulary's median, each
+    vector's nearest tokens, and the quality figures."""
+    lines = []
+    quality = quality_line(view)
+    if quality:
+        lines.append(quality)
+    row = next((c for c in view.checkpoints if c.step == step), None) if step is not None else None
+    row = row or (view.checkpoints[-1] if view.checkpoints else None)
+    if row is None:
+        lines.append("[dim]no checkpoint yet: norms and nearest tokens appear with the first[/]")
+        return "\n".join(lines)
+    best = "  [b]★ suggested best step[/]" if row.best or row.step == view.best_step else ""
+    lines.append(f"[b]checkpoint step {row.step}[/]{best}")
+    median = view.vocab_median_norm
+    if median:
+        lines.append(f"vocabulary median norm {median:.3g} (warns above {NORM_WARN_FACTOR:g}x)")
+    norms = row.norms or []
+    nearest = row.nearest or []
+    if not norms and not nearest:
+        lines.append("[dim]this checkpoint carries no norms (an older run)[/]")
+    for i in range(max(len(norms), len(nearest))):
+        text = f"v{i}"
+        norm = norms[i] if i < len(norms) else None
+        if isinstance(norm, (int, float)):
+            text += f" norm {norm:.3g}"
+            if median:
+                ratio = norm / median
+                text += f" ({ratio:.1f}x)"
+                if ratio > NORM_WARN_FACTOR:
+                    text = f"[red]{text} ⚠ far beyond the vocabulary's[/]"
+        tokens = nearest[i] if i < len(nearest) and isinstance(nearest[i], list) else []
+        words = [f"{_escape(str(t[0]))} {t[1]:.2f}" for t in tokens[:4]
+                 if isinstance(t, (list, tuple)) and len(t) >= 2 and isinstance(t[1], (int, float))]
+        if words:
+            text += " · " + ", ".join(words)
+        lines.append(text)
+    return "\n".join(lines)
 
 
 def _escape(text: str) -> str:

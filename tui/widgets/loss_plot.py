@@ -24,6 +24,9 @@ VAL_STYLE = "bold yellow"
 _DOT_WEIGHTS = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.uint16)
 
 
+WAITING = "waiting for the first step…"
+
+
 def _fmt(v: float) -> str:
     if v == 0:
         return "0"
@@ -139,11 +142,11 @@ def _cells(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 Row = list  # of (text, style or None) runs
 
 
-def render_plot(raw, smoothed, val, width: int, height: int) -> Text:
+def render_plot(raw, smoothed, val, width: int, height: int, empty: str = WAITING) -> Text:
     """The whole plot (legend, y labels, braille area, x labels) as Rich text of at most `width`x`height`. The series
     are (step, value) lists or `Series`."""
     out = Text()
-    for i, row in enumerate(plot_rows(raw, smoothed, val, width, height)):
+    for i, row in enumerate(plot_rows(raw, smoothed, val, width, height, empty)):
         if i:
             out.append("\n")
         for text, style in row:
@@ -162,7 +165,7 @@ def _cut(row: Row, width: int) -> Row:
     return out
 
 
-def plot_rows(raw, smoothed, val, width: int, height: int) -> list[Row]:
+def plot_rows(raw, smoothed, val, width: int, height: int, empty: str = WAITING) -> list[Row]:
     """The plot as rows of styled runs: the legend, the braille area with y labels, the x axis."""
     raw, smoothed, val = _as_series(raw), _as_series(smoothed), _as_series(val)
     width, height = max(width, 20), max(height, 4)
@@ -176,7 +179,7 @@ def plot_rows(raw, smoothed, val, width: int, height: int) -> list[Row]:
     if val.last is not None:
         legend.append((f" {_fmt(val.last)}", VAL_STYLE))
     legend = _cut(legend, width)
-    waiting = [legend, [], [("waiting for the first step…", "dim")]]
+    waiting = [legend, [], [(empty, "dim")]]
     if not len(raw) and not len(val):
         return waiting
     label_w = 7
@@ -282,6 +285,14 @@ class LossPlot(Widget):
         self._version = 0
         self._strips: list[Strip] = []
         self._strips_key: tuple | None = None
+        self.empty_text = WAITING  # shown while there is no point to draw
+
+    def set_empty_text(self, text: str) -> None:
+        """What the plot says while it has no point (e.g. that the run failed before its first step)."""
+        if text != self.empty_text:
+            self.empty_text = text
+            self._version += 1
+            self.refresh()
 
     def adopt(self, raw: Series, smoothed: Series, val: Series) -> None:
         """Take series filled elsewhere (the monitor fills them in its worker thread with the history)."""
@@ -299,7 +310,7 @@ class LossPlot(Widget):
     def _build(self, width: int, height: int) -> list[Strip]:
         key = (self._version, width, height)
         if key != self._strips_key:
-            rows = plot_rows(self.raw, self.smoothed, self.val, width, height)
+            rows = plot_rows(self.raw, self.smoothed, self.val, width, height, self.empty_text)
             strips = []
             for row in rows[:height]:
                 segments = [Segment(text, _style(style)) for text, style in row]
