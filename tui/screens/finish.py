@@ -35,6 +35,15 @@ def final_files(run_dir: Path) -> RunView:
     return view
 
 
+def best_checkpoint_files(view: RunView, sdxl: bool) -> list[Path]:
+    """The suggested best step's checkpoint files, when it is not the final step and was saved (reads the disk)."""
+    step, rel = view.best_step, view.best_checkpoint
+    if step is None or step == view.step or not rel or not view.resolve(rel).is_file():
+        return []
+    st = view.resolve(rel)
+    return [st] if sdxl else [st, st.with_suffix(".pt")]
+
+
 def is_sdxl_embedding(path: Path) -> bool:
     """An SDXL file ({clip_l, clip_g}), from its safetensors header (no torch in the TUI); False if unreadable."""
     try:
@@ -114,16 +123,42 @@ class FinishScreen(WizardScreen):
 
     def on_mount(self) -> None:
         run_dir = Path(self.state.run_dir).expanduser().resolve()  # paths shown absolute: they are copied elsewhere
+        self.view = RunView(run_dir)
+        self.files: list[Path] = []
+        self.final_files: list[Path] = []
+        self.best_files: list[Path] = []
+        self.emb_name = self.state.name
+        self.query_one("#fin-files", Static).update(f"Run folder   {run_dir}\nreading the run…")
+        self.query_one("#fin-sheet-label").display = self.query_one("#fin-sheet").display = False
+        self.targets = []
+        self.query_one("#fin-targets", OptionList).focus()
+        self.scan_targets()
+        self.load_run(run_dir, self.state.name, self.state.model)
+
+    @work(thread=True, exclusive=True, group="finish-load", exit_on_error=False)
+    def load_run(self, run_dir: Path, fallback_name: str, fallback_model: str) -> None:
+        """Off the UI thread: replay the event log, read the files' headers, the config and the sheet's presence."""
+        error = ""
         try:
-            self.view = final_files(run_dir)
-        except Exception as exc:
-            self.view = RunView(run_dir)
-            self.show_message(error_text(exc))
-        name = self.view.name or self.state.name
-        st = str(self.view.resolve(self.view.final_safetensors or f"{name}.safetensors"))
-        pt = str(self.view.resolve(self.view.final_pt or f"{name}.pt"))
-        sdxl = is_sdxl_embedding(self.view.resolve(st))
-        self.files = [self.view.resolve(st)] if sdxl else [self.view.resolve(st), self.view.resolve(pt)]
+            view = final_files(run_dir)
+        except Exception as exc:  # noqa: BLE001 - shown; the screen still lists the usual file names
+            view, error = RunView(run_dir), error_text(exc)
+        name = view.name or fallback_name
+        st = view.resolve(view.final_safetensors or f"{name}.safetensors")
+        pt = view.resolve(view.final_pt or f"{name}.pt")
+        sdxl = is_sdxl_embedding(st)
+        loaded = {"view": view, "error": error, "name": name, "st": st, "pt": pt, "sdxl": sdxl,
+                  "best": best_checkpoint_files(view, sdxl), "model": run_model(run_dir, fallback_model),
+                  "sheet": run_dir / "previews" / "sheet.png"}
+        loaded["has_sheet"] = loaded["sheet"].is_file()
+        self.app.call_from_thread(self._show_run, run_dir, loaded)
+
+    def _show_run(self, run_dir: Path, loaded: dict) -> None:
+        self.view, name, sdxl = loaded["view"], loaded["name"], loaded["sdxl"]
+        if loaded["error"]:
+            self.show_message(loaded["error"])
+        st, pt = loaded["st"], loaded["pt"]
+        self.files = [st] if sdxl else [st, pt]
         if sdxl:
             embedding = (f"Embedding    {st}  (SDXL: clip_l + clip_g; A1111/Forge, ComfyUI, InvokeAI, SD.Next)\n"
                          "             no .pt: A1111's .pt format has no SDXL form\n")
@@ -132,7 +167,7 @@ class FinishScreen(WizardScreen):
             embedding = (f"Embedding    {st}\n             for diffusers, ComfyUI, A1111\n"
                          f"             {pt}\n             for A1111 classic, InvokeAI\n")
             invoke = "InvokeAI: install the .pt (it misreads the width of a one-tensor .safetensors)."
-        best = self._best_files(name, sdxl)
+        best = loaded["best"]
         suggested = ""
         if best:
             suggested = (f"Suggested    step {self.view.best_step}: {best[0].relative_to(run_dir)} "
@@ -146,15 +181,11 @@ class FinishScreen(WizardScreen):
             f"Trigger word: [b]{name}[/b]. Type it in a prompt, e.g. “a portrait, {name}”. "
             f"A1111 and ComfyUI (embedding:{name}) pick it up from their embeddings folder. {invoke}"
         )
-        self.query_one("#fin-snippet", Static).update(
-            diffusers_snippet(run_model(run_dir, self.state.model), str(self.files[0]), name, sdxl=sdxl))
-        sheet = run_dir / "previews" / "sheet.png"
-        self.query_one("#fin-sheet-label").display = self.query_one("#fin-sheet").display = sheet.is_file()
-        if sheet.is_file():
-            self.query_one("#fin-sheet", ImagePreview).set_image(sheet)
-        self.targets = []
-        self.query_one("#fin-targets", OptionList).focus()
-        self.scan_targets()
+        self.query_one("#fin-snippet", Static).update(diffusers_snippet(loaded["model"], str(self.files[0]), name,
+                                                                        sdxl=sdxl))
+        self.query_one("#fin-sheet-label").display = self.query_one("#fin-sheet").display = loaded["has_sheet"]
+        if loaded["has_sheet"]:
+            self.query_one("#fin-sheet", ImagePreview).set_image(loaded["sheet"])
 
     @work(thread=True, exclusive=True, group="targets", exit_on_error=False)
     def scan_targets(self) -> None:
@@ -180,6 +211,9 @@ class FinishScreen(WizardScreen):
 
     def action_copy(self, overwrite: bool = False) -> None:
         menu = self.query_one("#fin-targets", OptionList)
+        if not self.files:
+            self.show_message("Still reading the run; try again in a moment.", "info")
+            return
         if not self.targets or menu.highlighted is None:
             self.show_message("No embeddings folder to copy into.", "info")
             return
@@ -199,14 +233,6 @@ class FinishScreen(WizardScreen):
         self.app.call_from_thread(
             self.show_message, f"Copied {written.name} to {written.parent}. Refresh the embeddings list in "
                                f"{target.app}.", "ok")
-
-    def _best_files(self, name: str, sdxl: bool) -> list[Path]:
-        """The suggested best step's checkpoint files, when it is not the final step and was saved."""
-        step, rel = self.view.best_step, self.view.best_checkpoint
-        if step is None or step == self.view.step or not rel or not self.view.resolve(rel).is_file():
-            return []
-        st = self.view.resolve(rel)
-        return [st] if sdxl else [st, st.with_suffix(".pt")]
 
     def action_best(self) -> None:
         """Switch what `c` copies between the final embedding and the suggested best step's checkpoint (copied under
