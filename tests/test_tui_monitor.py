@@ -152,9 +152,9 @@ def test_monitor_shows_auto_stop_holdout_best_step_and_checkpoint_norms_at_80x24
             quality = monitor.query_one("#mon-quality")
             await until(pilot, lambda: quality.display and "held-out" in _text(quality), "the quality line")
             text = _text(quality)
-            assert "auto-stop: variance ratio 0.42 over the last 60 steps (stops below 0.15)" in text
-            assert "held-out 0.1120" in text and "best step 40" in text
-            assert quality.region.height >= 1 and quality.region.bottom <= 24
+            assert text == "best step 40 · held-out 0.1120 · auto-stop: ratio 0.42 (flat below 0.15)"
+            await until(pilot, lambda: quality.region.height, "the quality line's layout")
+            assert quality.region.height == 2 and quality.region.bottom <= 22  # whole at 80x24, above the footer
             menu = monitor.query_one("#mon-checkpoints")
             await until(pilot, lambda: menu.option_count == 3, "the checkpoint rows")
             prompts = [str(menu.get_option_at_index(i).prompt) for i in range(3)]
@@ -165,6 +165,8 @@ def test_monitor_shows_auto_stop_holdout_best_step_and_checkpoint_norms_at_80x24
             details = monitor.query_one("#mon-details")
             assert details.display and not monitor.query_one("#mon-plot").display
             text = _text(details)
+            assert not quality.display  # the panel says it in full instead
+            assert "auto-stop: variance ratio 0.42 over the last 60 steps (stops below 0.15)" in text
             assert "checkpoint step 120" in text and "vocabulary median norm 0.39" in text
             assert "v0 norm 0.41 (1.1x) · cat 0.82, kitten 0.71" in text
             assert "v1 norm 2.5 (6.4x) ⚠ far beyond the vocabulary's" in text
@@ -172,7 +174,7 @@ def test_monitor_shows_auto_stop_holdout_best_step_and_checkpoint_norms_at_80x24
             await until(pilot, lambda: "checkpoint step 40" in _text(details), "step 40's details")
             assert "★ suggested best step" in _text(details) and "⚠" not in _text(details)
             await pilot.press("i")
-            assert monitor.query_one("#mon-plot").display and not details.display
+            assert monitor.query_one("#mon-plot").display and not details.display and quality.display
 
     asyncio.run(drive())
 

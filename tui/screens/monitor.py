@@ -80,6 +80,7 @@ class MonitorScreen(Screen):
         self.shown_phase: RunPhase | None = None
         self._shown_tail: tuple | None = None
         self._resuming = None  # the resume worker in flight, if any
+        self._generation = 0  # bumped by a resume: a liveness read from before it no longer holds
 
     def compose(self) -> ComposeResult:
         yield RunHeader(self.view, id="mon-header")
@@ -120,6 +121,7 @@ class MonitorScreen(Screen):
     def _poll(self) -> None:
         """Off the UI thread: read what is new and post it. Polls never overlap, so the follower is used by one
         thread at a time."""
+        generation = self._generation
         try:
             if self.follower is None:
                 self.follower = runs_info.follow(self.run_dir)
@@ -147,7 +149,9 @@ class MonitorScreen(Screen):
             self.polls += 1
             if getattr(self.app, "check_liveness", True) and self.polls % LIVENESS_EVERY == 1 and not events:
                 info = self.follower.info()
-                self.post_message(RunLiveness(info.state, info.reason))
+                message = RunLiveness(info.state, info.reason)
+                message.generation = generation
+                self.post_message(message)
         except Exception as exc:  # noqa: BLE001 - shown, never a crash of the UI
             self.post_message(RunFollowFailed(error_text(exc)))
 
@@ -165,6 +169,8 @@ class MonitorScreen(Screen):
         self.view.apply_all(message.events)  # drawn by the next tick
 
     def on_run_liveness(self, message: RunLiveness) -> None:
+        if getattr(message, "generation", self._generation) != self._generation:
+            return  # read before a resume: the old life's "stopped" would undo it
         self.view.set_liveness(message.phase, message.reason)
 
     def on_run_follow_failed(self, message: RunFollowFailed) -> None:
@@ -181,9 +187,10 @@ class MonitorScreen(Screen):
         plot = self.query_one(LossPlot)
         plot.update_series(view.losses, view.smoothed, view.val_losses)
         plot.set_empty_text(empty_plot_text(view))
+        details = self.query_one("#mon-details").display
         quality = quality_line(view)
-        self._set_text("#mon-quality", quality, display=bool(quality))
-        if self.query_one("#mon-details").display:
+        self._set_text("#mon-quality", quality, display=bool(quality) and not details)
+        if details:
             self._set_text("#mon-details", details_text(view, self.detail_step))
         lines = [f"[red]error: {_escape(view.error)}[/]"] if view.error else []
         lines += [f"[yellow]warning: {_escape(w)}[/]" for w in view.warnings[-3:]]
@@ -283,6 +290,7 @@ class MonitorScreen(Screen):
             self._set_text("#mon-details", details_text(self.view, self.detail_step))
         details.display = shown
         self.query_one(LossPlot).display = not shown
+        self._set_text("#mon-quality", quality_line(self.view), display=bool(quality_line(self.view)) and not shown)
 
     # --- commands ----------------------------------------------------------------------------------------------
 
@@ -364,6 +372,7 @@ class MonitorScreen(Screen):
         self.app.call_from_thread(self._resumed)
 
     def _resumed(self) -> None:
+        self._generation += 1
         self.view.phase = RunPhase.STARTING  # until its `started` event arrives; a silent death then shows as killed
         self.view.error = ""
         self.view.version += 1
@@ -402,16 +411,30 @@ def empty_plot_text(view: RunView) -> str:
     return "waiting for the first step…"
 
 
-def quality_line(view: RunView) -> str:
-    """One line (wrapped to two at 80 columns): the auto-stop rule, the held-out loss and the suggested best step."""
+def auto_stop_short(view: RunView) -> str:
+    """The auto-stop rule's state in a few words (the details panel has `AutoStopState.label()`'s full sentence)."""
+    rule = view.auto_stop_state
+    if rule is None:
+        return ""
+    head = "auto-stop" if view.auto_stop is not False else "auto-stop (watch only)"
+    if rule.fired_at is not None:
+        return f"{head}: flat since step {rule.fired_at}"
+    if rule.ratio is None:
+        return f"{head}: watching {rule.watched} of {rule.window} steps"
+    return f"{head}: ratio {rule.ratio:.2f} (flat below {rule.threshold:g})"
+
+
+def quality_line(view: RunView, full: bool = False) -> str:
+    """The suggested best step, the held-out loss and the auto-stop rule: two lines at most at 80 columns, the most
+    useful first. `full`: the rule's whole sentence (the details panel)."""
     parts = []
-    label = view.auto_stop_label
-    if label:
-        parts.append(f"auto-stop{'' if view.auto_stop is not False else ' (watch only)'}: {label}")
-    if view.holdout_losses:
-        parts.append(f"held-out {view.holdout_losses[-1][1]:.4f}")
     if view.best_step is not None:
         parts.append(f"best step {view.best_step}")
+    if view.holdout_losses:
+        parts.append(f"held-out {view.holdout_losses[-1][1]:.4f}")
+    rule = (f"auto-stop: {view.auto_stop_label}" if view.auto_stop_label else "") if full else auto_stop_short(view)
+    if rule:
+        parts.append(rule)
     return _escape(" · ".join(parts))
 
 
@@ -419,7 +442,7 @@ def details_text(view: RunView, step: int | None) -> str:
     """The details panel: the chosen (else latest) checkpoint's vector norms against the vocabulary's median, each
     vector's nearest tokens, and the quality figures."""
     lines = []
-    quality = quality_line(view)
+    quality = quality_line(view, full=True)
     if quality:
         lines.append(quality)
     row = next((c for c in view.checkpoints if c.step == step), None) if step is not None else None
