@@ -174,16 +174,22 @@ from tui.app import TiwizApp
 from tui.state import WizardState
 state = WizardState(model=sys.argv[2], source=sys.argv[3], dataset=sys.argv[3], skip_preprocess=True,
                     name="killcat", init_text="cat", vectors=1,
-                    train=dict(steps=100000, width=64, height=64, save_every=5, preview_every=0, validate_every=0,
+                    train=dict(steps=100000, width=64, height=64, save_every=5, preview_every=0, validate_every=0, auto_stop=False,
                                device="cpu"))
 app = TiwizApp(state=state, save=False, runs_root=sys.argv[4], start_stage="training")
 async def main():
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause(0.5)
         await pilot.press("ctrl+n")
-        await pilot.pause(0.5)
+        deadline = time.monotonic() + 180  # never hang the suite: say where it stuck instead
+        while type(app.screen).__name__ != "ConfirmModal":  # the checks before the question run in a worker
+            if time.monotonic() > deadline:
+                print("STUCK before the confirmation on", type(app.screen).__name__, flush=True); return
+            await pilot.pause(0.2)
         await pilot.press("y")
         while not (type(app.screen).__name__ == "MonitorScreen" and app.screen.view.step >= 2):
+            if time.monotonic() > deadline:
+                print("STUCK waiting for the monitor on", type(app.screen).__name__, flush=True); return
             await pilot.pause(0.2)
         print("RUN", app.state.run_dir, app.screen.view.step, flush=True)
         while True:
