@@ -3,6 +3,7 @@ aimed at each kind of write (embedding, state, status, final); every run resumes
 uninterrupted run, with no torn file and no temp file left behind. The full 40 trials: `python bench/kill_trials.py`."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "kill_trials.py"
 def _bench():
     spec = importlib.util.spec_from_file_location("kill_trials", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
