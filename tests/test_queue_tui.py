@@ -1,5 +1,5 @@
 """The queue in the wizard: the start screen lists the jobs (state, GPU, step) and Enter attaches to a job's run; the
-training screen adds the embedding to the queue (ctrl+b) beside starting it now (ctrl+n)."""
+training screen adds the embedding to the queue (f6) beside starting it now (ctrl+n)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_training_screen_adds_the_embedding_to_the_queue(tmp_path, tiny_model_di
     async def drive():
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_idle(pilot)
-            await pilot.press("ctrl+b")
+            await pilot.press("f6")
             await wait_idle(pilot)
             assert "Added job zxq-cat to the queue" in str(app.screen.query_one("#message").content)
             assert app.screen.__class__.__name__ == "TrainingScreen"  # nothing started
