@@ -50,21 +50,7 @@ def read_scheduler(queue_dir: str | os.PathLike) -> dict:
 
 def scheduler_alive(queue_dir: str | os.PathLike) -> bool:
     """True when a scheduler holds the queue's lock (on any machine that shares the folder)."""
-    import fcntl
-
-    try:
-        fd = os.open(Path(queue_dir) / SCHEDULER_LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return runs.file_lock_is_held(Path(queue_dir) / SCHEDULER_LOCK)
 
 
 def acquire_scheduler_lock(queue_dir: Path) -> int:

@@ -102,9 +102,13 @@ def pid_is_worker(pid, run_dir: str | os.PathLike | None = None) -> bool:
 
 def lock_is_held(run_dir: str | os.PathLike) -> bool:
     """True when some process holds the worker lock of this folder."""
+    return file_lock_is_held(Path(run_dir) / LOCK)
+
+
+def file_lock_is_held(path: str | os.PathLike) -> bool:
+    """True when some process (on any machine sharing the folder) holds an flock on `path`."""
     import fcntl
 
-    path = Path(run_dir) / LOCK
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
