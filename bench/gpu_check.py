@@ -892,16 +892,9 @@ def bench_diffusers(family, device, precision, spec, data, dry) -> dict:
 
 
 def _make_images(folder: Path, n: int, size: int) -> Path:
-    import numpy as np
-    from PIL import Image
+    from bench.train_speed import make_images
 
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"{i:03d}-thing.png")
-        (folder / f"{i:03d}-thing.txt").write_text("a thing, red, blue")
-    return folder
+    return make_images(folder, n, size)
 
 
 # =====================================================================================================================

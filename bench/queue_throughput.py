@@ -24,16 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_images(folder: Path, n: int = 2, size: int = 64) -> Path:
-    import numpy as np
-    from PIL import Image
+    from bench.train_speed import make_images as _make
 
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"{i:03d}-thing.png")
-        (folder / f"{i:03d}-thing.txt").write_text("a thing, red, blue")
-    return folder
+    return _make(folder, n, size)
 
 
 def settings(model: Path, data: Path, name: str, steps: int, seed: int) -> dict:
