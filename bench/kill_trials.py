@@ -229,7 +229,8 @@ def run_trial(kind: str, index: int, work: Path, model: Path, data: Path, refere
         try:
             api.resume_run(run)
         except Exception as exc:  # noqa: BLE001 - recorded: a resume that is refused is a failed trial
-            trial.note = f"resume refused: {exc}"
+            if runs.inspect_run(run).state != "finished":  # refused because complete: the run says finished now
+                trial.note = f"resume refused: {exc}"
             break
         trial.resumes += 1
         info = wait_done(run)

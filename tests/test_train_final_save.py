@@ -69,3 +69,24 @@ def test_resume_run_refuses_a_complete_run_whatever_its_status_says(tiny_model_d
     folder.write_status(out, {"pid": 999999, "state": "running", "step": 2, "max_steps": 2, "last_checkpoint": 2})
     with pytest.raises(TiwizError, match="finished all 2 steps"):
         api.resume_run(out)
+
+
+def test_refused_resume_of_a_complete_run_repairs_its_status_and_temp_files(tiny_model_dir, tmp_path):
+    """Kill trial 39/40: a kill in the last status.json write left "running" and a `.status.json.*.tmp` behind.
+    The run is complete (final files at the last step), so the refusal says so and leaves the folder saying it too:
+    `tiwiz runs` shows finished, not killed, and no temp file stays."""
+    from core.runs import api, folder
+
+    data = make_images(tmp_path / "data", n=1)
+    out = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, data, steps=2, save_every=2, output=str(out))
+    Trainer(config, out, ListSink()).run()
+    config.to_toml(out / "config.toml")
+    folder.write_status(out, {"pid": 999999, "state": "running", "step": 2, "max_steps": 2, "last_checkpoint": 2})
+    temp = out / ".status.json.abc123.tmp"
+    temp.write_text("{")
+    assert folder.inspect_run(out).state != "finished"
+    with pytest.raises(TiwizError, match="finished all 2 steps"):
+        api.resume_run(out)
+    assert folder.inspect_run(out).state == "finished"
+    assert not temp.exists()

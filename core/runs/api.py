@@ -144,11 +144,27 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_
         config.to_toml(run_dir / runs.CONFIG)
     elif (info.state == "finished" and saved >= (info.max_steps or config.steps)) or _final_files_done(run_dir, config):
         done = max(saved, config.steps)
+        _settle_finished(run_dir, info, done)
         raise TiwizError(f"{run_dir.name} finished all {done} steps; `tiwiz resume {run_dir} --steps "
                          f"{done + 1000}` trains further")
     _spawn(run_dir, resume=True, name=config.name, max_steps=config.steps,
            previous=info, env_extra={"TIWIZ_ALLOW_DATA_CHANGE": "1"} if allow_data_change else None)
     return run_dir
+
+
+def _settle_finished(run_dir: Path, info, done: int) -> None:
+    """A complete run killed before its last status.json write said so: make the folder say "finished" and drop the
+    kill's temp files, so `tiwiz runs` never shows a finished run as killed."""
+    from core.atomic import remove_stale_temps
+
+    remove_stale_temps(run_dir, ("embeddings", "previews", "state"))
+    if info.state != "finished":
+        try:
+            status = runs.read_status(run_dir) or {}
+        except TiwizError:  # a status.json torn by the kill: the events and final files say what it should hold
+            status = {}
+        status.update(state="finished", pid=None, step=done, reason="finished (status repaired after a kill)")
+        runs.write_status(run_dir, status)
 
 
 def _final_files_done(run_dir: Path, config) -> bool:
