@@ -34,16 +34,9 @@ SIZE = 128
 
 
 def _images(folder: Path, n: int = 4) -> Path:
-    import numpy as np
-    from PIL import Image
+    from bench.train_speed import make_images
 
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((SIZE, SIZE), Image.BICUBIC).save(folder / f"{i:03d}-thing.png")
-        (folder / f"{i:03d}-thing.txt").write_text("a thing, red, blue")
-    return folder
+    return make_images(folder, n, SIZE)
 
 
 def tiwiz_steps(model: Path, data: Path, out: Path, steps: int, threads: int, precision: str) -> list[tuple]:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from core.errors import TiwizError
 from core.events import ListSink
 from core.training.trainer import Trainer
-from train_helpers import make_images, one_thread, tiny_config, write_template  # noqa: F401 (fixture)
+from train_helpers import make_images, one_thread, text_sensitive_copy, tiny_config, write_template  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,23 +125,10 @@ def test_time_ids_carry_original_size_and_crop_of_non_square_images(tmp_path):
     assert ds.time_ids([0]).tolist() == [[96.0, 192.0, 0.0, 32.0, 64.0, 64.0]]  # 192x96 -> 128x64, crop at x = 32
 
 
-def _text_sensitive_copy(src, dst, factor=20.0):
-    from diffusers import UNet2DConditionModel
-
-    shutil.copytree(src, dst)
-    unet = UNet2DConditionModel.from_pretrained(dst / "unet", local_files_only=True)
-    with torch.no_grad():
-        for name, module in unet.named_modules():
-            if name.endswith("attn2"):
-                module.to_v.weight.mul_(factor)
-                module.to_out[0].weight.mul_(factor)
-    unet.save_pretrained(dst / "unet")
-    return dst
-
 
 @pytest.mark.slow
 def test_validation_loss_drops_on_planted_concept(tiny_sdxl_dir, tmp_path):
-    model = _text_sensitive_copy(tiny_sdxl_dir, tmp_path / "model")
+    model = text_sensitive_copy(tiny_sdxl_dir, tmp_path / "model")
     pipe = _pipe(model)
     g = torch.Generator().manual_seed(123)
     hidden = {"clip_l": torch.randn(2, 32, generator=g) * 1.5, "clip_g": torch.randn(2, 64, generator=g) * 1.5}

@@ -44,3 +44,22 @@ def tiny_config(model_dir, data_dir, **changes):
                 save_every=0, preview_every=0, validate_every=0, lr="0.01", seed=3, device="cpu")
     base.update(changes)
     return TrainConfig.from_dict(base)
+
+
+def text_sensitive_copy(src: Path, dst: Path, factor: float = 20.0) -> Path:
+    """A copy of a tiny diffusers model whose UNet cross-attention is scaled up, so the prompt (and a planted concept)
+    visibly moves the noise prediction. Works for SD1/SD2 and SDXL folders."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    shutil.copytree(src, dst)
+    unet = UNet2DConditionModel.from_pretrained(dst / "unet", local_files_only=True)
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_v.weight.mul_(factor)
+                module.to_out[0].weight.mul_(factor)
+    unet.save_pretrained(dst / "unet")
+    return dst
