@@ -13,7 +13,16 @@ Cases (the tiny random demo model, 128 px, batch 1, 4 vectors, fp32 CPU):
 
     python bench/cpu_threads.py                              # all cases, 2 rounds, under whatever load there is
     python bench/cpu_threads.py --load 2 --rounds 3          # plus 2 busy-looping processes of our own
-    python bench/cpu_threads.py --precision bf16             # also bf16 autocast on CPU (where the config has it)
+  sd15-N         our Trainer on the SD1.5 architecture with random weights (bench/train_speed.py) at 256 px,
+                 threads = N (6 steps a round, 2 of them warm-up): where bf16 has real matrix work to speed up
+  CASE-bf16      CASE under bf16 autocast on CPU (needs avx512_bf16 or amx_bf16), frozen weights fp32 (the trainer's)
+  CASE-bf16w     the same with the frozen weights held in bf16 too (as on CUDA): the alternative the trainer refuses
+
+Every tiwiz/sd15 case trains with the same seed, so its step losses are comparable case by case: the summary gives
+the mean step loss and the largest step-loss difference from the fp32 twin (bf16 must still learn the same thing).
+
+    python bench/cpu_threads.py --precision bf16             # also the bf16 twin of each tiwiz/sd15 case
+    python bench/cpu_threads.py --cases tiwiz-1,sd15-1 --precision bf16 --rounds 2
 """
 
 from __future__ import annotations
@@ -31,33 +40,60 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SIZE = 128
+SD15_SIZE = 256
+SD15_STEPS, SD15_WARMUP = 6, 2
 
 
-def _images(folder: Path, n: int = 4) -> Path:
+def _images(folder: Path, n: int = 4, size: int = SIZE) -> Path:
     from bench.train_speed import make_images
 
-    return make_images(folder, n, SIZE)
+    return make_images(folder, n, size)
 
 
-def tiwiz_steps(model: Path, data: Path, out: Path, steps: int, threads: int, precision: str) -> list[tuple]:
+def tiwiz_steps(model: Path | str, data: Path, out: Path, steps: int, threads: int, precision: str,
+                size: int = SIZE) -> tuple[list[tuple], list[float], str]:
+    """(wall, CPU) seconds of each step, each step's loss and the precision the Started event names."""
     from core.events import CallbackSink
     from core.training.config import TrainConfig
     from core.training.trainer import Trainer
 
-    stamps = []
+    stamps, losses, started = [], [], []
 
     def on_event(event):
         kind = event.TYPE if hasattr(event, "TYPE") else event["type"]
         if kind in ("step", "started"):
             stamps.append((time.perf_counter(), time.process_time()))
+        if kind == "step":
+            losses.append(event.loss if hasattr(event, "loss") else event["loss"])
+        elif kind == "started":
+            started.append(event.precision if hasattr(event, "precision") else event["precision"])
 
-    fields = dict(model=str(model), data=str(data), name="benchemb", steps=steps, width=SIZE, height=SIZE,
+    if precision == "bf16w":  # bf16 frozen weights under bf16 autocast: the trainer keeps fp32 on CPU
+        import torch
+
+        Trainer._frozen_weights_dtype = lambda self: torch.bfloat16
+    fields = dict(model=str(model), data=str(data), name="benchemb", steps=steps, width=size, height=size,
                   save_every=0, preview_every=0, validate_every=0, device="cpu", vectors=4, init_text="a thing",
-                  threads=threads, holdout=0)
-    if precision != "fp32":
-        fields["precision"] = precision
+                  threads=threads, holdout=0, precision="fp32" if precision == "fp32" else "bf16")
     Trainer(TrainConfig.from_dict(fields), out, CallbackSink(on_event)).run()
-    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])]
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])], losses, started[0]
+
+
+def sd15_steps(data: Path, out: Path, steps: int, threads: int, precision: str) -> tuple[list[tuple], list[float], str]:
+    """tiwiz_steps on the SD1.5 architecture with random weights at SD15_SIZE px (built in memory)."""
+    import torch
+
+    import core.models.loader as loader
+    from bench.train_speed import build_sd15
+
+    torch.set_num_threads(threads)
+    model = build_sd15(torch.device("cpu"))
+    if precision == "bf16w":
+        model.unet.to(torch.bfloat16)
+        model.text_encoder.to(torch.bfloat16)
+        model.vae.to(torch.bfloat16)
+    loader.load_model = lambda *a, **k: model  # the trainer loads "the model" through this function
+    return tiwiz_steps("sd15-random", data, out, steps, threads, precision, SD15_SIZE)
 
 
 def diffusers_steps(model: Path, data: Path, steps: int, threads: int) -> list[tuple]:
@@ -119,18 +155,24 @@ def diffusers_steps(model: Path, data: Path, steps: int, threads: int) -> list[t
 def run_case(case: str, steps: int, model: Path, data: Path) -> dict:
     import torch
 
-    kind, threads = case.split("-")[0], case.split("-")[1]
+    parts = case.split("-")
+    kind, threads = parts[0], parts[1]
+    precision = parts[2] if len(parts) > 2 and parts[2] in ("bf16", "bf16w") else "fp32"
+    losses, started, warmup = [], "fp32", 3
     with tempfile.TemporaryDirectory(prefix="tiwiz-threads-") as tmp:
         if kind == "tiwiz":
             n = 0 if threads == "auto" else int(threads)
-            precision = case.split("-")[2] if case.count("-") >= 2 and case.split("-")[2] in ("bf16",) else "fp32"
-            times = tiwiz_steps(model, data, Path(tmp) / "out", steps, n, precision)
+            times, losses, started = tiwiz_steps(model, data, Path(tmp) / "out", steps, n, precision)
+        elif kind == "sd15":
+            sd_data = _images(Path(tmp) / "data", size=SD15_SIZE)
+            times, losses, started = sd15_steps(sd_data, Path(tmp) / "out", SD15_STEPS, int(threads), precision)
+            warmup = SD15_WARMUP
         else:
             times = diffusers_steps(model, data, steps, int(threads))
-    timed = times[3:]  # warmup
+    timed = times[warmup:]
     return {"case": case, "s_per_step": statistics.median(t for t, _ in timed),
             "cpu_s_per_step": statistics.median(c for _, c in timed), "threads": torch.get_num_threads(),
-            "load": os.getloadavg()[0]}
+            "load": os.getloadavg()[0], "losses": losses, "precision": started}
 
 
 def _busy() -> None:
@@ -147,12 +189,18 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=13, help="steps per case and round (3 of them warm-up)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--load", type=int, default=0, help="busy-looping processes of our own to add")
-    p.add_argument("--precision", choices=["bf16"], help="also run tiwiz-1-bf16 and tiwiz-2-bf16")
+    p.add_argument("--precision", choices=["bf16"], help="also run the bf16 twin (CASE-bf16) of each tiwiz/sd15 case")
+    p.add_argument("--bf16-weights", action="store_true", help="with --precision bf16: also CASE-bf16w (bf16 "
+                                                               "frozen weights)")
     args = p.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.steps, Path(args.model), Path(args.data))))
         return 0
-    cases = args.cases.split(",") + ([f"tiwiz-{n}-bf16" for n in (1, 2)] if args.precision else [])
+    cases = []
+    for case in args.cases.split(","):
+        cases.append(case)
+        if args.precision and case.split("-")[0] in ("tiwiz", "sd15") and not case.endswith("-passive"):
+            cases += [f"{case}-bf16"] + ([f"{case}-bf16w"] if args.bf16_weights else [])
     busy = []
     results: dict[str, list[dict]] = {c: [] for c in cases}
     with tempfile.TemporaryDirectory(prefix="tiwiz-threads-") as tmp:
@@ -192,7 +240,18 @@ def main() -> int:
         cpu = statistics.median(r["cpu_s_per_step"] for r in rows)
         load = statistics.mean(r["load"] for r in rows)
         rel = f", {s / base_s:.2f}x diffusers-2" if base_s else ""
+        twin = results.get(case.rsplit("-", 1)[0]) if case.endswith(("-bf16", "-bf16w")) else None
+        if twin:
+            rel += f", {statistics.median(r['s_per_step'] for r in twin) / s:.2f}x the speed of fp32"
         print(f"  {case:18s} {s:.4f} s/step, CPU {cpu:.4f} s{rel}, load avg {load:.1f}")
+        if rows[0].get("losses"):
+            losses = rows[0]["losses"]
+            line = f"      {rows[0]['precision']}: mean step loss {statistics.mean(losses):.5f}"
+            if twin and twin[0].get("losses"):
+                diffs = [abs(a - b) for a, b in zip(losses, twin[0]["losses"])]
+                line += (f", largest step-loss difference from fp32 {max(diffs):.5f} (fp32 mean "
+                         f"{statistics.mean(twin[0]['losses']):.5f})")
+            print(line)
     return 0
 
 

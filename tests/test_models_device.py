@@ -17,8 +17,19 @@ def test_cpu_device_trains_in_fp32():
     assert p.grad_scaler() is None
     with p.autocast():
         assert torch.ones(2).dtype == torch.float32
-    with pytest.raises(TiwizError, match="needs a CUDA GPU"):
-        precision_for(device, "bf16")
+    with pytest.raises(TiwizError, match="precision: fp16 mixed precision needs a CUDA GPU"):
+        precision_for(device, "fp16")
+
+
+def test_cpu_bf16_follows_the_cpu_flags(monkeypatch):
+    """bf16 autocast on CPU only where the CPU has native bf16 (tests/test_cpu_bf16.py has the rest)."""
+    from core.models import device as device_module
+
+    monkeypatch.setattr(device_module, "_CPU_FLAGS", [{"avx2", "avx512f"}])
+    with pytest.raises(TiwizError, match="precision: bf16 on CPU needs native bf16.*avx512_bf16"):
+        precision_for(torch.device("cpu"), "bf16")
+    monkeypatch.setattr(device_module, "_CPU_FLAGS", [{"avx2", "avx512f", "avx512_bf16"}])
+    assert precision_for(torch.device("cpu"), "bf16").autocast_dtype == torch.bfloat16
 
 
 def test_bad_or_missing_devices_are_clear_errors():

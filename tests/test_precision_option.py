@@ -51,7 +51,7 @@ def test_forced_precisions():
         choose_precision("cuda", "bf16", (7, 5))
     with pytest.raises(TiwizError, match="precision: fp16 mixed precision needs a CUDA GPU"):
         choose_precision("cpu", "fp16")
-    with pytest.raises(TiwizError, match="precision: bf16 mixed precision needs a CUDA GPU"):
+    with pytest.raises(TiwizError, match="precision: bf16 mixed precision needs a CUDA GPU or a CPU with native"):
         choose_precision("mps", "bf16")
     with pytest.raises(TiwizError, match="precision: must be one of auto, fp32, bf16, fp16"):
         choose_precision("cuda", "float16", (9, 0))
@@ -83,19 +83,22 @@ def test_precision_flag(tmp_path):
         parser.parse_args(["--precision", "fp8"])
 
 
-def test_cpu_training_rejects_forced_mixed_precision_before_loading(tiny_model_dir, tmp_path):
-    """device auto on a CPU-only machine: the trainer refuses bf16 with a message naming the field."""
+def test_cpu_training_rejects_forced_mixed_precision_before_loading(tiny_model_dir, tmp_path, monkeypatch):
+    """device auto on a CPU-only machine whose CPU lacks native bf16: the trainer refuses bf16 with a message naming
+    the field (the CPU flags are replaced: this machine may have native bf16, see tests/test_cpu_bf16.py)."""
     import torch
 
     from core.events import ListSink
+    from core.models import device
     from core.training.trainer import Trainer
     from train_helpers import make_images, tiny_config
 
     if torch.cuda.is_available():
         pytest.skip("checks the CPU-only path")
+    monkeypatch.setattr(device, "_CPU_FLAGS", [{"avx2", "fma"}])
     config = tiny_config(tiny_model_dir, make_images(tmp_path / "data", n=1), device="auto", precision="bf16")
     sink = ListSink()
-    with pytest.raises(TiwizError, match="precision: bf16 mixed precision needs a CUDA GPU"):
+    with pytest.raises(TiwizError, match="precision: bf16 on CPU needs native bf16.*avx512_bf16"):
         Trainer(config, tmp_path / "out", sink).run()
     assert "precision" in sink.of_type("error")[0]["message"]
 

@@ -1,6 +1,12 @@
 """Device and precision: CUDA trains in bf16 autocast where the GPU has native bf16 (compute capability 8.0 or newer:
-Ampere, Ada, Hopper, ...), else fp16 autocast with a GradScaler, with SDPA attention; CPU trains in fp32. The precision
-can be forced with `precision = "fp32" | "bf16" | "fp16"` (TrainConfig, `--precision`)."""
+Ampere, Ada, Hopper, ...), else fp16 autocast with a GradScaler, with SDPA attention; CPU trains in fp32, or in bf16
+autocast on request where the CPU has native bf16 (avx512_bf16 or amx_bf16). The precision can be forced with
+`precision = "fp32" | "bf16" | "fp16"` (TrainConfig, `--precision`).
+
+The CPU check reads the flags of /proc/cpuinfo (Linux) and is torch-free, so config validation and the CLI/TUI
+preflight run it before any worker starts. Not torch's `torch.ops.mkldnn._is_mkldnn_bf16_supported()`: it is private
+and also says yes on AVX-512 CPUs without native bf16 (Skylake-X, Ice Lake), where oneDNN emulates bf16 slowly.
+"""
 
 from __future__ import annotations
 
@@ -48,16 +54,84 @@ def has_native_bf16(capability: tuple[int, int] | None) -> bool:
     return capability is not None and tuple(capability[:2]) >= BF16_MIN_CAPABILITY
 
 
-def choose_precision(device_type: str, pref: str = "auto", capability: tuple[int, int] | None = None) -> str:
-    """The precision name ("fp32", "bf16" or "fp16") for a device type, a preference and (CUDA) the GPU's compute
-    capability. Raises TiwizError naming `precision` when the preference cannot run there."""
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instructions that compute in bf16 natively (Cooper Lake, Sapphire
+# Rapids and newer Xeons, Zen 4 and newer)
+
+
+def cpu_has_native_bf16(flags) -> bool:
+    """Whether a CPU with these /proc/cpuinfo flags (a "flags" line's value, or an iterable of flag names) computes
+    in bf16 natively."""
+    names = set(flags.split()) if isinstance(flags, str) else set(flags or ())
+    return any(flag in names for flag in CPU_BF16_FLAGS)
+
+
+def parse_cpu_flags(cpuinfo_text: str) -> set[str]:
+    """The flags of the first processor in /proc/cpuinfo text (x86: "flags : ...")."""
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+_CPU_FLAGS: list = []
+
+
+def cpu_flags() -> set[str] | None:
+    """This machine's CPU flags from /proc/cpuinfo (read once), or None where there is none (macOS, Windows)."""
+    if not _CPU_FLAGS:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                _CPU_FLAGS.append(parse_cpu_flags(fh.read()))
+        except OSError:
+            _CPU_FLAGS.append(None)
+    return _CPU_FLAGS[0]
+
+
+def cpu_bf16_problem(flags=None) -> str | None:
+    """Why bf16 autocast cannot run on this CPU (a message naming `precision`), or None when it can. `flags`: the
+    CPU flags to judge (default: this machine's)."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return ("precision: bf16 on CPU needs native bf16 (the avx512_bf16 or amx_bf16 CPU flag), and this system "
+                "does not say (no /proc/cpuinfo); use precision auto or fp32")
+    if cpu_has_native_bf16(flags):
+        return None
+    return ("precision: bf16 on CPU needs native bf16, and this CPU lacks the avx512_bf16 and amx_bf16 flags "
+            "(without them bf16 is emulated, slower than fp32); use precision auto or fp32")
+
+
+def mixed_precision_problem(device_type: str, pref: str, flags=None) -> str | None:
+    """The one rule for mixed precision off CUDA: why `pref` cannot run on a `device_type` of "cpu" or "mps" (a
+    message naming `precision`), or None. CUDA is judged by `choose_precision` once the GPU is known."""
+    if device_type == "cuda" or pref not in ("bf16", "fp16"):
+        return None
+    if device_type == "cpu" and pref == "bf16":
+        return cpu_bf16_problem(flags)
+    needs = "a CUDA GPU" if pref == "fp16" else "a CUDA GPU or a CPU with native bf16"
+    return f"precision: {pref} mixed precision needs {needs} but device is {device_type} (use precision auto or fp32)"
+
+
+def auto_device_precision_problem(device: str, pref: str, cuda) -> str | None:
+    """For the preflight: `device = "auto"` with forced mixed precision on a machine where `cuda()` says CUDA is not
+    usable (False) means CPU, so the CPU rule applies before any worker starts. None when fine or unknown."""
+    if device != "auto" or pref not in ("bf16", "fp16") or cuda() is not False:
+        return None
+    return mixed_precision_problem("cpu", pref)
+
+
+def choose_precision(device_type: str, pref: str = "auto", capability: tuple[int, int] | None = None,
+                     flags=None) -> str:
+    """The precision name ("fp32", "bf16" or "fp16") for a device type, a preference, (CUDA) the GPU's compute
+    capability and (CPU) the CPU's flags (default: this machine's). Raises TiwizError naming `precision` when the
+    preference cannot run there."""
     if pref not in PRECISIONS:
         raise TiwizError(f"precision: must be one of {', '.join(PRECISIONS)} (got {pref!r})")
     if device_type != "cuda":
-        if pref in ("bf16", "fp16"):
-            raise TiwizError(f"precision: {pref} mixed precision needs a CUDA GPU; on {device_type} tiwiz trains in "
-                             "fp32 (use --precision auto or fp32)")
-        return "fp32"
+        problem = mixed_precision_problem(device_type, pref, flags)
+        if problem:
+            raise TiwizError(problem)
+        return "bf16" if pref == "bf16" else "fp32"  # auto stays fp32 on CPU: see bench/RESULTS.md
     if pref in ("fp32", "fp16"):
         return pref
     native = has_native_bf16(capability)
@@ -95,7 +169,8 @@ def pick_device(pref: str = "auto"):
 
 def precision_for(device, pref: str = "auto") -> Precision:
     """CUDA: bf16 on GPUs with native bf16 (compute capability 8.0+), else fp16 + GradScaler. CPU/MPS: fp32. `pref`
-    forces one of fp32/bf16/fp16 (fp16 and bf16 need CUDA; bf16 needs native support)."""
+    forces one of fp32/bf16/fp16 (fp16 needs CUDA; bf16 needs native support: a GPU of 8.0+ or a CPU with
+    avx512_bf16/amx_bf16, where it runs as `torch.autocast("cpu", dtype=torch.bfloat16)`)."""
     import torch
 
     device = torch.device(device)

@@ -266,9 +266,12 @@ class TrainConfig:
             spec.check(getattr(self, spec.name))
         if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise FieldError("device", f"device: must be one of auto, cpu, cuda, cuda:N, mps (got {self.device!r})")
-        if self.precision in ("bf16", "fp16") and self.device in ("cpu", "mps"):
-            raise FieldError("precision", f"precision: {self.precision} mixed precision needs a CUDA GPU but device is "
-                             f"{self.device} (use precision auto or fp32, or device cuda)")
+        if self.device in ("cpu", "mps"):  # device auto: decided by the preflight / trainer once the device is known
+            from core.models.device import mixed_precision_problem  # torch-free
+
+            problem = mixed_precision_problem(self.device, self.precision)
+            if problem:
+                raise FieldError("precision", problem)
         if require_paths:
             for key in ("model", "data", "name"):
                 if not str(getattr(self, key)).strip():
