@@ -44,3 +44,30 @@ class RunFollowFailed(Message):
     def __init__(self, message: str) -> None:
         super().__init__()
         self.message = message
+
+
+class ImageSizesRead(Message):
+    """Image sizes read from the headers in a worker (`tui.bucket_scan`): path -> (width, height), None when the file
+    cannot be read as an image. Posted in batches while a folder is scanned."""
+
+    def __init__(self, sizes: dict) -> None:
+        super().__init__()
+        self.sizes = sizes
+
+
+class BucketsCounted(Message):
+    """The dataset's bucket summary line for the settings `key` (`tui.bucket_scan.settings_key`); a screen drops one
+    whose key is no longer its current settings' (a slower scan of an earlier value)."""
+
+    def __init__(self, key: tuple, text: str) -> None:
+        super().__init__()
+        self.key = key
+        self.text = text
+
+
+class QueueRead(Message):
+    """The queue folder as the Start screen's poll worker read it (a tui.screens.start.QueueStatus)."""
+
+    def __init__(self, status) -> None:
+        super().__init__()
+        self.status = status

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 import uuid
@@ -42,7 +40,6 @@ manifest (batch.toml): the base settings, then one [[job]] per embedding; a job'
   init_text = "dog"
   lr = "0.003"
 """
-START_TIMEOUT_S = 120.0
 
 
 def register(subparsers) -> None:
@@ -200,31 +197,10 @@ def cmd_retry(args) -> int:
 # ---- run / stop ---------------------------------------------------------------------------------------------------
 def run_settings(args, previous: dict) -> dict:
     """The flags given, else the previous run's settings, else the defaults (every GPU, else 1 CPU slot)."""
-    from core.queue.scheduler import DEFAULT_RETRIES, detect_gpus
+    from core.queue.launch import scheduler_settings
 
-    given_where = any(getattr(args, k, None) is not None for k in ("gpus", "slots", "ray"))
-    src = args if given_where else argparse.Namespace(gpus=",".join(previous.get("gpus") or []) or None,
-                                                      slots=previous.get("slots"), ray=previous.get("ray") or None)
-    settings = {"gpus": None, "slots": 1, "ray": ""}
-    if src.ray:
-        settings["ray"] = src.ray
-    elif src.gpus:
-        gpus = [g.strip() for g in str(src.gpus).split(",") if g.strip()]
-        if not gpus or not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
-            raise TiwizError(f"--gpus {src.gpus!r}: give distinct GPU ids separated by commas, e.g. --gpus 0,1")
-        settings["gpus"] = gpus
-    elif src.slots is not None:
-        if src.slots < 1:
-            raise TiwizError(f"--slots {src.slots}: must be 1 or more")
-        settings["slots"] = int(src.slots)
-    else:
-        settings["gpus"] = detect_gpus() or None
-    retries = args.retries if args.retries is not None else previous.get("retries", DEFAULT_RETRIES)
-    if not isinstance(retries, int) or retries < 0:
-        raise TiwizError(f"--retries {retries}: must be 0 or more")
-    settings["retries"] = retries
-    settings["on_finish"] = args.on_finish if args.on_finish is not None else (previous.get("on_finish") or "")
-    return settings
+    return scheduler_settings(previous, gpus=getattr(args, "gpus", None), slots=getattr(args, "slots", None),
+                              ray=getattr(args, "ray", None), retries=args.retries, on_finish=args.on_finish)
 
 
 def check_ray_installed() -> None:
@@ -235,40 +211,17 @@ def check_ray_installed() -> None:
                          "'ray[default]') on every node") from None
 
 
-def scheduler_argv(queue_dir: Path, settings: dict, launch_id: str) -> list[str]:
-    argv = [str(queue_dir), "--retries", str(settings["retries"]), "--launch-id", launch_id]
-    if settings["ray"]:
-        argv += ["--ray", settings["ray"]]
-    elif settings["gpus"]:
-        argv += ["--gpus", ",".join(settings["gpus"])]
-    else:
-        argv += ["--slots", str(settings["slots"])]
-    if settings["on_finish"]:
-        argv += ["--on-finish", settings["on_finish"]]
-    return argv
-
-
 def cmd_run(args) -> int:
-    from core.queue import scheduler
-    from core.queue.jobs import list_jobs
+    from core.queue import launch, scheduler
 
     queue_dir = queue_dir_of(args).resolve()
     settings = run_settings(args, scheduler.read_scheduler(queue_dir).get("settings") or {})
     if settings["ray"]:
         check_ray_installed()
-    if scheduler.scheduler_alive(queue_dir):
-        sched = scheduler.read_scheduler(queue_dir)
-        raise TiwizError(f"a scheduler (pid {sched.get('pid')} on {sched.get('host')}) is already running this "
-                         "queue; `tiwiz queue` shows it, `tiwiz queue stop` stops it")
-    jobs = list_jobs(queue_dir)
-    if not jobs:
-        raise TiwizError(f"the queue in {queue_dir} is empty; `tiwiz queue add CONFIG.toml` adds a job")
-    launch_id = uuid.uuid4().hex
-    argv = scheduler_argv(queue_dir, settings, launch_id)
     if args.foreground:
-        return scheduler.main(argv + ["--foreground"])
-    proc = spawn_scheduler(queue_dir, argv)
-    sched = wait_for_scheduler(queue_dir, proc, launch_id)
+        launch.check_startable(queue_dir)
+        return scheduler.main(launch.scheduler_argv(queue_dir, settings, uuid.uuid4().hex) + ["--foreground"])
+    sched, jobs = launch.start_detached(queue_dir, settings)
     pending = sum(j.state in ("queued", "running", "stopped") for j in jobs)
     safe_print(f"scheduler running in the background (pid {sched.get('pid')}): {sched.get('backend')}, {pending} of "
           f"{len(jobs)} jobs to do. Watch: tiwiz queue   Stop: tiwiz queue stop   Log: "
@@ -276,59 +229,15 @@ def cmd_run(args) -> int:
     return 0
 
 
-def spawn_scheduler(queue_dir: Path, argv: list[str]) -> subprocess.Popen:
-    from core.queue.scheduler import SCHEDULER_LOG
-
-    project = Path(__file__).resolve().parents[2]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    queue_dir.mkdir(parents=True, exist_ok=True)
-    with open(queue_dir / SCHEDULER_LOG, "ab") as log, open(os.devnull, "rb") as devnull:
-        return subprocess.Popen([sys.executable, "-m", "core.queue.scheduler", *argv], env=env, stdin=devnull,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-
-
-def wait_for_scheduler(queue_dir: Path, proc: subprocess.Popen, launch_id: str,
-                       timeout: float = START_TIMEOUT_S) -> dict:
-    """Wait until the new scheduler says it runs (or why it could not start: a lock, Ray, a shared-folder check)."""
-    from core.queue.scheduler import SCHEDULER_LOG, read_scheduler
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sched = read_scheduler(queue_dir)
-        if sched.get("launch_id") == launch_id and sched.get("state") == "failed":
-            raise TiwizError(f"the scheduler did not start: {sched.get('reason')}")
-        if sched.get("launch_id") == launch_id:
-            return sched
-        code = proc.poll()
-        if code is not None:
-            tail = ""
-            try:
-                lines = (queue_dir / SCHEDULER_LOG).read_text(errors="replace").strip().splitlines()
-                tail = lines[-1] if lines else ""
-            except OSError:
-                pass
-            raise TiwizError(f"the scheduler exited at once (code {code}): {tail}")
-        time.sleep(0.1)
-    raise TiwizError(f"the scheduler did not report within {timeout:.0f} s; see {queue_dir / SCHEDULER_LOG}")
-
-
 def cmd_stop(args) -> int:
     from core.queue import scheduler
-    from core.queue.jobs import list_jobs
-    from core.runs import folder as runs
+    from core.queue.launch import stop_queue
 
     queue_dir = queue_dir_of(args)
-    if not scheduler.scheduler_alive(queue_dir):
-        stopped = 0
-        for job in list_jobs(queue_dir):  # workers left by a killed scheduler: ask them directly
-            if job.state == "running" and job.run_dir and runs.inspect_run(job.run_dir).alive:
-                runs.send_command(job.run_dir, "stop")
-                stopped += 1
+    stopped = stop_queue(queue_dir)
+    if stopped is not None:
         safe_print(f"no scheduler is running; asked {stopped} running job{'s' * (stopped != 1)} to save and stop")
         return 0
-    scheduler.request_stop(queue_dir)
     if args.no_wait:
         safe_print("asked the scheduler to stop: running jobs save and stop, no new job starts")
         return 0

@@ -1,19 +1,27 @@
-"""Start: a new embedding, continue where you left off, the demo, or a run found on disk (attach or resume)."""
+"""Start: a new embedding, continue where you left off, the demo, or a run found on disk (attach or resume), and the
+queue: its jobs, live (a worker re-reads the queue folder every QUEUE_POLL_S), started (s, as `tiwiz queue run`) and
+stopped gracefully (x, as `tiwiz queue stop`) from here."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.reactive import var
 from textual.widgets import DataTable, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui import runs_info
+from tui.messages import QueueRead
 from tui.screens.base import WizardScreen, error_text
+from tui.screens.dialogs import ConfirmModal
 from tui.state import STAGE_TITLES, WizardState
+
+QUEUE_POLL_S = 2.0  # how often the queue panel re-reads the queue folder
 
 
 def _now() -> float:
@@ -34,6 +42,51 @@ def run_age(path: Path) -> str:
     return "now"
 
 
+@dataclass(frozen=True)
+class QueueRow:
+    key: str  # the run folder (or the job's name before it has one)
+    name: str
+    state: str
+    gpu: str
+    step: str
+    started: bool  # its run folder exists: something to attach to
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """What the queue panel shows; equal when nothing shown changed (so a poll that finds no change redraws
+    nothing)."""
+
+    rows: tuple[QueueRow, ...] = ()
+    alive: bool = False  # a scheduler holds the queue's lock
+    stopping: bool = False  # and it was asked to stop
+    running: int = 0  # jobs running now
+
+    @property
+    def label(self) -> str:
+        if self.stopping:
+            return "Queue: stopping (running jobs save, then the scheduler exits)"
+        if self.alive:
+            return "Queue: running (x stops it; Enter attaches to a job's run)"
+        return "Queue (s runs it; Enter attaches to a job's run)"
+
+
+def read_queue(queue_dir: Path) -> QueueStatus:
+    """The queue folder's jobs and scheduler (reads files: call it from a worker)."""
+    from core.queue.scheduler import read_scheduler, scheduler_alive
+    from core.queue.status import job_rows
+
+    alive = scheduler_alive(queue_dir)
+    sched = read_scheduler(queue_dir) if alive else {}
+    rows = job_rows(queue_dir, (sched.get("settings") or {}).get("retries"))
+    shown = tuple(QueueRow(key=row.run_dir or row.name, name=row.name, state=row.state, gpu=row.gpu or "-",
+                           step=f"{row.step}/{row.max_steps}" if row.max_steps else "-", started=row.started)
+                  for row in rows)
+    running = sum(row.state.split()[0] in ("starting", "running", "stopping") for row in rows)
+    return QueueStatus(rows=shown, alive=alive, stopping=alive and sched.get("state") == "stopping",
+                       running=running)
+
+
 class StartScreen(WizardScreen):
     STAGE = "start"
     DEFAULT_CSS = """
@@ -47,9 +100,15 @@ class StartScreen(WizardScreen):
         Binding("d", "demo", "Demo"),
         Binding("a", "attach", "Attach run"),
         Binding("r", "resume", "Resume run"),
+        Binding("s", "queue_start", "Run queue"),  # offered while the queue has jobs and no scheduler runs it
+        Binding("x", "queue_stop", "Stop queue"),  # offered while a scheduler or a job runs
         Binding("escape", "back", "Back", show=False),
         Binding("ctrl+n", "next", "Next", show=False),
     ]
+
+    # the runs found on disk: ((RunSummary, age), ...), newest first; None until the first read
+    found_runs: var[tuple | None] = var(None, init=False)
+    queue: var[QueueStatus | None] = var(None, init=False, bindings=True)  # None until the first read
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="start-body"):
@@ -59,8 +118,7 @@ class StartScreen(WizardScreen):
             yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
             yield Static("", id="runs-detail", classes="hint", markup=False)
             yield Static("", id="runs-empty", classes="hint")
-            yield Label("Queue (tiwiz queue run runs it; Enter attaches to a job's run)", id="queue-label",
-                        classes="section")
+            yield Label(QueueStatus().label, id="queue-label", classes="section")
             yield DataTable(id="queue", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
@@ -78,64 +136,165 @@ class StartScreen(WizardScreen):
         table = self.query_one("#runs", DataTable)
         for label, width in (("Run", 26), ("State", 10), ("Step", 11), ("Loss", 7), ("Age", 9)):
             table.add_column(label, width=width)
-        self._runs: dict[str, runs_info.RunSummary] = {}
         queue = self.query_one("#queue", DataTable)
         for label, width in (("Job", 28), ("State", 16), ("GPU", 8), ("Step", 12)):
             queue.add_column(label, width=width)
         queue.display = self.query_one("#queue-label").display = False  # shown once jobs are found
-        self._queue_started: dict[str, bool] = {}
+        self.queue_dir = self._queue_dir()
+        self._queue_poll = None  # the queue read in flight, if any
+        self._queue_command = None  # the start or stop in flight, if any
         self.load_runs()
-        self.load_queue()
+        self.poll_queue()
+        self.set_interval(QUEUE_POLL_S, self.poll_queue)
+
+    def _queue_dir(self) -> Path:
+        from core.queue.jobs import default_queue_dir
+
+        return default_queue_dir(self.app.runs_root).absolute()  # the workers must not depend on the cwd
+
+    # --- runs on disk ------------------------------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def load_runs(self) -> None:
         runs = runs_info.list_runs(self.app.runs_root)
-        ages = {str(run.path): run_age(run.path) for run in runs}
-        self.app.call_from_thread(self._show_runs, runs, ages)
+        found = tuple((run, run_age(run.path)) for run in runs)
+        self.app.call_from_thread(setattr, self, "found_runs", found)
 
-    def _show_runs(self, runs: list[runs_info.RunSummary], ages: dict[str, str] | None = None) -> None:
+    def watch_found_runs(self, found: tuple) -> None:
         from rich.text import Text
 
         table = self.query_one("#runs", DataTable)
         table.clear()
-        self._runs = {str(run.path): run for run in runs}
-        for run in runs:
+        for run, age in found:
             loss = "" if run.loss is None else f"{run.loss:.4f}"
             step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
-            table.add_row(Text(run.name), str(run.state), step, loss, (ages or {}).get(str(run.path), ""),
-                          key=str(run.path))
-        if runs:
-            self._show_run_detail(str(runs[0].path))
+            table.add_row(Text(run.name), str(run.state), step, loss, age, key=str(run.path))
+        if found:
+            self._show_run_detail(str(found[0][0].path))
         self.query_one("#runs-empty", Static).update(
-            "" if runs else "No runs yet. They appear here while training and after it, ready to attach or resume."
+            "" if found else "No runs yet. They appear here while training and after it, ready to attach or resume."
         )
-        table.display = bool(runs)
+        table.display = bool(found)
 
-    @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
-    def load_queue(self) -> None:
-        from core.queue.jobs import default_queue_dir
-        from core.queue.status import job_rows
+    def _run(self, key: str) -> runs_info.RunSummary | None:
+        return next((run for run, _ in self.found_runs or () if str(run.path) == key), None)
 
-        rows = job_rows(default_queue_dir(self.app.runs_root))
-        self.app.call_from_thread(self._show_queue, rows)
+    # --- the queue ---------------------------------------------------------------------------------------------
 
-    def _show_queue(self, rows) -> None:
+    def poll_queue(self) -> None:
+        if self._queue_poll is not None and not self._queue_poll.is_finished:
+            return  # the last read is still going (a slow disk): never two at once
+        self._queue_poll = self._read_queue()
+
+    @work(thread=True, group="queue", exit_on_error=False)
+    def _read_queue(self) -> None:
+        try:
+            status = read_queue(self.queue_dir)
+        except Exception:  # noqa: BLE001 - a job file half written by hand: the next poll reads it again
+            return
+        self.post_message(QueueRead(status))
+
+    def on_queue_read(self, message: QueueRead) -> None:
+        self.queue = message.status  # equal to the last one: nothing is redrawn
+
+    def watch_queue(self, old: QueueStatus | None, status: QueueStatus) -> None:
         table = self.query_one("#queue", DataTable)
-        table.clear()
-        self._queue_started = {row.run_dir or row.name: row.started for row in rows}
-        for row in rows:
-            step = f"{row.step}/{row.max_steps}" if row.max_steps else "-"
-            table.add_row(row.name, row.state, row.gpu or "-", step, key=row.run_dir or row.name)
-        table.display = self.query_one("#queue-label").display = bool(rows)
+        label = self.query_one("#queue-label", Label)
+        if old is None or old.label != status.label:
+            label.update(status.label)
+        if old is None or old.rows != status.rows:
+            cursor = table.cursor_row
+            table.clear()
+            for row in status.rows:
+                table.add_row(row.name, row.state, row.gpu, row.step, key=row.key)
+            if status.rows:
+                table.move_cursor(row=min(cursor, len(status.rows) - 1), animate=False)
+        table.display = label.display = bool(status.rows)
 
     @on(DataTable.RowSelected, "#queue")
     def _job_selected(self, event: DataTable.RowSelected) -> None:
         key = str(event.row_key.value)
-        if not self._queue_started.get(key):
-            self.show_message("That job has not started yet: `tiwiz queue run` starts the queue.", "info")
+        row = next((r for r in (self.queue.rows if self.queue else ()) if r.key == key), None)
+        if row is None or not row.started:
+            self.show_message("That job has not started yet: s runs the queue.", "info")
             return
         self.app.state.run_dir = key
         self.app.goto("monitor")
+
+    def _queue_busy(self) -> bool:
+        return self._queue_command is not None and not self._queue_command.is_finished
+
+    def action_queue_start(self) -> None:
+        if self._queue_busy():
+            self.show_message("Already starting or stopping the queue…", "info")
+            return
+        self.show_message("Starting the queue's scheduler…", "info")
+        self._queue_command = self._start_queue()
+
+    @work(thread=True, group="queue-command", exit_on_error=False)
+    def _start_queue(self) -> None:
+        """`tiwiz queue run` with the previous run's settings: the same detached scheduler (core.queue.launch)."""
+        from core.queue import launch
+        from core.queue.scheduler import read_scheduler
+
+        try:
+            jobs = launch.check_startable(self.queue_dir)
+            if not any(job.state in ("queued", "running", "stopped") for job in jobs):
+                message = ("Nothing to run: every job in the queue is finished or failed (`tiwiz queue retry JOB` "
+                           "queues one again).", "info")
+            else:
+                settings = launch.scheduler_settings(read_scheduler(self.queue_dir).get("settings") or {})
+                sched, jobs = launch.start_detached(self.queue_dir, settings)
+                message = (f"Queue running (scheduler pid {sched.get('pid')}, {sched.get('backend')}). x stops it.",
+                           "ok")
+        except Exception as exc:  # noqa: BLE001 - e.g. already running, or it could not start: said, never a crash
+            message = (error_text(exc), "error")
+        self.app.call_from_thread(self.show_message, *message)
+        self.app.call_from_thread(self.poll_queue)
+
+    def action_queue_stop(self) -> None:
+        if self._queue_busy():
+            self.show_message("Already starting or stopping the queue…", "info")
+            return
+        status = self.queue or QueueStatus()
+        if not status.alive and not status.running:
+            self.show_message("Nothing to stop: no scheduler runs the queue and no job is running.", "info")
+            return
+        if not status.running:
+            self._queue_command = self._stop_queue()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes and not self._queue_busy():
+                self._queue_command = self._stop_queue()
+
+        jobs = f"{status.running} running job{'s' * (status.running != 1)}"
+        self.app.push_screen(ConfirmModal("Stop the queue?", f"The {jobs} save and stop; no new job starts. s runs "
+                                                             "the queue again from their checkpoints."), answered)
+
+    @work(thread=True, group="queue-command", exit_on_error=False)
+    def _stop_queue(self) -> None:
+        """`tiwiz queue stop`, without waiting: the panel shows the jobs stopping."""
+        from core.queue.launch import stop_queue
+
+        try:
+            asked = stop_queue(self.queue_dir)
+        except Exception as exc:  # noqa: BLE001 - said, never a crash
+            self.app.call_from_thread(self.show_message, error_text(exc))
+        else:
+            text = ("Stopping the queue: running jobs save and stop, no new job starts." if asked is None else
+                    f"No scheduler is running; asked {asked} running job{'s' * (asked != 1)} to save and stop.")
+            self.app.call_from_thread(self.show_message, text, "info")
+        self.app.call_from_thread(self.poll_queue)
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """The footer offers the queue's keys only while they can do something."""
+        status = self.queue
+        if action == "queue_start":
+            return bool(status and status.rows and not status.alive)
+        if action == "queue_stop":
+            return bool(status and (status.alive or status.running))
+        return True
 
     @on(OptionList.OptionSelected, "#start-menu")
     def _chosen(self, event: OptionList.OptionSelected) -> None:
@@ -207,7 +366,7 @@ class StartScreen(WizardScreen):
 
     def _show_run_detail(self, key: str) -> None:
         """The highlighted run's folder and what its state means (two runs of one name differ here)."""
-        run = self._runs.get(key)
+        run = self._run(key)
         if run is None:
             return
         detail = f"{run.path}"
