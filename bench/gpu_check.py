@@ -48,16 +48,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("setup", "tests", "sd15", "demo", "sdxl")  # run in this order (demo before the heaviest part)
-CAP_S = {"setup": 240, "tests": 150, "sd15": 100, "demo": 90, "sdxl": 150}  # per-part limits (GPU)
-DRY_CAP_S = {"setup": 60, "tests": 120, "sd15": 120, "demo": 180, "sdxl": 120}
+PARTS = ("setup", "tests", "sd15", "demo", "sdxl", "profile")  # run in this order (demo before the heaviest part)
+DEFAULT_PARTS = ("tests", "sd15", "demo", "sdxl")  # profile only when asked for
+CAP_S = {"setup": 240, "tests": 150, "sd15": 100, "demo": 90, "sdxl": 150, "profile": 150}  # per-part limits (GPU)
+DRY_CAP_S = {"setup": 60, "tests": 120, "sd15": 120, "demo": 180, "sdxl": 120, "profile": 120}
 MIN_START_S = 15  # a part is not started with less time than this left
 BENCH = {
     # family: size (px), warm-up steps, timed steps, gradient checkpointing
-    "sd15": dict(size=512, warmup=3, timed=10, gc=False),
-    "sdxl": dict(size=1024, warmup=2, timed=5, gc=True),
+    # rounds: the cases run floor, ours, diffusers, floor, ours, ... so a drift of the machine (clocks, the host's
+    # Python speed: a 512 px SD1.5 step is mostly kernel-launch time on a fast GPU) does not favour the first case
+    "sd15": dict(size=512, warmup=3, timed=10, gc=False, rounds=3),
+    "sdxl": dict(size=1024, warmup=2, timed=5, gc=True, rounds=1),
 }
-DRY_BENCH = {"sd15": dict(size=64, warmup=1, timed=2, gc=False), "sdxl": dict(size=64, warmup=1, timed=2, gc=True)}
+DRY_BENCH = {"sd15": dict(size=64, warmup=1, timed=2, gc=False, rounds=2),
+             "sdxl": dict(size=64, warmup=1, timed=2, gc=True, rounds=1)}
 CASES = ("floor", "ours", "diffusers")
 VECTORS = 4
 INIT_TEXT = "a thing"
@@ -76,16 +80,20 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny models, 64 px, 1+2 steps (proves the script)")
     parser.add_argument("--out", help="report folder (default: $OUT, else bench/out)")
     parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 420; dry 600)")
-    parser.add_argument("--parts", default=",".join(PARTS[1:]),
-                        help=f"comma-separated parts after setup (default: all: {','.join(PARTS[1:])})")
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                        help=f"comma-separated parts after setup (default: {','.join(DEFAULT_PARTS)}; also: profile, "
+                             f"torch.profiler and cProfile tables of the SD1.5 floor and our step)")
     parser.add_argument("--install-timeout", type=float, default=240.0, help="seconds for installing (default 240)")
     # internal: one benchmark family in this process
     parser.add_argument("--bench", choices=sorted(BENCH), help=argparse.SUPPRESS)
+    parser.add_argument("--profile", choices=sorted(BENCH), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bench:
         return bench_main(args.bench, args.dry_run, Path(args.result), args.deadline)
+    if args.profile:
+        return profile_main(args.profile, args.dry_run, Path(args.result))
 
     out = Path(args.out or os.environ.get("OUT") or ROOT / "bench" / "out").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -404,6 +412,17 @@ class Check:
             self.record(name, "ok", "; ".join([summary] + skipped)[:800], res["seconds"], bench=bench,
                         summary=summary)
 
+    def part_profile(self, name: str, limit: float) -> None:
+        tables = self.out / "gpu_profile.txt"
+        cmd = [self.python(), str(Path(__file__).resolve()), "--profile", "sd15", "--result", str(tables)] + \
+            (["--dry-run"] if self.dry else [])
+        res = self.run_child(name, cmd, limit)
+        ok = res["rc"] == 0 and tables.exists()
+        first = tables.read_text(encoding="utf-8").splitlines()[:3] if tables.exists() else []
+        self.record(name, "ok" if ok else "failed", " | ".join(first) if ok else
+                    f"exit {res['rc']}{' (time limit)' if res['timed_out'] else ''}", res["seconds"],
+                    log_tail=res["output"][-2000:])
+
     def part_demo(self, name: str, limit: float) -> None:
         demo_dir = self.tmp / "demo"
         cmd = [self.python(), "-m", "core.cli", "demo", "--output", str(demo_dir),
@@ -463,12 +482,16 @@ def bench_main(family: str, dry: bool, result_path: Path, deadline: float | None
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
     data = _make_images(Path(tempfile.mkdtemp(prefix="tiwiz-gpu-bench-")) / "data", 4, spec["size"])
-    for case in CASES:
+    result["rounds"] = spec.get("rounds", 1)
+    for round_no, case in ((r, c) for r in range(result["rounds"]) for c in CASES):
+        if round_no and result["cases"].get(case, {}).get("status") != "ok":
+            continue
         if deadline is not None and time.time() > deadline - (20 if not dry else 5):
-            result["cases"][case] = {"status": "skipped", "reason": "time budget"}
+            if not round_no:
+                result["cases"][case] = {"status": "skipped", "reason": "time budget"}
             _atomic_write(result_path, json.dumps(result, indent=2))
             continue
-        print(f"--- {family} {case} ---", flush=True)
+        print(f"--- {family} {case} (round {round_no + 1}) ---", flush=True)
         t0 = time.monotonic()
         try:
             runner = {"floor": bench_floor, "ours": bench_ours, "diffusers": bench_diffusers}[case]
@@ -481,12 +504,91 @@ def bench_main(family: str, dry: bool, result_path: Path, deadline: float | None
                      "traceback": traceback.format_exc()[-2500:]}
             traceback.print_exc()
         entry["seconds"] = round(time.monotonic() - t0, 1)
-        result["cases"][case] = entry
+        result["cases"][case] = _merge_round(result["cases"].get(case), entry, spec)
         print(f"{case}: {json.dumps({k: v for k, v in entry.items() if k != 'traceback'})}", flush=True)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         _atomic_write(result_path, json.dumps(result, indent=2))
+    return 0
+
+
+def _merge_round(before: dict | None, entry: dict, spec: dict) -> dict:
+    """One case's result over rounds: s/step is the median of every round's timed steps, each round's median kept;
+    peaks are the largest. A later round that fails is recorded beside the earlier ones."""
+    if before is None or entry["status"] != "ok":
+        if before is not None:
+            before.setdefault("failed_rounds", []).append(entry.get("reason", ""))
+            return before
+        return {**entry, "round_s_per_step": [entry["s_per_step"]]} if entry["status"] == "ok" else entry
+    timed = [t for e in (before, entry) for t in _timed_steps(e, spec)]
+    merged = {**before, "steps": before["steps"] + entry["steps"], "seconds": before["seconds"] + entry["seconds"],
+              "s_per_step": round(statistics.median(timed), 4),
+              "round_s_per_step": before["round_s_per_step"] + [entry["s_per_step"]]}
+    for key in ("peak_gib", "peak_steps_gib"):
+        if key in entry:
+            merged[key] = max(before.get(key, 0), entry[key])
+    return merged
+
+
+def _timed_steps(entry: dict, spec: dict) -> list[float]:
+    per_round = spec["warmup"] + spec["timed"]
+    steps = entry["steps"]
+    return [t for i, t in enumerate(steps) if i % per_round >= spec["warmup"]] or steps
+
+
+def profile_main(family: str, dry: bool, tables: Path) -> int:
+    """Where the time of one step goes: the floor and our step under torch.profiler (CPU and CUDA time per op, and
+    the device-busy time per step against the wall time), then our step under cProfile (Python hot spots)."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = dict((DRY_BENCH if dry else BENCH)[family])
+    spec["timed"] = max(spec["timed"], 3 if dry else 10)
+    device = torch.device("cpu" if dry else "cuda")
+    precision = "fp32" if dry else "bf16"
+    data = _make_images(Path(tempfile.mkdtemp(prefix="tiwiz-gpu-profile-")) / "data", 4, spec["size"])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    lines, sort = [], "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+
+    class Window:  # cProfile has enable/disable where the profiler has start/stop
+        def __init__(self, prof):
+            self.prof = prof
+
+        def start(self):
+            self.prof.enable()
+
+        def stop(self):
+            self.prof.disable()
+
+    for case, runner in (("floor", bench_floor), ("ours", bench_ours)):
+        prof = profile(activities=activities, record_shapes=False)
+        out = runner(family, device, precision, spec, data, dry, window=prof)
+        events = prof.key_averages()
+        device_us = sum(getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
+                        for e in events)
+        wall = out["s_per_step"]
+        lines.append(f"{case}: {wall:.4f} s/step (median under the profiler), device busy "
+                     f"{device_us / 1e6 / spec['timed']:.4f} s/step")
+        lines.append(f"\n===== {case}: top ops by {sort} =====")
+        lines.append(events.table(sort_by=sort, row_limit=30, max_name_column_width=70))
+        lines.append(f"\n===== {case}: top ops by self_cpu_time_total =====")
+        lines.append(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+        gc.collect()
+    cprof = cProfile.Profile()
+    out = bench_ours(family, device, precision, spec, data, dry, window=Window(cprof))
+    text = io.StringIO()
+    stats = pstats.Stats(cprof, stream=text)
+    stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats(30)
+    lines.append(f"\nours under cProfile: {out['s_per_step']:.4f} s/step\n{text.getvalue()}")
+    summary = [line for line in lines if line.startswith(("floor:", "ours:"))]
+    _atomic_write(tables, "\n".join(summary + [""] + lines) + "\n")
+    print("\n".join(summary), flush=True)
     return 0
 
 
@@ -637,14 +739,19 @@ class _Memory:
         return {"peak_gib": round(max(steps, self.setup_peak) / 2**30, 2), "peak_steps_gib": round(steps / 2**30, 2)}
 
 
-def _timed(step, device, spec) -> dict:
+def _timed(step, device, spec, window=None) -> dict:
+    """Median wall time of the steps after warm-up. `window` (a profiler, `start()`/`stop()`) covers the timed steps."""
     times = []
-    for _ in range(spec["warmup"] + spec["timed"]):
+    for i in range(spec["warmup"] + spec["timed"]):
+        if window is not None and i == spec["warmup"]:
+            window.start()
         _sync(device)
         t0 = time.perf_counter()
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
+    if window is not None:
+        window.stop()
     return _timing(times, spec)
 
 
@@ -654,7 +761,7 @@ def _timing(times: list[float], spec) -> dict:
 
 
 # ---- the three cases -----------------------------------------------------------------------------------------------
-def bench_floor(family, device, precision, spec, data, dry) -> dict:
+def bench_floor(family, device, precision, spec, data, dry, window=None) -> dict:
     """Text encoder(s) + UNet forward and backward on fixed inputs, weights frozen, gradients flowing into the token
     embeddings' output (what TI needs); no data loading, VAE, optimizer or bookkeeping."""
     import torch
@@ -686,7 +793,7 @@ def bench_floor(family, device, precision, spec, data, dry) -> dict:
         F.mse_loss(pred.float(), noise.float()).backward()
 
     mem.steps_begin()
-    out = _timed(step, device, spec)
+    out = _timed(step, device, spec, window)
     for h in handles:
         h.remove()
     out.update(mem.report())
@@ -695,7 +802,7 @@ def bench_floor(family, device, precision, spec, data, dry) -> dict:
     return out
 
 
-def bench_ours(family, device, precision, spec, data, dry) -> dict:
+def bench_ours(family, device, precision, spec, data, dry, window=None) -> dict:
     """The real Trainer on the random-weight model (handed to it in place of loading a file), timed from its step
     events: everything one of our steps costs, bookkeeping included."""
     import dataclasses
@@ -746,6 +853,10 @@ def bench_ours(family, device, precision, spec, data, dry) -> dict:
         elif kind == "step":
             _sync(device)
             stamps.append(time.perf_counter())
+            if window is not None and len(stamps) == spec["warmup"] + 1:
+                window.start()
+            elif window is not None and len(stamps) == spec["warmup"] + spec["timed"] + 1:
+                window.stop()
         elif kind == "error":
             errors.append(event.get("message"))
 
@@ -952,6 +1063,8 @@ def _markdown(report: dict) -> str:
             mem = c.get("peak_gib", "")
             mem_steps = c.get("peak_steps_gib", "")
             note = c.get("reason") or (f"weights {c['weight_dtype']}" if c.get("weight_dtype") else "")
+            if len(c.get("round_s_per_step", [])) > 1:
+                note += "; rounds " + " / ".join(f"{r:.4f}" for r in c["round_s_per_step"])
             note = str(note).replace("|", "/")[:200]
             rows.append(f"| {name} | {bench.get('size')} px {bench.get('precision')}"
                         f"{' GC' if bench.get('gradient_checkpointing') else ''} | {case} | {c.get('status')} | "

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.py"
-PARTS = ("setup", "tests", "sd15", "demo", "sdxl")
+PARTS = ("setup", "tests", "sd15", "demo", "sdxl", "profile")
 CASES = ("floor", "ours", "diffusers")
 
 
@@ -25,7 +25,7 @@ def _run(tmp_path, *args, timeout=900):
 
 @pytest.mark.slow
 def test_dry_run_runs_every_part_and_reports_it(tmp_path):
-    proc, report, markdown, out = _run(tmp_path)
+    proc, report, markdown, out = _run(tmp_path, "--parts", ",".join(PARTS[1:]))
     parts = report["parts"]
     assert proc.returncode == 0, (proc.stdout[-3000:], {k: (v["status"], v["reason"]) for k, v in parts.items()})
     assert report["dry_run"] is True and list(parts) == list(PARTS)
@@ -48,7 +48,9 @@ def test_dry_run_runs_every_part_and_reports_it(tmp_path):
             c = bench["cases"][case]
             assert c["status"] in ("ok", "skipped"), (family, case, c)
             if c["status"] == "ok":
-                assert c["s_per_step"] > 0 and len(c["steps"]) == bench["warmup_steps"] + bench["timed_steps"]
+                rounds = bench["rounds"]
+                assert c["s_per_step"] > 0 and len(c["round_s_per_step"]) == rounds
+                assert len(c["steps"]) == (bench["warmup_steps"] + bench["timed_steps"]) * rounds
             else:
                 assert c["reason"]
     assert parts["sd15"]["status"] == "ok" and all(parts["sd15"]["bench"]["cases"][c]["status"] == "ok" for c in CASES)
@@ -58,6 +60,12 @@ def test_dry_run_runs_every_part_and_reports_it(tmp_path):
         assert f"| {name} | {parts[name]['status']} |" in markdown
     assert "| sd15 | 64 px fp32 | ours | ok |" in markdown
     assert (out / "gpu_check.log").is_file()
+    assert parts["sd15"]["bench"]["rounds"] == 2  # cases interleaved: floor, ours, diffusers, floor, ...
+    # the profile: torch.profiler op tables of the floor and our step, then cProfile of ours
+    profile = (out / "gpu_profile.txt").read_text()
+    assert parts["profile"]["status"] == "ok" and profile.startswith("floor: ")
+    assert "===== ours: top ops by self_cpu_time_total =====" in profile and "aten::" in profile
+    assert "ours under cProfile" in profile and "_train_step" in profile
 
 
 def test_time_budget_skips_parts_with_the_reason(tmp_path):
