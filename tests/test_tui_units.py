@@ -199,14 +199,14 @@ def test_ctrl_g_cycles_the_image_mode_and_redraws_the_preview(tmp_path):
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_idle(pilot)
             preview = app.screen.query_one(ImagePreview)
-            assert app.image_protocol == "halfcell" and preview._thumb is not None
+            assert app.image_protocol == "halfcell" and preview.thumb is not None
             seen = []
             for _ in range(3):
                 await pilot.press("ctrl+g")
                 await wait_idle(pilot)
                 seen.append((app.image_protocol, preview._graphics is not None, preview.path.name))
             assert seen == [("tgp", True, "img0.png"), ("sixel", True, "img0.png"), ("halfcell", False, "img0.png")]
-            assert preview._thumb is not None  # half-block thumbnail loaded again
+            assert preview.thumb is not None  # half-block thumbnail loaded again
     asyncio.run(drive())
 
 

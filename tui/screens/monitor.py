@@ -8,7 +8,10 @@ for a finished one, quit.
 Nothing here reads a file on the UI thread: a short thread worker, started every REDRAW_SECONDS, reads what was
 appended to events.jsonl (and, every LIVENESS_EVERY polls, whether the worker lives) and posts typed messages
 (`tui/messages.py`). The first poll folds the whole history into a RunView off the UI thread and hands it over; later
-polls post parsed events, which the handlers fold (microseconds each). Redraws happen at most REDRAW_SECONDS apart."""
+polls post parsed events, which the handlers fold (microseconds each). Redraws happen at most REDRAW_SECONDS apart:
+the tick copies the view's version into the `shown_version` reactive, whose watcher brings the widgets up to the view;
+what each widget shows is a reactive too (the header's figures, the plot's points, the checkpoint rows, the texts), so
+only what changed is redrawn."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -65,19 +69,28 @@ class MonitorScreen(Screen):
         Binding("q", "quit_monitor", "Quit", show=False),  # the app shows ^q Quit
     ]
 
+    # The run as folded so far. It changes in place (events fold into it): assigning it (a history load) or
+    # mutate_reactive (a resume) redraws at once; the tick redraws after plain folds, through `shown_version`.
+    view: var[RunView] = var(None, always_update=True, init=False)
+    shown_version: var[int] = var(-1, init=False)  # the view version the widgets show
+    phase: var[RunPhase | None] = var(None, init=False, bindings=True)  # the footer offers only what works in it
+    checkpoint_rows: var[tuple] = var((), init=False)  # (step, has preview, best, norm too big) per checkpoint
+    pinned_step: var[int | None] = var(None, init=False)  # a checkpoint the user picked; None = the latest preview
+    detail_step: var[int | None] = var(None, init=False)  # the checkpoint the details describe; None = the latest
+    details_shown: var[bool] = var(False, init=False)  # the details panel instead of the loss plot (i)
+    quality: var[str] = var("", init=False)  # the quality line (markup)
+    problems: var[str] = var("", init=False)  # the error and the last warnings (markup)
+    details: var[str] = var("", init=False)  # the details panel (markup), kept current while it is shown
+    preview_label: var[str] = var("no preview yet", init=False)
+
     def __init__(self) -> None:
         super().__init__()
         self.run_dir = Path(self.app.state.run_dir).absolute()  # the poll threads must not depend on the cwd
-        self.view = RunView(self.run_dir)
+        self.set_reactive(MonitorScreen.view, RunView(self.run_dir))  # nothing to draw into yet
         self.follower = None
         self.loaded = False  # the history has been folded and handed over
-        self.shown_version = -1
-        self.shown_rows: tuple = ()
         self.polls = 0
         self._polling = None  # the poll worker in flight, if any
-        self.pinned_step: int | None = None  # a checkpoint the user picked; None = follow the latest preview
-        self.detail_step: int | None = None  # the checkpoint the details panel describes; None = the latest
-        self.shown_phase: RunPhase | None = None
         self._shown_tail: tuple | None = None
         self._resuming = None  # the resume worker in flight, if any
         self._generation = 0  # bumped by a resume: a liveness read from before it no longer holds
@@ -109,8 +122,7 @@ class MonitorScreen(Screen):
 
     def _tick(self) -> None:
         self._start_poll()
-        if self.view.version != self.shown_version:
-            self.redraw()
+        self.shown_version = self.view.version  # watch_shown_version redraws when it changed
 
     def _start_poll(self) -> None:
         if self._polling is not None and not self._polling.is_finished:
@@ -156,11 +168,9 @@ class MonitorScreen(Screen):
             self.post_message(RunFollowFailed(error_text(exc)))
 
     def on_run_history_loaded(self, message: RunHistoryLoaded) -> None:
-        self.view = message.view
-        self.query_one(RunHeader).view = self.view
         if message.series is not None:
-            self.query_one(LossPlot).adopt(*message.series)
-        self.redraw()
+            self.query_one(LossPlot).points = message.series  # filled in the worker: adopted as they are
+        self.view = message.view  # watch_view redraws
         # A long history is hundreds of thousands of objects that live as long as the screen: keep the cyclic
         # garbage collector from walking them all again in a full collection (a 50-100 ms pause mid-follow).
         gc.freeze()
@@ -178,37 +188,40 @@ class MonitorScreen(Screen):
 
     # --- drawing -----------------------------------------------------------------------------------------------
 
+    def watch_view(self) -> None:
+        self.redraw()
+
+    def watch_shown_version(self) -> None:
+        self.redraw()
+
     def redraw(self) -> None:
-        """Bring the widgets up to the view. Each is touched only when what it shows changed: a text update or an
-        option list rebuild re-lays-out the screen, which at 4 Hz would cost more than everything else."""
+        """Bring the reactives up to the view; each widget is touched only when what it shows changed (a text update
+        or an option list rebuild re-lays-out the screen, which at 4 Hz would cost more than everything else)."""
         view = self.view
-        self.shown_version = view.version
-        self.query_one(RunHeader).refresh()
+        self.set_reactive(MonitorScreen.shown_version, view.version)  # drawn now: the tick need not again
+        self.query_one(RunHeader).show(view)
         plot = self.query_one(LossPlot)
-        plot.update_series(view.losses, view.smoothed, view.val_losses)
-        plot.set_empty_text(empty_plot_text(view))
-        details = self.query_one("#mon-details").display
-        quality = quality_line(view)
-        self._set_text("#mon-quality", quality, display=bool(quality) and not details)
-        if details:
-            self._set_text("#mon-details", details_text(view, self.detail_step))
+        plot.points = (view.losses, view.smoothed, view.val_losses)
+        plot.empty_text = empty_plot_text(view)
+        self.quality = quality_line(view)
+        if self.details_shown:
+            self.details = details_text(view, self.detail_step)
         lines = [f"[red]error: {_escape(view.error)}[/]"] if view.error else []
         lines += [f"[yellow]warning: {_escape(w)}[/]" for w in view.warnings[-3:]]
-        self._set_text("#mon-warnings", "\n".join(lines), display=bool(lines))
-        rows = tuple((c.step, bool(c.preview), c.best or c.step == view.best_step,
-                      norm_too_big(c.norms, view.vocab_median_norm)) for c in view.checkpoints)
-        if rows != self.shown_rows:  # also when a preview arrives after its checkpoint: the marker must show
-            self._update_checkpoints(rows)
+        self.problems = "\n".join(lines)
+        # also when a preview arrives after its checkpoint: the marker must show
+        self.checkpoint_rows = tuple((c.step, bool(c.preview), c.best or c.step == view.best_step,
+                                      norm_too_big(c.norms, view.vocab_median_norm)) for c in view.checkpoints)
         self._show_preview()
-        if view.state != self.shown_phase:
-            self.shown_phase = view.state
-            self.refresh_bindings()  # the footer offers only what works in this phase
-        if view.state in TERMINAL_STATES:
+        self.phase = view.state
+
+    def watch_phase(self, phase: RunPhase) -> None:
+        if phase in TERMINAL_STATES:
             tail = {RunPhase.FINISHED: "Finished. f: where the files are and how to use them.",
                     RunPhase.STOPPED: "Stopped and saved. r resumes it; f: where the files are.",
                     RunPhase.FAILED: "The run failed; see the error above and worker.log in the run folder.",
                     RunPhase.KILLED: "The worker was killed. r resumes it from its last checkpoint."}
-            message = (tail[view.state], "ok" if view.state == RunPhase.FINISHED else "warning")
+            message = (tail[phase], "ok" if phase == RunPhase.FINISHED else "warning")
             if message != self._shown_tail:
                 self._shown_tail = message
                 self.show_message(*message)
@@ -216,19 +229,40 @@ class MonitorScreen(Screen):
             self._shown_tail = None
             self.show_message("")
 
-    def _set_text(self, selector: str, text: str, display: bool | None = None) -> None:
-        widget = self.query_one(selector, Static)
-        if getattr(widget, "_monitor_text", None) != text:
-            widget._monitor_text = text
-            widget.update(text)
-        if display is not None and widget.display != display:
-            widget.display = display
+    def watch_quality(self, text: str) -> None:
+        widget = self.query_one("#mon-quality", Static)
+        widget.update(text)
+        widget.display = bool(text) and not self.details_shown
 
-    def _update_checkpoints(self, rows: tuple) -> None:
+    def watch_problems(self, text: str) -> None:
+        widget = self.query_one("#mon-warnings", Static)
+        widget.update(text)
+        widget.display = bool(text)
+
+    def watch_details(self, text: str) -> None:
+        self.query_one("#mon-details", Static).update(text)
+
+    def watch_preview_label(self, text: str) -> None:
+        self.query_one("#mon-preview-label", Label).update(text)
+
+    def watch_details_shown(self, shown: bool) -> None:
+        """Swap the loss plot for the checkpoint details (norms, nearest tokens, the quality figures) and back."""
+        if shown:
+            self.details = details_text(self.view, self.detail_step)
+        self.query_one("#mon-details").display = shown
+        self.query_one(LossPlot).display = not shown
+        self.query_one("#mon-quality").display = bool(self.quality) and not shown
+
+    def watch_detail_step(self, step: int | None) -> None:
+        if self.details_shown:
+            self.details = details_text(self.view, step)
+
+    def watch_pinned_step(self) -> None:
+        self._show_preview()
+
+    def watch_checkpoint_rows(self, old: tuple, rows: tuple) -> None:
         """Append the new rows and re-label the changed ones; rebuild only when rows went away (a resume)."""
         menu = self.query_one("#mon-checkpoints", OptionList)
-        old = self.shown_rows
-        self.shown_rows = rows
 
         def label(step: int, preview: bool, best: bool = False, big: bool = False) -> str:
             return f"step {step:>6}{'  ▣' if preview else ''}{' ★' if best else ''}{' !' if big else ''}"
@@ -250,14 +284,14 @@ class MonitorScreen(Screen):
         preview = self.query_one("#mon-preview", ImagePreview)
         if self.pinned_step is not None and self.pinned_step in self.view.previews:
             step, rel = self.pinned_step, self.view.previews[self.pinned_step]
-            self._set_text("#mon-preview-label", f"checkpoint step {step} (l: latest)")
+            self.preview_label = f"checkpoint step {step} (l: latest)"
         elif self.view.latest_preview is not None:
             step, rel = self.view.latest_preview
-            self._set_text("#mon-preview-label", self._rendering_text() or f"latest preview: step {step}")
+            self.preview_label = self._rendering_text() or f"latest preview: step {step}"
         else:
-            self._set_text("#mon-preview-label", self._rendering_text() or "no preview yet")
+            self.preview_label = self._rendering_text() or "no preview yet"
             return
-        preview.set_image(self.view.resolve(rel))
+        preview.path = self.view.resolve(rel)
 
     def _rendering_text(self) -> str:
         step = self.view.rendering_preview
@@ -270,27 +304,16 @@ class MonitorScreen(Screen):
     def _checkpoint(self, event) -> None:
         step = int(event.option.id)
         self.detail_step = step
-        if self.query_one("#mon-details").display:
-            self._set_text("#mon-details", details_text(self.view, step))
         if step in self.view.previews:
             self.pinned_step = step
         else:
             self.show_message(f"No preview was rendered at step {step}.", "info")
-        self._show_preview()
 
     def action_latest(self) -> None:
         self.pinned_step = self.detail_step = None
-        self._show_preview()
 
     def action_details(self) -> None:
-        """Swap the loss plot for the checkpoint details (norms, nearest tokens, the quality figures) and back."""
-        details = self.query_one("#mon-details", Static)
-        shown = not details.display
-        if shown:
-            self._set_text("#mon-details", details_text(self.view, self.detail_step))
-        details.display = shown
-        self.query_one(LossPlot).display = not shown
-        self._set_text("#mon-quality", quality_line(self.view), display=bool(quality_line(self.view)) and not shown)
+        self.details_shown = not self.details_shown
 
     # --- commands ----------------------------------------------------------------------------------------------
 
@@ -376,7 +399,7 @@ class MonitorScreen(Screen):
         self.view.phase = RunPhase.STARTING  # until its `started` event arrives; a silent death then shows as killed
         self.view.error = ""
         self.view.version += 1
-        self.redraw()
+        self.mutate_reactive(MonitorScreen.view)  # changed in place: redrawn now
         self.show_message("Resumed: the worker continues from the last checkpoint.", "ok")
 
     def _resume_failed(self, text: str) -> None:
@@ -429,7 +452,7 @@ def quality_line(view: RunView, full: bool = False) -> str:
     useful first. `full`: the rule's whole sentence (the details panel)."""
     parts = []
     if view.best_step is not None:
-        parts.append(f"best step {view.best_step}")
+        parts.append(view.best_label)  # 'best step 240 (lowest held-out loss)'
     if view.holdout_losses:
         parts.append(f"held-out {view.holdout_losses[-1][1]:.4f}")
     rule = (f"auto-stop: {view.auto_stop_label}" if view.auto_stop_label else "") if full else auto_stop_short(view)

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.style import Style
 from rich.text import Text
 from textual import work
+from textual.reactive import reactive, var
 from textual.widget import Widget
 from textual.worker import get_current_worker
 
@@ -51,20 +52,24 @@ def halfcell_text(image, width: int, height: int) -> Text:
 
 
 class ImagePreview(Widget):
-    """Shows one image file; `set_image(path)` switches it, `None` clears it."""
+    """Shows one image file: assign `path` (or call `set_image(path)`) to switch it, `None` clears it. Assigning the
+    path it shows again reloads it only when it is not shown yet (a preview read while it was still being written)."""
 
     DEFAULT_CSS = """
     ImagePreview { height: 1fr; width: 1fr; content-align: center middle; }
     """
+
+    # a var: its watcher decides whether to reload, and `thumb`/`error` repaint (a re-render of the same image on every
+    # assignment would cost the monitor's 4 Hz redraw a half-block rebuild each time)
+    path: var[Path | None] = var(None, always_update=True, init=False)
+    thumb = reactive(None, always_update=True)  # the decoded PIL image (always_update: == would compare pixels)
+    error: reactive[str] = reactive("")  # why the file cannot be shown
 
     def __init__(self, protocol: str | None = None, *, placeholder: str = "no image", id: str | None = None,
                  classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._protocol = protocol
         self.placeholder = placeholder
-        self.path: Path | None = None
-        self._thumb = None
-        self._message = ""
         self._graphics = None
 
     @property
@@ -79,26 +84,26 @@ class ImagePreview(Widget):
         if self._graphics is not None:
             self._graphics.remove()
             self._graphics = None
-        path, self.path = self.path, None
-        self._thumb = None
-        self.set_image(path)
+        self.thumb = None
+        self.path = self.path
 
     def set_image(self, path: str | Path | None) -> None:
-        path = Path(path) if path else None
-        if path == self.path and (self._thumb is not None or self._graphics is not None):
-            return
         self.path = path
-        self._thumb = None
-        self._message = ""
+
+    def validate_path(self, path: str | Path | None) -> Path | None:
+        return Path(path) if path else None
+
+    def watch_path(self, old: Path | None, path: Path | None) -> None:
+        if path == old and (self.thumb is not None or self._graphics is not None):
+            return
+        self.thumb = None
+        self.error = ""
         if path is None:
             self._show_graphics(None)
-            self.refresh()
-            return
-        if self.protocol in ("tgp", "sixel"):
+        elif self.protocol in ("tgp", "sixel"):
             self._show_graphics(path)
         else:
             self._load(path)
-        self.refresh()
 
     def _show_graphics(self, path: Path | None) -> None:
         if self.protocol not in ("tgp", "sixel"):
@@ -132,15 +137,14 @@ class ImagePreview(Widget):
     def _loaded(self, path: Path, thumb, message: str) -> None:
         if path != self.path:
             return
-        self._thumb, self._message = thumb, message
-        self.refresh()
+        self.thumb, self.error = thumb, message
 
     def render(self) -> Text:
         if self._graphics is not None and self.path is not None:
             return Text()
-        if self._message:
-            return Text(self._message, style="red")
-        if self._thumb is None:
+        if self.error:
+            return Text(self.error, style="red")
+        if self.thumb is None:
             return Text(self.placeholder if self.path is None else "loading…", style="dim")
         size = self.content_size
-        return halfcell_text(self._thumb, size.width, size.height)
+        return halfcell_text(self.thumb, size.width, size.height)

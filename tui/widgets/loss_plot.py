@@ -1,5 +1,5 @@
 """A braille loss plot: raw loss (dim), its moving average (bright) and the validation loss (yellow), redrawn only when
-the monitor hands it new data.
+the monitor hands it new data (its `points` reactive).
 
 Drawing cost does not grow with the run: every series is cut into one bucket per pixel column (2 per character), and
 the raw loss is drawn as the min..max span of each bucket, so a single spike among 100k steps still shows. The series
@@ -13,6 +13,7 @@ import numpy as np
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -272,45 +273,50 @@ def _connect(diff: np.ndarray, cols: np.ndarray, ys: np.ndarray) -> None:
 
 
 class LossPlot(Widget):
-    """Loss curve; call `update_series` with new data (cheap: appends only the new points, then refreshes). Drawn
-    through the line API from cached strips, rebuilt once per data change or resize."""
+    """Loss curve. Assign `points` = (raw, smoothed, val): lists of (step, value) only append their new points to
+    the plot's arrays (cheap), `Series` filled elsewhere are taken as they are. Drawn through the line API from cached
+    strips, rebuilt once per data change or resize (the width is what the series are bucketed to)."""
 
     DEFAULT_CSS = """
     LossPlot { height: 1fr; min-height: 6; }
     """
 
+    # the same lists grow in place: every assignment is new data (always_update), validate_points folds it in
+    points: reactive[tuple[Series, Series, Series]] = reactive(lambda: (Series(), Series(), Series()),
+                                                               always_update=True)
+    empty_text: reactive[str] = reactive(WAITING)  # shown while there is no point to draw
+
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
-        self.raw, self.smoothed, self.val = Series(), Series(), Series()
-        self._version = 0
+        self._version = 0  # bumped by every change of the data
         self._strips: list[Strip] = []
         self._strips_key: tuple | None = None
-        self.empty_text = WAITING  # shown while there is no point to draw
 
-    def set_empty_text(self, text: str) -> None:
-        """What the plot says while it has no point (e.g. that the run failed before its first step)."""
-        if text != self.empty_text:
-            self.empty_text = text
-            self._version += 1
-            self.refresh()
-
-    def adopt(self, raw: Series, smoothed: Series, val: Series) -> None:
-        """Take series filled elsewhere (the monitor fills them in its worker thread with the history)."""
-        self.raw, self.smoothed, self.val = raw, smoothed, val
+    def validate_points(self, points: tuple) -> tuple[Series, Series, Series]:
         self._version += 1
-        self.refresh()
+        if all(isinstance(p, Series) for p in points):  # filled in the monitor's worker thread: adopted
+            return tuple(points)
+        raw, smoothed, val = self.points
+        for series, new in zip((raw, smoothed, val), points):
+            series.sync(new)
+        return raw, smoothed, val
 
-    def update_series(self, raw, smoothed, val) -> None:
-        self.raw.sync(raw)
-        self.smoothed.sync(smoothed)
-        self.val.sync(val)
-        self._version += 1
-        self.refresh()
+    @property
+    def raw(self) -> Series:
+        return self.points[0]
+
+    @property
+    def smoothed(self) -> Series:
+        return self.points[1]
+
+    @property
+    def val(self) -> Series:
+        return self.points[2]
 
     def _build(self, width: int, height: int) -> list[Strip]:
-        key = (self._version, width, height)
+        key = (self._version, self.empty_text, width, height)
         if key != self._strips_key:
-            rows = plot_rows(self.raw, self.smoothed, self.val, width, height, self.empty_text)
+            rows = plot_rows(*self.points, width, height, self.empty_text)
             strips = []
             for row in rows[:height]:
                 segments = [Segment(text, _style(style)) for text, style in row]

@@ -1,10 +1,15 @@
-"""The monitor's header: state, step/max, it/s, ETA, elapsed, lr, and GPU memory/utilisation on CUDA."""
+"""The monitor's header: state, step/max, it/s, ETA, elapsed, lr, and GPU memory/utilisation on CUDA.
+
+Each figure is a reactive: `show(view)` copies them from the run's view, and the header repaints only when one of
+them changed."""
 
 from __future__ import annotations
 
 from rich.text import Text
+from textual.reactive import reactive
 from textual.widget import Widget
 
+from core.runs.run_events import RunPhase
 from tui.run_view import RunView, format_duration, format_rate
 
 STATE_STYLES = {
@@ -13,29 +18,16 @@ STATE_STYLES = {
 }
 
 
-def header_text(view: RunView) -> Text:
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(f"● {view.state}", STATE_STYLES.get(view.state, "bold"))
-    text.append(f"  step {view.step}/{view.max_steps or '?'}", "bold")
-    if view.max_steps:
-        text.append(f" {100 * view.step / view.max_steps:.0f}%")
-    text.append(f"  {format_rate(view.it_s)}")
-    text.append(f"  ETA {format_duration(view.eta)}")
-    text.append(f"  elapsed {format_duration(view.elapsed)}")
-    if view.lr is not None:
-        text.append(f"  lr {view.lr:.3g}")
-    second = Text(no_wrap=True, overflow="ellipsis", style="dim")
-    second.append(view.name or view.run_dir.name)
+def about_text(view: RunView) -> str:
+    """The second line: the run's name, device and precision, images and epoch (dim)."""
+    text = view.name or view.run_dir.name
     if view.device:
-        second.append(f" · {view.device}{' ' + view.precision if view.precision else ''}")
+        text += f" · {view.device}{' ' + view.precision if view.precision else ''}"
     if view.n_images:
-        second.append(f" · {view.n_images} images")
+        text += f" · {view.n_images} images"
     if view.epoch is not None:
-        second.append(f" · epoch {view.epoch}")
-    gpu = view.gpu_line()
-    if gpu:
-        second.append(f" · {gpu}", "bold magenta")
-    return Text("\n").join([text, second])
+        text += f" · epoch {view.epoch}"
+    return text
 
 
 class RunHeader(Widget):
@@ -43,9 +35,45 @@ class RunHeader(Widget):
     RunHeader { height: 2; dock: top; background: $primary-background; padding: 0 1; }
     """
 
-    def __init__(self, view: RunView, *, id: str | None = None) -> None:
+    phase: reactive[RunPhase] = reactive(RunPhase.STARTING)
+    step: reactive[int] = reactive(0)
+    max_steps: reactive[int] = reactive(0)
+    it_s: reactive[float | None] = reactive(None)
+    eta: reactive[float | None] = reactive(None)
+    elapsed: reactive[float | None] = reactive(None)
+    lr: reactive[float | None] = reactive(None)
+    about: reactive[str] = reactive("")
+    gpu: reactive[str] = reactive("")
+
+    def __init__(self, view: RunView | None = None, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.view = view
+        if view is not None:
+            for name, value in self.figures(view).items():
+                self.set_reactive(getattr(RunHeader, name), value)  # no refresh before the first paint
+
+    @staticmethod
+    def figures(view: RunView) -> dict:
+        return {"phase": view.state, "step": view.step, "max_steps": view.max_steps, "it_s": view.it_s,
+                "eta": view.eta, "elapsed": view.elapsed, "lr": view.lr, "about": about_text(view),
+                "gpu": view.gpu_line()}
+
+    def show(self, view: RunView) -> None:
+        """Take the view's figures; only those that changed repaint (one repaint per frame at most)."""
+        for name, value in self.figures(view).items():
+            setattr(self, name, value)
 
     def render(self) -> Text:
-        return header_text(self.view)
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(f"● {self.phase}", STATE_STYLES.get(self.phase, "bold"))
+        text.append(f"  step {self.step}/{self.max_steps or '?'}", "bold")
+        if self.max_steps:
+            text.append(f" {100 * self.step / self.max_steps:.0f}%")
+        text.append(f"  {format_rate(self.it_s)}")
+        text.append(f"  ETA {format_duration(self.eta)}")
+        text.append(f"  elapsed {format_duration(self.elapsed)}")
+        if self.lr is not None:
+            text.append(f"  lr {self.lr:.3g}")
+        second = Text(self.about, no_wrap=True, overflow="ellipsis", style="dim")
+        if self.gpu:
+            second.append(f" · {self.gpu}", "bold magenta")
+        return Text("\n").join([text, second])
