@@ -127,19 +127,18 @@ def _count_findings(n_ok: int, n_all: int) -> list[Finding]:
 
 
 def _bucket_findings(images: list[_Image], bucketer) -> list[Finding]:
-    groups: dict[tuple[int, int], list[_Image]] = {}
-    for im in images:
-        groups.setdefault(bucketer.bucket(*im.size), []).append(im)
+    from core.training.buckets import assign_buckets
+
     out = []
-    for (w, h), members in sorted(groups.items()):
+    for reso, members in assign_buckets(((im, im.size) for im in images), bucketer).items():
         names = [im.name for im in members]
-        if w < 64 or h < 64:
+        if reso is None:
             out.append(Finding("no-bucket", "warning", names,
                                f"Too small for any bucket (a side under 64 px, never upscaled): {', '.join(names)}; "
                                "these images are skipped."))
             continue
         detail = ", ".join(f"{im.name} ({im.size[0]}×{im.size[1]})" for im in members)
-        out.append(Finding("bucket", "info", names, f"Bucket {w}×{h}: {detail}."))
+        out.append(Finding("bucket", "info", names, f"Bucket {reso[0]}×{reso[1]}: {detail}."))
     return out
 
 

@@ -16,9 +16,13 @@ Images of different buckets never share a batch (`TrainDataset.epoch_batches` gr
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple, TypeVar
 
 STEP = 64
+K = TypeVar("K", bound=Hashable)
 
 
 def make_bucket_resolutions(max_reso: tuple[int, int], min_size: int = 256, max_size: int = 1024,
@@ -97,6 +101,61 @@ class Bucketer:
     def bucket(self, width: int, height: int) -> tuple[int, int]:
         return self.select(width, height)[0]
 
+    def usable(self, reso: tuple[int, int]) -> bool:
+        """Whether a bucket can be trained: with no upscaling an image with a side under 64 px gets a side-0 bucket
+        and is skipped."""
+        return reso[0] >= self.steps and reso[1] >= self.steps
+
+
+def image_bucket(bucketer: Bucketer, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The bucket (w, h) the trainer puts an image of `size` (w, h, after EXIF orientation) in; None when it is too
+    small for any bucket (the trainer skips it)."""
+    reso = bucketer.bucket(*size)
+    return reso if bucketer.usable(reso) else None
+
+
+def assign_buckets(sizes: Iterable[tuple[K, tuple[int, int]]], bucketer: Bucketer) -> dict[tuple[int, int] | None, list[K]]:
+    """Group (key, size) pairs by `image_bucket`: {bucket: keys in input order}, buckets sorted, None (too small for any
+    bucket) last. The doctor (`tiwiz doctor --buckets`) and the wizard both list buckets through this."""
+    groups: dict[tuple[int, int] | None, list[K]] = {}
+    for key, size in sizes:
+        groups.setdefault(image_bucket(bucketer, size), []).append(key)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or (0, 0))))
+
+
+class Fit(NamedTuple):
+    """How one image is brought to its training size: kind is "bucket", "crop" (centre crop), "stretch", "none"
+    (its own size, sides cut to multiples of 8) or "skip" (too small: the trainer skips it)."""
+
+    kind: str
+    size: tuple[int, int] | None
+
+
+def image_fit(config, size: tuple[int, int]) -> Fit:
+    """The training size of an image of `size` under a TrainConfig's (or anything with its fields) buckets, bucket
+    sides, width, height and resize mode; as `core.training.dataset.build_dataset` resizes it."""
+    if config.buckets:
+        reso = image_bucket(bucketer_for(config), size)
+        return Fit("bucket", reso) if reso else Fit("skip", None)
+    if config.resize == "none":
+        w8, h8 = size[0] // 8 * 8, size[1] // 8 * 8
+        return Fit("none", (w8, h8)) if w8 >= 8 and h8 >= 8 else Fit("skip", None)
+    return Fit(config.resize, (config.width, config.height))
+
+
+def header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """An image's (width, height) as the trainer sees it (EXIF orientation applied), from its header alone: nothing is
+    decoded. Raises OSError (or PIL's errors) for a file that is not an image."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # a broken EXIF block: the loader ignores it too
+            orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
 
 def crop_box(resized: tuple[int, int], reso: tuple[int, int]) -> tuple[int, int, int, int]:
     """The centred (left, top, right, bottom) crop of a `resized` image to its bucket `reso` (kohya's trim)."""
@@ -111,7 +170,7 @@ def resize_to_bucket(im, bucketer: Bucketer):
     from PIL import Image
 
     reso, resized, _ = bucketer.select(im.width, im.height)
-    if reso[0] < bucketer.steps or reso[1] < bucketer.steps:
+    if not bucketer.usable(reso):
         raise ValueError(f"image is {im.width}x{im.height}; with bucket_no_upscale a side needs at least "
                          f"{bucketer.steps} px")
     if resized != im.size:
