@@ -98,6 +98,11 @@ class TestWizardScreens80x24:
             state.update(dataset="photos", skip_preprocess=True)
         assert snap_compare(make_app(stage, **state), terminal_size=(80, 24), run_before=settle)
 
+    def test_training_with_buckets(self, workspace, snap_compare):
+        """Buckets on: the side panel counts the images per bucket (the 96×96 photos are not upscaled: 64×64)."""
+        state = dict(FILLED, dataset="photos", skip_preprocess=True, train={"buckets": True})
+        assert snap_compare(make_app("training", **state), terminal_size=(80, 24), run_before=settle)
+
 
 class TestMonitor:
     """The training monitor fed from a recorded run folder."""

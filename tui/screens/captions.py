@@ -1,5 +1,6 @@
 """Caption review: the image list beside a preview, the caption edited in place with its CLIP token count, bulk tag
-add/remove/replace, and the dataset doctor's findings shown beside the image they concern.
+add/remove/replace, the dataset doctor's findings shown beside the image they concern, and the image's training
+size under the current training settings (its aspect-ratio bucket, or the centre crop).
 
 The folder is read once, in a worker, into an index of every image and its caption; the filter works on that index
 in memory, edits update it, and bulk edits run in a worker (with progress) and re-read it."""
@@ -18,7 +19,9 @@ from textual.widgets.option_list import Option
 
 from core.prep.captions import CaptionSet, filter_items, split_tags
 from core.tokens import TOKEN_LIMIT, count_tokens
+from tui.bucket_scan import SIZES, fit_text, wizard_config
 from tui.jobs import run_json
+from tui.messages import ImageSizesRead
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import PromptModal
 from tui.widgets.image_preview import ImagePreview
@@ -26,6 +29,7 @@ from tui.widgets.inputs import OrderedInput
 
 
 BULK_PROGRESS_EVERY_S = 0.1
+SIZES_POST_EVERY_S = 0.2  # a big folder's image sizes arrive in batches this often
 CAPTION_PLACEHOLDER = "a caption: comma-separated tags or a sentence"
 
 
@@ -93,6 +97,7 @@ class CaptionsScreen(WizardScreen):
         self.doctor_count: int | None = None
         self.index_items: list = []  # every image of the folder and its caption, read once by `load_index`
         self.loaded = False
+        self.sizes: dict[str, tuple[int, int] | None] = {}  # image file name -> header size (None: unreadable)
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="body"):
@@ -103,6 +108,7 @@ class CaptionsScreen(WizardScreen):
             with Vertical(id="cap-right"):
                 yield ImagePreview(id="cap-preview")
                 yield Label("", id="cap-title")
+                yield Static("", id="cap-bucket", classes="hint", markup=False)
                 yield CaptionInput("", placeholder=CAPTION_PLACEHOLDER, id="cap-input")
                 yield Static("", id="cap-tokens")
                 yield Static("", id="cap-findings", classes="hint", markup=False)
@@ -115,6 +121,7 @@ class CaptionsScreen(WizardScreen):
         self.query_one("#cap-title", Label).update("Reading the captions…")
         self.query_one("#cap-input", Input).focus()
         self.load_index()
+        self.load_sizes()
         self.action_doctor()
 
     @work(thread=True, exclusive=True, group="index", exit_on_error=False)
@@ -125,6 +132,39 @@ class CaptionsScreen(WizardScreen):
         except Exception as exc:
             items, error = [], exc
         self.app.call_from_thread(self._index_loaded, items, error)
+
+    @work(thread=True, exclusive=True, group="sizes", exit_on_error=False)
+    def load_sizes(self) -> None:
+        """Read each image's size from its header (cached per file) off the UI thread, posted in batches."""
+        from textual.worker import get_current_worker
+
+        from core.prep.captions import list_images
+
+        worker = get_current_worker()
+        try:
+            paths = list_images(self.state.dataset)
+        except Exception:  # the index loader reports an unreadable folder
+            return
+        batch, posted = {}, time.monotonic()
+        for path in paths:
+            if worker.is_cancelled:
+                return
+            batch[path] = SIZES.size(path)
+            if time.monotonic() - posted >= SIZES_POST_EVERY_S:
+                self.post_message(ImageSizesRead(batch))
+                batch, posted = {}, time.monotonic()
+        self.post_message(ImageSizesRead(batch))
+
+    def on_image_sizes_read(self, message: ImageSizesRead) -> None:
+        self.sizes.update((Path(path).name, size) for path, size in message.sizes.items())
+        if self.items and 0 <= self.index < len(self.items):
+            self._show_bucket(self.items[self.index].image.name)
+
+    def _show_bucket(self, name: str) -> None:
+        """The selected image's training size under the wizard's current training settings (the Training screen's
+        defaults until it is visited)."""
+        text = fit_text(wizard_config(self.state), self.sizes[name]) if name in self.sizes else "reading the size…"
+        self.query_one("#cap-bucket", Static).update(text)
 
     def _index_loaded(self, items: list, error: BaseException | None) -> None:
         self.index_items, self.loaded = items, True
@@ -170,6 +210,7 @@ class CaptionsScreen(WizardScreen):
             self.query_one("#cap-title", Label).update(
                 "No image matches the filter." if self.filter_text else
                 "No images in this folder." if self.loaded else "Reading the captions…")
+            self.query_one("#cap-bucket", Static).update("")
             return
         self.index = index
         item = self.items[index]
@@ -188,6 +229,7 @@ class CaptionsScreen(WizardScreen):
         field.cursor_position = len(item.caption)
         self._show_tokens(item.caption)
         self._show_findings(item.image.name)
+        self._show_bucket(item.image.name)
 
     def _show_tokens(self, caption: str) -> None:
         n = count_tokens(caption)

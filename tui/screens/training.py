@@ -1,5 +1,6 @@
 """Training settings: every TrainConfig option (the ones not set on earlier screens), grouped into basic, preview and
-advanced, validated as typed; a template picker showing prompts rendered from the real captions; TOML save/load.
+advanced, validated as typed; a template picker showing prompts rendered from the real captions; with aspect-ratio
+buckets on, how many images go to each bucket (recounted as the size fields change); TOML save/load.
 Next starts the detached worker and opens the monitor."""
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from core.errors import FieldError
 from core.training.config import TrainConfig
 from tui.state import WIZARD_DEFAULTS
 from tui import runs_info
+from tui.bucket_scan import bucket_summary, read_sizes, settings_key
+from tui.messages import BucketsCounted
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal, PromptModal
 from tui.widgets.inputs import OrderedInput
@@ -32,6 +35,7 @@ SDXL_HELP = {  # why the SDXL defaults differ, shown under the field when the mo
     "gradient_checkpointing": ". SDXL: auto turns it on on a GPU, to keep 1024 px training well inside 24 GB; "
                               "'off' is about twice as fast where memory allows",
 }
+SIDE_TEXT_WIDTH = 32  # #tr-side's width less its border and padding
 SIDE_DEBOUNCE_S = 0.15  # the summary and sample prompts wait for typing to pause this long
 
 
@@ -187,6 +191,7 @@ class TrainingScreen(WizardScreen):
                 yield Static("", id="tr-samples")
                 yield Label("Run", classes="section")
                 yield Static("", id="tr-summary")
+                yield Static("", id="tr-bucket-summary", markup=False)
 
     def _field(self, f, defaults: TrainConfig, templates: list[str]):
         value = self.state.train.get(f.name, WIZARD_DEFAULTS.get(f.name, getattr(defaults, f.name)))
@@ -210,6 +215,7 @@ class TrainingScreen(WizardScreen):
 
     def on_mount(self) -> None:
         self.query_one("#tr-steps").focus()
+        self.query_one("#tr-bucket-summary").display = False  # shown when buckets are on
         self._after_change()
 
     # --- editing -----------------------------------------------------------------------------------------------
@@ -251,6 +257,7 @@ class TrainingScreen(WizardScreen):
             config, problem = None, error_text(exc)
         self.show_message(problem or "")
         self._update_side(config)
+        self._update_buckets(config)
 
     def _update_side(self, config: TrainConfig | None) -> None:
         if config is not None:
@@ -290,6 +297,51 @@ class TrainingScreen(WizardScreen):
             f"{config.width}×{config.height}, lr {config.lr}\n"
             f"saves every {config.save_every or 'end'}, previews every {config.preview_every or 'never'}"
         )
+
+    # --- buckets -----------------------------------------------------------------------------------------------
+
+    _bucket_key: tuple | None = None  # the settings the bucket line is (being) counted for; None: nothing pending
+
+    def _update_buckets(self, config: TrainConfig | None) -> None:
+        """With buckets on, the dataset's images per bucket, recounted in a worker when a size setting changes."""
+        line = self.query_one("#tr-bucket-summary", Static)
+        if config is None or not config.buckets:
+            self._bucket_key = None  # a count still under way for earlier settings is dropped when it arrives
+            self.workers.cancel_group(self, "buckets")
+            if config is None and line.display:
+                line.update("buckets: waiting for valid settings")
+            else:
+                line.display = False
+            return
+        line.display = True
+        key = settings_key(config)
+        if key != self._bucket_key:
+            self._bucket_key = key
+            line.update("buckets: counting…")
+            self.count_buckets(config, key)
+
+    @work(thread=True, exclusive=True, group="buckets", exit_on_error=False)
+    def count_buckets(self, config: TrainConfig, key: tuple) -> None:
+        """Once typing pauses: every image's size from its header (cached), grouped as the trainer will."""
+        from textual.worker import get_current_worker
+
+        from core.prep.captions import list_images
+
+        worker = get_current_worker()
+        time.sleep(SIDE_DEBOUNCE_S)
+        if worker.is_cancelled:
+            return
+        try:
+            sizes = read_sizes(list_images(config.data), lambda: worker.is_cancelled)
+        except Exception as exc:
+            self.post_message(BucketsCounted(key, f"buckets: {error_text(exc)}"))
+            return
+        if sizes is not None and not worker.is_cancelled:
+            self.post_message(BucketsCounted(key, bucket_summary(config, sizes, width=SIDE_TEXT_WIDTH)))
+
+    def on_buckets_counted(self, message: BucketsCounted) -> None:
+        if message.key == self._bucket_key:
+            self.query_one("#tr-bucket-summary", Static).update(message.text)
 
     # --- TOML --------------------------------------------------------------------------------------------------
 
