@@ -12,6 +12,7 @@ from pathlib import Path
 
 from textual.app import App
 from textual.binding import Binding
+from textual.reactive import var
 
 from core.errors import TiwizError
 from tui.state import STAGES, WizardState, default_state_path, load_state, neighbour_stage, save_state
@@ -45,6 +46,8 @@ class TiwizApp(App):
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True),
                 Binding("ctrl+g", "cycle_images", "Image mode", show=False, priority=True)]
 
+    image_protocol: var[str] = var("halfcell", init=False)  # every ImagePreview follows it (halfcell, tgp, sixel)
+
     def __init__(self, *, state: WizardState | None = None, state_path: str | os.PathLike | None = None,
                  runs_root: str | os.PathLike | None = None, image_protocol: str = "halfcell",
                  attach: str | os.PathLike | None = None, demo: bool = False, save: bool = True,
@@ -54,7 +57,7 @@ class TiwizApp(App):
         self.saved_state = load_state(self.state_path) if state is None else None
         self.state = state if state is not None else WizardState()
         self.runs_root = Path(runs_root) if runs_root else None
-        self.image_protocol = image_protocol
+        self.set_reactive(TiwizApp.image_protocol, image_protocol)
         self.attach_dir = Path(attach) if attach else None
         self.start_demo = demo
         self.save_enabled = save
@@ -118,14 +121,11 @@ class TiwizApp(App):
         return ["halfcell", *graphics]
 
     def action_cycle_images(self) -> None:
-        """Switch every image on screen to the next mode, e.g. back to half-block when graphics come out garbled."""
-        from tui.widgets.image_preview import ImagePreview
-
+        """Switch every image to the next mode, e.g. back to half-block when graphics come out garbled (each
+        ImagePreview watches `image_protocol`)."""
         modes = self.image_protocols()
         current = self.image_protocol if self.image_protocol in modes else "halfcell"
         self.image_protocol = modes[(modes.index(current) + 1) % len(modes)]
-        for preview in self.screen.query(ImagePreview):
-            preview.reset_protocol()
         names = {"halfcell": "half-block", "tgp": "Kitty graphics", "sixel": "Sixel"}
         only = "" if len(modes) > 1 else " (the only mode: start with --image-protocol tgp or sixel for graphics)"
         self.notify(f"Images: {names[self.image_protocol]}{only}", timeout=4)

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.style import Style
 from rich.text import Text
 from textual import work
-from textual.reactive import reactive, var
+from textual.reactive import Reactive, reactive, var
 from textual.widget import Widget
 from textual.worker import get_current_worker
 
@@ -71,6 +71,10 @@ class ImagePreview(Widget):
         self._protocol = protocol
         self.placeholder = placeholder
         self._graphics = None
+
+    def on_mount(self) -> None:
+        if isinstance(getattr(type(self.app), "image_protocol", None), Reactive):  # the wizard's image mode (ctrl+g)
+            self.watch(self.app, "image_protocol", self.reset_protocol, init=False)
 
     @property
     def protocol(self) -> str:
