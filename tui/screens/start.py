@@ -190,7 +190,8 @@ class StartScreen(WizardScreen):
     def _read_queue(self) -> None:
         try:
             status = read_queue(self.queue_dir)
-        except Exception:  # noqa: BLE001 - a job file half written by hand: the next poll reads it again
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable queue folder: said; the next poll tries again
+            self.app.call_from_thread(self.show_message, f"Cannot read the queue: {error_text(exc)}")
             return
         self.post_message(QueueRead(status))
 
