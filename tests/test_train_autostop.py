@@ -139,7 +139,7 @@ def test_runs_and_attach_say_why_it_stopped_and_the_best_step(tmp_path):
     assert header.split()[-1] == "BEST"
     step = row.split()[2].split("/")[0]
     assert int(step) < 400
-    assert row.split()[1] == "finished" and row.split()[-1] == step  # best = where the rule fired (no hold-out)
+    assert row.split()[1] == "finished" and row.split()[-2:] == [step, "(flat)"]  # best: where the rule fired
     assert detail.strip().startswith(f"finished at step {step} (auto-stop: the validation loss went flat")
     attached = subprocess.run([sys.executable, "-m", "core.cli", "attach", str(runs_root / "heart")], cwd=root,
                               capture_output=True, text=True, timeout=120, env=env)

@@ -1,10 +1,11 @@
 """Hold-out: held-out images are never trained on, their validation loss is reported, and the suggested best step is
-the argmin of that loss (with a checkpoint saved there to copy)."""
+the argmin of that loss (with a checkpoint saved there to copy); loss.csv records it in `holdout_loss`."""
 
 import pytest
 
 from core.events import ListSink
 from core.runs import run_events as ev
+from core.runs.lossfile import read_loss_csv
 from core.training.config import TrainConfig
 from core.training.dataset import TrainDataset
 from core.training.trainer import Trainer
@@ -51,6 +52,12 @@ def test_held_out_images_are_never_trained_on(tiny_model_dir, tmp_path, monkeypa
     assert summary["best_step"] == best == vals[-1].best_step
     end = next(e for e in events if isinstance(e, (ev.Finished, ev.Stopped)))
     assert end.best_step == best
+    assert end.best_basis == summary["best_basis"] == "holdout" and all(v.best_basis == "holdout" for v in vals)
+    # loss.csv records the held-out loss beside the validation loss, on the validation steps only
+    rows = read_loss_csv(tmp_path / "run" / "loss.csv")
+    assert [(r["step"], r["holdout_loss"]) for r in rows if r["holdout_loss"] is not None] == \
+           [(v.step, pytest.approx(v.holdout_loss, rel=1e-5)) for v in vals]
+    assert all((r["holdout_loss"] is None) == (r["val_loss"] is None) for r in rows)
     if best > 0:
         assert end.best_checkpoint == f"embeddings/tcat-{best}.safetensors"
         assert (tmp_path / "run" / end.best_checkpoint).is_file()

@@ -14,7 +14,8 @@ from tui.state import WizardState
 def test_finish_offers_and_copies_the_best_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     events = recorded_events("mycat", steps=120, finished=True)
-    events[-1].update(best_step=80, best_checkpoint="embeddings/mycat-80.safetensors")  # the trainer's Finished
+    events[-1].update(best_step=80, best_checkpoint="embeddings/mycat-80.safetensors",  # the trainer's Finished
+                      best_basis="holdout")
     run = write_recorded_run(tmp_path / "runs" / "mycat-1", events, state="finished")
     (run / "embeddings").mkdir()
     for step in (40, 80, 120):
@@ -31,7 +32,7 @@ def test_finish_offers_and_copies_the_best_checkpoint(tmp_path, monkeypatch):
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_idle(pilot)
             files = str(app.screen.query_one("#fin-files").content)
-            assert "step 80" in files and "mycat-80.safetensors" in files
+            assert "step 80" in files and "mycat-80.safetensors" in files and "(lowest held-out loss)" in files
             await pilot.press("b")
             await wait_idle(pilot)
             await pilot.press("c")
@@ -41,3 +42,40 @@ def test_finish_offers_and_copies_the_best_checkpoint(tmp_path, monkeypatch):
     assert copied and set(copied) <= {"mycat.safetensors", "mycat.pt"}
     assert all(body in (b"st80", b"pt80") for body in copied.values()), copied  # step 80's bytes, final names
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_finish_says_when_the_final_embedding_is_the_suggested_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    events = recorded_events("mycat", steps=120, finished=True)
+    events[-1].update(best_step=120, best_checkpoint="embeddings/mycat-120.safetensors", best_basis="validation")
+    run = write_recorded_run(tmp_path / "runs" / "mycat-1", events, state="finished")
+    (run / "embeddings").mkdir()
+    (run / "embeddings" / "mycat-120.safetensors").write_bytes(b"st120")
+    (run / "mycat.safetensors").write_bytes(b"final")
+    app = TiwizApp(state=WizardState(model="models/tiny", name="mycat", run_dir="runs/mycat-1"), save=False,
+                   runs_root=tmp_path / "runs", start_stage="finish", finder_roots=[])
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_idle(pilot)
+            files = str(app.screen.query_one("#fin-files").content)
+            assert "the final embedding above (step 120: lowest validation loss)" in files, files
+            assert "b copies" not in files
+    asyncio.run(drive())
+
+
+def test_the_monitor_labels_the_best_step_by_its_basis():
+    from core.runs import run_events as ev
+    from tui.run_view import RunView
+    from tui.screens.monitor import quality_line
+
+    view = RunView("nowhere")
+    view.apply(ev.Validation(step=40, val_loss=0.2, best_step=None))
+    assert "best step" not in quality_line(view)
+    view.apply(ev.Checkpoint(step=40, safetensors="embeddings/x-40.safetensors", best_step=40,
+                             best_basis="validation"))
+    assert quality_line(view).startswith("best step 40 (lowest validation loss)")
+    view.apply(ev.Validation(step=60, val_loss=0.1, best_step=60, best_basis="flat"))
+    assert quality_line(view).startswith("best step 60 (validation loss flat)")
+    view.apply(ev.Finished(step=80, best_step=60, best_basis="flat"))
+    assert (view.best_step, view.best_basis, view.best_label) == (60, "flat", "best step 60 (validation loss flat)")

@@ -67,7 +67,7 @@ def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | Non
         if event.holdout_loss is not None:
             text += f", held out {event.holdout_loss:.4f}"
         if event.best_step is not None:
-            text += f" (best step {event.best_step})"
+            text += f" ({ev.best_step_text(event.best_step, event.best_basis)})"
         if event.auto_stop_window is not None and event.auto_stop_threshold is not None:
             from core.training.autostop import AutoStopState
 
@@ -94,7 +94,7 @@ def _best_text(event, path) -> str:
     if event.best_step is None:
         return ""
     where = f": {path(event.best_checkpoint)}" if event.best_checkpoint else ""
-    return f"\nsuggested best step {event.best_step}{where}"
+    return f"\nsuggested {ev.best_step_text(event.best_step, event.best_basis)}{where}"
 
 
 class ProgressView:

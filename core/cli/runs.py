@@ -83,7 +83,7 @@ def runs_table(found: list[runs.RunInfo], tty: bool = False) -> list[str]:
         rows.append((safe_line(info.path.name), info.state.value, f"{info.step}/{info.max_steps or '?'}",
                      f"{info.last_loss:.4f}" if info.last_loss is not None else "-", _age(info.updated),
                      str(info.last_checkpoint) if info.last_checkpoint else "-",
-                     str(info.best_step) if info.best_step is not None else "-"))
+                     _best_cell(info)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     cols = shutil.get_terminal_size((80, 24)).columns
     lines = []
@@ -101,6 +101,17 @@ def runs_table(found: list[runs.RunInfo], tty: bool = False) -> list[str]:
     return lines
 
 
+BEST_SHORT = {"holdout": "held-out", "flat": "flat", "validation": "val loss"}  # run_events.BEST_BASES, shortened
+
+
+def _best_cell(info: runs.RunInfo) -> str:
+    """'240 (held-out)': the suggested best step and what it rests on (`--json` gives both in full)."""
+    if info.best_step is None:
+        return "-"
+    short = BEST_SHORT.get(info.best_basis or "")
+    return f"{info.best_step} ({short})" if short else str(info.best_step)
+
+
 def safe_line(text: str) -> str:
     """One line of user-controlled text: control characters (a newline in a reason, escape sequences) shown, not
     obeyed."""
@@ -116,7 +127,8 @@ def cmd_runs(args) -> int:
                               "description": info.description, "step": info.step, "max_steps": info.max_steps,
                               "last_loss": info.last_loss, "last_checkpoint": info.last_checkpoint,
                               "updated": info.updated, "pid": info.pid, "alive": info.alive,
-                              "problems": info.problems, "best_step": info.best_step}))
+                              "problems": info.problems, "best_step": info.best_step,
+                              "best_basis": info.best_basis}))
         return 0
     if not found:
         safe_print(f"no runs under {root}")

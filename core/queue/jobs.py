@@ -245,6 +245,12 @@ def prepare_config(data: dict, where: str):
                 raise TiwizError(f"{key}: {getattr(config, key)} does not exist")
         if config.init_from and not Path(config.init_from).is_file():
             raise TiwizError(f"init_from: {config.init_from} is not a file")
+        from core.errors import FieldError
+        from core.training.preflight import cuda_available_in_subprocess, optimizer_problem
+
+        problem = optimizer_problem(config.optimizer, config.device, cuda=cuda_available_in_subprocess)  # torch-free
+        if problem:
+            raise FieldError("optimizer", problem)
     except TiwizError as exc:
         field = getattr(exc, "field", None)
         if field:  # keep the field for forms that mark the input (core.errors.FieldError)

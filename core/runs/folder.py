@@ -11,6 +11,7 @@ RUN_DIR/
   worker.lock      flock held by the worker for its whole life
   worker.log       the worker's stdout/stderr (tracebacks)
   embeddings/ previews/ state/latest.pt loss.csv NAME.pt NAME.safetensors   (written by the trainer)
+                   loss.csv: step,epoch,loss,val_loss,lr,elapsed_s,holdout_loss, one row a step (core.runs.lossfile)
 ```
 """
 
@@ -416,7 +417,8 @@ class RunInfo:
     alive: bool = False
     reason: str = ""
     problems: list[str] = field(default_factory=list)
-    best_step: int | None = None  # the suggested best step (lowest held-out loss, else the auto-stop rule's)
+    best_step: int | None = None  # the suggested best step (lowest held-out loss, else the auto-stop rule's, ...)
+    best_basis: str | None = None  # what it rests on (run_events.BEST_BASES)
 
     @property
     def phase(self) -> RunPhase:
@@ -512,7 +514,8 @@ def _apply_events(info: RunInfo, events: list[dict]) -> None:
     info.updated = state.updated or info.updated
     info.name = state.name or info.name
     info.state, info.reason = state.phase, state.reason
-    info.best_step = state.best_step if state.best_step is not None else info.best_step
+    if state.best_step is not None:
+        info.best_step, info.best_basis = state.best_step, state.best_basis
     if state.skipped:
         info.problems.append(f"{info.path / EVENTS}: skipped {state.skipped} event(s) with fields of the wrong type")
     if info.state.active:  # the log says running; without a status the lock tells whether a worker lives
@@ -529,7 +532,10 @@ def _apply_status(info: RunInfo, status: dict) -> None:
     info.last_loss = _num(status.get("last_loss")) if status.get("last_loss") is not None else info.last_loss
     info.last_checkpoint = _num(status.get("last_checkpoint"), int) or info.last_checkpoint
     info.updated = _num(status.get("updated")) or info.updated
-    info.best_step = _num(status.get("best_step"), int) if status.get("best_step") is not None else info.best_step
+    if status.get("best_step") is not None:
+        info.best_step = _num(status.get("best_step"), int)
+        basis = status.get("best_basis")
+        info.best_basis = basis if isinstance(basis, str) else None
     state = RunPhase.parse(status.get("state"))
     info.reason = str(status.get("reason") or status.get("error") or info.reason or "")
     if state.active:

@@ -1,7 +1,12 @@
-"""`loss.csv`: one row per optimizer step (step, epoch, loss, val_loss, lr, elapsed_s), appended and flushed.
+"""`loss.csv`: one row per optimizer step (step, epoch, loss, val_loss, lr, elapsed_s, holdout_loss), appended and
+flushed. `val_loss` and `holdout_loss` (the held-out images' loss, `--holdout`) are empty except on validation steps.
 
 Each row is a single write of a whole line, so a crash loses at most the unfinished last line; on resume the file is
 rewritten (atomically) keeping only rows up to the resumed step, so the history continues without duplicates.
+
+Runs written before `holdout_loss` existed have the 6-column header (OLD_HEADER). Both are read; resuming such a run
+rewrites its file with the current header (old rows get an empty holdout_loss), so one file never mixes two shapes.
+New columns go at the end, so a reader that counts columns keeps its positions.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from pathlib import Path
 
 from core.atomic import atomic_write_text
 
-HEADER = "step,epoch,loss,val_loss,lr,elapsed_s"
+COLUMNS = ("step", "epoch", "loss", "val_loss", "lr", "elapsed_s", "holdout_loss")
+HEADER = ",".join(COLUMNS)
+OLD_HEADER = "step,epoch,loss,val_loss,lr,elapsed_s"  # before 2026-11-26 (no holdout_loss)
+_HEADERS = {HEADER: COLUMNS, OLD_HEADER: tuple(OLD_HEADER.split(","))}
 
 
 def _fmt(value) -> str:
@@ -22,24 +30,35 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _rows(lines: list[str]):
+    """(columns of the header, [cells of each whole row]); a file whose header is neither known one is read as the
+    old layout (its first line is skipped either way)."""
+    names = _HEADERS.get(lines[0].strip(), _HEADERS[OLD_HEADER]) if lines else COLUMNS
+    rows = []
+    for line in lines[1:]:
+        cells = line.split(",")
+        if len(cells) == len(names) and cells[0].isdigit():
+            rows.append(dict(zip(names, cells)))
+    return names, rows
+
+
 class LossLog:
     def __init__(self, path: str | os.PathLike, *, keep_until_step: int | None = None) -> None:
-        """Open for appending. `keep_until_step=None` starts a fresh file; otherwise rows after that step are dropped."""
+        """Open for appending. `keep_until_step=None` starts a fresh file; otherwise rows after that step are dropped
+        (and an old-layout file is rewritten with the current header)."""
         self.path = Path(path)
         if keep_until_step is None or not self.path.exists():
             atomic_write_text(self.path, HEADER + "\n")
         else:
-            kept = [HEADER]
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
-                first = line.split(",", 1)[0]
-                if line.count(",") == HEADER.count(",") and first.isdigit() and int(first) <= keep_until_step:
-                    kept.append(line)
+            _, rows = _rows(self.path.read_text(encoding="utf-8", errors="replace").splitlines())
+            kept = [HEADER] + [",".join(row.get(c, "") for c in COLUMNS)
+                               for row in rows if int(row["step"]) <= keep_until_step]
             atomic_write_text(self.path, "\n".join(kept) + "\n")
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def write(self, step: int, epoch: int, loss: float | None, val_loss: float | None, lr: float | None,
-              elapsed_s: float) -> None:
-        row = [step, epoch, loss, val_loss, lr, round(elapsed_s, 3)]
+              elapsed_s: float, holdout_loss: float | None = None) -> None:
+        row = [step, epoch, loss, val_loss, lr, round(elapsed_s, 3), holdout_loss]
         self._fh.write(",".join(_fmt(v) for v in row) + "\n")
         self._fh.flush()
 
@@ -49,17 +68,14 @@ class LossLog:
 
 
 def read_loss_csv(path: str | os.PathLike) -> list[dict]:
-    """Rows as dicts with numbers (None for empty cells); a truncated last line is ignored."""
-    rows = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for line in lines[1:]:
-        cells = line.split(",")
-        if len(cells) != 6:
+    """Rows as dicts with numbers (None for empty cells), every key of COLUMNS in each (holdout_loss None in an
+    old-layout file); a truncated last line is ignored."""
+    _, rows = _rows(Path(path).read_text(encoding="utf-8").splitlines())
+    out = []
+    for row in rows:
+        try:
+            out.append({c: (int(row[c]) if c in ("step", "epoch") else float(row[c])) if row.get(c) else None
+                        for c in COLUMNS})
+        except ValueError:  # a line cut mid-number by a crash
             continue
-        step, epoch, loss, val, lr, elapsed = cells
-        rows.append({
-            "step": int(step), "epoch": int(epoch), "loss": float(loss) if loss else None,
-            "val_loss": float(val) if val else None, "lr": float(lr) if lr else None,
-            "elapsed_s": float(elapsed) if elapsed else None,
-        })
-    return rows
+    return out

@@ -49,6 +49,22 @@ def _now() -> float:
     return round(time.time(), 3)
 
 
+# What a suggested best step rests on (`best_basis`), in words: the first that applies wins.
+BEST_BASES = {
+    "holdout": "lowest held-out loss",          # --holdout images held out: the argmin of their loss
+    "flat": "validation loss flat",             # no hold-out: where the auto-stop rule found the loss flat
+    "validation": "lowest validation loss",     # neither: the checkpointed step with the lowest validation loss
+}
+
+
+def best_step_text(step: int | None, basis: str | None) -> str:
+    """'best step 240 (lowest held-out loss)', or '' without a best step."""
+    if step is None:
+        return ""
+    words = BEST_BASES.get(basis or "")
+    return f"best step {step}" + (f" ({words})" if words else "")
+
+
 # ---- phases -------------------------------------------------------------------------------------------------------
 class RunPhase(str, Enum):
     """Where a run is. The same words in status.json `state`, `tiwiz runs`, the monitor, the Start screen and the
@@ -222,7 +238,10 @@ class Validation(RunEvent):
     holdout_loss: float | None = _help("the same loss on the held-out images (never trained on); rises when the "
                                        "embedding overfits", None)
     best_step: int | None = _help("the suggested best step so far: lowest holdout_loss, else where the auto-stop "
-                                  "rule found the loss flat", None)
+                                  "rule found the loss flat, else the checkpointed step with the lowest val_loss", None)
+    best_basis: str | None = _help("what best_step rests on: 'holdout' (lowest held-out loss), 'flat' (where the "
+                                   "auto-stop rule found the validation loss flat) or 'validation' (the checkpointed "
+                                   "step with the lowest validation loss)", None)
     auto_stop_ratio: float | None = _help("auto-stop rule: variance of val_loss over the last window / its variance "
                                           "over the whole run (null until a window is full)", None)
     auto_stop_watched: int | None = _help("auto-stop rule: steps of validation history, capped at the window "
@@ -247,6 +266,10 @@ class Checkpoint(RunEvent):
     vocab_median_norm: float | None = _help("the median norm of the vocabulary's token embeddings (a norm far above "
                                             "it swamps the prompt)", None)
     best: bool | None = _help("true when saved because the held-out loss reached a new low", None)
+    best_step: int | None = _help("the suggested best step after this checkpoint (as in `validation`)", None)
+    best_basis: str | None = _help("what best_step rests on: 'holdout' (lowest held-out loss), 'flat' (where the "
+                                   "auto-stop rule found the validation loss flat) or 'validation' (the checkpointed "
+                                   "step with the lowest validation loss)", None)
 
 
 @_event
@@ -309,8 +332,12 @@ class Stopped(RunEvent):
     reason: str = _help("the trainer's reason: 'stop' (a stop command) or 'interrupted' (a signal)", "")
     pt: str = _help("the final NAME.pt, relative to the run folder", "")
     safetensors: str = _help("the final NAME.safetensors, relative to the run folder", "")
-    best_step: int | None = _help("the suggested best step (lowest held-out loss, else the auto-stop rule's)", None)
+    best_step: int | None = _help("the suggested best step (lowest held-out loss, else the auto-stop rule's, else "
+                                  "the checkpointed step with the lowest validation loss)", None)
     best_checkpoint: str | None = _help("the .safetensors checkpoint of best_step, relative to the run folder", None)
+    best_basis: str | None = _help("what best_step rests on: 'holdout' (lowest held-out loss), 'flat' (where the "
+                                   "auto-stop rule found the validation loss flat) or 'validation' (the checkpointed "
+                                   "step with the lowest validation loss)", None)
 
 
 @_event
@@ -325,8 +352,12 @@ class Finished(RunEvent):
     reason: str | None = _help("why it ended: 'steps' (trained every step) or 'auto_stop' (the validation loss went "
                                "flat: the auto-stop rule)", None)
     message: str | None = _help("the reason in words", None)
-    best_step: int | None = _help("the suggested best step (lowest held-out loss, else the auto-stop rule's)", None)
+    best_step: int | None = _help("the suggested best step (lowest held-out loss, else the auto-stop rule's, else "
+                                  "the checkpointed step with the lowest validation loss)", None)
     best_checkpoint: str | None = _help("the .safetensors checkpoint of best_step, relative to the run folder", None)
+    best_basis: str | None = _help("what best_step rests on: 'holdout' (lowest held-out loss), 'flat' (where the "
+                                   "auto-stop rule found the validation loss flat) or 'validation' (the checkpointed "
+                                   "step with the lowest validation loss)", None)
 
 
 @_event

@@ -60,7 +60,8 @@ class RunState:
     finish_reason: str = ""  # how a finished run ended: "steps", or "auto_stop" (the validation loss went flat)
     holdout_losses: list[tuple[int, float]] = field(default_factory=list)  # the held-out images' validation loss
     n_holdout: int | None = None
-    best_step: int | None = None  # the suggested best step (lowest held-out loss, else the auto-stop rule's)
+    best_step: int | None = None  # the suggested best step (lowest held-out loss, else the auto-stop rule's, ...)
+    best_basis: str | None = None  # what it rests on: a key of run_events.BEST_BASES (None in logs from before it)
     best_checkpoint: str = ""  # its .safetensors checkpoint (relative), once the run says which
     auto_stop: bool | None = None  # whether the auto-stop rule ends the run (it is watched either way)
     auto_stop_state: object = None  # the rule's latest state (core.training.autostop.AutoStopState)
@@ -177,7 +178,7 @@ class RunState:
                 self.holdout_losses.pop()
             self.holdout_losses.append((e.step, e.holdout_loss))
         if e.best_step is not None:
-            self.best_step = e.best_step
+            self.best_step, self.best_basis = e.best_step, e.best_basis
         if e.auto_stop_window is not None and e.auto_stop_threshold is not None:
             from core.training.autostop import AutoStopState
 
@@ -190,6 +191,8 @@ class RunState:
                             nearest=e.nearest, best=bool(e.best))
         if e.vocab_median_norm is not None:
             self.vocab_median_norm = e.vocab_median_norm
+        if e.best_step is not None:
+            self.best_step, self.best_basis = e.best_step, e.best_basis
         rows = [c for c in self.checkpoints if c.step != e.step]
         if rows and rows[-1].step > e.step:
             rows.append(row)
@@ -248,7 +251,7 @@ class RunState:
 
     def _best_from(self, e) -> None:
         if e.best_step is not None:
-            self.best_step = e.best_step
+            self.best_step, self.best_basis = e.best_step, e.best_basis
         self.best_checkpoint = e.best_checkpoint or self.best_checkpoint
 
     def _exit(self, e: ev.Exit) -> None:
@@ -295,6 +298,11 @@ class RunState:
     def auto_stop_label(self) -> str:
         """The auto-stop rule's state in words ('watching 120 of 310 steps', 'flat since step 400 ...'), or ''."""
         return self.auto_stop_state.label() if self.auto_stop_state is not None else ""
+
+    @property
+    def best_label(self) -> str:
+        """'best step 240 (lowest held-out loss)', or '' while there is none."""
+        return ev.best_step_text(self.best_step, self.best_basis)
 
     @property
     def best_checkpoint_row(self) -> CheckpointRow | None:

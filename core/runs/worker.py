@@ -116,7 +116,8 @@ class StatusTracker:
         elif isinstance(event, (ev.Finished, ev.Stopped)):
             self.status.update(step=event.step)
             if event.best_step is not None:
-                self.status.update(best_step=event.best_step, best_checkpoint=event.best_checkpoint or "")
+                self.status.update(best_step=event.best_step, best_checkpoint=event.best_checkpoint or "",
+                                   best_basis=event.best_basis or "")
             if isinstance(event, ev.Finished) and event.message:  # why it ended early (auto-stop)
                 self.status["reason"] = event.message
         elif isinstance(event, ev.Stopping):

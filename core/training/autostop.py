@@ -104,3 +104,23 @@ def points_needed(window: int) -> int:
     """The validation cadence that gives a window about 20 points (DVAR measured every step; 20 is enough for a
     variance and keeps the validation cost small)."""
     return max(1, int(window) // 20)
+
+
+def unreachable_reason(validate_every: int, window: int, end_step: int, min_points: int = MIN_POINTS) -> str | None:
+    """Why the rule cannot fire in a run validated every `validate_every` steps from step 0 to `end_step`, else None.
+    It needs a full window (a point at least `window` steps after the first, at step 0) holding `min_points` points;
+    at a cadence V a window holds ceil(window / V) of them."""
+    if validate_every <= 0:
+        return "validation is off (validate_every = 0)"
+    per_window = -(-window // validate_every)
+    if per_window < min_points:
+        fixes = [f"auto_stop_window to {min_points * validate_every} or more"]
+        if window >= min_points:
+            fixes.insert(0, f"validate_every to {window // min_points} or less (-1 chooses one)")
+        return (f"validate_every {validate_every} gives {per_window} validation point{'s' * (per_window != 1)} per "
+                f"auto_stop_window of {window} steps and the rule needs {min_points}; set {' or '.join(fixes)}")
+    last = end_step // validate_every * validate_every
+    if last < window:
+        return (f"the run ends at step {end_step}, before a full auto_stop_window of {window} steps of validation "
+                f"(every {validate_every} steps) is in; lower auto_stop_window or raise steps")
+    return None

@@ -3,9 +3,10 @@ dependency: each is imported only when chosen, and a missing package is a one-li
 install.
 
 - adamw: torch.optim.AdamW, weight decay 0 (A1111's choice: decay would pull the vectors toward zero).
-- prodigy: Prodigy (Mishchenko & Defazio, 2023; `pip install prodigyopt`), which estimates the step size itself; lr
-  multiplies its estimate, so lr should be 1 (a warning says so otherwise). Weight decay 0, bias correction on.
-- adamw8bit: bitsandbytes' AdamW8bit (CUDA only; `pip install bitsandbytes`). bitsandbytes keeps 32-bit state for
+- prodigy: Prodigy (Mishchenko & Defazio, 2023; `pip install 'tiwiz[prodigy]'`), which estimates the step size
+  itself; lr multiplies its estimate, so lr should be 1 (a warning says so otherwise). Weight decay 0, bias correction
+  on.
+- adamw8bit: bitsandbytes' AdamW8bit (CUDA only; `pip install 'tiwiz[bnb]'`). bitsandbytes keeps 32-bit state for
   tensors under 4096 elements, so for a few vectors it saves nothing; it is here for parity with kohya's flag.
 """
 
@@ -16,28 +17,48 @@ from core.errors import TiwizError
 OPTIMIZERS = ("adamw", "prodigy", "adamw8bit")
 
 
-def check_available(name: str, device_type: str) -> None:
-    """Raise TiwizError (naming the field and what to install) if `name` cannot run here."""
+EXTRAS = {"prodigy": ("prodigyopt", "prodigy"), "adamw8bit": ("bitsandbytes", "bnb")}  # package, pyproject extra
+
+
+def _install_hint(name: str) -> str:
+    package, extra = EXTRAS[name]
+    return f"pip install {package} (or pip install 'tiwiz[{extra}]'), or choose adamw"
+
+
+def _installed(package: str) -> bool:
+    """Whether `package` can be found, without importing it (it may import torch: the TUI never does)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install, or sys.modules holding None (what a missing one looks like)
+        return False
+
+
+def check_available(name: str, device_type: str | None, *, load: bool = True) -> None:
+    """Raise TiwizError (naming the field and what to install) if `name` cannot run here. `device_type` None: not
+    known yet (the CUDA requirement is not checked). `load=False` only looks for the package (no import: the
+    preflight of the TUI and the queue); the trainer loads it, which also catches a bitsandbytes without its CUDA
+    library."""
     if name not in OPTIMIZERS:
         raise TiwizError(f"optimizer: must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
-    if name == "prodigy":
-        try:
-            import prodigyopt  # noqa: F401
-        except ImportError:
-            raise TiwizError("optimizer: prodigy needs the prodigyopt package: pip install prodigyopt "
-                             "(or choose adamw)") from None
-    elif name == "adamw8bit":
-        if device_type != "cuda":
-            raise TiwizError(f"optimizer: adamw8bit (bitsandbytes) needs a CUDA GPU, and this run is on "
-                             f"{device_type}; choose adamw")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise TiwizError("optimizer: adamw8bit needs the bitsandbytes package: pip install bitsandbytes "
-                             "(or choose adamw)") from None
-        except Exception as exc:  # bitsandbytes raises its own errors when its CUDA library does not load
-            raise TiwizError(f"optimizer: adamw8bit: bitsandbytes does not load here ({exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); choose adamw") from None
+    if name == "adamw":
+        return
+    if name == "adamw8bit" and device_type is not None and device_type != "cuda":
+        raise TiwizError(f"optimizer: adamw8bit (bitsandbytes) needs a CUDA GPU, and this run is on "
+                         f"{device_type}; choose adamw")
+    package = EXTRAS[name][0]
+    if not load:
+        if not _installed(package):
+            raise TiwizError(f"optimizer: {name} needs the {package} package: {_install_hint(name)}")
+        return
+    try:
+        __import__(package)
+    except ImportError:
+        raise TiwizError(f"optimizer: {name} needs the {package} package: {_install_hint(name)}") from None
+    except Exception as exc:  # bitsandbytes raises its own errors when its CUDA library does not load
+        raise TiwizError(f"optimizer: {name}: {package} does not load here ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); choose adamw") from None
 
 
 def make_optimizer(name: str, params, lr: float, device_type: str = "cpu"):

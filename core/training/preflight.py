@@ -1,6 +1,7 @@
 """Checks that would otherwise fail only once the worker runs (after model loading, tens of seconds later, leaving a
 failed run folder behind): a data folder without images, a trigger word diffusers refuses, `--device cuda` on a
-machine without CUDA. The CLI and the Training screen run them before spawning anything.
+machine without CUDA, an optimizer whose package is missing (or 8-bit AdamW without CUDA). The CLI, the queue and the
+Training screen run them before spawning anything.
 
 Torch-free except `cuda_available`, which the TUI runs in a subprocess (`python -m core.training.preflight cuda`).
 """
@@ -72,10 +73,52 @@ def device_problem(device: str, cli: bool = False, cuda=cuda_available) -> str |
     return None
 
 
+def optimizer_problem(optimizer: str, device: str, cli: bool = False, cuda=cuda_available) -> str | None:
+    """An optimizer whose package is missing, or 8-bit AdamW off CUDA (the device "auto" is resolved with `cuda`; an
+    unknown answer leaves the CUDA requirement to the worker). Finds the package without importing it."""
+    from core.training.optimizers import check_available
+
+    device_type = None
+    if optimizer == "adamw8bit":
+        device = str(device)
+        if device == "auto":
+            available = cuda()
+            device_type = None if available is None else ("cuda" if available else "cpu")
+        else:
+            device_type = device.split(":")[0]
+    try:
+        check_available(optimizer, device_type, load=False)
+    except TiwizError as exc:
+        text = str(exc)
+        return _label("optimizer", cli) + text[len("optimizer"):] if text.startswith("optimizer:") else text
+    return None
+
+
+def _asked_once(cuda):
+    """`cuda` answered at most once (in the TUI each answer is a subprocess that imports torch)."""
+    answer = []
+
+    def once():
+        if not answer:
+            answer.append(cuda())
+        return answer[0]
+    return once
+
+
 def problems(config, *, cli: bool = False, cuda=cuda_available) -> list[str]:
     """Everything wrong with starting `config` now (empty: fine). `cuda` answers whether CUDA works (None: unknown)."""
-    found = [data_problem(config.data, cli), trigger_problem(config.name, config.vectors, cli),
-             device_problem(config.device, cli, cuda)]
+    found = [data_problem(config.data, cli), trigger_problem(config.name, config.vectors, cli)]
+    return [p for p in found if p] + device_problems(config, cli=cli, cuda=cuda)
+
+
+def device_problems(config, *, cli: bool = False, cuda=cuda_available) -> list[str]:
+    """The problems that depend on whether CUDA works (`cuda` is asked once, and only if one needs it): the TUI runs
+    these again at Start with the answer of a subprocess."""
+    from core.models.device import auto_device_precision_problem  # torch-free
+
+    cuda = _asked_once(cuda)
+    found = [device_problem(config.device, cli, cuda), optimizer_problem(config.optimizer, config.device, cli, cuda),
+             auto_device_precision_problem(config.device, config.precision, cuda)]
     return [p for p in found if p]
 
 

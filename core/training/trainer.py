@@ -125,6 +125,7 @@ class Trainer:
         elif self.step >= end_step:
             raise TiwizError(f"this run is already at step {self.step} of {end_step}; raise steps to continue "
                              f"(e.g. `tiwiz resume RUN --steps {self.step + 1000}`)")
+        self._warn_if_auto_stop_cannot_fire(end_step)
         cfg.to_toml(self.out_dir / "config.toml")
         from core.runs.lossfile import LossLog
 
@@ -136,17 +137,17 @@ class Trainer:
                                   n_holdout=len(self.holdout_indices), auto_stop=cfg.auto_stop,
                                   auto_stop_window=cfg.auto_stop_window, threads=self.thread_choice.threads))
         self.t_start = time.monotonic()
-        self.last_loss = self.last_val_loss = None
+        self.last_loss = self.last_val_loss = self.last_holdout_loss = self.last_val_step = None
         if state is None and self.validate_every:
             val = self._validation_loss()
-            self.loss_log.write(0, 0, None, val, None, 0.0)
+            self.loss_log.write(0, 0, None, val, None, 0.0, holdout_loss=self.last_holdout_loss)
         self.last_saved_step = self.step if state is not None else -1
 
         reason = self._loop(end_step)
         pt, st = self._save(final=True)
         if reason in ("finished", "auto_stop"):
             self._final_previews()
-        best_step, best_file = self._best()
+        best_step, best_file, best_basis = self._best()
         if reason in ("finished", "auto_stop"):
             message = None
             if reason == "auto_stop":
@@ -155,13 +156,14 @@ class Trainer:
                           f"ratio {w.ratio:.2f} < {w.threshold:g} over the last {w.window} steps)"
             self.sink.emit(ev.Finished(step=self.step, pt=pt, safetensors=st,
                                        reason="steps" if reason == "finished" else reason, message=message,
-                                       best_step=best_step, best_checkpoint=best_file))
+                                       best_step=best_step, best_checkpoint=best_file, best_basis=best_basis))
         else:
             self.sink.emit(ev.Stopped(step=self.step, reason=reason, pt=pt, safetensors=st, best_step=best_step,
-                                      best_checkpoint=best_file))
+                                      best_checkpoint=best_file, best_basis=best_basis))
         return {"state": "finished" if reason == "auto_stop" else reason, "reason": reason, "step": self.step,
                 "max_steps": end_step, "pt": pt, "safetensors": st, "last_loss": self.last_loss,
-                "last_val_loss": self.last_val_loss, "best_step": best_step, "best_checkpoint": best_file}
+                "last_val_loss": self.last_val_loss, "best_step": best_step, "best_checkpoint": best_file,
+                "best_basis": best_basis}
 
     def _loop(self, end_step: int) -> str:
         """Train until end_step, or until a stop. Returns "finished" or the stop reason."""
@@ -222,7 +224,8 @@ class Trainer:
             val = None
             if self.validate_every and self.step % self.validate_every == 0:
                 val = self._validation_loss()
-            self.loss_log.write(self.step, self.epoch, loss, val, lr, elapsed)
+            self.loss_log.write(self.step, self.epoch, loss, val, lr, elapsed,
+                                holdout_loss=self.last_holdout_loss if val is not None else None)
             gpu = {}
             if self.device.type == "cuda" and time.monotonic() - self._gpu_polled > 2.0:
                 self._gpu_polled, gpu = time.monotonic(), gpu_fields(self.device)
@@ -448,14 +451,15 @@ class Trainer:
         Also the same loss on the held-out images, the auto-stop rule's state and the best step so far."""
         val = self._fixed_loss(self.validation_set)
         holdout = self._fixed_loss(self.holdout_set) if self.holdout_set else None
-        self.last_val_loss = val
+        self.last_val_loss, self.last_holdout_loss, self.last_val_step = val, holdout, self.step
         self.watch = self.autostop.update(self.step, val)
         self._new_best = False
         if holdout is not None and (self.best_holdout is None or holdout < self.best_holdout[1]):
             self._new_best = self.best_holdout is not None or self.step > 0
             self.best_holdout = (self.step, holdout)
-        w = self.watch
-        self.sink.emit(ev.Validation(step=self.step, val_loss=val, holdout_loss=holdout, best_step=self._best()[0],
+        w, (best_step, _, best_basis) = self.watch, self._best()
+        self.sink.emit(ev.Validation(step=self.step, val_loss=val, holdout_loss=holdout, best_step=best_step,
+                                     best_basis=best_basis,
                                      auto_stop_ratio=w.ratio, auto_stop_watched=w.watched, auto_stop_window=w.window,
                                      auto_stop_threshold=w.threshold, auto_stop_fired_at=w.fired_at))
         return val
@@ -478,13 +482,40 @@ class Trainer:
             return False
         return self._new_best or self.watch.stop
 
-    def _best(self) -> tuple[int | None, str | None]:
-        """The suggested best step (lowest held-out loss, else where the auto-stop rule fired) and its checkpoint."""
-        step = self.best_holdout[0] if self.best_holdout is not None else self.autostop.fired_at
-        if step is None:
-            return None, None
+    def _best(self) -> tuple[int | None, str | None, str | None]:
+        """The suggested best step, its checkpoint and its basis (run_events.BEST_BASES): the lowest held-out loss,
+        else where the auto-stop rule fired, else the checkpointed step with the lowest validation loss (a rule that
+        never fired leaves the loss still moving; a step without its file could not be copied)."""
+        if self.best_holdout is not None:
+            step, basis = self.best_holdout[0], "holdout"
+        elif self.autostop.fired_at is not None:
+            step, basis = self.autostop.fired_at, "flat"
+        elif self.best_val_checkpoint is not None:
+            step, basis = self.best_val_checkpoint[0], "validation"
+        else:
+            return None, None, None
         rel = f"embeddings/{self.name}-{step}.safetensors"
-        return step, rel if (self.out_dir / rel).is_file() else None
+        return step, rel if (self.out_dir / rel).is_file() else None, basis
+
+    def _best_val_checkpoint_on_disk(self, until_step: int) -> tuple[int, float] | None:
+        """`best_val_checkpoint` of a run whose state predates it: from loss.csv and the checkpoint files there."""
+        from core.runs.lossfile import read_loss_csv
+
+        try:
+            rows = read_loss_csv(self.out_dir / "loss.csv")
+        except (OSError, UnicodeDecodeError):
+            return None
+        saved = [(r["val_loss"], r["step"]) for r in rows if r["val_loss"] is not None and 0 < r["step"] <= until_step
+                 and (self.out_dir / f"embeddings/{self.name}-{r['step']}.safetensors").is_file()]
+        return (min(saved)[1], min(saved)[0]) if saved else None
+
+    def _warn_if_auto_stop_cannot_fire(self, end_step: int) -> None:
+        from core.training.autostop import unreachable_reason
+
+        why = unreachable_reason(self.validate_every, self.config.auto_stop_window, end_step) \
+            if self.config.auto_stop else None
+        if why:
+            self.sink.emit(ev.Warning(message=f"auto-stop cannot fire in this run: {why}. It trains to the last step"))
 
     def _build_validation_set(self, indices: list[int] | None = None, seed_offset: int = 1_000_003) -> list:
         import torch
@@ -562,13 +593,18 @@ class Trainer:
     def _write_checkpoint(self, final: bool) -> tuple[str, str]:
         if self.last_saved_step != self.step:
             pt, st = self._save_embedding(f"embeddings/{self.name}-{self.step}")
+            if self.last_val_step == self.step and (self.best_val_checkpoint is None
+                                                    or self.last_val_loss < self.best_val_checkpoint[1]):
+                self.best_val_checkpoint = (self.step, self.last_val_loss)
             self._save_state()
             self.last_saved_step = self.step
             self._checkpoint_snap = (self.step, self._snapshot())  # where a divergence rolls back to
             report = self._vector_report()
+            best_step, _, best_basis = self._best()
             self.sink.emit(ev.Checkpoint(step=self.step, pt=pt, safetensors=st, norms=report["norms"],
                                          nearest=report["nearest"], vocab_median_norm=report["vocab_median_norm"],
-                                         best=True if self._new_best and self.best_holdout[0] == self.step else None))
+                                         best=True if self._new_best and self.best_holdout[0] == self.step else None,
+                                         best_step=best_step, best_basis=best_basis))
             for i, message in enumerate(report["norm_warnings"]):
                 if message[:12] not in self._norm_warned:  # once per vector ("vector N has")
                     self._norm_warned.add(message[:12])
@@ -623,6 +659,7 @@ class Trainer:
             "data_fingerprint": self._data_fingerprint,
             "autostop": self.autostop.state_dict(),
             "best_holdout": list(self.best_holdout) if self.best_holdout is not None else None,
+            "best_val_checkpoint": list(self.best_val_checkpoint) if self.best_val_checkpoint is not None else None,
             "global_rng": capture_global_rng(),
             "loss_rows_until_step": self.step,
         })
@@ -796,6 +833,7 @@ class Trainer:
         self.autostop = AutoStop(cfg.auto_stop_window, cfg.auto_stop_threshold)
         self.watch = None
         self.best_holdout, self._new_best, self._vocab, self._norm_warned = None, False, None, set()
+        self.best_val_checkpoint = None  # (step, val_loss): the checkpointed step with the lowest validation loss
         self.data_rng = random.Random(cfg.seed)
         self.batches, self.batch_pos = [], 0
 
@@ -826,6 +864,8 @@ class Trainer:
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.autostop.load_state_dict(state.get("autostop"))
         self.best_holdout = tuple(state["best_holdout"]) if state.get("best_holdout") else None
+        self.best_val_checkpoint = tuple(state["best_val_checkpoint"]) if state.get("best_val_checkpoint") else \
+            self._best_val_checkpoint_on_disk(self.step)
         restore_global_rng(state["global_rng"])
 
     # ---- NaN rollback -----------------------------------------------------------------------------------------------

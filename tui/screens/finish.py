@@ -18,6 +18,7 @@ from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
 from tui.widgets.image_preview import ImagePreview
 from core.install import copy_embedding, find_targets, is_sdxl, pick_file
+from core.runs.run_events import BEST_BASES
 
 
 def final_files(run_dir: Path) -> RunView:
@@ -169,9 +170,12 @@ class FinishScreen(WizardScreen):
             invoke = "InvokeAI: install the .pt (it misreads the width of a one-tensor .safetensors)."
         best = loaded["best"]
         suggested = ""
+        basis = BEST_BASES.get(self.view.best_basis or "", "the run's suggestion")
         if best:
             suggested = (f"Suggested    step {self.view.best_step}: {best[0].relative_to(run_dir)} "
-                         f"(lowest held-out loss, or where the loss went flat); b copies it instead\n")
+                         f"({basis}); b copies it instead\n")
+        elif self.view.best_step is not None and self.view.best_step == self.view.step:
+            suggested = f"Suggested    the final embedding above (step {self.view.best_step}: {basis})\n"
         self.final_files, self.best_files, self.emb_name = self.files, best, name
         self.query_one("#fin-files", Static).update(
             f"Run folder   {run_dir}\n{embedding}{suggested}"

@@ -429,9 +429,9 @@ class TrainingScreen(WizardScreen):
         from core.training import preflight
 
         config = self.build_config()
-        problem = preflight.device_problem(config.device, cuda=preflight.cuda_available_in_subprocess)
-        if problem:
-            self.app.call_from_thread(self.show_message, problem)
+        found = preflight.device_problems(config, cuda=preflight.cuda_available_in_subprocess)
+        if found:
+            self.app.call_from_thread(self.show_message, found[0])
             return
         run_dir = runs_info.start(config.to_dict(), self.app.runs_root)
 
