@@ -141,7 +141,9 @@ def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 4
     # curve also serves the sweep; the rule saves a checkpoint where it fires, and training is identical to a run
     # that stopped there (the rule and the validation never touch the training RNG), so (c) is this run up to it.
     c = train(prep, workdir / "c", seed, steps=c_steps, save_every=every, validate_every=5)
-    fired = c["summary"].get("best_step")  # no hold-out: the suggested best step is where the rule fired
+    # no hold-out: the suggested best step is where the rule fired (basis "flat"; a rule that never fired leaves the
+    # checkpoint with the lowest validation loss as the suggestion, basis "validation", which is no stop)
+    fired = c["summary"].get("best_step") if c["summary"].get("best_basis") == "flat" else None
     for key, run in (("a", a), ("b", b), ("c", c)):
         ratios = score_run(run, scorer)
         end = fired if key == "c" and fired is not None else run["summary"]["step"]
