@@ -9,6 +9,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
+from textual.reactive import var
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
@@ -110,6 +111,10 @@ class FinishScreen(WizardScreen):
         Binding("ctrl+n", "next", "Next", show=False),  # the last stage: nothing comes next
     ]
 
+    loaded: var[dict | None] = var(None, init=False)  # what the load worker read about the run
+    targets: var[tuple | None] = var(None, init=False)  # the A1111/ComfyUI/InvokeAI installs found; None: looking
+    copy_best: var[bool] = var(False, init=False)  # c copies the suggested best step instead of the final embedding
+
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(classes="body"):
             yield Label("Files", classes="section")
@@ -125,13 +130,11 @@ class FinishScreen(WizardScreen):
     def on_mount(self) -> None:
         run_dir = Path(self.state.run_dir).expanduser().resolve()  # paths shown absolute: they are copied elsewhere
         self.view = RunView(run_dir)
-        self.files: list[Path] = []
         self.final_files: list[Path] = []
         self.best_files: list[Path] = []
         self.emb_name = self.state.name
         self.query_one("#fin-files", Static).update(f"Run folder   {run_dir}\nreading the run…")
         self.query_one("#fin-sheet-label").display = self.query_one("#fin-sheet").display = False
-        self.targets = []
         self.query_one("#fin-targets", OptionList).focus()
         self.scan_targets()
         self.load_run(run_dir, self.state.name, self.state.model)
@@ -148,18 +151,23 @@ class FinishScreen(WizardScreen):
         st = view.resolve(view.final_safetensors or f"{name}.safetensors")
         pt = view.resolve(view.final_pt or f"{name}.pt")
         sdxl = is_sdxl_embedding(st)
-        loaded = {"view": view, "error": error, "name": name, "st": st, "pt": pt, "sdxl": sdxl,
+        loaded = {"run_dir": run_dir, "view": view, "error": error, "name": name, "st": st, "pt": pt, "sdxl": sdxl,
                   "best": best_checkpoint_files(view, sdxl), "model": run_model(run_dir, fallback_model),
                   "sheet": run_dir / "previews" / "sheet.png"}
         loaded["has_sheet"] = loaded["sheet"].is_file()
-        self.app.call_from_thread(self._show_run, run_dir, loaded)
+        self.app.call_from_thread(setattr, self, "loaded", loaded)
 
-    def _show_run(self, run_dir: Path, loaded: dict) -> None:
-        self.view, name, sdxl = loaded["view"], loaded["name"], loaded["sdxl"]
+    @property
+    def files(self) -> list[Path]:
+        """What c copies: the final embedding's files, or the suggested best step's (b)."""
+        return self.best_files if self.copy_best else self.final_files
+
+    def watch_loaded(self, loaded: dict) -> None:
+        run_dir, self.view, name, sdxl = loaded["run_dir"], loaded["view"], loaded["name"], loaded["sdxl"]
         if loaded["error"]:
             self.show_message(loaded["error"])
         st, pt = loaded["st"], loaded["pt"]
-        self.files = [st] if sdxl else [st, pt]
+        files = [st] if sdxl else [st, pt]
         if sdxl:
             embedding = (f"Embedding    {st}  (SDXL: clip_l + clip_g; A1111/Forge, ComfyUI, InvokeAI, SD.Next)\n"
                          "             no .pt: A1111's .pt format has no SDXL form\n")
@@ -176,7 +184,7 @@ class FinishScreen(WizardScreen):
                          f"({basis}); b copies it instead\n")
         elif self.view.best_step is not None and self.view.best_step == self.view.step:
             suggested = f"Suggested    the final embedding above (step {self.view.best_step}: {basis})\n"
-        self.final_files, self.best_files, self.emb_name = self.files, best, name
+        self.final_files, self.best_files, self.emb_name = files, best, name
         self.query_one("#fin-files", Static).update(
             f"Run folder   {run_dir}\n{embedding}{suggested}"
             "Checkpoints  embeddings/ · previews/ · loss.csv · config.toml"
@@ -195,10 +203,9 @@ class FinishScreen(WizardScreen):
     def scan_targets(self) -> None:
         """Look for installs off the UI thread: it lists folders that may sit on a slow network disk."""
         targets = find_targets(self.app.finder_roots)
-        self.app.call_from_thread(self._show_targets, targets)
+        self.app.call_from_thread(setattr, self, "targets", tuple(targets))
 
-    def _show_targets(self, targets) -> None:
-        self.targets = targets
+    def watch_targets(self, targets: tuple) -> None:
         menu = self.query_one("#fin-targets", OptionList)
         menu.clear_options()
         for t in targets:
@@ -244,8 +251,10 @@ class FinishScreen(WizardScreen):
         if not getattr(self, "best_files", None):
             self.show_message("No suggested best step other than the final one.", "info")
             return
-        self.files = self.final_files if self.files is self.best_files else self.best_files
-        which = f"step {self.view.best_step}" if self.files is self.best_files else "the final embedding"
+        self.copy_best = not self.copy_best
+
+    def watch_copy_best(self, best: bool) -> None:
+        which = f"step {self.view.best_step}" if best else "the final embedding"
         self.show_message(f"c now copies {which} as {self.emb_name}.*", "info")
 
     def action_monitor(self) -> None:
