@@ -120,7 +120,10 @@ HELP = {
     "seed": "Random seed (data order, noise, timesteps, templates); same seed and config = same result",
     "device": "auto, cpu, cuda or mps",
     "precision": "auto: bf16 autocast on GPUs with native bf16 (compute capability 8.0+), else fp16 with a gradient "
-                 "scaler; fp32 on CPU/MPS. fp32, bf16 or fp16 force one (bf16/fp16 need a CUDA GPU)",
+                 "scaler; fp32 on CPU/MPS. fp32, bf16 or fp16 force one: fp16 needs a CUDA GPU, bf16 a GPU of 8.0+ or "
+                 "a CPU with native bf16 (the avx512_bf16 or amx_bf16 flag; frozen weights stay fp32). auto never "
+                 "picks bf16 on CPU: on an avx512_bf16 Xeon without AMX it was 1.2-2.2x slower than fp32 "
+                 "(bench/RESULTS.md)",
     "prediction_type": "auto: what the model says (its scheduler config, a v_pred marker key, a .yaml beside it); "
                        "epsilon or v_prediction force one (for v-prediction files without a marker)",
     "gradient_checkpointing": "Recompute UNet activations in the backward pass instead of keeping them: less GPU "

@@ -746,7 +746,8 @@ class Trainer:
 
     def _frozen_weights_dtype(self):
         """bf16 on CUDA with bf16 autocast (any family), else None (fp32). fp16 autocast keeps fp32 weights: the ops
-        autocast leaves in fp32 (norms, softmax, the loss) then keep fp32's range, which fp16 weights would not."""
+        autocast leaves in fp32 (norms, softmax, the loss) then keep fp32's range, which fp16 weights would not. CPU
+        bf16 autocast keeps fp32 weights too: bf16 ones were still slower than plain fp32 there (bench/RESULTS.md)."""
         import torch
 
         if self.device.type != "cuda" or self.precision.autocast_dtype != torch.bfloat16:
