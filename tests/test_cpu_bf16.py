@@ -182,6 +182,7 @@ def test_fp32_default_on_cpu_runs_without_autocast(one_thread, tiny_model_dir, t
     sink = ListSink()
     Trainer(tiny_config(tiny_model_dir, make_images(tmp_path / "data", n=1), steps=1), tmp_path / "out", sink).run()
     assert sink.of_type("started")[0]["precision"] == "fp32"
+    assert sink.of_type("started")[0]["family"] == "sd1"
     assert unet_output_dtypes and set(unet_output_dtypes) == {(torch.float32, torch.float32)}
 
 

@@ -63,6 +63,7 @@ def test_run_writes_clip_l_and_clip_g_files_and_no_pt(trained):
     assert not list(out.rglob("*.pt")) or [p.name for p in out.rglob("*.pt")] == ["latest.pt"]
     assert [e["pt"] for e in sink.of_type("checkpoint")] == ["", ""]
     assert any("no .pt format for SDXL" in e["message"] for e in sink.of_type("warning"))
+    assert sink.of_type("started")[0]["family"] == "sdxl"
 
 
 def test_file_loads_in_diffusers_and_reproduces_the_training_conditioning(trained, tiny_sdxl_dir):
@@ -240,6 +241,8 @@ def test_cli_train_attach_resume_and_runs_on_an_sdxl_run(tiny_sdxl_dir, tmp_path
                   "2", "--device", "cpu", "--output", str(out))
     assert first.returncode == 0, first.stderr
     assert "zxqxl.safetensors" in first.stdout and "zxqxl.pt" not in first.stdout
+    (started,) = [line for line in first.stdout.splitlines() if line.startswith("started at step")]
+    assert started.endswith("(sdxl)"), started
     assert (out / "previews" / "zxqxl-2.png").is_file()  # rendered by StableDiffusionXLPipeline with live vectors
     second = tiwiz("resume", str(out), "--steps", "4")
     assert second.returncode == 0, second.stderr

@@ -52,7 +52,8 @@ def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | Non
     if isinstance(event, ev.Started):
         verb = "resumed at step" if event.resumed else "started at step"
         return (f"{verb} {event.step} of {event.max_steps}: {event.name} on {event.device or '?'} "
-                f"({event.precision or '?'}), {event.n_images} images, model {event.model}")
+                f"({event.precision or '?'}), {event.n_images} images, model {event.model}"
+                + (f" ({event.family})" if event.family else ""))
     if isinstance(event, ev.Checkpoint):
         text = f"checkpoint at step {event.step}: {path(event.safetensors)}" + (" (best so far)" if event.best else "")
         if event.norms:

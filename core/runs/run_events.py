@@ -200,6 +200,7 @@ class Started(RunEvent):
     precision: str = _help("the autocast precision: bf16, fp16 or fp32", "")
     n_images: int = _help("training images", 0)
     model: str = _help("the base model's name", "")
+    family: str | None = _help("the base model's family: sd1, sd2 or sdxl (the embedding's format follows it)", None)
     resumed: bool = _help("true when this continues an earlier life of the run", False)
     n_holdout: int | None = _help("training images held out (never trained on; their validation loss is "
                                   "`holdout_loss`)", None)

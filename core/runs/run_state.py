@@ -46,6 +46,7 @@ class RunState:
     precision: str = ""
     n_images: int | None = None
     model: str = ""
+    family: str = ""  # sd1, sd2 or sdxl ("" in logs from before the field)
     resumed: bool = False
     losses: list[tuple[int, float]] = field(default_factory=list)
     smoothed: list[tuple[int, float]] = field(default_factory=list)
@@ -125,6 +126,7 @@ class RunState:
         self.precision = e.precision or self.precision
         self.n_images = e.n_images or self.n_images
         self.model = e.model or self.model
+        self.family = e.family or self.family
         self.resumed = e.resumed
         self.final_pt = self.final_safetensors = ""
         self.finish_reason = ""

@@ -133,7 +133,8 @@ class Trainer:
 
         self.sink.emit(ev.Started(max_steps=end_step, step=self.step, name=self.name, device=str(self.device),
                                   precision=ev.precision_name(self.precision.name),
-                                  n_images=len(self.dataset), model=self.model.name, resumed=state is not None,
+                                  n_images=len(self.dataset), model=self.model.name, family=self.model.family,
+                                  resumed=state is not None,
                                   n_holdout=len(self.holdout_indices), auto_stop=cfg.auto_stop,
                                   auto_stop_window=cfg.auto_stop_window, threads=self.thread_choice.threads))
         self.t_start = time.monotonic()
