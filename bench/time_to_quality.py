@@ -14,9 +14,14 @@ checkpoints, every `--every` steps), the final ratio and the run's whole trainin
 chose and the checkpoint step with the best ratio. (c) is one run to `--c-steps` validating every 5 steps with the
 rule advisory (it saves a checkpoint where the rule fires; the rule and the validation never touch the training RNG,
 so up to that step it is exactly the run that auto-stop would have ended there), and `--sweep` replays the rule with
-other windows and thresholds on its curve.
+other windows and thresholds on its curve. `--ema DECAY` adds (d): (c) with `ema_decay` (the vectors' moving average).
+
+The 8-seed ratio is exact for a given file but is one sample of the images an embedding makes: the final files of
+(a), (c) and (d) are re-scored with `--recheck` seeds (32), and (a), still moving at lr 0.005 and batch 1, is scored
+every 10 steps over its last `--a-tail` steps, to show how much its final ratio is one draw.
 
     python bench/time_to_quality.py                          # seeds 0,1,2
+    python bench/time_to_quality.py --seeds 0,1,2,3,4 --ema 0.95 --save ttq.json
     python bench/time_to_quality.py --seeds 0 --sweep        # one seed, plus the window/threshold sweep
     python bench/time_to_quality.py --json                   # one JSON line per seed
 """
@@ -76,24 +81,31 @@ class Scorer:
         self.seeds = list(range(1000, 1008))
         from core.embeddings.vectors import init_vectors
 
-        init = init_vectors(self.pipe.tokenizer, self.pipe.text_encoder, shapes.CONCEPT_INIT_TEXT, 2)
-        self.before = self._distance(init)
+        self.init = init_vectors(self.pipe.tokenizer, self.pipe.text_encoder, shapes.CONCEPT_INIT_TEXT, 2)
+        self.before = self._distance(self.init)
+        self._before = {len(self.seeds): self.before}
 
-    def _distance(self, vectors) -> float:
-        images = self.demo.generate(self.pipe, ["<demo>"] * len(self.seeds), self.seeds, vectors=vectors)
+    def _distance(self, vectors, seeds=None) -> float:
+        seeds = seeds or self.seeds
+        images = self.demo.generate(self.pipe, ["<demo>"] * len(seeds), seeds, vectors=vectors)
         return self.demo.histogram_distance(images, self.refs)
 
-    def ratio(self, path: Path) -> float:
-        return self._distance(self.demo.load_vectors(path)) / self.before
+    def ratio(self, path: Path, n_seeds: int = 0) -> float:
+        """The ratio with the 8 fixed seeds, or with the first `n_seeds` of 1000, 1001, ... (the recheck)."""
+        n = n_seeds or len(self.seeds)
+        seeds = list(range(1000, 1000 + n))
+        if n not in self._before:
+            self._before[n] = self._distance(self.init, seeds)
+        return self._distance(self.demo.load_vectors(path), seeds) / self._before[n]
 
 
-def score_run(run: dict, scorer: Scorer) -> dict[int, float]:
-    """Ratio at every checkpoint of the run (step -> ratio)."""
+def score_run(run: dict, scorer: Scorer, keep=lambda step: True) -> dict[int, float]:
+    """Ratio at every checkpoint of the run whose step `keep` accepts, and at its end (step -> ratio)."""
     from core.runs import run_events as ev
 
     out = {}
     for e in run["events"]:
-        if isinstance(e, ev.Checkpoint) and e.safetensors:
+        if isinstance(e, ev.Checkpoint) and e.safetensors and keep(e.step):
             out[e.step] = scorer.ratio(run["out"] / e.safetensors)
     final = run["summary"]
     out.setdefault(final["step"], scorer.ratio(run["out"] / final["safetensors"]))
@@ -123,7 +135,17 @@ def nearest_ratio(ratios: dict[int, float], step: int) -> tuple[int, float]:
     return best, ratios[best]
 
 
-def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 400, c_steps: int = 400) -> dict:
+def checkpoint_file(run: dict, step: int) -> Path:
+    """The embedding file of `step` (a checkpoint, or the run's final files)."""
+    from core.runs import run_events as ev
+
+    if step == run["summary"]["step"]:
+        return run["out"] / run["summary"]["safetensors"]
+    return run["out"] / next(e.safetensors for e in run["events"] if isinstance(e, ev.Checkpoint) and e.step == step)
+
+
+def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 400, c_steps: int = 400,
+             ema: float = 0.0, recheck: int = 0, a_tail: int = 100) -> dict:
     from core.runs import run_events as ev
     from core.training.config import TrainConfig
     from core.world import demo_job
@@ -134,8 +156,9 @@ def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 4
     result = {"seed": seed, "init_distance": scorer.before, "window": defaults.auto_stop_window,
               "threshold": defaults.auto_stop_threshold}
 
+    # (a) is checkpointed every 10 steps so its last `a_tail` steps show how much its final ratio is one draw of many
     a = train(prep, workdir / "a", seed, lr="0.005", loss_weighting="none", batch_size=1, steps=a_steps,
-              save_every=every * 2, validate_every=every * 2)
+              save_every=10 if a_tail else every * 2, validate_every=every * 2, ema_decay=0.0)
     b = train(prep, workdir / "b", seed, steps=300, save_every=every, validate_every=30)
     # (c): the same recipe validating every 5 steps (what auto-stop does), to c_steps with the rule advisory, so the
     # curve also serves the sweep; the rule saves a checkpoint where it fires, and training is identical to a run
@@ -144,9 +167,16 @@ def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 4
     # no hold-out: the suggested best step is where the rule fired (basis "flat"; a rule that never fired leaves the
     # checkpoint with the lowest validation loss as the suggestion, basis "validation", which is no stop)
     fired = c["summary"].get("best_step") if c["summary"].get("best_basis") == "flat" else None
-    for key, run in (("a", a), ("b", b), ("c", c)):
-        ratios = score_run(run, scorer)
-        end = fired if key == "c" and fired is not None else run["summary"]["step"]
+    runs = {"a": a, "b": b, "c": c}
+    stops = {"c": fired}
+    if ema:  # (d): (c) with the vectors' moving average (ema_decay), which also moves where the rule fires
+        runs["d"] = d = train(prep, workdir / "d", seed, steps=c_steps, save_every=every, validate_every=5,
+                              ema_decay=ema)
+        stops["d"] = d["summary"].get("best_step") if d["summary"].get("best_basis") == "flat" else None
+    for key, run in runs.items():
+        grid = every * 2 if key == "a" else every
+        ratios = score_run(run, scorer, keep=lambda step, g=grid: step % g == 0 or step == stops.get(key))
+        end = stops.get(key) or run["summary"]["step"]
         ratios_to_end = {s: r for s, r in ratios.items() if s <= end}
         step, secs = first_good(ratios_to_end, run["elapsed"])
         result[key] = {"steps_to_good": step, "seconds_to_good": secs, "final_step": end,
@@ -154,6 +184,18 @@ def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 4
                        "best_ratio_step": min(ratios_to_end, key=ratios_to_end.get),
                        "best_ratio": min(ratios_to_end.values()), "ratios": ratios}
     result["c"]["auto_stop_step"] = fired
+    if ema:
+        result["d"]["auto_stop_step"] = stops["d"]
+        result["d"]["ema_decay"] = ema
+    if a_tail:
+        tail = score_run(a, scorer, keep=lambda step: step > a_steps - a_tail)
+        values = sorted(tail.values())
+        result["a"]["tail"] = {"from": a_steps - a_tail, "min": values[0], "median": values[len(values) // 2],
+                               "max": values[-1], "n": len(values), "ratios": tail}
+    if recheck:
+        for key in result.keys() & {"a", "c", "d"}:
+            result[key]["final_ratio_recheck"] = scorer.ratio(checkpoint_file(runs[key], result[key]["final_step"]),
+                                                              recheck)
     result["c"]["best_ratio_step_whole"] = min(result["c"]["ratios"], key=result["c"]["ratios"].get)
     if sweep:
         vals = [(e.step, e.val_loss) for e in c["events"] if isinstance(e, ev.Validation)]
@@ -179,7 +221,16 @@ def main(argv=None) -> int:
     p.add_argument("--a-steps", type=int, default=400, help="(a)'s fixed steps (batch 1)")
     p.add_argument("--c-steps", type=int, default=400, help="(c)'s most steps")
     p.add_argument("--sweep", action="store_true", help="also replay auto-stop windows/thresholds on (c)'s curve")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="also run (d): (c) with ema_decay DECAY (the vectors' moving average); 0 = no (d)")
+    p.add_argument("--recheck", type=int, default=32, metavar="N",
+                   help="re-score the final embeddings of (a), (c) and (d) with N seeds (0 = off): the 8-seed "
+                        "ratio's own noise")
+    p.add_argument("--a-tail", type=int, default=100, metavar="STEPS",
+                   help="score (a) every 10 steps over its last STEPS steps (0 = off): how far its final ratio is "
+                        "one draw of a moving target")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--save", metavar="FILE.json", help="also write every seed's result to FILE.json (after each seed)")
     args = p.parse_args(argv)
 
     from core.training.threads import ThreadChoice
@@ -191,13 +242,18 @@ def main(argv=None) -> int:
     t0 = time.time()
     for seed in (int(s) for s in args.seeds.split(",")):
         with tempfile.TemporaryDirectory(prefix="tiwiz-ttq-") as tmp:
-            r = run_seed(Path(tmp), seed, args.every, args.sweep, args.a_steps, args.c_steps)
+            r = run_seed(Path(tmp), seed, args.every, args.sweep, args.a_steps, args.c_steps, args.ema,
+                         args.recheck, args.a_tail)
+        r["load_after"] = os.getloadavg()
         rows.append(r)
+        if args.save:
+            Path(args.save).write_text(json.dumps(rows, default=str, indent=1))
         if args.json:
             print(json.dumps(r, default=str), flush=True)
             continue
         print(f"\nseed {seed} (init distance {r['init_distance']:.3f}; load {os.getloadavg()[0]:.1f})", flush=True)
-        for key, label in (("a", "A1111 defaults"), ("b", "our defaults"), ("c", "ours + auto-stop")):
+        labels = [("a", "A1111 defaults"), ("b", "our defaults"), ("c", "ours + auto-stop")]
+        for key, label in labels + ([("d", f"(c) + ema {args.ema:g}")] if "d" in r else []):
             x = r[key]
             good = (f"ratio < {GOOD} at step {x['steps_to_good']} after {x['seconds_to_good']:.1f} s"
                     if x["steps_to_good"] is not None else f"never below {GOOD}")
@@ -212,6 +268,16 @@ def main(argv=None) -> int:
               f"(of the whole (c) curve); time to good (c)/(a) = {to_good}; "
               f"(c) whole run / (a) to good = {c['seconds_total'] / a_time:.2f}"
               + ("" if a["seconds_to_good"] is not None else " ((a) never got good: its whole run)"), flush=True)
+        if "d" in r:
+            print(f"  (d) auto-stop chose step {r['d']['auto_stop_step']}; best-ratio checkpoint step "
+                  f"{min(r['d']['ratios'], key=r['d']['ratios'].get)}", flush=True)
+        if "tail" in a:
+            t = a["tail"]
+            print(f"  (a) over steps {t['from'] + 10}-{a['final_step']} every 10: ratio min {t['min']:.2f}, median "
+                  f"{t['median']:.2f}, max {t['max']:.2f}", flush=True)
+        if "final_ratio_recheck" in a:
+            print(f"  final ratios re-scored with {args.recheck} seeds: " + ", ".join(
+                f"({k}) {r[k]['final_ratio_recheck']:.2f}" for k in ("a", "c", "d") if k in r), flush=True)
         if "sweep" in r:
             sw = r["sweep"]
             print(f"  sweep on the (c) curve (best ratio {sw['best_ratio']:.2f} at step {sw['best_ratio_step']}):")
@@ -221,14 +287,18 @@ def main(argv=None) -> int:
                       f"{row['ratio']:.2f}")
     if len(rows) > 1 and not args.json:
         print("\nall seeds:")
-        worse = 0
-        ratios = []
-        for r in rows:
-            a_time = r["a"]["seconds_to_good"] if r["a"]["seconds_to_good"] is not None else r["a"]["seconds_total"]
-            ratios.append(r["c"]["seconds_total"] / a_time)
-            worse += r["c"]["final_ratio"] > r["a"]["final_ratio"]
-        print(f"  (c)/(a) wall time: {', '.join(f'{x:.2f}' for x in ratios)} (median "
-              f"{sorted(ratios)[len(ratios) // 2]:.2f}); seeds where (c) ends worse than (a): {worse}")
+        for key in [k for k in ("c", "d") if k in rows[0]]:
+            ratios = []
+            worse = [r["seed"] for r in rows if r[key]["final_ratio"] > r["a"]["final_ratio"]]
+            for r in rows:
+                a_time = r["a"]["seconds_to_good"] if r["a"]["seconds_to_good"] is not None else r["a"]["seconds_total"]
+                ratios.append(r[key]["seconds_total"] / a_time)
+            line = (f"  ({key})/(a) wall time: {', '.join(f'{x:.2f}' for x in ratios)} (median "
+                    f"{sorted(ratios)[len(ratios) // 2]:.2f}); seeds where ({key}) ends worse than (a): {worse or 'none'}")
+            if "final_ratio_recheck" in rows[0][key]:
+                rechecked = [r["seed"] for r in rows if r[key]["final_ratio_recheck"] > r["a"]["final_ratio_recheck"]]
+                line += f" ({args.recheck} seeds: {rechecked or 'none'})"
+            print(line, flush=True)
     print(f"\ntotal {time.time() - t0:.0f} s; load average at end: "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     return 0

@@ -216,6 +216,8 @@ class Trainer:
             nan_streak, only_nan = 0, True
             self.step += 1
             self._good = self._snapshot()
+            if self.ema is not None:
+                self.ema.update(self.vectors)
             self.last_loss = loss
             ema = loss if ema is None else 0.95 * ema + 0.05 * loss
             step_times = (step_times + [time.monotonic() - t0])[-20:]
@@ -224,7 +226,8 @@ class Trainer:
 
             val = None
             if self.validate_every and self.step % self.validate_every == 0:
-                val = self._validation_loss()
+                with self._averaged():
+                    val = self._validation_loss()
             self.loss_log.write(self.step, self.epoch, loss, val, lr, elapsed,
                                 holdout_loss=self.last_holdout_loss if val is not None else None)
             gpu = {}
@@ -554,7 +557,8 @@ class Trainer:
         """Render a preview; a failure (e.g. out of memory) is a warning, never the end of the training."""
         self.sink.emit(ev.PreviewRendering(step=self.step))  # viewers say "rendering preview…" meanwhile
         try:
-            return self._render_preview()
+            with self._averaged():
+                return self._render_preview()
         except TiwizError:
             raise
         except Exception as exc:
@@ -622,13 +626,13 @@ class Trainer:
         try:
             if self._vocab is None:
                 self._vocab = vocabulary_from_encoder(self.model.text_encoder, self.model.tokenizer)
-            return vector_report(self.vectors.detach()[:, self.slots[0].columns], self._vocab)  # SDXL: clip_l
+            return vector_report(self._saved_vectors()[:, self.slots[0].columns], self._vocab)  # SDXL: clip_l
         except Exception:  # noqa: BLE001 - an inspector problem must never cost a checkpoint
             return {"norms": None, "nearest": None, "vocab_median_norm": None, "norm_warnings": []}
 
     def _save_embedding(self, rel_stem: str) -> tuple[str, str]:
         pt, st = self._save_embedding_fn(
-            self.vectors.detach().float().cpu(), self.out_dir / rel_stem, name=self.name, step=self.step,
+            self._saved_vectors().float().cpu(), self.out_dir / rel_stem, name=self.name, step=self.step,
             base_model=self.model.name, base_hash=self.model.short_hash, init_text=self.config.init_text,
             overwrite=True)
         return ("" if pt is None else str(Path(pt).relative_to(self.out_dir))), str(Path(st).relative_to(self.out_dir))
@@ -659,6 +663,7 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "data_fingerprint": self._data_fingerprint,
             "autostop": self.autostop.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "best_holdout": list(self.best_holdout) if self.best_holdout is not None else None,
             "best_val_checkpoint": list(self.best_val_checkpoint) if self.best_val_checkpoint is not None else None,
             "global_rng": capture_global_rng(),
@@ -850,6 +855,17 @@ class Trainer:
         warning = lr_warning(self.config.optimizer, self.config.lr)
         if warning:
             self.sink.emit(ev.Warning(message=warning))
+        from core.training.vector_ema import VectorEMA
+
+        self.ema = VectorEMA(self.vectors, self.config.ema_decay) if self.config.ema_decay > 0 else None
+
+    def _averaged(self):
+        """With ema_decay: the vectors' average in place of the raw ones (validation, previews), else nothing."""
+        return self.ema.swapped_in(self.vectors) if self.ema is not None else contextlib.nullcontext()
+
+    def _saved_vectors(self):
+        """What checkpoints and the final files hold: the average with ema_decay, else the vectors."""
+        return (self.ema.average if self.ema is not None else self.vectors).detach()
 
     def _restore(self, state: dict) -> None:
         from core.training.resume_state import py_state_from, restore_global_rng
@@ -865,6 +881,8 @@ class Trainer:
         self.batch_pos = int(state["batch_pos"])
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.autostop.load_state_dict(state.get("autostop"))
+        if self.ema is not None:
+            self.ema.load_state_dict(state.get("ema"))  # none in a state from before ema_decay: it starts here
         self.best_holdout = tuple(state["best_holdout"]) if state.get("best_holdout") else None
         self.best_val_checkpoint = tuple(state["best_val_checkpoint"]) if state.get("best_val_checkpoint") else \
             self._best_val_checkpoint_on_disk(self.step)
