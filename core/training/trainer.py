@@ -276,7 +276,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = None
         self._placeholder_seen = False  # set by _token_ids, on the host
-        position = self._data_position()
+        position = self._data_position() if cfg.grad_accum > 1 else None  # get_state costs ~1 ms a step
         for micro in range(cfg.grad_accum):
             if micro and self._stop_between_micro_batches():
                 # Abandon this step as if it never began, so the saved state resumes exactly.
