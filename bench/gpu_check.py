@@ -57,10 +57,10 @@ BENCH = {
     # family: size (px), warm-up steps, timed steps, gradient checkpointing
     # rounds: the cases run floor, ours, diffusers, floor, ours, ... so a drift of the machine (clocks, the host's
     # Python speed: a 512 px SD1.5 step is mostly kernel-launch time on a fast GPU) does not favour the first case
-    "sd15": dict(size=512, warmup=3, timed=10, gc=False, rounds=3),
+    "sd15": dict(size=512, warmup=3, timed=10, gc=False, rounds=3, paired=20),
     "sdxl": dict(size=1024, warmup=2, timed=5, gc=True, rounds=1),
 }
-DRY_BENCH = {"sd15": dict(size=64, warmup=1, timed=2, gc=False, rounds=2),
+DRY_BENCH = {"sd15": dict(size=64, warmup=1, timed=2, gc=False, rounds=2, paired=3),
              "sdxl": dict(size=64, warmup=1, timed=2, gc=True, rounds=1)}
 CASES = ("floor", "ours", "diffusers")
 VECTORS = 4
@@ -510,6 +510,15 @@ def bench_main(family: str, dry: bool, result_path: Path, deadline: float | None
         if device.type == "cuda":
             torch.cuda.empty_cache()
         _atomic_write(result_path, json.dumps(result, indent=2))
+    if spec.get("paired") and (deadline is None or time.time() < deadline - (25 if not dry else 5)):
+        print(f"--- {family} paired ours/floor ---", flush=True)
+        try:
+            result["paired"] = bench_paired(family, device, precision, {**spec, "timed": spec["paired"]}, data, dry)
+        except Exception as exc:  # reported beside the cases; never loses them
+            result["paired"] = {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:400]}"}
+            traceback.print_exc()
+        print(f"paired: {json.dumps(result['paired'])}", flush=True)
+        _atomic_write(result_path, json.dumps(result, indent=2))
     return 0
 
 
@@ -764,10 +773,20 @@ def _timing(times: list[float], spec) -> dict:
 def bench_floor(family, device, precision, spec, data, dry, window=None) -> dict:
     """Text encoder(s) + UNet forward and backward on fixed inputs, weights frozen, gradients flowing into the token
     embeddings' output (what TI needs); no data loading, VAE, optimizer or bookkeeping."""
+    mem = _Memory(device)
+    step, finish = _floor_stepper(family, device, precision, spec, dry)
+    mem.steps_begin()
+    out = _timed(step, device, spec, window)
+    out["weight_dtype"] = finish()
+    out.update(mem.report())
+    return out
+
+
+def _floor_stepper(family, device, precision, spec, dry):
+    """(step, finish): one floor step on its own model; finish() removes the hooks and names the weights' dtype."""
     import torch
     import torch.nn.functional as F
 
-    mem = _Memory(device)
     model = build_model(family, device, dry)
     weights = _frozen_dtype(family, device, precision)
     _cast(model, weights)
@@ -792,17 +811,39 @@ def bench_floor(family, device, precision, spec, data, dry, window=None) -> dict
             pred = model.unet(noisy, t, cond, added_cond_kwargs=added).sample
         F.mse_loss(pred.float(), noise.float()).backward()
 
-    mem.steps_begin()
-    out = _timed(step, device, spec, window)
-    for h in handles:
-        h.remove()
-    out.update(mem.report())
-    out["weight_dtype"] = str(weights).replace("torch.", "")
-    del model
-    return out
+    def finish() -> str:
+        for h in handles:
+            h.remove()
+        return str(weights).replace("torch.", "")
+
+    return step, finish
 
 
-def bench_ours(family, device, precision, spec, data, dry, window=None) -> dict:
+def bench_paired(family, device, precision, spec, data, dry) -> dict:
+    """Our step and a floor step back to back, N times: after each of our steps (at its step event) one floor step
+    runs on a second model, its time left out of ours. Each ratio compares two steps a few milliseconds apart, so a
+    drift of the machine between cases (a launch-bound step follows the host's speed) cancels out."""
+    step, finish = _floor_stepper(family, device, precision, spec, dry)
+    floor_times = []
+
+    def between():
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        floor_times.append(time.perf_counter() - t0)
+
+    ours = bench_ours(family, device, precision, spec, data, dry, between=between)
+    finish()
+    pairs = list(zip(ours["steps"], floor_times))[spec["warmup"]:]
+    ratios = [o / f for o, f in pairs]
+    return {"pairs": len(pairs), "ours_s_per_step": round(statistics.median(o for o, _ in pairs), 4),
+            "floor_s_per_step": round(statistics.median(f for _, f in pairs), 4),
+            "ratio_median": round(statistics.median(ratios), 3),
+            "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)]}
+
+
+def bench_ours(family, device, precision, spec, data, dry, window=None, between=None) -> dict:
     """The real Trainer on the random-weight model (handed to it in place of loading a file), timed from its step
     events: everything one of our steps costs, bookkeeping included."""
     import dataclasses
@@ -845,11 +886,14 @@ def bench_ours(family, device, precision, spec, data, dry, window=None) -> dict:
         trainer_module.load_model = fake
     stamps, errors = [], []
 
+    ends = []  # when each stamp's own work (the `between` steps) ended: our next step is timed from there
+
     def on_event(event):
         kind = event.get("type")
         if kind == "started":
             mem.steps_begin()
             stamps.append(time.perf_counter())
+            ends.append(stamps[-1])
         elif kind == "step":
             _sync(device)
             stamps.append(time.perf_counter())
@@ -857,6 +901,9 @@ def bench_ours(family, device, precision, spec, data, dry, window=None) -> dict:
                 window.start()
             elif window is not None and len(stamps) == spec["warmup"] + spec["timed"] + 1:
                 window.stop()
+            if between is not None:
+                between()
+            ends.append(time.perf_counter())
         elif kind == "error":
             errors.append(event.get("message"))
 
@@ -877,7 +924,7 @@ def bench_ours(family, device, precision, spec, data, dry, window=None) -> dict:
         loader.load_model = original
         if hasattr(trainer_module, "load_model"):
             trainer_module.load_model = original
-    times = [b - a for a, b in zip(stamps, stamps[1:])]
+    times = [b - a for a, b in zip(ends, stamps[1:])]
     if len(times) < spec["warmup"] + spec["timed"]:
         raise RuntimeError(f"only {len(times)} step events ({summary.get('state')}; {errors})")
     out = _timing(times, spec)
@@ -1023,6 +1070,10 @@ def _bench_summary(bench: dict) -> str:
         parts.append(f"ours/floor {s['ours'] / s['floor']:.2f}")
     if s["ours"] and s["diffusers"]:
         parts.append(f"diffusers/ours {s['diffusers'] / s['ours']:.2f}")
+    paired = bench.get("paired") or {}
+    if "ratio_median" in paired:
+        parts.append(f"paired ours/floor {paired['ratio_median']:.2f} over {paired['pairs']} back-to-back pairs "
+                     f"(range {paired['ratio_range'][0]:.2f}-{paired['ratio_range'][1]:.2f})")
     return ", ".join(parts)
 
 

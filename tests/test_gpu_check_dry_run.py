@@ -61,6 +61,9 @@ def test_dry_run_runs_every_part_and_reports_it(tmp_path):
     assert "| sd15 | 64 px fp32 | ours | ok |" in markdown
     assert (out / "gpu_check.log").is_file()
     assert parts["sd15"]["bench"]["rounds"] == 2  # cases interleaved: floor, ours, diffusers, floor, ...
+    paired = parts["sd15"]["bench"]["paired"]  # our steps and floor steps back to back
+    assert paired["pairs"] == 3 and paired["ratio_range"][0] <= paired["ratio_median"] <= paired["ratio_range"][1]
+    assert paired["ours_s_per_step"] > 0 and paired["floor_s_per_step"] > 0 and "paired ours/floor" in markdown
     # the profile: torch.profiler op tables of the floor and our step, then cProfile of ours
     profile = (out / "gpu_profile.txt").read_text()
     assert parts["profile"]["status"] == "ok" and profile.startswith("floor: ")
