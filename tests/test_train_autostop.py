@@ -87,12 +87,38 @@ def test_config_fields_and_validation(tmp_path):
     from core.training.config import TrainConfig
 
     cfg = TrainConfig(auto_stop=True, auto_stop_window=200, save_every=500)
-    assert cfg.effective_validate_every() == points_needed(200) == 10
+    assert cfg.effective_validate_every() == points_needed(200) == 20
+    assert TrainConfig(auto_stop=True).effective_validate_every() == 10  # the default window 100: 10 points
+    assert TrainConfig(auto_stop=True, auto_stop_window=100, save_every=4).effective_validate_every() == 4
     assert TrainConfig(auto_stop=False, save_every=500).effective_validate_every() == 500
     with pytest.raises(TiwizError, match="^auto_stop: needs the validation loss"):
         TrainConfig(auto_stop=True, validate_every=0).validate(require_paths=False)
     with pytest.raises(TiwizError, match="^auto_stop_threshold"):
         TrainConfig(auto_stop_threshold=1.5).validate(require_paths=False)
+
+
+def test_the_automatic_cadence_always_lets_the_rule_fire():
+    """validate_every -1 with auto_stop validates every points_needed(window) steps: every window gets at least twice
+    the points the rule needs, so the cadence alone never keeps it from firing (a window shorter than MIN_POINTS
+    steps cannot hold enough points at any cadence)."""
+    from core.training.autostop import MIN_POINTS, unreachable_reason
+
+    for window in range(MIN_POINTS, 1001):
+        every = points_needed(window)
+        assert unreachable_reason(every, window, end_step=2 * window) is None, window
+        assert -(-window // every) >= min(window, 2 * MIN_POINTS), window
+
+
+def test_validating_half_as_often_moves_the_stop_by_at_most_one_point():
+    """The cheaper cadence (10 points a window instead of 20): the same falling-then-flat curves seen every 10 steps
+    instead of every 5 stop within 10 steps of where the dense ones did (what the world model's curves showed)."""
+    for seed in range(20):
+        rng = random.Random(seed)
+        values = [0.1 * math.exp(-i / 10) + 0.05 + rng.gauss(0, 0.0005) for i in range(200)]  # every 5 steps
+        dense, _ = _feed(values, every=5)
+        sparse, _ = _feed(values[::2], every=10)
+        assert dense.fired_at is not None and sparse.fired_at is not None
+        assert abs(sparse.fired_at - dense.fired_at) <= 10, (seed, dense.fired_at, sparse.fired_at)
 
 
 def test_cli_flag_sets_the_field():

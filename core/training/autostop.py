@@ -100,10 +100,17 @@ class AutoStop:
         self.fired_at = None if fired is None else int(fired)
 
 
+POINTS_PER_WINDOW = 10
+
+
 def points_needed(window: int) -> int:
-    """The validation cadence that gives a window about 20 points (DVAR measured every step; 20 is enough for a
-    variance and keeps the validation cost small)."""
-    return max(1, int(window) // 20)
+    """The validation cadence that gives a window about POINTS_PER_WINDOW points (twice MIN_POINTS). DVAR measured
+    every step; a validation pass costs several training steps (validation_images x 5 timesteps, forward only), so the
+    cadence is the auto-stop run's overhead. 20 points a window (every 5 steps at window 100) were a fifth to a third
+    of the training time to the first good embedding on the shipped world model; 10 points (every 10 steps) halve
+    that, and replaying the rule on the every-5 curves of 5 seeds moved its stop by 0-5 steps (5 points, every 20,
+    stopped one seed at step 100 instead of 270; bench/RESULTS.md)."""
+    return max(1, int(window) // POINTS_PER_WINDOW)
 
 
 def unreachable_reason(validate_every: int, window: int, end_step: int, min_points: int = MIN_POINTS) -> str | None:

@@ -118,7 +118,10 @@ HELP = {
     "clip_grad_value": "Clip threshold (a number or a schedule string like lr)",
     "save_every": "Save the embedding and resume state every N steps (0 = only at the end)",
     "preview_every": "Render a preview image every N steps (0 = off)",
-    "validate_every": "Compute the fixed-seed validation loss every N steps (-1 = like save_every/preview_every, 0 = off)",
+    "validate_every": "Compute the fixed-seed validation loss every N steps (-1 = like save_every/preview_every, and "
+                      "with auto_stop at least every auto_stop_window/10 steps; 0 = off). Each pass costs a few "
+                      "training steps: 10 points a window, not 20, halved auto-stop's validation time on the shipped "
+                      "world model and moved its stop by 0-5 steps (bench/RESULTS.md)",
     "validation_images": "How many training images the validation loss uses (fixed images, noise and timesteps)",
     "output": "Output (run) folder; empty = runs/NAME-TIMESTAMP",
     "seed": "Random seed (data order, noise, timesteps, templates); same seed and config = same result",
@@ -329,8 +332,8 @@ class TrainConfig:
 
     # ---- derived values -----------------------------------------------------------------------------------------
     def effective_validate_every(self) -> int:
-        """-1 follows save_every/preview_every; with auto_stop, often enough for the rule's window (about 20 points
-        per window)."""
+        """-1 follows save_every/preview_every; with auto_stop, often enough for the rule's window (about 10 points
+        per window: autostop.points_needed)."""
         if self.validate_every >= 0:
             return self.validate_every
         every = self.save_every or self.preview_every
