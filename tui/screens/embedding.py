@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.widgets import Input, Label, Static
 
 from core.embeddings.vectors import MAX_NAME_LENGTH, name_problem, trigger_problems
-from tui import runs_info
+from core.runs import api as runapi
 from tui.screens.base import WizardScreen
 from tui.screens.dialogs import ConfirmModal
 from tui.widgets.inputs import OrderedInput
@@ -104,7 +104,7 @@ class EmbeddingScreen(WizardScreen):
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def find_same_name(self, name: str) -> None:
         """The runs already trained under this name, read off the UI thread (errors become messages)."""
-        same = [r for r in runs_info.list_runs(self.app.runs_root) if r.name == name]
+        same = [r for r in runapi.list_runs(self.app.runs_root) if r.name == name]
         self.app.call_from_thread(self._after_same_name, same)
 
     def _after_same_name(self, same: list) -> None:

@@ -13,7 +13,7 @@ from textual.reactive import var
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui import runs_info
+from core.runs import api as runapi
 from tui.run_view import RunView
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
@@ -25,7 +25,7 @@ from core.runs.run_events import BEST_BASES
 def final_files(run_dir: Path) -> RunView:
     """Replay the run's events to learn its final files."""
     view = RunView(run_dir)
-    follower = runs_info.follow(run_dir)
+    follower = runapi.follow(run_dir)
     for _ in range(1000):
         events = follower.poll()
         if not events:

@@ -29,7 +29,7 @@ from textual.widgets.option_list import Option
 
 from core.embeddings.inspect import NORM_WARN_FACTOR
 from core.runs.run_events import RunPhase
-from tui import runs_info
+from core.runs import api as runapi
 from tui.messages import RunEventsArrived, RunFollowFailed, RunHistoryLoaded, RunLiveness
 from tui.run_view import TERMINAL_STATES, RunView
 from tui.screens.base import error_text, show_message
@@ -136,7 +136,7 @@ class MonitorScreen(Screen):
         generation = self._generation
         try:
             if self.follower is None:
-                self.follower = runs_info.follow(self.run_dir)
+                self.follower = runapi.follow(self.run_dir)
                 self.follower.max_bytes = HISTORY_CHUNK
             if not self.loaded:
                 view = RunView(self.run_dir)
@@ -327,7 +327,7 @@ class MonitorScreen(Screen):
     def _send_command(self, command: str, done: str) -> None:
         """Drop the command file off the UI thread (a slow or full disk must not freeze the screen)."""
         try:
-            runs_info.send_command(self.run_dir, command)
+            runapi.send_command(self.run_dir, command)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self.app.call_from_thread(self.show_message, error_text(exc))
             return
@@ -388,7 +388,7 @@ class MonitorScreen(Screen):
     def _resume(self) -> None:
         """Spawn the worker off the UI thread (it reads the config and the checkpoint, then starts a process)."""
         try:
-            runs_info.resume(self.run_dir)
+            runapi.resume_run(self.run_dir)
         except Exception as exc:  # noqa: BLE001 - e.g. a run with nothing to resume: said, never a crash
             self.app.call_from_thread(self._resume_failed, error_text(exc))
             return

@@ -15,7 +15,7 @@ from textual.reactive import var
 from textual.widgets import DataTable, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui import runs_info
+from core.runs import api as runapi
 from tui.messages import QueueRead
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
@@ -106,7 +106,7 @@ class StartScreen(WizardScreen):
         Binding("ctrl+n", "next", "Next", show=False),
     ]
 
-    # the runs found on disk: ((RunSummary, age), ...), newest first; None until the first read
+    # the runs found on disk: ((RunInfo, age), ...), newest first; None until the first read
     found_runs: var[tuple | None] = var(None, init=False)
     queue: var[QueueStatus | None] = var(None, init=False, bindings=True)  # None until the first read
 
@@ -156,7 +156,7 @@ class StartScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def load_runs(self) -> None:
-        runs = runs_info.list_runs(self.app.runs_root)
+        runs = runapi.list_runs(self.app.runs_root)
         found = tuple((run, run_age(run.path)) for run in runs)
         self.app.call_from_thread(setattr, self, "found_runs", found)
 
@@ -176,7 +176,7 @@ class StartScreen(WizardScreen):
         )
         table.display = bool(found)
 
-    def _run(self, key: str) -> runs_info.RunSummary | None:
+    def _run(self, key: str) -> runapi.RunInfo | None:
         return next((run for run, _ in self.found_runs or () if str(run.path) == key), None)
 
     # --- the queue ---------------------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ class StartScreen(WizardScreen):
         if run is None:
             return
         try:
-            runs_info.resume(run)
+            runapi.resume_run(run)
         except Exception as exc:  # a finished or live run cannot be resumed: say why
             self.show_message(error_text(exc))
             return

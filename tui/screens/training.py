@@ -18,7 +18,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static, TabbedConten
 from core.errors import FieldError
 from core.training.config import TrainConfig
 from tui.state import WIZARD_DEFAULTS
-from tui import runs_info
+from core.runs import api as runapi
 from tui.bucket_scan import bucket_summary, read_sizes, settings_key
 from tui.messages import BucketsCounted
 from tui.screens.base import WizardScreen, error_text
@@ -433,7 +433,7 @@ class TrainingScreen(WizardScreen):
         if found:
             self.app.call_from_thread(self.show_message, found[0])
             return
-        run_dir = runs_info.start(config.to_dict(), self.app.runs_root)
+        run_dir = Path(runapi.start_run(config.to_dict(), root=self.app.runs_root))
 
         def started() -> None:
             self.state.run_dir = str(run_dir)
