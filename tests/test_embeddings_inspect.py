@@ -172,6 +172,25 @@ def test_sdxl_file_has_both_parts_nearest_to_their_word(tiny_sdxl_dir, tmp_path)
         assert part["dim"] == vec.shape[1] and part["nearest"][0][0][0] == WORD, label
 
 
+def test_sdxl_ckpt_model_gives_both_vocabularies(tiny_sdxl_dir, tmp_path):
+    """An SDXL .ckpt (a torch zip in the original layout, read with weights_only): clip_l and clip_g vocabularies,
+    each the weights of its own encoder."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from core.models.single_file import save_single_file
+
+    single = save_single_file(tiny_sdxl_dir, tmp_path / "xl.safetensors")
+    ckpt = tmp_path / "xl.ckpt"
+    torch.save({"state_dict": load_file(single)}, ckpt)
+    vocabs = load_vocabularies(ckpt)
+    assert [v.label for v in vocabs] == ["clip_l", "clip_g"]
+    te1 = CLIPTextModel.from_pretrained(tiny_sdxl_dir / "text_encoder")
+    te2 = CLIPTextModelWithProjection.from_pretrained(tiny_sdxl_dir / "text_encoder_2")
+    for vocab, te in zip(vocabs, (te1, te2)):
+        assert torch.equal(vocab.weight, te.get_input_embeddings().weight.detach().float())
+
+
 def test_trainer_warns_once_when_a_norm_swamps_the_vocabulary(tiny_model_dir, tmp_path):
     from core.events import ListSink
     from core.runs import run_events as ev

@@ -132,7 +132,10 @@ def load_vocabularies(model) -> list[Vocabulary]:
     from core.models.loader import load_model  # .ckpt: a pickle; let the loader handle it safely
 
     loaded = load_model(path, device="cpu")
-    return [vocabulary_from_encoder(loaded.text_encoder, loaded.tokenizer)]
+    if getattr(loaded, "text_encoder_2", None) is None:
+        return [vocabulary_from_encoder(loaded.text_encoder, loaded.tokenizer)]
+    return [vocabulary_from_encoder(loaded.text_encoder, loaded.tokenizer, "clip_l"),
+            vocabulary_from_encoder(loaded.text_encoder_2, loaded.tokenizer_2, "clip_g")]
 
 
 def _token_embedding(tensors_path: Path):
