@@ -17,7 +17,8 @@ from core.models.device import (auto_device_precision_problem, choose_precision,
 from core.training import preflight
 from core.training.config import TrainConfig
 from core.training.trainer import Trainer
-from train_helpers import make_images, one_thread, text_sensitive_copy, tiny_config, write_template  # noqa: F401
+from train_helpers import (make_images, one_thread, render_concept_images, text_sensitive_copy,  # noqa: F401
+                           tiny_config, write_template)
 
 NATIVE = bool(cpu_flags()) and cpu_has_native_bf16(cpu_flags())
 needs_native = pytest.mark.skipif(not NATIVE, reason="this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag)")
@@ -197,11 +198,7 @@ def test_bf16_learns_a_planted_concept_like_fp32(one_thread, tiny_model_dir, tmp
                                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_textual_inversion({"<hidden>": torch.randn(2, 32, generator=torch.Generator().manual_seed(123)) * 1.5})
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(4):
-        pipe("a photo of <hidden>", num_inference_steps=6, guidance_scale=1.0, width=64, height=64,
-             generator=torch.Generator().manual_seed(i)).images[0].save(data / f"{i}.png")
+    data = render_concept_images(pipe, tmp_path / "data")
     del pipe
     template = write_template(tmp_path / "tpl.txt", "a photo of [name]")
     drops = {}

@@ -12,7 +12,8 @@ import torch
 
 from core.events import ListSink
 from core.training.trainer import Trainer
-from train_helpers import one_thread, text_sensitive_copy, tiny_config, write_template  # noqa: F401 (fixture)
+from train_helpers import (one_thread, render_concept_images, text_sensitive_copy, tiny_config,  # noqa: F401
+                           write_template)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,12 +28,7 @@ def test_validation_loss_drops_on_planted_concept(tiny_model_dir, tmp_path):
     pipe.set_progress_bar_config(disable=True)
     hidden = torch.randn(2, 32, generator=torch.Generator().manual_seed(123)) * 1.5
     pipe.load_textual_inversion({"<hidden>": hidden})
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(4):
-        image = pipe("a photo of <hidden>", num_inference_steps=6, guidance_scale=1.0, width=64, height=64,
-                     generator=torch.Generator().manual_seed(i)).images[0]
-        image.save(data / f"{i}.png")
+    data = render_concept_images(pipe, tmp_path / "data")
     del pipe
 
     template = write_template(tmp_path / "tpl.txt", "a photo of [name]")

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from core.errors import TiwizError
 from core.events import ListSink
 from core.training.trainer import Trainer
-from train_helpers import make_images, one_thread, text_sensitive_copy, tiny_config, write_template  # noqa: F401
+from train_helpers import (make_images, one_thread, render_concept_images, text_sensitive_copy,  # noqa: F401
+                           tiny_config, write_template)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,11 +136,7 @@ def test_validation_loss_drops_on_planted_concept(tiny_sdxl_dir, tmp_path):
     hidden = {"clip_l": torch.randn(2, 32, generator=g) * 1.5, "clip_g": torch.randn(2, 64, generator=g) * 1.5}
     save_file(hidden, tmp_path / "hidden.safetensors")
     _load_sdxl_file(pipe, tmp_path / "hidden.safetensors", "<hidden>")
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(4):
-        pipe("a photo of <hidden>", num_inference_steps=6, guidance_scale=1.0, width=64, height=64,
-             generator=torch.Generator().manual_seed(i)).images[0].save(data / f"{i}.png")
+    data = render_concept_images(pipe, tmp_path / "data")
     del pipe
     template = write_template(tmp_path / "tpl.txt", "a photo of [name]")
     cfg = tiny_config(model, data, template=str(template), vectors=2, init_text="dog", steps=16, lr="0.1",

@@ -63,3 +63,15 @@ def text_sensitive_copy(src: Path, dst: Path, factor: float = 20.0) -> Path:
                 module.to_out[0].weight.mul_(factor)
     unet.save_pretrained(dst / "unet")
     return dst
+
+
+def render_concept_images(pipe, folder: Path, n: int = 4, prompt: str = "a photo of <hidden>") -> Path:
+    """The planted concept's training images: `pipe` (a pipeline holding the hidden embedding) renders `prompt` at
+    64 px, one seed per image. The pipeline is not needed after this."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pipe(prompt, num_inference_steps=6, guidance_scale=1.0, width=64, height=64,
+             generator=torch.Generator().manual_seed(i)).images[0].save(folder / f"{i}.png")
+    return folder
