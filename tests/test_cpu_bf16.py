@@ -17,8 +17,8 @@ from core.models.device import (auto_device_precision_problem, choose_precision,
 from core.training import preflight
 from core.training.config import TrainConfig
 from core.training.trainer import Trainer
-from train_helpers import (make_images, one_thread, render_concept_images, text_sensitive_copy,  # noqa: F401
-                           tiny_config, write_template)
+from train_helpers import (make_images, one_thread, planted_validation_losses, render_concept_images,  # noqa: F401
+                           text_sensitive_copy, tiny_config)
 
 NATIVE = bool(cpu_flags()) and cpu_has_native_bf16(cpu_flags())
 needs_native = pytest.mark.skipif(not NATIVE, reason="this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag)")
@@ -200,14 +200,10 @@ def test_bf16_learns_a_planted_concept_like_fp32(one_thread, tiny_model_dir, tmp
     pipe.load_textual_inversion({"<hidden>": torch.randn(2, 32, generator=torch.Generator().manual_seed(123)) * 1.5})
     data = render_concept_images(pipe, tmp_path / "data")
     del pipe
-    template = write_template(tmp_path / "tpl.txt", "a photo of [name]")
     drops = {}
     for precision in ("fp32", "bf16"):
-        cfg = tiny_config(model, data, template=str(template), vectors=2, init_text="dog", steps=16, lr="0.1",
-                          validate_every=8, batch_size=2, precision=precision)
-        sink = ListSink()
-        Trainer(cfg, tmp_path / f"out-{precision}", sink).run()
-        vals = [e["val_loss"] for e in sink.of_type("validation")]
+        vals = list(planted_validation_losses(model, data, tmp_path / f"out-{precision}", validate_every=8,
+                                              precision=precision).values())
         print(precision, "validation loss at steps 0, 8, 16:", [round(v, 5) for v in vals])
         assert len(vals) == 3 and vals[-1] < 0.98 * vals[0], (precision, vals)
         drops[precision] = 1 - vals[-1] / vals[0]

@@ -10,10 +10,8 @@ training starts from a different init text and must clearly lower the validation
 import pytest
 import torch
 
-from core.events import ListSink
-from core.training.trainer import Trainer
-from train_helpers import (one_thread, render_concept_images, text_sensitive_copy, tiny_config,  # noqa: F401
-                           write_template)
+from train_helpers import (one_thread, planted_validation_losses, render_concept_images,  # noqa: F401
+                           text_sensitive_copy)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,12 +29,8 @@ def test_validation_loss_drops_on_planted_concept(tiny_model_dir, tmp_path):
     data = render_concept_images(pipe, tmp_path / "data")
     del pipe
 
-    template = write_template(tmp_path / "tpl.txt", "a photo of [name]")
-    cfg = tiny_config(model, data, template=str(template), vectors=2, init_text="dog", steps=16, lr="0.1",
-                      validate_every=4, batch_size=2)
-    sink = ListSink()
-    Trainer(cfg, tmp_path / "out", sink).run()
-    vals = [e["val_loss"] for e in sink.of_type("validation")]
-    assert [e["step"] for e in sink.of_type("validation")] == [0, 4, 8, 12, 16]
+    losses = planted_validation_losses(model, data, tmp_path / "out")
+    assert list(losses) == [0, 4, 8, 12, 16]
+    vals = list(losses.values())
     assert vals[-1] < 0.98 * vals[0], vals
     assert vals[-1] < min(vals[:-1]), vals

@@ -75,3 +75,17 @@ def render_concept_images(pipe, folder: Path, n: int = 4, prompt: str = "a photo
         pipe(prompt, num_inference_steps=6, guidance_scale=1.0, width=64, height=64,
              generator=torch.Generator().manual_seed(i)).images[0].save(folder / f"{i}.png")
     return folder
+
+
+def planted_validation_losses(model, data: Path, out: Path, **changes) -> dict[int, float]:
+    """Train 2 vectors (init "dog", lr 0.1, batch 2, 16 steps, template "a photo of [name]") on the planted concept's
+    images; {step: validation loss}. `changes` override the config (validate_every 4 unless given)."""
+    from core.events import ListSink
+    from core.training.trainer import Trainer
+
+    template = write_template(out.parent / f"{out.name}-tpl.txt", "a photo of [name]")
+    settings = dict(template=str(template), vectors=2, init_text="dog", steps=16, lr="0.1", validate_every=4,
+                    batch_size=2)
+    sink = ListSink()
+    Trainer(tiny_config(model, data, **{**settings, **changes}), out, sink).run()
+    return {e["step"]: e["val_loss"] for e in sink.of_type("validation")}
