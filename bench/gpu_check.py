@@ -554,6 +554,7 @@ def profile_main(family: str, dry: bool, tables: Path) -> int:
     import pstats
 
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     spec = dict((DRY_BENCH if dry else BENCH)[family])
@@ -578,8 +579,9 @@ def profile_main(family: str, dry: bool, tables: Path) -> int:
         prof = profile(activities=activities, record_shapes=False)
         out = runner(family, device, precision, spec, data, dry, window=prof)
         events = prof.key_averages()
-        device_us = sum(getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
-                        for e in events)
+        # kernels only: a CPU op's row also carries the device time of the kernels it launched (the table's footer
+        # sums the same way), so summing every row counted each kernel twice
+        device_us = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU)
         wall = out["s_per_step"]
         lines.append(f"{case}: {wall:.4f} s/step (median under the profiler), device busy "
                      f"{device_us / 1e6 / spec['timed']:.4f} s/step")
