@@ -1,4 +1,4 @@
-"""The one per-image bucket assignment (core.training.buckets.image_bucket / assign_buckets / image_fit) that the
+"""The one per-image bucket assignment (core.prep.buckets.image_bucket / assign_buckets / image_fit) that the
 doctor and the wizard share, and image sizes read from the header alone (header_size)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from core.training.buckets import Bucketer, assign_buckets, header_size, image_bucket, image_fit
+from core.prep.buckets import Bucketer, assign_buckets, header_size, image_bucket, image_fit
 from core.training.config import TrainConfig
 
 SIZES = [(900, 1200), (1200, 800), (700, 700), (300, 200), (40, 300), (4000, 3000)]

@@ -1,4 +1,4 @@
-"""Aspect-ratio buckets (core.training.buckets) against kohya-ss/sd-scripts, and the dataset/trainer using them.
+"""Aspect-ratio buckets (core.prep.buckets) against kohya-ss/sd-scripts, and the dataset/trainer using them.
 
 The reference values below were produced by running kohya's own `library/model_util.make_bucket_resolutions` and
 `library/train_util.BucketManager.select_bucket` (sd-scripts commit 48d368fa) on these sizes; (bucket, resized size)
@@ -8,7 +8,7 @@ per image, with upscaling allowed (False) and with --bucket_no_upscale (True).
 import pytest
 from PIL import Image
 
-from core.training.buckets import Bucketer, make_bucket_resolutions, resize_to_bucket
+from core.prep.buckets import Bucketer, make_bucket_resolutions, resize_to_bucket
 
 SETS, ASSIGN = {}, {}
 SIZES = [(512, 512), (640, 480), (480, 640), (1024, 768), (1920, 1080), (1080, 1920), (300, 900), (2000, 500), (513, 511), (100, 700), (4000, 3000), (256, 256), (1200, 800), (333, 1000)]
@@ -58,7 +58,7 @@ def test_dataset_keeps_buckets_apart_and_trains(tiny_model_dir, tmp_path):
     import torch
 
     from core.events import ListSink
-    from core.training.buckets import bucketer_for
+    from core.prep.buckets import bucketer_for
     from core.training.config import TrainConfig
     from core.training.dataset import build_dataset
     from core.training.trainer import Trainer

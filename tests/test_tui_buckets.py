@@ -1,5 +1,5 @@
 """The wizard shows the aspect-ratio buckets (issue #15): the Captions screen the selected image's bucket (or its centre
-crop), the Training screen the dataset's images per bucket, counted as core.training.buckets assigns them, and right
+crop), the Training screen the dataset's images per bucket, counted as core.prep.buckets assigns them, and right
 for the final value when a size is typed or pasted fast."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import asyncio
 
 from PIL import Image
 
-from core.training.buckets import Bucketer, assign_buckets
+from core.prep.buckets import Bucketer, assign_buckets
 from tests.tui_support import burst, freeze_cursor, wait_idle
 from tui.app import TiwizApp
 from tui.state import WizardState

@@ -1,8 +1,8 @@
 """Image sizes for the wizard's bucket lines (Captions: the selected image's bucket; Training: the dataset's buckets).
 
-Sizes come from the image headers (`core.training.buckets.header_size`: nothing is decoded), are read only in the
+Sizes come from the image headers (`core.prep.buckets.header_size`: nothing is decoded), are read only in the
 screens' thread workers, and are cached per file by (path, mtime, size), so rescans after an edit of the width or
-the bucket sides only stat the files. The bucket assignment itself is `core.training.buckets` (the doctor's)."""
+the bucket sides only stat the files. The bucket assignment itself is `core.prep.buckets` (the doctor's)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from core.training.buckets import Fit, assign_buckets, bucketer_for, header_size, image_fit
+from core.prep.buckets import Fit, assign_buckets, bucketer_for, header_size, image_fit
 
 Size = tuple[int, int]
 BUCKET_FIELDS = ("width", "height", "resize", "buckets", "bucket_min_side", "bucket_max_side", "bucket_no_upscale")

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     bucketer = None
     if getattr(args, "buckets", False):
-        from core.training.buckets import Bucketer
+        from core.prep.buckets import Bucketer
 
         bucketer = Bucketer((args.width, args.height))
     findings = diagnose(args.folder, width=args.width, height=args.height, bucketer=bucketer)

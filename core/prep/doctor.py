@@ -85,7 +85,7 @@ def _groups(pairs: set[tuple[int, int]], n: int) -> list[list[int]]:
 
 def diagnose(folder: str | os.PathLike, width: int = 512, height: int = 512, bucketer=None) -> list[Finding]:
     """Check a training folder; findings sorted by severity (errors first), then by code. With a `bucketer`
-    (core.training.buckets, aspect-ratio buckets) an info finding per bucket lists its images, and extreme aspect
+    (core.prep.buckets, aspect-ratio buckets) an info finding per bucket lists its images, and extreme aspect
     ratios are no longer a warning (nothing is centre-cropped to the training shape)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -127,7 +127,7 @@ def _count_findings(n_ok: int, n_all: int) -> list[Finding]:
 
 
 def _bucket_findings(images: list[_Image], bucketer) -> list[Finding]:
-    from core.training.buckets import assign_buckets
+    from core.prep.buckets import assign_buckets
 
     out = []
     for reso, members in assign_buckets(((im, im.size) for im in images), bucketer).items():

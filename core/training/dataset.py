@@ -135,7 +135,7 @@ class TrainDataset:
 def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_sampling: str, seed: int,
                   sink=None, device=None, dtype=None, bucketer=None) -> TrainDataset:
     """Load, resize and VAE-encode every usable image once. Deterministic for a given seed. With a `bucketer`
-    (core.training.buckets) each image goes to its aspect-ratio bucket instead of the `resize` mode."""
+    (core.prep.buckets) each image goes to its aspect-ratio bucket instead of the `resize` mode."""
     import torch
 
     folder = Path(folder)
@@ -151,7 +151,7 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
         try:
             source = load_rgb(path)
             if bucketer is not None:
-                from core.training.buckets import resize_to_bucket
+                from core.prep.buckets import resize_to_bucket
 
                 im, crop = resize_to_bucket(source, bucketer)
             else:

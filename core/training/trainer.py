@@ -810,7 +810,7 @@ class Trainer:
     def _setup_data(self) -> None:
         cfg = self.config
         from core.training.dataset import build_dataset
-        from core.training.buckets import bucketer_for
+        from core.prep.buckets import bucketer_for
         from core.training.templates import load_template, render
 
         self.template = load_template(cfg.template)

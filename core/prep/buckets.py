@@ -1,6 +1,6 @@
 """Aspect-ratio buckets with kohya-ss/sd-scripts' semantics (`--enable_bucket`, `--min_bucket_reso`,
 `--max_bucket_reso`, `--bucket_reso_steps 64`, `--bucket_no_upscale`), so portraits and landscapes are trained whole
-instead of centre-cropped to a square. Torch-free (the doctor and the wizard use it).
+instead of centre-cropped to a square. Torch-free: the doctor, the wizard and the trainer share it.
 
 - With upscaling allowed, the buckets are fixed: the square of the training area, plus for every width from min_side
   to max_side (step 64) the largest height (a multiple of 64, at most max_side) whose area fits width x height, and
