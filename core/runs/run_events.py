@@ -142,6 +142,37 @@ class Command(str, Enum):
 
 _COMMAND_ALIASES = {"save-now": "save", "preview-now": "preview"}
 
+
+# ---- end reasons --------------------------------------------------------------------------------------------------
+class EndReason(str, Enum):
+    """Why a training ended without an error: the `reason` of `finished` (steps, auto_stop) and of `stopped` (stop,
+    interrupted), and of the trainer's outcome."""
+
+    STEPS = "steps"              # trained every step
+    AUTO_STOP = "auto_stop"      # the auto-stop rule found the validation loss flat
+    STOP = "stop"                # a stop command
+    INTERRUPTED = "interrupted"  # a signal (SIGTERM, SIGINT)
+
+    def __str__(self) -> str:
+        return self.value
+
+    __hash__ = str.__hash__
+
+    @property
+    def finished(self) -> bool:
+        """The run reached its end (every step, or the auto-stop rule); otherwise it stopped early, resumable."""
+        return self in (EndReason.STEPS, EndReason.AUTO_STOP)
+
+    @classmethod
+    def parse(cls, value: Any) -> "EndReason | None":
+        if isinstance(value, EndReason):
+            return value
+        try:
+            return cls(value)
+        except (ValueError, TypeError):
+            return None
+
+
 PRECISIONS = ("bf16", "fp16", "fp32")
 _PRECISION_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32",
                       "torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
@@ -330,7 +361,8 @@ class Stopped(RunEvent):
 
     TYPE: ClassVar[str] = "stopped"
     step: int = _help("the step it stopped at")
-    reason: str = _help("the trainer's reason: 'stop' (a stop command) or 'interrupted' (a signal)", "")
+    reason: EndReason = _help("the trainer's reason: 'stop' (a stop command) or 'interrupted' (a signal)",
+                              EndReason.STOP)
     pt: str = _help("the final NAME.pt, relative to the run folder", "")
     safetensors: str = _help("the final NAME.safetensors, relative to the run folder", "")
     best_step: int | None = _help("the suggested best step (lowest held-out loss, else the auto-stop rule's, else "
@@ -350,8 +382,8 @@ class Finished(RunEvent):
     step: int = _help("the last step")
     pt: str = _help("the final NAME.pt, relative to the run folder", "")
     safetensors: str = _help("the final NAME.safetensors, relative to the run folder", "")
-    reason: str | None = _help("why it ended: 'steps' (trained every step) or 'auto_stop' (the validation loss went "
-                               "flat: the auto-stop rule)", None)
+    reason: EndReason | None = _help("why it ended: 'steps' (trained every step) or 'auto_stop' (the validation "
+                                     "loss went flat: the auto-stop rule)", None)
     message: str | None = _help("the reason in words", None)
     best_step: int | None = _help("the suggested best step (lowest held-out loss, else the auto-stop rule's, else "
                                   "the checkpointed step with the lowest validation loss)", None)
