@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -99,19 +101,85 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
 def remove_stale_temps(folder: str | os.PathLike, subfolders: tuple[str, ...] = ()) -> list[Path]:
     """Delete temp files left by atomic writes that were killed mid-write (`.NAME.XXXX.tmp`) in `folder` and the
     named subfolders. Only for folders one process writes (a run folder at its worker's start): a live writer's temp
-    file would be removed too. Returns what was removed."""
+    file would be removed too. A subfolder that is a link is not entered, and only plain files with no other name are
+    removed (never what a link points at). Returns what was removed."""
     removed = []
     for sub in ("", *subfolders):
         where = Path(folder) / sub
+        if sub and is_link(where):
+            continue
         try:
             entries = list(where.iterdir())
         except OSError:
             continue
         for entry in entries:
-            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
-                try:
-                    entry.unlink()
-                    removed.append(entry)
-                except OSError:
-                    pass
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and remove_own_file(entry):
+                removed.append(entry)
     return removed
+
+
+# ---- never through a link: what a run or queue folder holds may come from an archive or a shared volume ---------------
+class LinkedFileError(OSError):
+    """A file we write in place (append, truncate, overwrite) is a link: its content belongs to something else."""
+
+
+def is_link(path: str | os.PathLike) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def link_problem(path: str | os.PathLike) -> str | None:
+    """Why writing `path` in place would change something outside it (a symbolic link, or a file with another name,
+    i.e. a hard link), else None (also when it does not exist)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"{path} is a symbolic link (to {target})"
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return f"{path} is a hard link (the file has {st.st_nlink} names)"
+    return None
+
+
+def open_own_file(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:
+    """`os.open` for a file we write in place, never through a link: LinkedFileError when `path` is a symbolic link,
+    a hard link or not a plain file (a FIFO would block). The caller closes the fd."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LinkedFileError(errno.ELOOP, link_problem(path) or f"{path} is a symbolic link", str(path)) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        why = link_problem(path) or f"{path} is not a plain file"
+        raise LinkedFileError(errno.EPERM, why, str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_own_text(path: str | os.PathLike, append: bool = True):
+    """A text file object appending to (or creating) `path`, never through a link (see `open_own_file`)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0)
+    return os.fdopen(open_own_file(path, flags), "a" if append else "w", encoding="utf-8")
+
+
+def remove_own_file(path: str | os.PathLike) -> bool:
+    """Delete `path` only when it is a plain file with no other name (never a link, a folder or a shared inode).
+    True when it was removed."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            return False
+        os.unlink(path)
+    except OSError:
+        return False
+    return True

@@ -163,7 +163,13 @@ def spawn_scheduler(queue_dir: Path, argv: list[str]):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     queue_dir.mkdir(parents=True, exist_ok=True)
-    with open(queue_dir / SCHEDULER_LOG, "ab") as log, open(os.devnull, "rb") as devnull:
+    from core.atomic import open_own_file
+
+    try:
+        log_fd = open_own_file(queue_dir / SCHEDULER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    except OSError as exc:  # never append through a link
+        raise TiwizError(f"cannot write {queue_dir / SCHEDULER_LOG}: {exc.strerror or exc}") from None
+    with os.fdopen(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
         return subprocess.Popen([sys.executable, "-m", "core.queue.scheduler", *argv], env=env, stdin=devnull,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
 

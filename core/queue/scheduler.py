@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.atomic import atomic_write_json
+from core.atomic import atomic_write_json, open_own_file, open_own_text
 from core.errors import TiwizError
 from core.queue import launch as launcher
 from core.queue.jobs import Job, list_jobs
@@ -58,7 +58,10 @@ def acquire_scheduler_lock(queue_dir: Path) -> int:
     import fcntl
 
     queue_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(queue_dir / SCHEDULER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = open_own_file(queue_dir / SCHEDULER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a link is never truncated: what it points at is not ours
+        raise TiwizError(f"cannot use {queue_dir / SCHEDULER_LOCK}: {exc.strerror or exc}") from None
     deadline = time.monotonic() + 1.0
     while True:
         try:
@@ -154,7 +157,7 @@ class Scheduler:
             print(line, flush=True)
         else:
             try:
-                with open(self.queue_dir / SCHEDULER_LOG, "a", encoding="utf-8") as fh:
+                with open_own_text(self.queue_dir / SCHEDULER_LOG) as fh:
                     fh.write(line + "\n")
             except OSError:
                 pass

@@ -6,7 +6,6 @@ viewer can die at any moment without touching the training.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from core.atomic import open_own_file, remove_own_file
 from core.runs import folder as runs
 from core.runs import run_events as ev
 from core.errors import TiwizError
@@ -99,6 +99,7 @@ def prepare_run(config, root: str | os.PathLike | None = None, name: str | None 
         raise TiwizError(f"{run_dir} already holds a training run ({marker}); `tiwiz resume {run_dir}` continues "
                          "it, or choose another output folder, or pass --overwrite to start over in it")
     run_dir.mkdir(parents=True, exist_ok=True)
+    runs.check_no_links(run_dir)
     if marker:  # --overwrite: keep the old log beside the new one rather than mixing two runs in one file
         old = run_dir / runs.EVENTS
         if old.exists():
@@ -124,6 +125,7 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_
     info = inspect_run(run_dir)
     if info.alive:
         raise TiwizError(f"{run_dir} is still training (pid {info.pid}); `tiwiz attach {run_dir}` to watch it")
+    runs.check_no_links(run_dir)
     if not (run_dir / runs.STATE).is_file():
         if not (run_dir / runs.CONFIG).is_file():
             raise TiwizError(f"nothing to resume in {run_dir}: it has no {runs.CONFIG} and no checkpoint")
@@ -131,8 +133,7 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_
         if steps is not None:
             config.steps = int(steps)
             config.to_toml(run_dir / runs.CONFIG)
-        with contextlib.suppress(FileNotFoundError):  # rows of the lost steps; the restart writes its own
-            os.unlink(run_dir / "loss.csv")
+        remove_own_file(run_dir / runs.LOSS)  # rows of the lost steps; the restart writes its own
         _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
         return run_dir
     config = TrainConfig.from_toml(run_dir / runs.CONFIG)
@@ -182,14 +183,8 @@ def _final_files_done(run_dir: Path, config) -> bool:
 
 def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: RunInfo | None = None,
            env_extra: dict | None = None) -> int:
-    # Stale commands from an earlier life (e.g. a `stop` the killed worker never read) must not hit the new one.
-    box = run_dir / runs.COMMANDS
-    box.mkdir(exist_ok=True)
-    for entry in os.scandir(box):
-        try:
-            os.unlink(entry.path)
-        except OSError:
-            pass
+    runs.check_no_links(run_dir)  # nothing below may write or delete through a link
+    runs.clear_commands(run_dir)  # a `stop` an earlier life never read must not stop the new one
     runs.write_status(run_dir, {
         "pid": None, "state": RunPhase.STARTING.value, "name": name, "step": previous.step if previous else 0,
         "max_steps": max_steps, "last_checkpoint": previous.last_checkpoint if previous else None,
@@ -201,7 +196,8 @@ def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: Run
     env.pop("TIWIZ_ALLOW_DATA_CHANGE", None)
     env.update(env_extra or {})
     cmd = [sys.executable, "-m", "core.runs.worker", str(run_dir)] + (["--resume"] if resume else [])
-    with open(run_dir / runs.LOG, "ab") as log, open(os.devnull, "rb") as devnull:
+    log_fd = open_own_file(run_dir / runs.LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    with os.fdopen(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
     try:  # record the pid unless the worker already wrote its own status (same pid: -m runs in this process)

@@ -17,6 +17,7 @@ RUN_DIR/
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.atomic import atomic_write_json, atomic_write_text
+from core.atomic import LinkedFileError, atomic_write_json, atomic_write_text, link_problem, open_own_file
 from core.errors import TiwizError
 from core.runs.run_events import Command, RunPhase
 
@@ -36,6 +37,12 @@ COMMANDS = "commands"
 LOCK = "worker.lock"
 LOG = "worker.log"
 STATE = "state/latest.pt"
+LOSS = "loss.csv"
+RESERVE = ".tiwiz-reserve"  # disk space the worker holds for its last words (core.runs.worker)
+# Every name of the layout: none may be a link, because the worker and `start`/`resume` write, truncate or delete
+# inside them (a run folder unpacked from an archive or on a shared volume must never make tiwiz touch the files a
+# link points at).
+LAYOUT = (CONFIG, EVENTS, STATUS, COMMANDS, LOCK, LOG, LOSS, RESERVE, "state", "embeddings", "previews")
 
 # status.json `state` is a RunPhase word. "starting" is written by whoever spawns the worker, before it runs.
 ACTIVE_STATES = tuple(p for p in RunPhase if p.active)
@@ -78,6 +85,15 @@ def write_status(run_dir: str | os.PathLike, status: dict) -> dict:
     return status
 
 
+def check_no_links(run_dir: str | os.PathLike) -> None:
+    """TiwizError naming every entry of the run folder's layout that is a link (symbolic, or a hard link of a file
+    we append to), before anything is written or deleted there. The run folder itself may be a link."""
+    problems = [problem for name in LAYOUT if (problem := link_problem(Path(run_dir) / name))]
+    if problems:
+        raise TiwizError(f"{'; '.join(problems)}: tiwiz never writes or deletes through a link in a run folder; "
+                         "remove the link (what it points at is left alone) and try again")
+
+
 # ---- liveness -----------------------------------------------------------------------------------------------------
 def pid_is_worker(pid, run_dir: str | os.PathLike | None = None) -> bool:
     """True when `pid` is a live `core.runs.worker` process (of `run_dir` when given): not a zombie, not a reused pid."""
@@ -111,7 +127,7 @@ def file_lock_is_held(path: str | os.PathLike) -> bool:
     import fcntl
 
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a link or a FIFO is no lock of ours
     except OSError:
         return False
     try:
@@ -149,7 +165,13 @@ def acquire_lock(run_dir: str | os.PathLike, wait_s: float = 1.0) -> WorkerLock:
 
     run_dir = Path(run_dir)
     path = run_dir / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = open_own_file(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except LinkedFileError as exc:
+        raise TiwizError(f"{exc.strerror}: tiwiz never writes through a link in a run folder; remove the link (what "
+                         "it points at is left alone) and try again") from None
+    except OSError as exc:
+        raise TiwizError(f"{path}: cannot open ({exc.strerror or exc})") from None
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -274,17 +296,18 @@ def repair_event_log(run_dir: str | os.PathLike) -> bool:
     The partial line stays in the file and readers skip it. Returns True when a repair was made."""
     path = Path(run_dir) / EVENTS
     try:
-        with open(path, "rb+") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size == 0:
-                return False
-            fh.seek(size - 1)
-            if fh.read(1) == b"\n":
-                return False
-            fh.write(b"\n")
-            return True
+        fd = open_own_file(path, os.O_RDWR)
     except FileNotFoundError:
         return False
+    with os.fdopen(fd, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return False
+        fh.write(b"\n")
+        return True
 
 
 # ---- commands/ ----------------------------------------------------------------------------------------------------
@@ -296,6 +319,9 @@ def send_command(run_dir: str | os.PathLike, command: str | Command) -> Path:
     if not run_dir.is_dir():
         raise TiwizError(f"{run_dir}: no such run folder")
     box = run_dir / COMMANDS
+    if link_problem(box):
+        raise TiwizError(f"{link_problem(box)}, not a folder: tiwiz never writes through a link in a run folder; the "
+                         "worker moves it aside at its next step, then try again")
     if box.exists() and not box.is_dir():
         raise TiwizError(f"{box} is not a folder; the worker replaces it at its next step, then try again")
     try:
@@ -304,82 +330,126 @@ def send_command(run_dir: str | os.PathLike, command: str | Command) -> Path:
         raise TiwizError(f"cannot write {box / parsed.value}: {exc.strerror or exc}") from None
 
 
+def _open_folder(path: Path) -> int:
+    """An fd of the folder `path` itself, never of what a link there points at (OSError ELOOP/ENOTDIR otherwise)."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename `path` (a file or a link, never followed) to a free `NAME.moved-aside-N` beside it."""
+    n = 1
+    while os.path.lexists(aside := path.with_name(f"{path.name}.moved-aside-{n}")):
+        n += 1
+    os.rename(path, aside)
+    return aside
+
+
+def clear_commands(run_dir: str | os.PathLike) -> None:
+    """Before a worker starts: drop the commands an earlier life never read (a `stop` sent to a killed worker must not
+    stop the new one). Only command files in the real commands/ folder are removed; anything else is left for the
+    worker, which reports it. Call `check_no_links` first: a link here raises OSError instead of being followed."""
+    box = Path(run_dir) / COMMANDS
+    with contextlib.suppress(FileExistsError):
+        box.mkdir()
+    fd = _open_folder(box)
+    try:
+        for entry in os.scandir(fd):
+            if Command.parse(entry.name) is not None and not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
 class CommandBox:
     """The worker's side of commands/: `take()` returns and consumes pending commands (cheap: one scandir).
 
-    It never raises: junk (a sub-folder, an unknown name, `commands` replaced by a file or removed) is removed where it
-    can be, the folder is recreated, and each problem is reported once in `warnings` (the worker emits them)."""
+    It never raises and never deletes through a link: files inside the real folder are consumed (unknown names
+    reported), a `commands` that is not a folder (a plain file, a link) is moved aside, never deleted or followed, and
+    an empty folder takes its place; each problem is reported once in `warnings` (the worker emits them)."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / COMMANDS
         self._seen_mtime: int | None = None
         self._reported: set[str] = set()
         self.warnings: list[str] = []
-        self._ensure_folder()
+        fd = self._open()
+        if fd is not None:
+            os.close(fd)
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._reported:
             self._reported.add(key)
             self.warnings.append(message)
 
-    def _ensure_folder(self) -> bool:
-        """True when commands/ is a folder (recreated if it was missing or replaced by a file)."""
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            self._warn("stat", f"cannot read {self.path}: {exc.strerror or exc}; commands are ignored")
-            return False
-        if st is not None and not _is_dir_mode(st.st_mode):
+    def _open(self) -> int | None:
+        """An fd of the real commands/ folder (made, or put in place of what is not a folder), or None."""
+        for _ in range(3):
             try:
-                os.unlink(self.path)
+                return _open_folder(self.path)
+            except FileNotFoundError:
+                pass
             except OSError as exc:
-                self._warn("file", f"{self.path} is not a folder and cannot be removed ({exc.strerror or exc}); "
-                                   "commands are ignored")
-                return False
-            self._warn("file", f"{self.path} was not a folder; replaced it with an empty commands folder")
-            st = None
-        if st is None:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    self._warn("open", f"cannot read {self.path}: {exc.strerror or exc}; commands are ignored")
+                    return None
+                self._replace_non_folder()
             try:
-                self.path.mkdir(parents=True, exist_ok=True)
+                self.path.mkdir()
+            except FileExistsError:
+                pass
             except OSError as exc:
                 self._warn("mkdir", f"cannot create {self.path}: {exc.strerror or exc}; commands are ignored")
-                return False
-        return True
+                return None
+        return None
+
+    def _replace_non_folder(self) -> None:
+        link = link_problem(self.path)
+        try:
+            aside = _move_aside(self.path)
+        except OSError as exc:
+            self._warn("file", f"{self.path} is not a folder and cannot be moved aside ({exc.strerror or exc}); "
+                               "commands are ignored")
+            return
+        what = f"{link}, not a folder" if link else f"{self.path} was not a folder"
+        self._warn(f"aside:{aside.name}", f"{what}: moved it aside to {aside.name} (nothing was deleted) and made an "
+                                          "empty commands folder")
 
     def take(self) -> list[Command]:
-        try:
-            st = os.stat(self.path)
-            is_dir = _is_dir_mode(st.st_mode)
-        except OSError:
-            is_dir = False
-        if not is_dir:
+        fd = self._open()
+        if fd is None:
             self._seen_mtime = None
-            self._ensure_folder()
             return []
-        # Unchanged since the last scan: skip it. Folder mtimes are coarse (a few ms), so trust only old ones.
-        if st.st_mtime_ns == self._seen_mtime and time.time() - st.st_mtime > 2.0:
-            return []
-        self._seen_mtime = st.st_mtime_ns
         try:
-            entries = sorted(os.scandir(self.path), key=_mtime)
-        except OSError:
-            return []
+            st = os.fstat(fd)
+            # Unchanged since the last scan: skip it. Folder mtimes are coarse (a few ms), so trust only old ones.
+            if st.st_mtime_ns == self._seen_mtime and time.time() - st.st_mtime > 2.0:
+                return []
+            self._seen_mtime = st.st_mtime_ns
+            try:
+                entries = sorted(os.scandir(fd), key=_mtime)
+            except OSError:
+                return []
+            return self._consume(fd, entries)
+        finally:
+            os.close(fd)
+
+    def _consume(self, fd: int, entries) -> list[Command]:
         taken: list[Command] = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue  # an atomic write in progress
             command = Command.parse(entry.name)
+            where = self.path / entry.name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    self._warn(f"dir:{entry.name}", f"ignored the folder {entry.path} (commands are files)")
+                    self._warn(f"dir:{entry.name}", f"ignored the folder {where} (commands are files)")
                     continue
-                os.unlink(entry.path)
+                os.unlink(entry.name, dir_fd=fd)  # an entry that is a link: the link goes, never its target
             except FileNotFoundError:
                 continue  # someone else consumed it
             except OSError as exc:
-                self._warn(f"rm:{entry.name}", f"cannot remove {entry.path}: {exc.strerror or exc}")
+                self._warn(f"rm:{entry.name}", f"cannot remove {where}: {exc.strerror or exc}")
                 continue
             if command is None:
                 self._warn(f"name:{entry.name}", f"ignored {entry.name!r} in {self.path}: not a command (one of "
@@ -389,15 +459,9 @@ class CommandBox:
         return taken
 
 
-def _is_dir_mode(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISDIR(mode)
-
-
 def _mtime(entry) -> float:
     try:
-        return entry.stat().st_mtime
+        return entry.stat(follow_symlinks=False).st_mtime
     except OSError:
         return 0.0
 

@@ -8,7 +8,6 @@ consumes commands/ between steps, and turns SIGTERM/SIGINT into a graceful stop 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
 import queue
@@ -20,6 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
+from core.atomic import open_own_text, open_own_file, remove_own_file
 from core.runs import folder as runs
 from core.runs import run_events as ev
 from core.runs.run_events import Command, RunPhase
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiwiz worker: {run_dir}: no such folder", file=sys.stderr)
         return 2
     try:
+        runs.check_no_links(run_dir)
         lock = runs.acquire_lock(run_dir)
     except TiwizError as exc:
         print(f"tiwiz worker: {exc}", file=sys.stderr, flush=True)
@@ -220,6 +221,7 @@ def train_in_process(run_dir: str | os.PathLike, resume: bool = False, observer=
     commands/), handing each event to `observer` as well. The first SIGINT/SIGTERM saves and stops; a second one
     aborts at once without saving. Returns 0 (finished or stopped) or 1 (failed)."""
     run_dir = Path(run_dir).resolve()
+    runs.check_no_links(run_dir)
     lock = runs.acquire_lock(run_dir)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -233,7 +235,7 @@ def train_in_process(run_dir: str | os.PathLike, resume: bool = False, observer=
 def _run_locked(run_dir: Path, resume: bool, observer=None, foreground: bool = False) -> int:
     if foreground:  # the terminal shows the progress; diagnostics go where a worker's go
         try:
-            log = open(run_dir / runs.LOG, "a", encoding="utf-8")
+            log = open_own_text(run_dir / runs.LOG)
         except OSError:
             log = open(os.devnull, "w")
     else:
@@ -319,30 +321,33 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
     return 0
 
 
-RESERVE = ".tiwiz-reserve"
+RESERVE = runs.RESERVE
 RESERVE_BYTES = 256 << 10
 
 
 def _reserve_space(run_dir: Path) -> Path | None:
     """Hold some disk space for the run's last words: when the disk fills up, deleting this file lets the worker
-    still write the error, the `exit` event and status.json "failed" (otherwise viewers can only say "killed")."""
+    still write the error, the `exit` event and status.json "failed" (otherwise viewers can only say "killed").
+    Never through a link: a link or a hard link by that name is left alone (no reserve)."""
     path = run_dir / RESERVE
     try:
-        with open(path, "wb") as fh:
+        fd = open_own_file(path, os.O_WRONLY | os.O_CREAT)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "wb") as fh:
             fh.write(b"\0" * RESERVE_BYTES)  # real blocks (a sparse file would free nothing)
             fh.flush()
             os.fsync(fh.fileno())
     except OSError:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        remove_own_file(path)
         return None
     return path
 
 
 def _release_reserve(path: Path | None) -> None:
     if path is not None:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        remove_own_file(path)
 
 
 def _stop_reason(trainer_reason: str | None, signals: list[str]) -> str:
