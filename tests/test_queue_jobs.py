@@ -110,7 +110,7 @@ def test_bad_job_file_fails_alone_at_run_time_and_on_finish_runs_once_per_drain(
     job = qjobs.load_job(queue, "broken")
     assert job.state == "failed" and "resize" in job.reason and job.lives == []
     assert finish_log.read_text() == "0/1/1 broken\n"
-    again = cli("queue", "run", "--foreground", env=env)  # the same drain: on-finish is remembered, not re-run
+    again = cli("queue", "run", "--foreground", "--on-finish", on_finish, env=env)  # the same drain: not re-run
     assert "already ran for this drain" in again.stdout
     assert finish_log.read_text() == "0/1/1 broken\n"
 

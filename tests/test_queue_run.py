@@ -51,7 +51,7 @@ def test_queue_survives_kills_and_matches_uninterrupted_runs(tmp_path, tmp_path_
         killed = wait_for(lambda: (i := runs.inspect_run(job.run_dir)).state == "killed" and i, "the worker to die")
         assert killed.step < STEPS
 
-        again = cli("queue", "run", env=env)  # no flags: the previous settings (2 slots, on-finish)
+        again = cli("queue", "run", "--on-finish", on_finish, env=env)  # the previous settings (2 slots)
         assert again.returncode == 0, again.stderr
         assert sched.read_scheduler(queue)["pid"] != first_pid
         wait_for(lambda: not sched.scheduler_alive(queue), "the queue to drain", interval=0.2)
@@ -76,7 +76,7 @@ def test_queue_survives_kills_and_matches_uninterrupted_runs(tmp_path, tmp_path_
     assert [(j["name"], j["state"], j["step"]) for j in listed["jobs"]] == \
         [(n, "finished", STEPS) for n in JOBS] + [("zbad", "failed", 0)]
     # Running the drained queue again does nothing, and --on-finish does not run a second time.
-    third = cli("queue", "run", "--foreground", env=env)
+    third = cli("queue", "run", "--foreground", "--on-finish", on_finish, env=env)
     assert "already ran for this drain" in third.stdout
     assert len(finish_log.read_text().splitlines()) == 1
 

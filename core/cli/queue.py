@@ -84,7 +84,7 @@ def register(subparsers) -> None:
                                    "pinned with CUDA_VISIBLE_DEVICES (or --slots workers on CPU), retries a dead "
                                    "worker from its checkpoint, and exits when the queue drains. Running it again "
                                    "after a reboot or a kill picks up where it was. Settings not given are those "
-                                   "of the previous `queue run`.")
+                                   "of the previous `queue run`, except --on-finish, which runs only when given.")
     where = s.add_mutually_exclusive_group()
     where.add_argument("--gpus", metavar="0,1,...", help="GPU ids to use, one worker each (default: every GPU)")
     where.add_argument("--slots", type=int, metavar="N", help="number of workers at once on CPU (default 1)")
@@ -94,7 +94,8 @@ def register(subparsers) -> None:
                                                             "checkpoint (default 2)")
     s.add_argument("--on-finish", metavar="CMD", help="shell command run once when the queue drains, with "
                                                       "TIWIZ_QUEUE_DONE, _FAILED, _STOPPED, _TOTAL, _FAILED_JOBS "
-                                                      "and _DIR set ('' clears it)")
+                                                      "and _DIR set; only a command given here runs (never one "
+                                                      "remembered from an earlier run)")
     s.add_argument("--foreground", action="store_true", help="schedule in this process (Ctrl-C stops gracefully)")
     s.set_defaults(func=cmd_run)
 
@@ -215,7 +216,11 @@ def cmd_run(args) -> int:
     from core.queue import launch, scheduler
 
     queue_dir = queue_dir_of(args).resolve()
-    settings = run_settings(args, scheduler.read_scheduler(queue_dir).get("settings") or {})
+    previous = scheduler.read_scheduler(queue_dir).get("settings") or {}
+    settings = run_settings(args, previous)
+    if args.on_finish is None and isinstance(previous, dict) and previous.get("on_finish"):
+        safe_print("note: the previous --on-finish command is not run again; give --on-finish on this command line "
+                   "to run one when the queue drains")
     if settings["ray"]:
         check_ray_installed()
     if args.foreground:

@@ -96,7 +96,9 @@ START_TIMEOUT_S = 120.0
 
 def scheduler_settings(previous: dict, gpus: str | None = None, slots: int | None = None, ray: str | None = None,
                        retries: int | None = None, on_finish: str | None = None) -> dict:
-    """The settings given, else the previous run's (`previous`), else the defaults (every GPU, else 1 CPU slot)."""
+    """The settings given, else the previous run's (`previous`), else the defaults (every GPU, else 1 CPU slot).
+    `on_finish` is only ever the one given here: a command is never read back from a file (scheduler.json is data,
+    and whoever can write the queue folder must not be able to make it run a shell command)."""
     from core.queue.scheduler import DEFAULT_RETRIES, detect_gpus
 
     if gpus is None and slots is None and ray is None:
@@ -119,7 +121,7 @@ def scheduler_settings(previous: dict, gpus: str | None = None, slots: int | Non
     if not isinstance(retries, int) or retries < 0:
         raise TiwizError(f"--retries {retries}: must be 0 or more")
     settings["retries"] = retries
-    settings["on_finish"] = on_finish if on_finish is not None else (previous.get("on_finish") or "")
+    settings["on_finish"] = on_finish or ""
     return settings
 
 

@@ -1,0 +1,50 @@
+"""Hostile queue folders and races (issue 25, items 27-38): nothing read back from disk runs as a command, concurrent
+adds never overwrite each other, deeply nested files are a clear error, edited job files are followed, names never
+leave the queue folder."""
+
+import json
+import os
+
+import pytest
+
+from core.errors import TiwizError
+from core.queue import jobs as qjobs
+from core.queue import launch
+from core.queue import scheduler as sched
+from queue_helpers import cli
+from train_helpers import make_images
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()  # `add` checks that paths exist; nothing here loads the model
+    data = make_images(tmp_path / "data", n=1)
+    root = tmp_path / "runs"
+    return model, data, root, {"TIWIZ_RUNS_DIR": str(root)}
+
+
+def write_config(path, **values):
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return path
+
+
+def test_on_finish_read_from_disk_never_runs(setup, tmp_path):
+    """Item 27: an on_finish written into scheduler.json is a data file, not a command: a plain `queue run` (and the
+    wizard's settings) never run it; only --on-finish given on the command line runs."""
+    model, data, root, env = setup
+    queue = root / "queue"
+    queue.mkdir(parents=True)
+    write_config(queue / "broken.toml", model=str(model), data=str(data), name="broken", resize="squash")
+    pwned = tmp_path / "PWNED"
+    (queue / sched.SCHEDULER).write_text(json.dumps({"state": "drained", "settings": {
+        "gpus": None, "slots": 1, "ray": "", "retries": 0, "on_finish": f"touch {pwned}"}}))
+    assert launch.scheduler_settings(sched.read_scheduler(queue)["settings"])["on_finish"] == ""  # the wizard's `s`
+    out = cli("queue", "run", "--foreground", env=env)
+    assert out.returncode == 1 and "broken: failed:" in out.stdout
+    assert not pwned.exists()
+    assert "not run again" in out.stdout + out.stderr  # says that the stored command was not run
+    given = tmp_path / "given"
+    (queue / "broken.state.json").unlink()  # queued again: a new drain
+    out = cli("queue", "run", "--foreground", "--on-finish", f"touch {given}", env=env)
+    assert given.exists() and not pwned.exists()
