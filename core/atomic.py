@@ -77,6 +77,28 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None], *,
     return path
 
 
+def atomic_create_text(path: str | os.PathLike, text: str) -> Path:
+    """Like `atomic_write_text`, but never replaces a file: FileExistsError when `path` exists (also when another
+    process creates it at the same moment). The complete file appears at once (a hard link of a finished temp file)."""
+    path = Path(path)
+    done = atomic_write_text(path.with_name(f"{temp_prefix(path.name)}{os.getpid()}.new{TEMP_SUFFIX}"), text)
+    try:
+        os.link(done, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:  # a file system without hard links: exclusive create, then the content
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        with open(path, "x", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        os.unlink(done)
+    _fsync_dir(path.parent)
+    return path
+
+
 def sync_folder(folder: str | os.PathLike) -> None:
     """fsync a folder, making the renames of earlier `sync_dir=False` writes into it durable."""
     _fsync_dir(Path(folder))

@@ -48,3 +48,25 @@ def test_on_finish_read_from_disk_never_runs(setup, tmp_path):
     (queue / "broken.state.json").unlink()  # queued again: a new drain
     out = cli("queue", "run", "--foreground", "--on-finish", f"touch {given}", env=env)
     assert given.exists() and not pwned.exists()
+
+
+def test_concurrent_adds_never_overwrite_each_other(setup, tmp_path):
+    """Item 28: eight `tiwiz queue add` of one config at once: eight jobs, each with its own name and run folder."""
+    import subprocess
+    import sys
+
+    from queue_helpers import ROOT
+
+    model, data, root, env = setup
+    config = write_config(tmp_path / "cat.toml", model=str(model), data=str(data), name="zxq-cat", steps=50)
+    procs = [subprocess.Popen([sys.executable, "-m", "core.cli", "queue", "add", str(config)], cwd=ROOT,
+                              env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    jobs = qjobs.list_jobs(root / "queue")
+    assert len(jobs) == 8, [j.name for j in jobs]
+    assert len({j.name for j in jobs}) == 8 and len({j.run_dir for j in jobs}) == 8
+    said = sorted(line.split()[1].rstrip(":") for out, _ in outs for line in out.splitlines()
+                  if line.startswith("added "))
+    assert said == sorted(j.name for j in jobs)

@@ -9,6 +9,7 @@ runs/queue/
   scheduler.log     what the scheduler did, one line each
   stop              dropped by `tiwiz queue stop`
   drained.json      the last drain's summary (so --on-finish runs once per drain)
+  .lock             flock held while jobs are added (names are picked under it)
 ```
 
 A job file without a state file (written by hand) is a queued job. Job states: queued, running, finished, failed,
@@ -17,6 +18,7 @@ stopped. The run folder is an ordinary run: `tiwiz attach`, `runs`, `stop` and `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.atomic import atomic_write_json
+from core.atomic import atomic_create_text, atomic_write_json, open_own_file
 from core.errors import TiwizError
 from core.runs import folder as runs
 
@@ -35,6 +37,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 QUEUE = "queue"
 STATE_SUFFIX = ".state.json"
+LOCK = ".lock"  # held while jobs are added (queue_lock)
 JOB_STATES = ("queued", "running", "finished", "failed", "stopped")
 FINAL_JOB_STATES = ("finished", "failed", "stopped")
 RESERVED = {runs.CONFIG[: -len(".toml")]}  # a job file `config.toml` would make the queue folder look like a run
@@ -262,13 +265,32 @@ def prepare_config(data: dict, where: str):
 def add_jobs(queue_dir: str | os.PathLike, entries: list[tuple[str | None, dict, str]],
              runs_root: str | os.PathLike | None = None) -> list[Job]:
     """Add jobs given as (job name or None, settings, where-for-messages). Every job is validated first; one bad job
-    adds none. Each job's run folder (`output`) defaults to RUNS_ROOT/JOB (RUNS_ROOT: the queue folder's parent)."""
+    adds none. Each job's run folder (`output`) defaults to RUNS_ROOT/JOB (RUNS_ROOT: the queue folder's parent).
+    Names are picked and the files created under the queue's lock, and a job file is never replaced, so concurrent
+    adds each get their own job."""
     queue_dir = Path(queue_dir).resolve()
     root = Path(runs_root).resolve() if runs_root is not None else queue_dir.parent
-    taken = {j.name for j in list_jobs(queue_dir)} | RESERVED
+    configs = [(name, prepare_config(data, where), where) for name, data, where in entries]
+    queue_dir.mkdir(parents=True, exist_ok=True)
+    with queue_lock(queue_dir):
+        prepared = _name_jobs(queue_dir, root, configs)
+        added = []
+        now = time.time()
+        for i, (name, config) in enumerate(prepared):
+            job = Job(queue_dir=queue_dir, name=name, run_dir=config.output, added=round(now + i * 1e-3, 3))
+            atomic_create_text(job.config_path, config.to_toml_text())  # FileExistsError: never over another job
+            job.save()
+            added.append(job)
+    return added
+
+
+def _name_jobs(queue_dir: Path, root: Path, configs: list) -> list:
+    """(name, config with its run folder) for each validated config: names unique in the queue, run folders unique."""
+    existing = list_jobs(queue_dir)
+    taken = {j.name for j in existing} | RESERVED | {p.name[: -len(".toml")] for p in _toml_entries(queue_dir)}
+    run_dirs = {j.run_dir for j in existing}
     prepared = []
-    for name, data, where in entries:
-        config = prepare_config(data, where)
+    for name, config, where in configs:
         name = job_name_from(name or config.name)
         name = _unique(name, taken, None if config.output else root)
         taken.add(name)
@@ -277,25 +299,36 @@ def add_jobs(queue_dir: str | os.PathLike, entries: list[tuple[str | None, dict,
             if not config.overwrite and any((out / m).exists() for m in (runs.STATE, runs.EVENTS)):
                 raise TiwizError(f"{where}: output: {out} already holds a training run; choose another folder, "
                                  "or set overwrite = true to start over in it")
-            if any(str(out) == j for j in _run_dirs(queue_dir)) or any(str(out) == p[1].output for p in prepared):
+            if str(out) in run_dirs or any(str(out) == p[1].output for p in prepared):
                 raise TiwizError(f"{where}: output: {out} is already the run folder of another job")
             config.output = str(out)
         else:
             config.output = str(root / name)
         prepared.append((name, config))
-    queue_dir.mkdir(parents=True, exist_ok=True)
-    added = []
-    now = time.time()
-    for i, (name, config) in enumerate(prepared):
-        job = Job(queue_dir=queue_dir, name=name, run_dir=config.output, added=round(now + i * 1e-3, 3))
-        config.to_toml(job.config_path)
-        job.save()
-        added.append(job)
-    return added
+    return prepared
 
 
-def _run_dirs(queue_dir: Path) -> list[str]:
-    return [j.run_dir for j in list_jobs(queue_dir)]
+def _toml_entries(queue_dir: Path) -> list[Path]:
+    try:
+        return [p for p in queue_dir.iterdir() if p.name.endswith(".toml")]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def queue_lock(queue_dir: Path):
+    """An exclusive flock on QUEUE/.lock for changes that read then write the queue (picking a job's name)."""
+    import fcntl
+
+    try:
+        fd = open_own_file(Path(queue_dir) / LOCK, os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        raise TiwizError(f"cannot lock the queue in {queue_dir}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _unique(name: str, taken: set[str], root: Path | None) -> str:
