@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.reactive import var
 
 from core.errors import TiwizError
+from core.runs.folder import default_root
 from tui.state import STAGES, WizardState, default_state_path, load_state, neighbour_stage, save_state
 
 SCREEN_CLASSES = {
@@ -56,7 +57,8 @@ class TiwizApp(App):
         self.state_path = Path(state_path) if state_path else default_state_path()
         self.saved_state = load_state(self.state_path) if state is None else None
         self.state = state if state is not None else WizardState()
-        self.runs_root = Path(runs_root) if runs_root else None
+        # the CLI's runs folder ($TIWIZ_RUNS_DIR or ./runs) unless given; absolute, so workers never depend on the cwd
+        self.runs_root = (Path(runs_root) if runs_root else default_root()).absolute()
         self.set_reactive(TiwizApp.image_protocol, image_protocol)
         self.attach_dir = Path(attach) if attach else None
         self.start_demo = demo
@@ -169,34 +171,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", metavar="DIR", help="where runs are kept (default: the runs folder)")
     parser.add_argument("--fresh", action="store_true", help="ignore the saved wizard state")
     parser.add_argument("--serve", metavar="PORT", type=int, nargs="?", const=8000,
-                        help="serve the wizard to a browser on localhost:PORT (needs textual-serve; default 8000)")
+                        help="serve the wizard to a browser instead: the same as `tiwiz serve --port PORT` (default "
+                             "8000; needs tiwiz[web])")
     return parser
 
 
-def serve(port: int, argv: list[str]) -> int:
-    """Run the wizard in browsers through textual-serve, bound to localhost (reach it with `ssh -L`)."""
-    try:
-        from textual_serve.server import Server
-    except ImportError:
-        print("tiwiz: error: --serve needs textual-serve: pip install textual-serve\n"
-              "(or, with textual-dev installed: textual serve --port 8000 \"tiwiz wizard\")", file=sys.stderr)
-        return 2
-    rest = [a for a in argv if not a.startswith("--serve")]
-    command = " ".join([sys.executable, "-m", "tui.main", "wizard", "--image-protocol", "halfcell", *rest])
-    Server(command, host="localhost", port=port, title="tiwiz").serve()
-    return 0
+def serve(args: argparse.Namespace) -> int:
+    """`tiwiz wizard --serve [PORT]`: `tiwiz serve --port PORT`, the served wizard getting this command's --runs,
+    --demo, --attach and --fresh."""
+    from core.cli import main as cli_main
+
+    argv = ["serve", "--port", str(args.serve)] + (["--runs", args.runs] if args.runs else [])
+    app_args = (["--demo"] if args.demo else []) + (["--fresh"] if args.fresh else [])
+    app_args += ["--attach", str(Path(args.attach).absolute())] if args.attach else []
+    return cli_main(argv + [f"--app-arg={arg}" for arg in app_args])
+
+
+def make_app(argv: list[str]) -> TiwizApp:
+    """The app exactly as `tiwiz ARGV` builds it (the wizard tests start it this way)."""
+    args = build_parser().parse_args(argv)
+    protocol = resolve_image_protocol(args.image_protocol)
+    state = WizardState() if args.fresh else None
+    return TiwizApp(state=state, runs_root=args.runs, image_protocol=protocol, attach=args.attach, demo=args.demo)
 
 
 def run_app(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv or [])
-    if args.serve:
-        return serve(args.serve, list(argv or []))
+    if args.serve is not None:
+        return serve(args)
     if args.attach and not Path(args.attach).is_dir():
         print(f"tiwiz: error: {args.attach} is not a run folder.", file=sys.stderr)
         return 2
-    protocol = resolve_image_protocol(args.image_protocol)
-    state = WizardState() if args.fresh else None
-    app = TiwizApp(state=state, runs_root=args.runs, image_protocol=protocol, attach=args.attach, demo=args.demo)
+    app = make_app(argv or [])
     app.run()
     if app.exit_message:
         print(app.exit_message)
