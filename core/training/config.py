@@ -33,6 +33,7 @@ CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "prediction_type": ("auto", "epsilon", "v_prediction"),
     "gradient_checkpointing": ("auto", "on", "off"),
+    "norm_mode": ("free", "clamp", "preserve"),
 }
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 SCHEDULE_MAX = {"lr": 10.0, "clip_grad_value": 1e6}  # beyond these, fp32 overflows or the vectors blow up
@@ -60,6 +61,7 @@ BOUNDS = {
     "preview_steps": (1, 1000),
     "preview_cfg": (0.0, None),
     "max_nan_steps": (1, None),
+    "norm_clamp_k": (0.1, 100.0),
 }
 
 HELP = {
@@ -103,6 +105,12 @@ HELP = {
                  "validate the average instead of the last step's vectors (0 = off, like A1111; 0.95 averages over "
                  "about 20 steps). On the shipped world model (5 seeds, bench/time_to_quality.py) 0.95 ended 0-0.02 "
                  "closer in colour distance, and no sooner good, than the raw vectors",
+    "norm_mode": "The vectors' length: free (A1111: not constrained); clamp: each vector at most norm_clamp_k times "
+                 "the mean norm of its text encoder's vocabulary; preserve: only the direction trains, each vector "
+                 "keeps its initial norm (DTI, arXiv 2512.13672; like OneTrainer's 'Preserve Embedding Norm'). "
+                 "Inflated norms make an embedding swamp the rest of a prompt. SDXL: each encoder's vectors on "
+                 "their own",
+    "norm_clamp_k": "norm_mode = clamp: the largest norm, in multiples of the vocabulary's mean token norm",
     "holdout": "Hold out this many training images: never trained on, their validation loss shows overfitting and "
                "picks the suggested best step (-1 = by dataset size: 1 per 8 images, at most 4, none under 8 "
                "images; 0 = off)",
@@ -178,6 +186,8 @@ class TrainConfig:
     auto_stop_window: int = 100
     auto_stop_threshold: float = 0.15
     ema_decay: float = 0.0
+    norm_mode: str = "free"
+    norm_clamp_k: float = 2.0
     holdout: int = -1
     buckets: bool = False
     bucket_min_side: int = 256
