@@ -19,6 +19,7 @@ from core.safe_text import safe_text
 # Order here is the order in `tiwiz --help`.
 COMMAND_MODULES = [
     "core.cli.wizard",     # wizard (the console script opens it before this parser)
+    "core.cli.serve",      # serve (the wizard and the runs' previews in a browser)
     "core.cli.train",      # train, demo
     "core.cli.runs",       # attach, runs, stop, resume
     "core.cli.queue",      # queue (add, remove, retry, run, stop)

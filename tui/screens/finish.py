@@ -18,6 +18,7 @@ from tui.run_view import RunView
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
 from tui.widgets.image_preview import ImagePreview
+from tui import web_links
 from core.install import copy_embedding, find_targets, is_sdxl, pick_file
 from core.runs.run_events import BEST_BASES
 
@@ -108,6 +109,7 @@ class FinishScreen(WizardScreen):
         Binding("m", "monitor", "Monitor"),
         Binding("n", "new", "New embedding"),
         Binding("q", "app.quit", "Quit"),
+        Binding("o", "previews_page", "Full size", show=False),  # named by the sheet's label (tui/web_links.py)
         Binding("ctrl+n", "next", "Next", show=False),  # the last stage: nothing comes next
     ]
 
@@ -124,7 +126,8 @@ class FinishScreen(WizardScreen):
             yield Label("Use it", classes="section")
             yield Static("", id="fin-usage")
             yield Static("", id="fin-snippet", classes="code", markup=False)
-            yield Label("Previews by step (previews/sheet.png)", classes="section", id="fin-sheet-label")
+            yield Label("Previews by step (previews/sheet.png · o: full size)", classes="section",
+                        id="fin-sheet-label")
             yield ImagePreview(id="fin-sheet")
 
     def on_mount(self) -> None:
@@ -256,6 +259,9 @@ class FinishScreen(WizardScreen):
     def watch_copy_best(self, best: bool) -> None:
         which = f"step {self.view.best_step}" if best else "the final embedding"
         self.show_message(f"c now copies {which} as {self.emb_name}.*", "info")
+
+    def action_previews_page(self) -> None:
+        web_links.open_previews(self.app, Path(self.state.run_dir).expanduser().resolve())
 
     def action_monitor(self) -> None:
         self.app.goto("monitor")

@@ -34,6 +34,7 @@ from tui.messages import RunEventsArrived, RunFollowFailed, RunHistoryLoaded, Ru
 from tui.run_view import TERMINAL_STATES, RunView
 from tui.screens.base import error_text, show_message
 from tui.screens.dialogs import ConfirmModal
+from tui import web_links
 from tui.widgets.image_preview import ImagePreview
 from tui.widgets.loss_plot import LossPlot, Series
 from tui.widgets.run_header import RunHeader
@@ -63,6 +64,7 @@ class MonitorScreen(Screen):
         Binding("r", "resume", "Resume"),
         Binding("f", "finish", "Finish"),
         Binding("i", "details", "Details"),
+        Binding("o", "previews_page", "Full size"),  # the previews page (tui/web_links.py)
         Binding("l", "latest", "Latest preview", show=False),
         Binding("escape", "leave", "Start screen", show=False),
         Binding("q", "detach", "Detach", show=False),
@@ -311,6 +313,9 @@ class MonitorScreen(Screen):
 
     def action_latest(self) -> None:
         self.pinned_step = self.detail_step = None
+
+    def action_previews_page(self) -> None:
+        web_links.open_previews(self.app, self.run_dir)
 
     def action_details(self) -> None:
         self.details_shown = not self.details_shown
