@@ -74,7 +74,7 @@ def test_add_tag_prepend_skips_captions_that_have_it(dataset):
     assert changed == 3  # astronaut, coffee (empty), rocket (missing -> created); chelsea already had it
     assert (folder / "astronaut.txt").read_text() == "SKS, a woman, space suit, photo"
     assert (folder / "coffee.txt").read_text() == "SKS"
-    assert (folder / "rocket.txt").read_text() == "SKS"
+    assert (folder / "rocket.txt").read_text() == "SKS, rocket"  # the file-name caption kept
     assert (folder / "chelsea.txt").read_bytes() == before["chelsea.txt"]
     assert (folder / "notes.txt").read_bytes() == before["notes.txt"]
     for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.png"):

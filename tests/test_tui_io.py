@@ -89,11 +89,13 @@ def test_caption_filter_uses_the_index_and_bulk_edits_run_in_a_worker(tmp_path, 
             await pilot.press("enter")
             await wait_idle(pilot)
             assert edits and edits[0] != threading.main_thread().name
-            assert "4 caption files changed" in str(screen.query_one("#message").content)
-            assert all(i.caption.startswith("tabby") for i in screen.index_items)  # the index re-read after it
+            assert "2 caption files changed" in str(screen.query_one("#message").content)  # the filtered ones
+            tagged = [i.image.name for i in screen.index_items if i.caption.startswith("tabby")]
+            assert tagged == ["photo-00.png", "photo-02.png"]  # the index re-read after it
             assert not screen.query_one("#cap-input").disabled
     asyncio.run(drive())
-    assert all((folder / f"photo-{i:02d}.txt").read_text().startswith("tabby") for i in range(4))
+    assert [i for i in range(3) if (folder / f"photo-{i:02d}.txt").read_text().startswith("tabby")] == [0, 2]
+    assert not (folder / "photo-03.txt").exists()
 
 
 def test_checks_that_read_folders_still_ask_first(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         "doctor",
         help="check a training image folder",
         description="Check a training folder: near-duplicates, images below the training size, extreme aspect "
-                    "ratios, missing/empty/over-long captions, mirrored copies of faces, too few images. "
+                    "ratios, missing/empty/over-long captions, tags (the trigger word already a tag, a tag on "
+                    "nearly every image, images with very few tags), mirrored copies of faces, too few images. "
                     "Exit status 0 when nothing is an error, 1 otherwise.",
     )
     p.add_argument("folder", metavar="DIR", help="folder of training images (captions are <stem>.txt beside them)")
@@ -20,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--height", type=int, default=512, help="training height (default 512)")
     p.add_argument("--buckets", action="store_true", help="show the aspect-ratio bucket of each image (as "
                    "`tiwiz train --buckets` assigns them: kohya's buckets, no upscaling, sides 256-1024)")
+    p.add_argument("--trigger", metavar="WORD", default="", help="the embedding's trigger word (its name): "
+                   "warn when the tag captions already use it as a tag")
     p.add_argument("--json", action="store_true", help="print {folder, findings, summary} as JSON")
     p.set_defaults(func=run)
 
@@ -32,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         from core.prep.buckets import Bucketer
 
         bucketer = Bucketer((args.width, args.height))
-    findings = diagnose(args.folder, width=args.width, height=args.height, bucketer=bucketer)
+    findings = diagnose(args.folder, width=args.width, height=args.height, bucketer=bucketer,
+                        trigger=getattr(args, "trigger", ""))
     counts = summary(findings)
     if args.json:
         json.dump({"folder": args.folder, "width": args.width, "height": args.height,

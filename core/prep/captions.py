@@ -209,6 +209,41 @@ def filter_items(items: Iterable[CaptionItem], text: str = "", *, tag: str | Non
     return out
 
 
+def tag_counts(items: Iterable[CaptionItem]) -> dict[str, int]:
+    """How many of the items' captions use each tag (first spelling seen), most used first, then by name."""
+    counts: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for item in items:
+        for k in dict.fromkeys(_key(t) for t in item.tags):
+            names.setdefault(k, next(t for t in item.tags if _key(t) == k))
+            counts[k] = counts.get(k, 0) + 1
+    return {names[k]: n for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+
+
+def caption_is_tags(caption: str) -> bool:
+    """Whether a caption reads as booru-style tags (`1girl, blue hair, twintails`): at least three comma-separated
+    parts of a few words each, rather than a sentence."""
+    parts = split_tags(caption)
+    if len(parts) < 3:
+        return False
+    words = sorted(len(p.split()) for p in parts)
+    return words[len(words) // 2] <= 3 and not any(p.endswith(".") for p in parts)
+
+
+def caption_language(items: Iterable[CaptionItem]) -> str:
+    """"tags" when most non-empty captions are tags, "sentences" when they are not, "none" without captions."""
+    captions = [i.caption for i in items if i.caption]
+    if not captions:
+        return "none"
+    tags = sum(caption_is_tags(c) for c in captions)
+    return "tags" if tags * 2 > len(captions) else "sentences"
+
+
+def same_tag(a: str, b: str) -> bool:
+    """Whether two tags are the same tag (case and whitespace ignored)."""
+    return _key(a) == _key(b)
+
+
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
 
@@ -243,14 +278,7 @@ class CaptionSet:
 
     def tag_counts(self) -> dict[str, int]:
         """How many captions use each tag (first spelling seen), most used first."""
-        counts: dict[str, int] = {}
-        names: dict[str, str] = {}
-        for item in self.items():
-            for t in dict.fromkeys(item.tags):
-                k = _key(t)
-                names.setdefault(k, t)
-                counts[k] = counts.get(k, 0) + 1
-        return {names[k]: n for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+        return tag_counts(self.items())
 
     # writing
 
@@ -263,8 +291,9 @@ class CaptionSet:
     def add_tag(self, tag: str, position: str = "append", images: Iterable[str | os.PathLike] | None = None,
                 progress: ProgressCallback | None = None) -> int:
         """Add `tag` to every caption (or to `images`) that lacks it, at the start (`prepend`) or end (`append`).
-        Images without a caption file get one. Returns how many files changed. `progress(done, total)` is called
-        as files are checked (for every bulk edit)."""
+        An image without a caption file gets one holding its file-name caption (what the trainer used until now)
+        with the tag, so removing the tag again gives the trainer the same caption as before. Returns how many files
+        changed. `progress(done, total)` is called as files are checked (for every bulk edit)."""
         tag = _clean_tag_argument(tag)
         if position not in ("prepend", "append"):
             raise TiwizError(f"Unknown position {position!r}; choose prepend or append.")
@@ -327,9 +356,9 @@ class CaptionSet:
             for done, image in enumerate(targets, 1):
                 caption = read_caption(image)
                 if caption is not None or create:
-                    tags = split_tags(caption)
+                    tags = split_tags(caption if caption is not None else clean_stem(image.stem))
                     new_tags = edit(list(tags))
-                    if new_tags != tags or caption is None:
+                    if new_tags != tags:
                         write_caption(image, join_tags(new_tags), sync_dir=False)
                         folders.add(image.parent)
                         changed += 1

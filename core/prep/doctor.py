@@ -7,32 +7,21 @@ will train but probably worse; "info" is advice.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
 from core.prep import phash
 from core.prep.captions import IMAGE_KINDS, CaptionSet
+from core.prep.doctor_captions import Finding, caption_findings, tag_findings
 from core.errors import TiwizError
-from core.tokens import TOKEN_LIMIT
 
 RECOMMENDED_MIN_IMAGES = 20
 RECOMMENDED_MAX_IMAGES = 50
 MIN_IMAGES_ERROR = 1
 EXTREME_ASPECT = 2.0  # the default centre crop would keep less than half of the picture
 SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass
-class Finding:
-    code: str
-    severity: str  # "error" | "warning" | "info"
-    files: list[str] = field(default_factory=list)  # names relative to the folder
-    message: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -83,10 +72,12 @@ def _groups(pairs: set[tuple[int, int]], n: int) -> list[list[int]]:
     return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def diagnose(folder: str | os.PathLike, width: int = 512, height: int = 512, bucketer=None) -> list[Finding]:
+def diagnose(folder: str | os.PathLike, width: int = 512, height: int = 512, bucketer=None,
+             trigger: str = "") -> list[Finding]:
     """Check a training folder; findings sorted by severity (errors first), then by code. With a `bucketer`
     (core.prep.buckets, aspect-ratio buckets) an info finding per bucket lists its images, and extreme aspect
-    ratios are no longer a warning (nothing is centre-cropped to the training shape)."""
+    ratios are no longer a warning (nothing is centre-cropped to the training shape). `trigger` (the embedding's
+    name) is checked against the tags of tag captions."""
     folder = Path(folder)
     if not folder.is_dir():
         raise TiwizError(f"{folder} is not a folder.")
@@ -109,7 +100,8 @@ def diagnose(folder: str | os.PathLike, width: int = 512, height: int = 512, buc
     findings += _size_findings(images, width, height, bucketer is None)
     if bucketer is not None:
         findings += _bucket_findings(images, bucketer)
-    findings += _caption_findings(items)
+    findings += caption_findings(items)
+    findings += tag_findings(items, trigger)
     findings += _duplicate_findings(images)
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(findings, key=lambda f: (order[f.severity], f.code, f.files))
@@ -157,22 +149,6 @@ def _size_findings(images: list[_Image], width: int, height: int, crop: bool = T
                                f"{im.name} is {w}×{h}: a {width}×{height} centre crop keeps "
                                f"{100 / max(ratio, 1 / ratio):.0f}% of it; use --split or --focal-crop, "
                                f"or crop it by hand."))
-    return out
-
-
-def _caption_findings(items) -> list[Finding]:
-    out = []
-    for item in items:
-        name = item.image.name
-        if item.is_missing:
-            out.append(Finding("missing-caption", "warning", [name],
-                               f"{name} has no caption file {item.caption_file.name}; the file name would be used."))
-        elif item.is_empty:
-            out.append(Finding("empty-caption", "warning", [name], f"{item.caption_file.name} is empty."))
-        elif item.over_limit:
-            out.append(Finding("long-caption", "warning", [name],
-                               f"{item.caption_file.name} has {item.tokens} CLIP tokens; only {TOKEN_LIMIT} fit in "
-                               f"one prompt chunk (with the template and embedding, fewer), the rest is cut."))
     return out
 
 

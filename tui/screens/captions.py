@@ -1,15 +1,19 @@
-"""Caption review: the image list beside a preview, the caption edited in place with its CLIP token count, bulk tag
-add/remove/replace, the dataset doctor's findings shown beside the image they concern, and the image's training
-size under the current training settings (its aspect-ratio bucket, or the centre crop).
+"""Caption review: the image list beside a preview, the caption edited in place with its CLIP token count, the tag
+view (every tag with its count), bulk tag add/remove/rename, the dataset doctor's findings shown beside the image
+they concern, and the image's training size under the current training settings (its aspect-ratio bucket, or the
+centre crop).
 
 The folder is read once, in a worker, into an index of every image and its caption; the filter works on that index
-in memory, edits update it, and bulk edits run in a worker (with progress) and re-read it."""
+in memory, edits update it, and bulk edits run in a worker (with progress) and re-read it. Only an edit writes a
+file: moving through images without caption files writes nothing. The doctor's caption and tag findings are
+recomputed from the index after every edit, so none stays after the edit that fixed it."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,20 +21,19 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from core.prep.captions import CaptionSet, filter_items, split_tags
+from core.prep.captions import CaptionSet, split_tags
 from core.tokens import TOKEN_LIMIT, count_tokens
 from tui.bucket_scan import SIZES, fit_text, wizard_config
 from tui.jobs import run_json
 from tui.messages import ImageSizesRead
 from tui.screens.base import WizardScreen, error_text
-from tui.screens.dialogs import PromptModal
+from tui.screens.caption_tags import BulkInput, TagEditing, TagList, filter_by, local_findings
 from tui.widgets.image_preview import ImagePreview
 from tui.widgets.inputs import OrderedInput
 
 
-BULK_PROGRESS_EVERY_S = 0.1
 SIZES_POST_EVERY_S = 0.2  # a big folder's image sizes arrive in batches this often
-CAPTION_PLACEHOLDER = "a caption: comma-separated tags or a sentence"
+CAPTION_PLACEHOLDER = "tags, or a sentence"
 
 
 def _finding_fields(f) -> tuple[list[str], str, str]:
@@ -43,15 +46,10 @@ def _finding_fields(f) -> tuple[list[str], str, str]:
 
 
 def item_label(item) -> str:
-    mark = " "
-    if item.is_missing:
-        mark = "∅"
-    elif item.over_limit:
-        mark = "!"
-    name = item.image.name
-    if len(name) > 22:
-        name = name[:21] + "…"
-    return f"{mark} {name:<22} {item.tokens:>3}t"
+    """One row of the image list: a mark (∅ no caption file, ! over the token limit), the token count, the name (the
+    list cuts it with an ellipsis where it is narrow, never wraps it)."""
+    mark = "∅" if item.is_missing else "!" if item.over_limit else " "
+    return f"{mark}{item.tokens:>3}t {item.image.name}"
 
 
 class CaptionInput(OrderedInput):
@@ -65,21 +63,24 @@ class CaptionInput(OrderedInput):
     ]
 
 
-class CaptionsScreen(WizardScreen):
+class CaptionsScreen(TagEditing, WizardScreen):
     STAGE = "captions"
     DEFAULT_CSS = """
-    #cap-left { width: 34; }
-    #cap-list { height: 1fr; }
+    #cap-left { width: 40%; max-width: 34; min-width: 22; }
+    #cap-list, #cap-tags { height: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     #cap-right { width: 1fr; padding-left: 1; }
     #cap-preview { height: 1fr; min-height: 4; }
     #cap-findings { height: auto; max-height: 4; }
+    #cap-bulk-row { height: auto; }
     """
     BINDINGS = [
-        # short descriptions: with Back, Next, Filter and Quit they fit an 80-column footer (the hint line explains)
-        Binding("f2", "add_tag", "+tag"),
-        Binding("f3", "remove_tag", "-tag"),
-        Binding("f4", "replace_tag", "Swap"),
-        Binding("f5", "toggle_findings", "Doctor"),
+        # short descriptions: with Back, Next, Filter and Quit they fit an 80-column footer (the hint line explains).
+        # Priority: the keys typed right after them go to the field they open, not the caption.
+        Binding("f2", "add_tag", "+tag", priority=True),
+        Binding("f3", "remove_tag", "-tag", priority=True),
+        Binding("f4", "replace_tag", "Rename", priority=True),
+        Binding("f5", "toggle_findings", "Doctor", show=False),  # in the hint line: the footer is full
+        Binding("f6", "toggle_tags", "Tags", priority=True),
         Binding("ctrl+f", "focus_filter", "Filter", priority=True),
         Binding("pagedown", "move(1)", "Next image", show=False),
         Binding("pageup", "move(-1)", "Prev image", show=False),
@@ -89,8 +90,10 @@ class CaptionsScreen(WizardScreen):
         super().__init__()
         self.items: list = []
         self.index = 0
-        self.findings: dict[str, list[tuple[str, str]]] = {}
+        self.findings: dict[str, list[tuple[str, str]]] = {}  # the doctor's image findings (the subprocess)
         self.general_findings: list[tuple[str, str]] = []
+        self.local: dict[str, list[tuple[str, str]]] = {}  # caption and tag findings, from the index
+        self.local_general: list[tuple[str, str]] = []
         self.filter_text = ""
         self.shown: Path | None = None  # the image whose caption the caption field holds
         self.total: int | None = None  # all images, when a filter shows fewer
@@ -103,21 +106,27 @@ class CaptionsScreen(WizardScreen):
         with Horizontal(classes="body"):
             with Vertical(id="cap-left"):
                 yield Static("", id="cap-count", classes="hint")
-                yield OrderedInput("", placeholder="filter: text in caption or name (ctrl+f)", id="cap-filter", compact=True)
+                yield OrderedInput("", placeholder="filter, or tag:NAME", id="cap-filter", compact=True)
                 yield OptionList(id="cap-list")
+                yield TagList(id="cap-tags")
             with Vertical(id="cap-right"):
                 yield ImagePreview(id="cap-preview")
                 yield Label("", id="cap-title")
                 yield Static("", id="cap-bucket", classes="hint", markup=False)
+                with Vertical(id="cap-bulk-row"):
+                    yield Static("", id="cap-bulk-label", markup=False)
+                    yield BulkInput("", id="cap-bulk", compact=True)
                 yield CaptionInput("", placeholder=CAPTION_PLACEHOLDER, id="cap-input")
                 yield Static("", id="cap-tokens")
                 yield Static("", id="cap-findings", classes="hint", markup=False)
                 yield Static("", id="cap-all-findings", markup=False)
-        yield Static("↑/↓ previous/next image, Enter next (captions save as you go) · f2/f3/f4 add, remove, "
-                     "replace a tag in every caption · f5 the doctor's findings", classes="hint keys-hint")
+        yield Static("↑↓ Enter: images (each saves) · f2 f3 f4: add, remove, rename a tag in the images shown · "
+                     "f5 doctor · f6 tags", classes="hint keys-hint")
 
     def on_mount(self) -> None:
         self.query_one("#cap-all-findings", Static).display = False
+        self.query_one("#cap-bulk-row").display = False
+        self.query_one("#cap-tags", TagList).display = False
         self.query_one("#cap-title", Label).update("Reading the captions…")
         self.query_one("#cap-input", Input).focus()
         self.load_index()
@@ -182,27 +191,42 @@ class CaptionsScreen(WizardScreen):
         self.items = list(self.index_items)
         if self.filter_text:
             total = len(self.items)
-            self.items = filter_items(self.items, self.filter_text)
+            self.items = filter_by(self.items, self.filter_text)
         menu = self.query_one("#cap-list", OptionList)
         menu.clear_options()
         for item in self.items:
             menu.add_option(Option(item_label(item), id=item.image.name))
         self.total = total
-        self._update_count()
+        self._index_changed()
         if keep is not None:
             names = [i.image for i in self.items]
             self.index = names.index(keep) if keep in names else 0
         self.show_item(min(self.index, max(len(self.items) - 1, 0)))
 
+    def _index_changed(self) -> None:
+        """After every read or edit of the index: the caption and tag findings, the header, the tag list."""
+        self.local, self.local_general = local_findings(self.index_items, self.state.name)
+        self._update_count()
+        tags = self.query_one("#cap-tags", TagList)
+        if tags.display:
+            tags.show_counts(self.index_items)
+
     def _update_count(self) -> None:
         """The header: images shown, uncaptioned, over the token limit, doctor findings (recounted on every edit)."""
+        tags = self.query_one("#cap-tags", TagList)
+        if tags.display:
+            order = "name" if tags.by_name else "count"
+            self.query_one("#cap-count", Static).update(
+                f"{len(tags.tags)} tags · by {order} (s sorts) · Enter finds")
+            return
         missing = sum(1 for i in self.items if i.is_missing)
         over = sum(1 for i in self.items if i.over_limit)
         n = len(self.items)
         shown = f"{n} of {self.total} images match" if self.total is not None else f"{n} images"
         text = f"{shown} · {missing} uncaptioned · {over} >{TOKEN_LIMIT}t"
         if self.doctor_count is not None:
-            text += f" · doctor: {self.doctor_count} finding{'s' if self.doctor_count != 1 else ''}"
+            count = self.doctor_count + sum(len(v) for v in self.local.values()) + len(self.local_general)
+            text += f" · doctor: {count} finding{'s' if count != 1 else ''}"
         self.query_one("#cap-count", Static).update(text)
 
     def show_item(self, index: int) -> None:
@@ -221,9 +245,7 @@ class CaptionsScreen(WizardScreen):
         self.query_one("#cap-title", Label).update(f"{index + 1}/{len(self.items)}  {item.image.name}")
         field = self.query_one("#cap-input", Input)
         self.shown = item.image
-        # no caption file: say what the trainer will use instead (the cleaned file name)
-        field.placeholder = (f"no caption file: the trainer uses “{item.training_caption}”" if item.is_missing
-                             else CAPTION_PLACEHOLDER)
+        field.placeholder = "no caption file yet" if item.is_missing else CAPTION_PLACEHOLDER
         with field.prevent(Input.Changed):
             field.value = item.caption
         field.cursor_position = len(item.caption)
@@ -232,6 +254,12 @@ class CaptionsScreen(WizardScreen):
         self._show_bucket(item.image.name)
 
     def _show_tokens(self, caption: str) -> None:
+        item = self.items[self.index] if self.items and 0 <= self.index < len(self.items) else None
+        if not caption and item is not None and item.is_missing:
+            # said on a line that wraps (a placeholder is cut at 80 columns): what the trainer uses instead
+            self.query_one("#cap-tokens", Static).update(
+                Text(f"No caption file: the trainer uses the file name, “{item.training_caption}”."))
+            return
         n = count_tokens(caption)
         tags = len(split_tags(caption))
         text = f"{n} tokens · {tags} tags"
@@ -240,9 +268,11 @@ class CaptionsScreen(WizardScreen):
         self.query_one("#cap-tokens", Static).update(text)
 
     def _show_findings(self, name: str) -> None:
-        lines = [f"{sev}: {msg}" for sev, msg in self.findings.get(name, [])]
-        if not lines and self.general_findings and self.index == 0:
-            lines = [f"{sev}: {msg}" for sev, msg in self.general_findings[:3]]
+        found = self.findings.get(name, []) + self.local.get(name, [])
+        general = self.general_findings + self.local_general
+        lines = [f"{sev}: {msg}" for sev, msg in found]
+        if not lines and general and self.index == 0:
+            lines = [f"{sev}: {msg}" for sev, msg in general[:3]]
         self.query_one("#cap-findings", Static).update("\n".join(lines[:4]))
 
     # --- editing -----------------------------------------------------------------------------------------------
@@ -252,7 +282,8 @@ class CaptionsScreen(WizardScreen):
         self._show_tokens(event.value)
 
     def save_current(self) -> None:
-        """Write the caption field to the image it was loaded for (never to whatever is highlighted now)."""
+        """Write the caption field to the image it was loaded for (never to whatever is highlighted now), and only
+        when it was edited: an image without a caption file whose field is still empty keeps having none."""
         if not self.items or self.shown is None:
             return
         index = next((i for i, it in enumerate(self.items) if it.image == self.shown), None)
@@ -260,7 +291,7 @@ class CaptionsScreen(WizardScreen):
             return
         item = self.items[index]
         text = self.query_one("#cap-input", Input).value.strip()
-        if text == item.caption and item.has_file:
+        if text == item.caption and (item.has_file or not text):
             return
         try:
             self.items[index] = self.caption_set.set_caption(item.image, text)  # one small atomic write
@@ -269,14 +300,16 @@ class CaptionsScreen(WizardScreen):
             return
         self.index_items = [self.items[index] if it.image == item.image else it for it in self.index_items]
         self.query_one("#cap-list", OptionList).replace_option_prompt_at_index(index, item_label(self.items[index]))
-        self._update_count()
+        self._index_changed()
+        if self.shown == item.image:
+            self._show_findings(item.image.name)
 
     def action_focus_filter(self) -> None:
         self.set_focus(self.query_one("#cap-filter", Input))  # at once: the keys after ctrl+f are for the filter
 
     @on(Input.Changed, "#cap-filter")
     def _filtered(self, event: Input.Changed) -> None:
-        """Show only the images whose caption or file name contains the text; bulk tag edits still cover all."""
+        """Show only the images whose caption or file name contains the text (`tag:NAME`: that have the tag)."""
         self.save_current()
         keep = self.items[self.index].image if self.items else None
         self.filter_text = event.value.strip()
@@ -306,69 +339,14 @@ class CaptionsScreen(WizardScreen):
     def _selected(self, event: OptionList.OptionSelected) -> None:
         self.query_one("#cap-input", Input).focus()
 
-    # --- bulk ----------------------------------------------------------------------------------------------------
+    @on(OptionList.OptionSelected, "#cap-tags")
+    def _tag_chosen(self, event: OptionList.OptionSelected) -> None:
+        self.find_by_tag()
 
-    def _bulk(self, question: str, apply) -> None:
-        """Ask for the tag, then run `apply(value, progress)` over every caption in a worker."""
-        self.save_current()
-
-        def answered(value: str | None) -> None:
-            if value is None or not value.strip():
-                return
-            self.query_one("#cap-input", Input).disabled = True  # no edit can race the bulk edit
-            self.run_bulk(apply, value.strip())
-
-        self.app.push_screen(PromptModal(question), answered)
-
-    @work(thread=True, exclusive=True, group="bulk", exit_on_error=False)
-    def run_bulk(self, apply, value: str) -> None:
-        shown = [0.0]
-
-        def progress(done: int, total: int) -> None:
-            now = time.monotonic()
-            if now - shown[0] >= BULK_PROGRESS_EVERY_S:
-                shown[0] = now
-                self.app.call_from_thread(self.show_message, f"Editing captions… {done}/{total}", "info")
-
-        changed, error, items = 0, None, None
-        try:
-            changed = apply(value, progress)
-        except Exception as exc:
-            error = exc
-        try:
-            items = self.caption_set.items()
-        except Exception as exc:
-            error = error or exc
-        self.app.call_from_thread(self._bulk_done, changed, error, items)
-
-    def _bulk_done(self, changed: int, error: BaseException | None, items: list | None) -> None:
-        field = self.query_one("#cap-input", Input)
-        field.disabled = False
-        if items is not None:
-            self.index_items = items
-            self.reload(keep=self.shown)
-        if error is not None:
-            self.show_message(error_text(error))
-        else:
-            self.show_message(f"{changed} caption file{'s' if changed != 1 else ''} changed.", "ok")
-        field.focus()
-
-    def action_add_tag(self) -> None:
-        self._bulk("Add this tag to every caption (at the start):",
-                   lambda tag, progress: self.caption_set.add_tag(tag, position="prepend", progress=progress))
-
-    def action_remove_tag(self) -> None:
-        self._bulk("Remove this tag from every caption:",
-                   lambda tag, progress: self.caption_set.remove_tag(tag, progress=progress))
-
-    def action_replace_tag(self) -> None:
-        def apply(text: str, progress) -> int:
-            if "=>" not in text:
-                raise ValueError("Write it as: old tag => new tag")
-            old, new = (part.strip() for part in text.split("=>", 1))
-            return self.caption_set.replace_tag(old, new, progress=progress)
-
-        self._bulk("Replace a tag everywhere, written as: old tag => new tag", apply)
+    @on(Input.Submitted, "#cap-bulk")
+    def _bulk_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.submit_bulk(event.value)
 
     # --- doctor --------------------------------------------------------------------------------------------------
 
@@ -377,6 +355,8 @@ class CaptionsScreen(WizardScreen):
 
     @work(exclusive=True, group="doctor", exit_on_error=False)
     async def run_doctor(self) -> None:
+        from core.prep.doctor_captions import CAPTION_CODES, TAG_CODES
+
         try:
             # exit 1 means "some finding is an error"; the findings are all printed either way
             result = await run_json(["doctor", self.state.dataset, "--json"], what="The dataset doctor",
@@ -387,6 +367,8 @@ class CaptionsScreen(WizardScreen):
         findings = result.get("findings", result) if isinstance(result, dict) else result
         self.findings, self.general_findings = {}, []
         for f in findings if isinstance(findings, list) else []:
+            if isinstance(f, dict) and f.get("code") in CAPTION_CODES + TAG_CODES:
+                continue  # computed from the index, kept current after every edit
             files, severity, message = _finding_fields(f)
             for file in files:
                 self.findings.setdefault(Path(file).name, []).append((severity, message))
@@ -401,9 +383,10 @@ class CaptionsScreen(WizardScreen):
             self._show_findings(self.items[self.index].image.name)
 
     def all_findings_text(self) -> str:
-        lines = [f"{sev}: {msg}" for sev, msg in self.general_findings]
-        for name, found in sorted(self.findings.items()):
-            lines += [f"{name}: {sev}: {msg}" for sev, msg in found]
+        lines = [f"{sev}: {msg}" for sev, msg in self.general_findings + self.local_general]
+        names = sorted(set(self.findings) | set(self.local))
+        for name in names:
+            lines += [f"{name}: {sev}: {msg}" for sev, msg in self.findings.get(name, []) + self.local.get(name, [])]
         return "\n".join(lines) if lines else "The doctor found nothing to report."
 
     def action_toggle_findings(self) -> None:

@@ -1,0 +1,127 @@
+"""The Captions screen writes a caption file only when the user edits one (issue 25, items 2 and 3).
+
+The app is started the way the `tiwiz` console script starts it (`tui.main.main([])` with the saved wizard state),
+then the user picks "Continue" on the Start screen; keys arrive in bursts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.tui_support import burst, gradient_png, wait_idle
+
+
+def console_app(monkeypatch, tmp_path, state: dict, argv: list[str] | None = None):
+    """The TiwizApp that `tiwiz` builds from `argv`, with `state` as the saved wizard state (TIWIZ_HOME in tmp)."""
+    import tui.main
+    from tui.app import TiwizApp
+
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / "wizard.json").write_text(json.dumps(state), encoding="utf-8")
+    monkeypatch.setenv("TIWIZ_HOME", str(home))
+    monkeypatch.setenv("TIWIZ_IMAGES", "halfcell")
+    built = []
+    monkeypatch.setattr(TiwizApp, "run", lambda self, *a, **k: built.append(self))
+    assert tui.main.main(list(argv or [])) == 0
+    return built[0]
+
+
+async def continue_saved(pilot) -> None:
+    """On the Start screen: the menu's "Continue" entry (second), then wait for the screen it opens."""
+    await wait_idle(pilot)
+    await burst(pilot, "down", "enter")
+    await wait_idle(pilot)
+
+
+def photo_folder(tmp_path, captions: dict[str, str]) -> tuple:
+    """Images named like a user's photos; `captions` gives the ones that have a caption file."""
+    ds = tmp_path / "photos"
+    stems = ["00012-cat_on_a_mat", "dog_in_snow", "red_car", "x-tree"]
+    for i, stem in enumerate(stems):
+        gradient_png(ds / f"{stem}.png", i)
+    for stem, text in captions.items():
+        (ds / f"{stem}.txt").write_text(text, encoding="utf-8")
+    return ds, stems
+
+
+def files(ds) -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(ds.glob("*.txt"))}
+
+
+def state_for(ds) -> dict:
+    return {"stage": "captions", "dataset": str(ds), "source": str(ds), "skip_preprocess": True}
+
+
+def test_browsing_writes_no_caption_file(monkeypatch, tmp_path):
+    ds, stems = photo_folder(tmp_path, {"red_car": "a red car"})
+    before = files(ds)
+    app = console_app(monkeypatch, tmp_path, state_for(ds))
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await continue_saved(pilot)
+            assert type(app.screen).__name__ == "CaptionsScreen"
+            await burst(pilot, "down", "down", "down", "up", "up", "up", "enter", "enter", "pagedown", "pageup")
+            await burst(pilot, "ctrl+f", *"dog", "enter", "ctrl+f", "ctrl+u", "enter", "down")
+            await burst(pilot, "escape")  # Back: leaving the screen saves only edits
+            await wait_idle(pilot)
+    asyncio.run(drive())
+    assert files(ds) == before
+
+
+def test_typing_a_caption_writes_it_and_clearing_a_new_one_writes_nothing(monkeypatch, tmp_path):
+    ds, stems = photo_folder(tmp_path, {})
+    app = console_app(monkeypatch, tmp_path, state_for(ds))
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await continue_saved(pilot)
+            # first image: typed, then erased before leaving (no edit in the end); second image: typed
+            await burst(pilot, *"abc", "ctrl+u", "down", *"a dog", "down")
+    asyncio.run(drive())
+    assert files(ds) == {"dog_in_snow.txt": "a dog"}
+
+
+def test_bulk_add_then_remove_keeps_the_file_name_caption(monkeypatch, tmp_path):
+    ds, stems = photo_folder(tmp_path, {"red_car": "a red car, street"})
+    app = console_app(monkeypatch, tmp_path, state_for(ds))
+    questions = []
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await continue_saved(pilot)
+            await burst(pilot, "f2")
+            questions.append(str(app.screen.query_one("#cap-bulk-label").content))
+            await burst(pilot, *"zxq", "enter")
+            await wait_idle(pilot)
+            added = files(ds)
+            await burst(pilot, "f3", *"zxq", "enter")
+            await wait_idle(pilot)
+            return added
+    added = asyncio.run(drive())
+    from core.prep.captions import training_caption
+
+    # the add said what happens to the images without a caption file
+    assert "3 images have no caption file" in questions[0]
+    assert "file name" in questions[0]
+    assert added["00012-cat_on_a_mat.txt"] == "zxq, cat on a mat"
+    assert added["red_car.txt"] == "zxq, a red car, street"
+    # the round trip gives every image the caption the trainer used before it
+    assert {s: training_caption(ds / f"{s}.png") for s in stems} == {
+        "00012-cat_on_a_mat": "cat on a mat", "dog_in_snow": "dog in snow", "red_car": "a red car, street",
+        "x-tree": "x-tree"}
+    assert all(p.stat().st_size > 0 for p in ds.glob("*.txt"))
+
+
+def test_bulk_remove_on_images_without_caption_files_writes_nothing(monkeypatch, tmp_path):
+    ds, stems = photo_folder(tmp_path, {"red_car": "a red car, street"})
+    app = console_app(monkeypatch, tmp_path, state_for(ds))
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await continue_saved(pilot)
+            await burst(pilot, "f3", *"street", "enter")
+            await wait_idle(pilot)
+    asyncio.run(drive())
+    assert files(ds) == {"red_car.txt": "a red car"}
