@@ -71,7 +71,9 @@ def tiwiz_steps(model: Path | str, data: Path, out: Path, steps: int, threads: i
     if precision == "bf16w":  # bf16 frozen weights under bf16 autocast: the trainer keeps fp32 on CPU
         import torch
 
-        Trainer._frozen_weights_dtype = lambda self: torch.bfloat16
+        import core.training.session as session
+
+        session.frozen_weights_dtype = lambda device, precision: torch.bfloat16
     fields = dict(model=str(model), data=str(data), name="benchemb", steps=steps, width=size, height=size,
                   save_every=0, preview_every=0, validate_every=0, device="cpu", vectors=4, init_text="a thing",
                   threads=threads, holdout=0, precision="fp32" if precision == "fp32" else "bf16")

@@ -912,10 +912,6 @@ def bench_ours(family, device, precision, spec, data, dry, window=None, between=
     out_dir = Path(tempfile.mkdtemp(prefix=f"tiwiz-gpu-ours-{family}-"))
     try:
         trainer = trainer_module.Trainer(TrainConfig.from_dict(settings), out_dir, CallbackSink(on_event))
-        if hasattr(trainer, "_frozen_weights_dtype"):
-            # it reads the family from the checkpoint's header; this model is in memory, so say it here
-            frozen = _frozen_dtype(family, device, precision)
-            trainer._frozen_weights_dtype = lambda: None if frozen == torch.float32 else frozen
         summary = trainer.run()
     except Exception as exc:
         if family == "sdxl" and not _trainer_knows_sdxl(trainer_module):
@@ -928,10 +924,10 @@ def bench_ours(family, device, precision, spec, data, dry, window=None, between=
             trainer_module.load_model = original
     times = [b - a for a, b in zip(ends, stamps[1:])]
     if len(times) < spec["warmup"] + spec["timed"]:
-        raise RuntimeError(f"only {len(times)} step events ({summary.get('state')}; {errors})")
+        raise RuntimeError(f"only {len(times)} step events ({summary.reason}; {errors})")
     out = _timing(times, spec)
     out.update(mem.report())
-    out["precision_used"] = trainer.precision.name
+    out["precision_used"] = trainer.session.precision.name
     out["weight_dtype"] = str(next(model.unet.parameters()).dtype).replace("torch.", "")
     if gc_by:
         out["gradient_checkpointing_by"] = gc_by
@@ -942,10 +938,11 @@ def bench_ours(family, device, precision, spec, data, dry, window=None, between=
 
 def _trainer_knows_sdxl(trainer_module) -> bool:
     """Whether the trainer uses the per-family conditioning (the SDXL work); before that, SDXL cannot train."""
+    import importlib
     import inspect
 
     try:
-        return "conditioning" in inspect.getsource(trainer_module)
+        return "conditioning" in inspect.getsource(importlib.import_module("core.training.update"))
     except (OSError, TypeError):
         return True
 

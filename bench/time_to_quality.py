@@ -67,26 +67,31 @@ def train(prep: dict, out: Path, seed: int, **overrides) -> dict:
     from core.events import ListSink
     from core.runs import run_events as ev
     from core.training.config import TrainConfig
+    from core.training import checkpoints
     from core.training.trainer import Trainer
 
     saves: list[tuple[int, float]] = []
+    real_save = checkpoints.save
 
-    class _Timed(Trainer):
-        def _save(self, final: bool = False):
-            t0 = time.monotonic()
-            try:
-                return super()._save(final)
-            finally:
-                saves.append((self.step, time.monotonic() - t0))
+    def timed_save(s, final: bool = False):
+        t0 = time.monotonic()
+        try:
+            return real_save(s, final)
+        finally:
+            saves.append((s.step, time.monotonic() - t0))
 
     cfg = dict(prep["config"], preview_every=0, seed=seed, output=str(out), holdout=0, threads=0)
     cfg.update(overrides)
     sink = ListSink()
-    summary = _Timed(TrainConfig.from_dict(cfg), out, sink).run()
+    checkpoints.save = timed_save  # the trainer saves through the module
+    try:
+        summary = Trainer(TrainConfig.from_dict(cfg), out, sink).run()
+    finally:
+        checkpoints.save = real_save
     events = _events(sink)
     elapsed = {e.step: e.elapsed - sum(d for s, d in saves if s < e.step) for e in events if isinstance(e, ev.Step)}
     return {"summary": summary, "events": events, "elapsed": elapsed, "out": out, "config": cfg,
-            "save_seconds": sum(d for s, d in saves if s <= summary["step"] and s)}
+            "save_seconds": sum(d for s, d in saves if s <= summary.step and s)}
 
 
 class Scorer:
@@ -126,7 +131,7 @@ def checkpoint_steps(run: dict) -> list[int]:
     from core.runs import run_events as ev
 
     steps = {e.step for e in run["events"] if isinstance(e, ev.Checkpoint) and e.safetensors}
-    return sorted(steps | {run["summary"]["step"]})
+    return sorted(steps | {run["summary"].step})
 
 
 def score_run(run: dict, scorer: Scorer, keep=lambda step: True) -> dict[int, float]:
@@ -134,9 +139,9 @@ def score_run(run: dict, scorer: Scorer, keep=lambda step: True) -> dict[int, fl
     so scoring the same checkpoint twice costs nothing."""
     cache = run.setdefault("scores", {})
     for step in checkpoint_steps(run):
-        if (keep(step) or step == run["summary"]["step"]) and step not in cache:
+        if (keep(step) or step == run["summary"].step) and step not in cache:
             cache[step] = scorer.ratio(checkpoint_file(run, step))
-    return {s: cache[s] for s in sorted(cache) if keep(s) or s == run["summary"]["step"]}
+    return {s: cache[s] for s in sorted(cache) if keep(s) or s == run["summary"].step}
 
 
 def score_until_good(run: dict, scorer: Scorer, fine: int, every: int, extra=()) -> dict[int, float]:
@@ -146,7 +151,7 @@ def score_until_good(run: dict, scorer: Scorer, fine: int, every: int, extra=())
     good = False
     for step in checkpoint_steps(run):
         due = step % fine == 0 if not good else (step % every == 0 or step in extra)
-        if due or step in extra or step == run["summary"]["step"]:
+        if due or step in extra or step == run["summary"].step:
             if step not in cache:
                 cache[step] = scorer.ratio(checkpoint_file(run, step))
             good = good or cache[step] < GOOD
@@ -180,8 +185,8 @@ def checkpoint_file(run: dict, step: int) -> Path:
     """The embedding file of `step` (a checkpoint, or the run's final files)."""
     from core.runs import run_events as ev
 
-    if step == run["summary"]["step"]:
-        return run["out"] / run["summary"]["safetensors"]
+    if step == run["summary"].step:
+        return run["out"] / run["summary"].safetensors
     return run["out"] / next(e.safetensors for e in run["events"] if isinstance(e, ev.Checkpoint) and e.step == step)
 
 
@@ -218,18 +223,18 @@ def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 4
     c = train(prep, workdir / "c", seed, steps=c_steps, save_every=fine, validate_every=c_every)
     # no hold-out: the suggested best step is where the rule fired (basis "flat"; a rule that never fired leaves the
     # checkpoint with the lowest validation loss as the suggestion, basis "validation", which is no stop)
-    fired = c["summary"].get("best_step") if c["summary"].get("best_basis") == "flat" else None
+    fired = c["summary"].best_step if c["summary"].best_basis == "flat" else None
     runs = {"a": a, "b": b, "c": c}
     stops = {"c": fired}
     if ema:  # (d): (c) with the vectors' moving average (ema_decay), which also moves where the rule fires
         runs["d"] = d = train(prep, workdir / "d", seed, steps=c_steps, save_every=fine, validate_every=c_every,
                               ema_decay=ema)
-        stops["d"] = d["summary"].get("best_step") if d["summary"].get("best_basis") == "flat" else None
+        stops["d"] = d["summary"].best_step if d["summary"].best_basis == "flat" else None
     for key, run in runs.items():
         grid = every * 2 if key == "a" else every
         stop = stops.get(key)
         ratios = score_until_good(run, scorer, fine, grid, extra=(stop,) if stop else ())
-        end = stop or run["summary"]["step"]
+        end = stop or run["summary"].step
         ratios_to_end = {s: r for s, r in ratios.items() if s <= end}
         step, secs = first_good(ratios_to_end, run["elapsed"])
         result[key] = {"steps_to_good": step, "seconds_to_good": secs, "final_step": end,

@@ -165,7 +165,7 @@ def test_bf16_training_run_on_cpu(one_thread, tiny_model_dir, tmp_path, unet_out
                          precision="bf16")
     sink = ListSink()
     summary = Trainer(config, tmp_path / "out", sink).run()
-    assert summary["state"] == "finished"
+    assert summary.finished
     started = sink.of_type("started")[0]
     assert (started["device"], started["precision"]) == ("cpu", "bf16")
     losses = [e["loss"] for e in sink.of_type("step")]

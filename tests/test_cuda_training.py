@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import core.models.loader as loader
 from core.events import ListSink
 from core.training.trainer import Trainer
 from train_helpers import make_images, tiny_config
@@ -37,29 +38,30 @@ def _unet_output_dtypes(trainer_holder: dict):
     """Forward hooks recording the dtype of the UNet's first linear layer's output (what autocast computes in)."""
     seen = []
 
-    def attach(trainer):
-        linear = next(m for m in trainer.model.unet.modules() if isinstance(m, torch.nn.Linear))
+    def attach(model):
+        linear = next(m for m in model.unet.modules() if isinstance(m, torch.nn.Linear))
         linear.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
 
     return seen, attach
 
 
-class HookedTrainer(Trainer):
-    """The real Trainer; `after_setup` runs once the model is loaded (to attach hooks for the assertions)."""
-
-    after_setup = None
-
-    def _setup_model(self):
-        super()._setup_model()
-        if self.after_setup:
-            self.after_setup(self)
-
-
-def _train(config, out, after_setup=None):
+def _train(config, out, after_load=None):
+    """The real Trainer; `after_load(model)` runs once the model is loaded (to attach hooks for the assertions)."""
     sink = ListSink()
-    trainer = HookedTrainer(config, out, sink)
-    trainer.after_setup = after_setup
-    summary = trainer.run()
+    trainer = Trainer(config, out, sink)
+    original = loader.load_model
+
+    def load_and_hook(*args, **kwargs):
+        model = original(*args, **kwargs)
+        if after_load:
+            after_load(model)
+        return model
+
+    loader.load_model = load_and_hook
+    try:
+        summary = trainer.run()
+    finally:
+        loader.load_model = original
     return trainer, sink, summary
 
 
@@ -69,14 +71,15 @@ def test_bf16_autocast_training(tiny_model_dir, data_dir, tmp_path):
     seen, attach = _unet_output_dtypes({})
     config = tiny_config(tiny_model_dir, data_dir, device="cuda", precision="auto", steps=4, lr="0.02")
     trainer, sink, summary = _train(config, tmp_path / "out", attach)
-    assert summary["state"] == "finished" and summary["step"] == 4
-    assert _started_precision(sink) == "bf16" and trainer.precision.name == "bf16"
-    assert trainer.scaler is None  # bf16 has fp32's exponent range: no loss scaling
+    assert summary.finished and summary.step == 4
+    assert _started_precision(sink) == "bf16" and trainer.session.precision.name == "bf16"
+    assert not trainer.session.scaler.is_enabled()  # bf16 has fp32's exponent range: no loss scaling
     assert seen and set(seen) == {torch.bfloat16}
-    assert trainer.vectors.device.type == "cuda" and trainer.vectors.dtype == torch.float32  # fp32 master copy
+    vectors = trainer.session.vectors
+    assert vectors.device.type == "cuda" and vectors.dtype == torch.float32  # fp32 master copy
     # frozen weights in bf16 for every family (half the memory, no per-forward weight casts)
-    assert {p.dtype for p in trainer.model.unet.parameters()} == {torch.bfloat16}
-    assert next(trainer.model.text_encoder.parameters()).dtype == torch.bfloat16
+    assert {p.dtype for p in trainer.session.model.unet.parameters()} == {torch.bfloat16}
+    assert next(trainer.session.model.text_encoder.parameters()).dtype == torch.bfloat16
     losses = [e["loss"] for e in sink.of_type("step")]
     assert len(losses) == 4 and all(map(torch.isfinite, torch.tensor(losses)))
     assert not [w for w in sink.of_type("warning") if "NaN" in w["message"]], sink.of_type("warning")
@@ -89,10 +92,10 @@ def test_fp16_with_grad_scaler_forced_even_where_bf16_is_native(tiny_model_dir, 
                          lr="0.02")
     out = tmp_path / "out"
     trainer, sink, summary = _train(config, out, attach)
-    assert summary["state"] == "finished" and summary["step"] == 6
+    assert summary.finished and summary.step == 6
     assert _started_precision(sink) == "fp16"
-    assert isinstance(trainer.scaler, torch.amp.GradScaler) and trainer.scaler.is_enabled()
-    assert next(trainer.model.unet.parameters()).dtype == torch.float32  # fp16 autocast keeps fp32 weights
+    assert trainer.session.scaler.is_enabled()
+    assert next(trainer.session.model.unet.parameters()).dtype == torch.float32  # fp16 autocast keeps fp32 weights
     assert seen and set(seen) == {torch.float16}
     state = torch.load(out / "state" / "latest.pt", weights_only=True)
     assert state["scaler"] and state["scaler"]["scale"] > 0  # the scaler ran and is saved for resume
@@ -118,14 +121,14 @@ def test_sdpa_is_used_in_the_unet(tiny_model_dir, data_dir, tmp_path, monkeypatc
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
 
-    def attach(trainer):
-        unet = trainer.model.unet
+    def attach(model):
+        unet = model.unet
         unet.register_forward_pre_hook(lambda *a: in_unet.__setitem__(0, True))
         unet.register_forward_hook(lambda *a: in_unet.__setitem__(0, False))
 
     config = tiny_config(tiny_model_dir, data_dir, device="cuda", steps=1)
     trainer, sink, summary = _train(config, tmp_path / "out", attach)
-    processors = trainer.model.unet.attn_processors
+    processors = trainer.session.model.unet.attn_processors
     assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
     assert calls, "the UNet never called torch.nn.functional.scaled_dot_product_attention"
     half = torch.bfloat16 if _native_bf16() else torch.float16

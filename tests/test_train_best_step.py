@@ -41,7 +41,7 @@ def test_without_holdout_or_a_flat_loss_the_best_is_the_checkpoint_with_the_lowe
     best_val, best = min((r["val_loss"], r["step"]) for r in rows if r["step"] in saved)
     assert all(r["holdout_loss"] is None for r in rows)
     end = next(e for e in events if isinstance(e, ev.Finished))
-    assert (end.best_step, end.best_basis) == (best, "validation") == (summary["best_step"], summary["best_basis"])
+    assert (end.best_step, end.best_basis) == (best, "validation") == (summary.best_step, summary.best_basis)
     assert end.best_checkpoint == f"embeddings/tcat-{best}.safetensors" and (out / end.best_checkpoint).is_file()
     # the lowest validation loss overall may fall on a step without a checkpoint: never suggested
     assert best_val == min(r["val_loss"] for r in rows if r["step"] in saved)
@@ -73,7 +73,7 @@ def test_resume_keeps_the_best_step_and_an_old_run_resumes_with_its_old_loss_csv
     opts = dict(validate_every=2, save_every=2, lr="0.05")
     out = tmp_path / "run"
     first, _ = train(tiny_config(tiny_model_dir, data, steps=4, **opts), out)
-    assert first["best_basis"] == "validation" and first["best_step"] in (2, 4)
+    assert first.best_basis == "validation" and first.best_step in (2, 4)
 
     # Make it a run written before `holdout_loss` and `best_val_checkpoint` existed: 6-column loss.csv, no key.
     lines = (out / "loss.csv").read_text().splitlines()
@@ -83,13 +83,13 @@ def test_resume_keeps_the_best_step_and_an_old_run_resumes_with_its_old_loss_csv
     before = read_loss_csv(out / "loss.csv")
     assert [r["step"] for r in before] == [0, 1, 2, 3, 4] and all(r["holdout_loss"] is None for r in before)
     state = load_state(out / "state" / "latest.pt")
-    assert state.pop("best_val_checkpoint")[0] == first["best_step"]
+    assert state.pop("best_val_checkpoint")[0] == first.best_step
     save_state(out / "state" / "latest.pt", state)
 
     # A later life: the best step known at its first validation (step 6, before step 6 is saved) is the first life's.
     _, events = train(tiny_config(tiny_model_dir, data, steps=8, **opts), out, resume=True)
     val6 = next(e for e in events if isinstance(e, ev.Validation) and e.step == 6)
-    assert (val6.best_step, val6.best_basis) == (first["best_step"], "validation")
+    assert (val6.best_step, val6.best_basis) == (first.best_step, "validation")
     lines = (out / "loss.csv").read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS)  # rewritten in the current layout on resume
     after = read_loss_csv(out / "loss.csv")

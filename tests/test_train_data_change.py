@@ -37,7 +37,7 @@ def test_allowed_data_change_trains_on_what_is_there_now(tiny_model_dir, tmp_pat
     trainer = Trainer(tiny_config(tiny_model_dir, data, steps=4, batch_size=2), out, sink := ListSink())
     trainer.allow_data_change = True
     summary = trainer.run(resume=True)
-    assert summary["state"] == "finished" and summary["step"] == 4
+    assert summary.finished and summary.step == 4
     assert any("6 files removed" in w["message"] for w in sink.of_type("warning")), sink.events[0]["message"]
 
 

@@ -18,7 +18,7 @@ def test_a_full_disk_during_a_checkpoint_is_reported_in_words(tiny_model_dir, tm
     out = small_disk / "run"
     sink = ListSink()
     trainer = Trainer(tiny_config(tiny_model_dir, data, steps=20, save_every=2), out, sink)
-    trainer.poll_commands = lambda: (fill_disk(small_disk) and None) if trainer.step == 3 else []
+    trainer.poll_commands = lambda: (fill_disk(small_disk) and None) if trainer.session.step == 3 else []
     with pytest.raises(TiwizError) as err:
         trainer.run()
     message = str(err.value)

@@ -8,14 +8,15 @@ import pytest
 
 from core.errors import TiwizError
 from core.events import ListSink
-from core.training.trainer import NORM_LIMIT_FACTOR, Trainer
+from core.training.guard import NORM_LIMIT_FACTOR
+from core.training.trainer import Trainer
 from train_helpers import make_images, one_thread, tiny_config  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _limit(trainer) -> float:
-    weight = trainer.model.text_encoder.get_input_embeddings().weight.detach()
+    weight = trainer.session.model.text_encoder.get_input_embeddings().weight.detach()
     return NORM_LIMIT_FACTOR * float(weight.norm(dim=1).max())
 
 
@@ -24,8 +25,8 @@ def test_a_huge_lr_never_keeps_blown_up_vectors(tiny_model_dir, tmp_path):
     sink = ListSink()
     trainer = Trainer(tiny_config(tiny_model_dir, data, steps=3, lr="10", max_nan_steps=20), tmp_path / "out", sink)
     summary = trainer.run()
-    assert summary["state"] == "finished" and summary["step"] == 3
-    assert float(trainer.vectors.detach().norm(dim=1).max()) <= _limit(trainer)
+    assert summary.finished and summary.step == 3
+    assert float(trainer.session.vectors.detach().norm(dim=1).max()) <= _limit(trainer)
     messages = [w["message"] for w in sink.of_type("warning")]
     assert any("norm reached" in m for m in messages), messages
     assert any("rolled back to the checkpoint at step 0" in m and "halved" in m for m in messages), messages

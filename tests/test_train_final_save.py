@@ -27,7 +27,7 @@ def test_resume_after_a_kill_in_the_final_save_writes_the_final_files(tiny_model
     (out / "tcat.safetensors").unlink()
     sink = ListSink()
     summary = Trainer(tiny_config(tiny_model_dir, data, steps=4, save_every=2), out, sink).run(resume=True)
-    assert summary["state"] == "finished" and summary["step"] == 4
+    assert summary.finished and summary.step == 4
     assert sink.of_type("finished")[0]["step"] == 4
     assert (out / "tcat.pt").is_file()
     torch.testing.assert_close(_st_vectors(out / "tcat.safetensors"), _st_vectors(out / "embeddings/tcat-4.safetensors"))
@@ -44,7 +44,7 @@ def test_stale_final_files_from_an_earlier_end_are_replaced(tiny_model_dir, tmp_
 
     save_file({"tcat": stale}, str(out / "tcat.safetensors"), metadata={"step": "2", "name": "tcat"})
     summary = Trainer(tiny_config(tiny_model_dir, data, steps=4, save_every=2), out, ListSink()).run(resume=True)
-    assert summary["state"] == "finished" and summary["step"] == 4
+    assert summary.finished and summary.step == 4
     torch.testing.assert_close(_st_vectors(out / "tcat.safetensors"), _st_vectors(out / "embeddings/tcat-4.safetensors"))
 
 

@@ -35,10 +35,10 @@ def test_held_out_images_are_never_trained_on(tiny_model_dir, tmp_path, monkeypa
     sink = ListSink()
     trainer = Trainer(cfg, tmp_path / "run", sink)
     summary = trainer.run()
-    held = set(trainer.holdout_indices)
-    assert len(held) == 2 and len(trainer.train_indices) == 8
+    held = set(trainer.session.holdout_indices)
+    assert len(held) == 2 and len(trainer.session.train_indices) == 8
     assert trained and held.isdisjoint(trained)
-    assert set(trained) == set(trainer.train_indices)  # 12 steps x 3 = 4.5 epochs: every training image was used
+    assert set(trained) == set(trainer.session.train_indices)  # 12 steps x 3 = 4.5 epochs: every image used
     events = [ev.parse(e) if isinstance(e, dict) else e for e in sink.events]
     started = next(e for e in events if isinstance(e, ev.Started))
     assert started.n_holdout == 2
@@ -49,10 +49,10 @@ def test_held_out_images_are_never_trained_on(tiny_model_dir, tmp_path, monkeypa
     assert any(v.holdout_loss != v.val_loss for v in vals)
     losses = [(v.holdout_loss, v.step) for v in vals]
     best = min(losses)[1]  # argmin (the first of equals)
-    assert summary["best_step"] == best == vals[-1].best_step
+    assert summary.best_step == best == vals[-1].best_step
     end = next(e for e in events if isinstance(e, (ev.Finished, ev.Stopped)))
     assert end.best_step == best
-    assert end.best_basis == summary["best_basis"] == "holdout" and all(v.best_basis == "holdout" for v in vals)
+    assert end.best_basis == summary.best_basis == "holdout" and all(v.best_basis == "holdout" for v in vals)
     # loss.csv records the held-out loss beside the validation loss, on the validation steps only
     rows = read_loss_csv(tmp_path / "run" / "loss.csv")
     assert [(r["step"], r["holdout_loss"]) for r in rows if r["holdout_loss"] is not None] == \
@@ -69,7 +69,7 @@ def test_small_datasets_hold_nothing_out(tiny_model_dir, tmp_path):
     sink = ListSink()
     trainer = Trainer(cfg, tmp_path / "run", sink)
     trainer.run()
-    assert trainer.holdout_indices == []
+    assert trainer.session.holdout_indices == []
     events = [ev.parse(e) if isinstance(e, dict) else e for e in sink.events]
     assert any(isinstance(e, ev.Warning) and "holdout 2 ignored" in e.message for e in events)
     assert all(e.holdout_loss is None for e in events if isinstance(e, ev.Validation))

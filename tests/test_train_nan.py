@@ -36,11 +36,11 @@ def test_nan_step_rolls_back_and_training_continues(tiny_model_dir, tmp_path, mo
 
     def record(event):
         sink.events.append(event)
-        seen.append((event, trainer.vectors.detach().clone() if hasattr(trainer, "vectors") else None))
+        seen.append((event, trainer.session.vectors.detach().clone() if trainer.session else None))
 
     trainer = Trainer(cfg, tmp_path / "out", CallbackSink(record))
     summary = trainer.run()
-    assert summary["state"] == "finished" and summary["step"] == 4
+    assert summary.finished and summary.step == 4
     warnings = [e for e in sink.of_type("warning") if "NaN" in e["message"]]
     assert len(warnings) == 1 and "rolled back" in warnings[0]["message"]
     # the vectors after the rollback equal the vectors after step 2
@@ -48,7 +48,7 @@ def test_nan_step_rolls_back_and_training_continues(tiny_model_dir, tmp_path, mo
     at_warning = next(v for e, v in seen if e["type"] == "warning")
     assert torch.equal(after_step2, at_warning)
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in sink.of_type("step"))
-    assert torch.isfinite(trainer.vectors).all()
+    assert torch.isfinite(trainer.session.vectors).all()
 
 
 def test_persistent_nan_stops_with_error(tiny_model_dir, tmp_path, monkeypatch):
@@ -73,7 +73,7 @@ def test_failed_preview_is_a_warning_not_the_end(tiny_model_dir, tmp_path, monke
     data = make_images(tmp_path / "data", n=1)
     sink = ListSink()
     summary = Trainer(tiny_config(tiny_model_dir, data, steps=2, preview_every=1), tmp_path / "out", sink).run()
-    assert summary["state"] == "finished" and summary["step"] == 2
+    assert summary.finished and summary.step == 2
     assert sum("preview at step" in e["message"] for e in sink.of_type("warning")) == 2
 
 
@@ -81,5 +81,5 @@ def test_schedule_that_ends_early_stops_there_and_says_so(tiny_model_dir, tmp_pa
     data = make_images(tmp_path / "data", n=1)
     sink = ListSink()
     summary = Trainer(tiny_config(tiny_model_dir, data, steps=50, lr="0.01:2, 0.005:3"), tmp_path / "out", sink).run()
-    assert summary["step"] == 3 and sink.of_type("started")[0]["max_steps"] == 3
+    assert summary.step == 3 and sink.of_type("started")[0]["max_steps"] == 3
     assert any("ends at step 3" in e["message"] for e in sink.of_type("warning"))

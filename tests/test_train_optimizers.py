@@ -62,7 +62,7 @@ def test_prodigy_trains_and_resumes_exactly(tiny_model_dir, tmp_path):
 
     split = tmp_path / "split"
     first = Trainer(tiny_config(tiny_model_dir, data, **opts), split, ListSink())
-    first.poll_commands = lambda: ["stop"] if first.step == 2 else []
+    first.poll_commands = lambda: ["stop"] if first.session.step == 2 else []
     first.run()
     Trainer(tiny_config(tiny_model_dir, data, **opts), split, ListSink()).run(resume=True)
     again = torch.load(split / "tcat.pt", weights_only=True)["string_to_param"]["*"]

@@ -26,7 +26,7 @@ def run(one_thread, tiny_model_dir, tmp_path_factory):
 
 def test_files_written(run):
     cfg, out, sink, summary = run
-    assert summary["state"] == "finished" and summary["step"] == 4
+    assert summary.finished and summary.step == 4
     for rel in ["tcat.pt", "tcat.safetensors", "embeddings/tcat-2.pt", "embeddings/tcat-2.safetensors",
                 "embeddings/tcat-4.pt", "embeddings/tcat-4.safetensors", "previews/tcat-2.png", "previews/tcat-4.png",
                 "loss.csv", "config.toml", "state/latest.pt"]:

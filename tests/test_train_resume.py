@@ -7,6 +7,7 @@ from core.errors import TiwizError
 from core.events import ListSink
 from core.runs.lossfile import read_loss_csv
 from core.training.trainer import Trainer
+from core.runs.run_events import EndReason
 from train_helpers import make_images, tiny_config, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,13 +30,13 @@ def test_resume_is_exact(tiny_model_dir, tmp_path):
 
     split = tmp_path / "split"
     first = Trainer(tiny_config(tiny_model_dir, data, steps=12, **OPTIONS), split, ListSink())
-    first.poll_commands = lambda: ["stop"] if first.step == 6 else []
+    first.poll_commands = lambda: ["stop"] if first.session.step == 6 else []
     summary = first.run()
-    assert summary["state"] == "stop" and summary["step"] == 6
+    assert summary.reason is EndReason.STOP and summary.step == 6
 
     sink = ListSink()
     summary = Trainer(tiny_config(tiny_model_dir, data, steps=12, **OPTIONS), split, sink).run(resume=True)
-    assert summary["state"] == "finished" and summary["step"] == 12
+    assert summary.finished and summary.step == 12
     assert sink.of_type("started")[0]["step"] == 6
     torch.testing.assert_close(_vectors(split), _vectors(straight), rtol=0, atol=1e-5)
 
@@ -60,7 +61,7 @@ def test_resume_to_more_steps_and_from_a_killed_run(tiny_model_dir, tmp_path):
         Trainer(tiny_config(tiny_model_dir, data, steps=4), out, ListSink()).run(resume=True)
     sink = ListSink()
     summary = Trainer(tiny_config(tiny_model_dir, data, steps=7, save_every=2), out, sink).run(resume=True)
-    assert summary["step"] == 7 and sink.of_type("started")[0]["max_steps"] == 7
+    assert summary.step == 7 and sink.of_type("started")[0]["max_steps"] == 7
     assert [r["step"] for r in read_loss_csv(out / "loss.csv")] == [1, 2, 3, 4, 5, 6, 7]
     assert (out / "embeddings" / "tcat-6.pt").is_file() and (out / "tcat.pt").is_file()
 
@@ -75,9 +76,9 @@ def test_request_stop_saves_and_stops(tiny_model_dir, tmp_path):
     data = make_images(tmp_path / "data", n=2)
     sink = ListSink()
     trainer = Trainer(tiny_config(tiny_model_dir, data, steps=50), tmp_path / "out", sink)
-    trainer.poll_commands = lambda: (trainer.request_stop() if trainer.step == 3 else None) or []
+    trainer.poll_commands = lambda: (trainer.request_stop() if trainer.session.step == 3 else None) or []
     summary = trainer.run()
-    assert summary["state"] == "interrupted" and summary["step"] == 3
+    assert summary.reason is EndReason.INTERRUPTED and summary.step == 3
     stopped = sink.of_type("stopped")[0]
     assert stopped["step"] == 3 and stopped["reason"] == "interrupted"
     assert (tmp_path / "out" / "tcat.safetensors").is_file()

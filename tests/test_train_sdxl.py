@@ -54,7 +54,7 @@ def trained(tiny_sdxl_dir, tmp_path_factory):
 
 def test_run_writes_clip_l_and_clip_g_files_and_no_pt(trained):
     out, summary, sink = trained
-    assert summary["state"] == "finished" and summary["pt"] == "" and summary["safetensors"] == "tcat.safetensors"
+    assert summary.finished and summary.pt == "" and summary.safetensors == "tcat.safetensors"
     state = load_file(out / "tcat.safetensors")
     assert sorted(state) == ["clip_g", "clip_l"]
     assert state["clip_l"].shape == (2, 32) and state["clip_g"].shape == (2, 64)  # the tiny CLIP-L / bigG widths
@@ -70,7 +70,7 @@ def test_run_writes_clip_l_and_clip_g_files_and_no_pt(trained):
 def test_file_loads_in_diffusers_and_reproduces_the_training_conditioning(trained, tiny_sdxl_dir):
     from core.models.loader import load_model
     from core.training.conditioning import encode_prompts, encoder_slots
-    from core.training.trainer import PLACEHOLDER, VectorSplice
+    from core.training.splice import PLACEHOLDER, VectorSplice
 
     out, _, _ = trained
     pipe = _pipe(tiny_sdxl_dir)
@@ -174,7 +174,7 @@ def test_resume_after_kill_9_gives_the_uninterrupted_vectors(tiny_sdxl_dir, tmp_
     step = torch.load(latest, weights_only=True)["step"]
     assert 2 <= step < 12
     summary = Trainer(tiny_config(tiny_sdxl_dir, data, **options), killed, ListSink()).run(resume=True)
-    assert summary["state"] == "finished" and summary["step"] == 12
+    assert summary.finished and summary.step == 12
     for name in ("tcat.safetensors", "embeddings/tcat-12.safetensors"):
         a, b = load_file(straight / name), load_file(killed / name)
         for key in ("clip_l", "clip_g"):
@@ -192,10 +192,10 @@ def test_v_prediction_marker_is_honoured_and_can_be_forced(tiny_sdxl_dir, tmp_pa
     data = make_images(tmp_path / "data", n=1)
     trainer = Trainer(tiny_config(marked, data, steps=1), tmp_path / "out", ListSink())
     trainer.run()
-    assert (trainer.model.prediction_type, trainer.model.prediction_source) == ("v_prediction", "key")
+    assert (trainer.session.model.prediction_type, trainer.session.model.prediction_source) == ("v_prediction", "key")
     forced = Trainer(tiny_config(marked, data, steps=1, prediction_type="epsilon"), tmp_path / "out2", ListSink())
     forced.run()
-    assert (forced.model.prediction_type, forced.model.prediction_source) == ("epsilon", "override")
+    assert (forced.session.model.prediction_type, forced.session.model.prediction_source) == ("epsilon", "override")
 
 
 def test_embeddings_of_the_other_family_are_refused_naming_both(tiny_sdxl_dir, tiny_model_dir, tmp_path):
@@ -212,7 +212,7 @@ def test_embeddings_of_the_other_family_are_refused_naming_both(tiny_sdxl_dir, t
     trainer = Trainer(tiny_config(tiny_sdxl_dir, data, init_from=str(xl), steps=1, lr="0"), tmp_path / "c",
                       ListSink())
     trainer.run()
-    assert torch.equal(trainer.vectors.detach(), torch.zeros(1, 96))
+    assert torch.equal(trainer.session.vectors.detach(), torch.zeros(1, 96))
 
 
 @pytest.mark.slow
@@ -254,8 +254,8 @@ def test_gradient_checkpointing_option_gives_the_same_training(tiny_sdxl_dir, tm
         trainer = Trainer(tiny_config(tiny_sdxl_dir, data, steps=2, lr="0.05", gradient_checkpointing=mode),
                           tmp_path / mode, ListSink())
         trainer.run()
-        assert trainer.model.unet.is_gradient_checkpointing == (mode == "on")
-        results[mode] = trainer.vectors.detach().clone()
+        assert trainer.session.model.unet.is_gradient_checkpointing == (mode == "on")
+        results[mode] = trainer.session.vectors.detach().clone()
     torch.testing.assert_close(results["on"], results["off"], rtol=0, atol=1e-6)
 
 

@@ -41,5 +41,5 @@ def test_stale_temps_removed_at_start_and_on_resume(tiny_model_dir, tmp_path):
     leave_temp(out, "status.json")
     assert len(temps(out)) == 4
     summary = Trainer(tiny_config(tiny_model_dir, data, steps=3, save_every=2), out, ListSink()).run(resume=True)
-    assert summary["step"] == 3 and temps(out) == []
+    assert summary.step == 3 and temps(out) == []
     assert (out / "embeddings" / ".notes.txt").read_text() == "mine"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import core.training.conditioning as conditioning
+from core.training import update
 from core.events import ListSink
 from core.training.trainer import Trainer
 from train_helpers import make_images, tiny_config, one_thread  # noqa: F401 (fixture)
@@ -27,28 +28,29 @@ def test_each_distinct_prompt_is_tokenised_once(tiny_model_dir, tmp_path, monkey
     template.write_text("a photo of [name]\na painting of [name]\n", encoding="utf-8")
     cfg = tiny_config(tiny_model_dir, data, steps=12, template=str(template))
     summary = Trainer(cfg, tmp_path / "out", ListSink()).run()
-    assert summary["step"] == 12
+    assert summary.step == 12
     assert tokenised and len(tokenised) == len(set(tokenised)) == 2  # 12 steps, 2 lines (no [filewords])
 
 
-def test_a_step_whose_prompts_hold_no_trigger_changes_nothing(tiny_model_dir, tmp_path):
+def test_a_step_whose_prompts_hold_no_trigger_changes_nothing(tiny_model_dir, tmp_path, monkeypatch):
     data = make_images(tmp_path / "data", n=2)
     template = tmp_path / "mixed.txt"
     template.write_text("a photo of [name]\nplain words only\n", encoding="utf-8")
     cfg = tiny_config(tiny_model_dir, data, steps=10, lr="0.05", template=str(template))
     steps = []  # (trigger seen, vectors before, vectors after, Adam's step count after)
 
-    class Recording(Trainer):
-        def _train_step(self, lr):
-            before = self.vectors.detach().clone()
-            out = super()._train_step(lr)
-            state = self.optimizer.state.get(self.vectors, {})
-            steps.append((self._placeholder_seen, before, self.vectors.detach().clone(),
-                          int(state["step"]) if "step" in state else 0))
-            return out
+    real = update.train_step
 
-    summary = Recording(cfg, tmp_path / "out", ListSink()).run()
-    assert summary["step"] == 10
+    def recording(s, lr, stop_between):
+        before = s.vectors.detach().clone()
+        out = real(s, lr, stop_between)
+        state = s.optimizer.state.get(s.vectors, {})
+        steps.append((s.tokens.seen, before, s.vectors.detach().clone(), int(state["step"]) if "step" in state else 0))
+        return out
+
+    monkeypatch.setattr(update, "train_step", recording)
+    summary = Trainer(cfg, tmp_path / "out", ListSink()).run()
+    assert summary.step == 10
     seen = [s for s in steps if s[0]]
     unseen = [s for s in steps if not s[0]]
     assert seen and unseen, "the seed should draw both template lines"

@@ -6,6 +6,7 @@ import torch
 
 from core.events import ListSink
 from core.training.trainer import Trainer
+from core.runs.run_events import EndReason
 from train_helpers import make_images, one_thread, tiny_config  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +28,7 @@ def test_a_stop_command_ends_a_huge_step_after_one_micro_batch(tiny_model_dir, t
     trainer = Trainer(tiny_config(tiny_model_dir, data, steps=3, grad_accum=1024), tmp_path / "out", ListSink(),
                       poll_commands=poll)
     summary = trainer.run()
-    assert summary["state"] == "stop" and summary["step"] == 0
+    assert summary.reason is EndReason.STOP and summary.step == 0
     assert len(polls) == 4  # before the step, after micro-batches 1 and 2 (the stop), and the loop's own poll
 
 
@@ -41,13 +42,13 @@ def test_a_signal_between_micro_batches_stops_and_the_resume_is_exact(tiny_model
     calls = []
 
     def poll():
-        calls.append(first.step)
-        if first.step == 2 and calls.count(2) == 3:  # inside step 3, after its second micro-batch
+        calls.append(first.session.step)
+        if first.session.step == 2 and calls.count(2) == 3:  # inside step 3, after its second micro-batch
             first.request_stop()
         return []
 
     first.poll_commands = poll
     summary = first.run()
-    assert summary["state"] == "interrupted" and summary["step"] == 2
+    assert summary.reason is EndReason.INTERRUPTED and summary.step == 2
     Trainer(tiny_config(tiny_model_dir, data, steps=4, **OPTIONS), split, ListSink()).run(resume=True)
     torch.testing.assert_close(_vectors(split), _vectors(straight), rtol=0, atol=1e-6)

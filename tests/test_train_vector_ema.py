@@ -6,6 +6,7 @@ import torch
 
 from core.errors import TiwizError
 from core.events import ListSink
+from core.training import guard
 from core.training.config import TrainConfig
 from core.training.trainer import Trainer
 from core.training.vector_ema import VectorEMA
@@ -39,19 +40,21 @@ def test_average_warms_up_and_swaps_back():
     assert torch.equal(param.detach(), torch.full((2, 3), 7.0))
 
 
-def test_run_saves_the_average_of_its_steps_and_trains_the_raw_vectors(tiny_model_dir, tmp_path):
+def test_run_saves_the_average_of_its_steps_and_trains_the_raw_vectors(tiny_model_dir, tmp_path, monkeypatch):
     """Each step's vectors, as the run leaves them, folded by hand with the warm-up decay, equal what the run saved;
     the state keeps the raw vectors (those the optimizer steps), which differ from the saved average."""
     data = make_images(tmp_path / "data", n=2)
     seen = []
 
-    class Recording(Trainer):
-        def _snapshot(self):  # called after every good step (and at the start): the raw vectors there
-            seen.append(self.vectors.detach().clone())
-            return super()._snapshot()
+    real = guard.snapshot
 
+    def recording(s):  # the guard's snapshot after every good step (and at the start): the raw vectors there
+        seen.append(s.vectors.detach().clone())
+        return real(s)
+
+    monkeypatch.setattr(guard, "snapshot", recording)
     out = tmp_path / "run"
-    Recording(tiny_config(tiny_model_dir, data, steps=6, ema_decay=0.9), out, ListSink()).run()
+    Trainer(tiny_config(tiny_model_dir, data, steps=6, ema_decay=0.9), out, ListSink()).run()
     assert len(seen) == 8  # the loop's start, steps 1-6, the final save's
     raw_steps = seen[1:7]
     average = seen[0].clone()
@@ -85,8 +88,8 @@ def test_resume_continues_the_average_exactly(tiny_model_dir, tmp_path):
     Trainer(tiny_config(tiny_model_dir, data, steps=8, save_every=2, ema_decay=0.8), straight, ListSink()).run()
     split = tmp_path / "split"
     first = Trainer(tiny_config(tiny_model_dir, data, steps=8, save_every=2, ema_decay=0.8), split, ListSink())
-    first.poll_commands = lambda: ["stop"] if first.step == 4 else []
-    assert first.run()["step"] == 4
+    first.poll_commands = lambda: ["stop"] if first.session.step == 4 else []
+    assert first.run().step == 4
     Trainer(tiny_config(tiny_model_dir, data, steps=8, save_every=2, ema_decay=0.8), split, ListSink()).run(resume=True)
     assert torch.equal(_saved(split / "tcat.safetensors"), _saved(straight / "tcat.safetensors"))
     assert torch.equal(_saved(split / "embeddings" / "tcat-6.pt"), _saved(straight / "embeddings" / "tcat-6.pt"))

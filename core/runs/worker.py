@@ -22,7 +22,7 @@ from pathlib import Path
 from core.atomic import open_own_text, open_own_file, remove_own_file
 from core.runs import folder as runs
 from core.runs import run_events as ev
-from core.runs.run_events import Command, RunPhase
+from core.runs.run_events import Command, EndReason, RunPhase
 from core.errors import TiwizError
 
 STATUS_EVERY_S = 1.0
@@ -292,7 +292,7 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
         trainer = Trainer(config, run_dir, sink, poll_commands=poll_commands)
         if stop_signal:
             trainer.request_stop()
-        summary = trainer.run(resume=resume)
+        outcome = trainer.run(resume=resume)
     except BaseException as exc:  # noqa: BLE001 - every failure must end as state "failed" with its reason
         reason = describe_failure(exc, tracker)
         traceback.print_exc(file=log)  # worker.log is for debugging: the user sees `reason`
@@ -307,15 +307,15 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
         tracker.close()
         return 1
     _release_reserve(reserve)
-    state = RunPhase.FINISHED if summary.get("state") == "finished" else RunPhase.STOPPED
-    reason = "" if state == RunPhase.FINISHED else _stop_reason(summary.get("state"), stop_signal)
-    if state == RunPhase.FINISHED and summary.get("reason") == "auto_stop":
+    state = RunPhase.FINISHED if outcome.finished else RunPhase.STOPPED
+    reason = "" if outcome.finished else _stop_reason(outcome.reason, stop_signal)
+    if outcome.reason == EndReason.AUTO_STOP:
         reason = tracker.status.get("reason") or "auto-stop: the validation loss went flat"
-    step = summary.get("step", tracker.status["step"])
+    step = outcome.step
     _safe_emit(sink, ev.Exit(state=state, step=step, reason=reason))
     sink.close()
     tracker.set(state=state.value, reason=reason, step=step,
-                last_loss=summary.get("last_loss", tracker.status["last_loss"]), sync=True)
+                last_loss=outcome.last_loss, sync=True)
     tracker.close()
     print(f"tiwiz worker: {state} at step {tracker.status['step']}", file=log, flush=True)
     return 0
@@ -350,12 +350,12 @@ def _release_reserve(path: Path | None) -> None:
         remove_own_file(path)
 
 
-def _stop_reason(trainer_reason: str | None, signals: list[str]) -> str:
-    if trainer_reason == "stop":
+def _stop_reason(trainer_reason: EndReason, signals: list[str]) -> str:
+    if trainer_reason == EndReason.STOP:
         return "stop requested"
     if signals:
         return f"{signals[0]} received"
-    return str(trainer_reason or "stopped")
+    return str(trainer_reason)
 
 
 def _safe_emit(sink: WorkerSink, event: ev.RunEvent) -> None:
