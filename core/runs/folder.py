@@ -11,7 +11,10 @@ RUN_DIR/
   worker.lock      flock held by the worker for its whole life
   worker.log       the worker's stdout/stderr (tracebacks)
   embeddings/ previews/ state/latest.pt loss.csv NAME.pt NAME.safetensors   (written by the trainer)
-                   loss.csv: step,epoch,loss,val_loss,lr,elapsed_s,holdout_loss, one row a step (core.runs.lossfile)
+                   loss.csv: step,epoch,loss,val_loss,lr,elapsed_s,holdout_loss,editability, one row a step
+                   (core.runs.lossfile)
+  image_ranking.json  the images that fight the concept, worst first (core.training.image_ranking), written at the
+                   end of a run and by `tiwiz doctor --run RUN`
 ```
 """
 

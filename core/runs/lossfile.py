@@ -1,11 +1,13 @@
-"""`loss.csv`: one row per optimizer step (step, epoch, loss, val_loss, lr, elapsed_s, holdout_loss), appended and
-flushed. `val_loss` and `holdout_loss` (the held-out images' loss, `--holdout`) are empty except on validation steps.
+"""`loss.csv`: one row per optimizer step (step, epoch, loss, val_loss, lr, elapsed_s, holdout_loss, editability),
+appended and flushed. `val_loss`, `holdout_loss` (the held-out images' loss, `--holdout`) and `editability` (the
+context prompts' similarity with the init text, core.training.editability) are empty except on validation steps.
 
 Each row is a single write of a whole line, so a crash loses at most the unfinished last line; on resume the file is
 rewritten (atomically) keeping only rows up to the resumed step, so the history continues without duplicates.
 
-Runs written before `holdout_loss` existed have the 6-column header (OLD_HEADER). Both are read; resuming such a run
-rewrites its file with the current header (old rows get an empty holdout_loss), so one file never mixes two shapes.
+Runs written before `holdout_loss` existed have the 6-column header (OLD_HEADER), those before `editability` the
+7-column one (HOLDOUT_HEADER). All are read; resuming such a run rewrites its file with the current header (old rows
+get empty new cells), so one file never mixes two shapes.
 New columns go at the end, so a reader that counts columns keeps its positions.
 """
 
@@ -16,10 +18,12 @@ from pathlib import Path
 
 from core.atomic import atomic_write_text
 
-COLUMNS = ("step", "epoch", "loss", "val_loss", "lr", "elapsed_s", "holdout_loss")
+COLUMNS = ("step", "epoch", "loss", "val_loss", "lr", "elapsed_s", "holdout_loss", "editability")
 HEADER = ",".join(COLUMNS)
 OLD_HEADER = "step,epoch,loss,val_loss,lr,elapsed_s"  # before 2026-11-26 (no holdout_loss)
-_HEADERS = {HEADER: COLUMNS, OLD_HEADER: tuple(OLD_HEADER.split(","))}
+HOLDOUT_HEADER = OLD_HEADER + ",holdout_loss"  # before issue 24 (no editability)
+_HEADERS = {HEADER: COLUMNS, OLD_HEADER: tuple(OLD_HEADER.split(",")),
+            HOLDOUT_HEADER: tuple(HOLDOUT_HEADER.split(","))}
 
 
 def _fmt(value) -> str:
@@ -57,8 +61,8 @@ class LossLog:
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def write(self, step: int, epoch: int, loss: float | None, val_loss: float | None, lr: float | None,
-              elapsed_s: float, holdout_loss: float | None = None) -> None:
-        row = [step, epoch, loss, val_loss, lr, round(elapsed_s, 3), holdout_loss]
+              elapsed_s: float, holdout_loss: float | None = None, editability: float | None = None) -> None:
+        row = [step, epoch, loss, val_loss, lr, round(elapsed_s, 3), holdout_loss, editability]
         self._fh.write(",".join(_fmt(v) for v in row) + "\n")
         self._fh.flush()
 
@@ -68,8 +72,8 @@ class LossLog:
 
 
 def read_loss_csv(path: str | os.PathLike) -> list[dict]:
-    """Rows as dicts with numbers (None for empty cells), every key of COLUMNS in each (holdout_loss None in an
-    old-layout file); a truncated last line is ignored."""
+    """Rows as dicts with numbers (None for empty cells), every key of COLUMNS in each (the newer columns None in an
+    older-layout file); a truncated last line is ignored."""
     _, rows = _rows(Path(path).read_text(encoding="utf-8").splitlines())
     out = []
     for row in rows:
