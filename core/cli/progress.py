@@ -79,6 +79,12 @@ def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | Non
         return text
     if isinstance(event, ev.Warning):
         return f"warning: {event.message}"
+    if isinstance(event, ev.Compile):
+        if event.seconds is None:
+            return f"training step: {event.mode} ({event.reason})"
+        return f"captured the step for {event.shape} in {event.seconds:.1f} s ({event.mode}, {event.graphs} shape(s))"
+    if isinstance(event, ev.MemoryPlan):
+        return f"gradient checkpointing {'on' if event.gradient_checkpointing else 'off'}: {event.reason}"
     if isinstance(event, ev.Error):
         return f"error: {event.message}"
     if isinstance(event, ev.Stopping):

@@ -120,6 +120,31 @@ def auto_device_precision_problem(device: str, pref: str, cuda) -> str | None:
     return mixed_precision_problem("cpu", pref)
 
 
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def compile_problem(device_type: str, pref: str) -> str | None:
+    """Why `compile = on` cannot run on a `device_type` (a message naming `compile`), or None. Torch-free, so config
+    validation and the preflight say it before a worker starts. CPU was measured, not assumed: torch's inductor took
+    11 minutes to compile the tiny test model's step on a shared 2-core machine, then ran it 2.5x slower than eager
+    (bench/RESULTS.md)."""
+    if pref != "on" or device_type == "cuda":
+        return None
+    if device_type == "cpu":
+        return ("compile: on captures the training step as CUDA graphs and needs a CUDA GPU; on a CPU torch's "
+                "compiler took minutes to compile even a tiny model and then ran its step slower than plain eager. "
+                "Use compile auto or off")
+    return f"compile: on needs a CUDA GPU but device is {device_type}; use compile auto or off"
+
+
+def auto_device_compile_problem(device: str, pref: str, cuda) -> str | None:
+    """For the preflight: `device = "auto"` with `compile = on` on a machine where `cuda()` says CUDA is not usable
+    (False) means CPU, so the CPU refusal applies before any worker starts. None when fine or unknown."""
+    if device != "auto" or pref != "on" or cuda() is not False:
+        return None
+    return compile_problem("cpu", pref)
+
+
 def choose_precision(device_type: str, pref: str = "auto", capability: tuple[int, int] | None = None,
                      flags=None) -> str:
     """The precision name ("fp32", "bf16" or "fp16") for a device type, a preference, (CUDA) the GPU's compute
@@ -216,3 +241,18 @@ def gpu_fields(device) -> dict:
     except Exception:  # no NVML: optional
         pass
     return fields
+
+
+def cuda_memory(device) -> tuple[int, int] | None:
+    """(free, total) bytes of a CUDA device, counting the caching allocator's reserved-but-unused blocks as free
+    (torch hands them out before asking the driver); None off CUDA or when it cannot be read."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    except RuntimeError:
+        return None
+    return free + max(0, cached), total

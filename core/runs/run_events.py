@@ -395,6 +395,37 @@ class Finished(RunEvent):
 
 @_event
 @dataclass(frozen=True, kw_only=True)
+class Compile(RunEvent):
+    """How the training step runs (eager, or captured as CUDA graphs: the `compile` setting), and what each capture
+    cost: one event for the choice when training begins, then one per captured input shape."""
+
+    TYPE: ClassVar[str] = "compile"
+    step: int = _help("the step it applies from", 0)
+    mode: str = _help("eager (op by op), cuda_graph (captured with torch.cuda.CUDAGraph) or compile "
+                      "(torch.compile, reduce-overhead)", "eager")
+    reason: str = _help("why this mode, in words: the setting, auto's reasoning, or a capture that failed", "")
+    seconds: float | None = _help("seconds this capture or compile took, warm-up included (null for the choice)",
+                                  None)
+    shape: str | None = _help("the input shape captured: the latents' batch x channels x height x width", None)
+    graphs: int | None = _help("input shapes captured so far (one graph per bucket and batch size)", None)
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class MemoryPlan(RunEvent):
+    """Whether the UNet's activations are recomputed in the backward pass (the `gradient_checkpointing` setting),
+    and why: chosen when training begins, or switched on after a step ran out of GPU memory."""
+
+    TYPE: ClassVar[str] = "memory_plan"
+    step: int = _help("the step it applies from", 0)
+    gradient_checkpointing: bool = _help("whether gradient checkpointing is on", False)
+    reason: str = _help("why, in words", "")
+    need_gib: float | None = _help("modelled GPU memory a step needs without checkpointing, GiB (auto on CUDA)", None)
+    free_gib: float | None = _help("free GPU memory with the model loaded, GiB (auto on CUDA)", None)
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
 class Exit(RunEvent):
     """The worker's last word, written just before it exits (never by an in-process training)."""
 

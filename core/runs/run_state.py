@@ -69,6 +69,11 @@ class RunState:
     vocab_median_norm: float | None = None
     rendering_preview: int | None = None  # the step of a preview the worker is rendering now, else None
     gpu: dict = field(default_factory=dict)  # mem_used, mem_total (bytes), util (percent)
+    compile_mode: str = ""  # how the step runs: eager, cuda_graph or compile ("" before the `compile` event)
+    compile_reason: str = ""
+    compile_seconds: float = 0.0  # capture/compile seconds of this life so far
+    gradient_checkpointing: bool | None = None  # None in logs from before the `memory_plan` event
+    checkpointing_reason: str = ""
     counts: dict[str, int] = field(default_factory=dict)  # events applied, by type
     skipped: int = 0  # events dropped by the parser (wrong field types), each also in `warnings`
     updated: float | None = None  # time of the newest event
@@ -216,6 +221,31 @@ class RunState:
                 row.preview = e.path
                 break
 
+    def _compile(self, e: ev.Compile) -> None:
+        if e.seconds is None:  # the choice, made as each life of the run begins
+            self.compile_mode, self.compile_reason, self.compile_seconds = e.mode, e.reason, 0.0
+            return
+        self.compile_mode = e.mode
+        self.compile_seconds += e.seconds
+
+    def _memory_plan(self, e: ev.MemoryPlan) -> None:
+        self.gradient_checkpointing, self.checkpointing_reason = e.gradient_checkpointing, e.reason
+
+    @property
+    def speed_label(self) -> str:
+        """'CUDA graphs (captured in 3.1 s) · checkpointing off' on a GPU; '' on a CPU (always eager, never
+        checkpointing) and before the run said."""
+        parts = []
+        if not self.device.startswith("cuda"):
+            return ""
+        if self.compile_mode:
+            words = {"cuda_graph": "CUDA graphs", "compile": "torch.compile"}.get(self.compile_mode,
+                                                                              self.compile_mode)
+            parts.append(words + (f" (captured in {self.compile_seconds:.1f} s)" if self.compile_seconds else ""))
+        if self.gradient_checkpointing is not None:
+            parts.append(f"checkpointing {'on' if self.gradient_checkpointing else 'off'}")
+        return " · ".join(parts)
+
     def _warning(self, e: ev.Warning) -> None:
         if self.rendering_preview is not None and e.step == self.rendering_preview:
             self.rendering_preview = None  # the render failed (its warning says why)
@@ -338,4 +368,5 @@ _HANDLERS = {
     ev.PreviewRendering: RunState._preview_rendering, ev.Warning: RunState._warning,
     ev.Error: RunState._error, ev.Stopping: RunState._stopping, ev.Stopped: RunState._stopped,
     ev.Finished: RunState._finished, ev.Exit: RunState._exit,
+    ev.Compile: RunState._compile, ev.MemoryPlan: RunState._memory_plan,
 }

@@ -125,6 +125,10 @@ class StatusTracker:
                 self.status.update(state=RunPhase.STOPPING.value, reason=self.status["reason"] or event.reason)
         elif isinstance(event, ev.Error):
             self.status["reason"] = event.message
+        elif isinstance(event, ev.Compile):  # which mode ran: `tiwiz runs` and scripts read it here
+            self.status["compile"] = event.mode
+        elif isinstance(event, ev.MemoryPlan):
+            self.status["gradient_checkpointing"] = event.gradient_checkpointing
         else:
             return
         self.write()

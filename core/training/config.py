@@ -33,6 +33,7 @@ CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "prediction_type": ("auto", "epsilon", "v_prediction"),
     "gradient_checkpointing": ("auto", "on", "off"),
+    "compile": ("auto", "on", "off"),
     "norm_mode": ("free", "clamp", "preserve"),
 }
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
@@ -143,7 +144,15 @@ HELP = {
                        "epsilon or v_prediction force one (for v-prediction files without a marker)",
     "gradient_checkpointing": "Recompute UNet activations in the backward pass instead of keeping them: less GPU "
                               "memory for more time (SDXL, 1024 px, batch 1, bf16, on an H200: 7.5 instead of 13 "
-                              "GiB, 0.44 instead of 0.21 s a step). auto: on for SDXL on CUDA, off otherwise",
+                              "GiB, 0.44 instead of 0.21 s a step). auto: off where a model of the step's "
+                              "activations (with a 1.5x margin, room for previews) fits the GPU's free memory once "
+                              "the model is loaded, on otherwise; a step that still runs out of memory turns it on "
+                              "and is retried. Off on CPU/MPS",
+    "compile": "Capture the training step as CUDA graphs (the forward, backward and update replayed in one launch "
+               "instead of thousands of Python-launched kernels). auto: on CUDA when the run is long enough to win "
+               "back the capture time (bf16/fp32 with adamw; fp16 and the other optimizers stay eager), else "
+               "eager. on forces it (refused where it cannot run: CPU, MPS, fp16, prodigy, adamw8bit); off is "
+               "plain eager. The speed-up and break-even are not yet measured on a GPU",
     "init_from": "Continue from an existing embedding file instead of init_text (empty = off). SDXL: a clip_l + "
                  "clip_g file, or diffusers' two files as 'A,B' (or just learned_embeds.safetensors with its _2 "
                  "partner beside it)",
@@ -206,6 +215,7 @@ class TrainConfig:
     precision: str = "auto"
     prediction_type: str = "auto"
     gradient_checkpointing: str = "auto"
+    compile: str = "auto"
     init_from: str = ""
     preview_prompt: str = ""
     preview_negative: str = ""
@@ -293,6 +303,11 @@ class TrainConfig:
             problem = mixed_precision_problem(self.device, self.precision)
             if problem:
                 raise FieldError("precision", problem)
+            from core.models.device import compile_problem  # torch-free
+
+            problem = compile_problem(self.device, self.compile)
+            if problem:
+                raise FieldError("compile", problem)
         if require_paths:
             for key in ("model", "data", "name"):
                 if not str(getattr(self, key)).strip():

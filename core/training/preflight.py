@@ -114,11 +114,12 @@ def problems(config, *, cli: bool = False, cuda=cuda_available) -> list[str]:
 def device_problems(config, *, cli: bool = False, cuda=cuda_available) -> list[str]:
     """The problems that depend on whether CUDA works (`cuda` is asked once, and only if one needs it): the TUI runs
     these again at Start with the answer of a subprocess."""
-    from core.models.device import auto_device_precision_problem  # torch-free
+    from core.models.device import auto_device_compile_problem, auto_device_precision_problem  # torch-free
 
     cuda = _asked_once(cuda)
     found = [device_problem(config.device, cli, cuda), optimizer_problem(config.optimizer, config.device, cli, cuda),
-             auto_device_precision_problem(config.device, config.precision, cuda)]
+             auto_device_precision_problem(config.device, config.precision, cuda),
+             auto_device_compile_problem(config.device, config.compile, cuda)]
     return [p for p in found if p]
 
 

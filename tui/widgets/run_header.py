@@ -19,7 +19,7 @@ STATE_STYLES = {
 
 
 def about_text(view: RunView) -> str:
-    """The second line: the run's name, device and precision, images and epoch (dim)."""
+    """The second line: the run's name, device and precision, images, epoch and, on a GPU, how the step runs (dim)."""
     text = view.name or view.run_dir.name
     if view.device:
         text += f" · {view.device}{' ' + view.precision if view.precision else ''}"
@@ -27,6 +27,8 @@ def about_text(view: RunView) -> str:
         text += f" · {view.n_images} images"
     if view.epoch is not None:
         text += f" · epoch {view.epoch}"
+    if view.speed_label:  # GPU runs: eager or captured, checkpointing on or off
+        text += f" · {view.speed_label}"
     return text
 
 
