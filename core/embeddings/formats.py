@@ -78,6 +78,9 @@ def _load_one(path, *, sdxl: bool, model_family: str | None = None) -> LoadedEmb
         raise TiwizError(f"embedding file not found: {path}")
     if path.is_dir():
         raise TiwizError(f"{path} is a folder; pick the embedding file (.safetensors, .pt or .bin) inside it")
+    from core.models.headers import require_regular_file
+
+    require_regular_file(path)  # a FIFO would block the first read forever
     kind = _sniff(path)
     if kind == "safetensors":
         obj, metadata = _read_safetensors(path)
@@ -165,14 +168,16 @@ def _widths_text(widths) -> str:
 def _sniff(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(16)
+        size = os.fstat(fh.fileno()).st_size
     if len(head) < 2:
-        raise TiwizError(f"{path.name} is empty or truncated ({path.stat().st_size} bytes)")
+        raise TiwizError(f"{path.name} is empty or truncated ({size} bytes)")
+    # safetensors first: its 8-byte header length can start with 0x80 (a 128-byte header), a legacy pickle's mark
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
     if head.startswith(b"PK\x03\x04") or head[0] == 0x80:  # torch zip archive, or a legacy torch pickle
         return "torch"
     if head.startswith(b"\x89PNG"):
         return "png"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
     return "unknown"
 
 
@@ -190,7 +195,7 @@ def _read_safetensors(path: Path):
     except TiwizError:
         raise
     except Exception as exc:  # safetensors raises several types for bad headers and short files
-        raise TiwizError(f"cannot read {path.name}: corrupt or truncated safetensors file ({_first_line(exc)})") from None
+        raise TiwizError(f"cannot read {path.name}: corrupt or truncated safetensors file ({first_line(exc)})") from None
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
@@ -211,7 +216,7 @@ def _read_torch(path: Path):
             "plain-tensor .pt files; if you trust the file, re-save it as .safetensors with the tool that made it."
         ) from None
     except Exception as exc:  # bad zip, short read, unknown storage type ...
-        raise TiwizError(f"cannot read {path.name}: corrupt or truncated torch file ({_first_line(exc)})") from None
+        raise TiwizError(f"cannot read {path.name}: corrupt or truncated torch file ({first_line(exc)})") from None
 
 
 def _read_png(path: Path):
@@ -223,7 +228,7 @@ def _read_png(path: Path):
         with Image.open(path) as img:
             payload = getattr(img, "text", {}).get("sd-ti-embedding")
     except Exception as exc:
-        raise TiwizError(f"cannot read {path.name}: {_first_line(exc)}") from None
+        raise TiwizError(f"cannot read {path.name}: {first_line(exc)}") from None
     if not payload:
         raise TiwizError(f"{path.name} is an image without an embedding in it (no 'sd-ti-embedding' chunk); "
                          "tiwiz reads PNG embeddings that carry that chunk, and .pt/.safetensors files")
@@ -236,7 +241,7 @@ def _read_png(path: Path):
     try:
         return json.loads(base64.b64decode(payload), object_hook=hook)
     except Exception as exc:
-        raise TiwizError(f"cannot read the embedding in {path.name}: {_first_line(exc)}") from None
+        raise TiwizError(f"cannot read the embedding in {path.name}: {first_line(exc)}") from None
 
 
 # ---- interpreting -----------------------------------------------------------------------------------------------
@@ -351,7 +356,7 @@ def _int_or_none(value):
         return None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
 

@@ -36,7 +36,8 @@ class NormStats:
         """Where `norm` lies in the vocabulary's norm distribution."""
         where = "below the 5th percentile" if norm < self.p05 else "above every token" if norm > self.max else \
             "above the 95th percentile" if norm > self.p95 else "within the vocabulary's 5-95% range"
-        return f"{norm / self.median:.1f}x the median token norm ({self.median:.3f}); {where}"
+        times = f"{norm / self.median:.1f}x" if self.median > 0 else "n/a:"
+        return f"{times} the median token norm ({self.median:.3f}); {where}"
 
 
 @dataclass
@@ -121,12 +122,15 @@ def norm_warning(index: int, norm: float, stats: NormStats) -> str:
 # ---- reading a model's vocabulary without building the model ------------------------------------------------------
 def load_vocabularies(model) -> list[Vocabulary]:
     """The token embeddings of a model's text encoder(s): a diffusers folder (text_encoder/, text_encoder_2/) or a
-    single .safetensors checkpoint. SDXL gives two: clip_l (768) and clip_g (1280)."""
+    single .safetensors checkpoint. SDXL gives two: clip_l (768) and clip_g (1280). A damaged or hostile model is a
+    TiwizError saying so in one line; what is not a regular file is never opened."""
+    from core.models.headers import require_regular_file
     from core.models.loader import resolve_model_path
 
     path = resolve_model_path(model)
     if path.is_dir():
         return _folder_vocabularies(path)
+    require_regular_file(path)
     if path.suffix.lower() == ".safetensors":
         return _file_vocabularies(path)
     from core.models.loader import load_model  # .ckpt: a pickle; let the loader handle it safely
@@ -138,24 +142,76 @@ def load_vocabularies(model) -> list[Vocabulary]:
             vocabulary_from_encoder(loaded.text_encoder_2, loaded.tokenizer_2, "clip_g")]
 
 
-def _token_embedding(tensors_path: Path):
-    """The `*token_embedding.weight` tensor of a text encoder weights file."""
-    if tensors_path.suffix == ".safetensors":
-        from safetensors import safe_open
+_TOKEN_EMBEDDING = "token_embedding.weight"
 
-        with safe_open(str(tensors_path), framework="pt", device="cpu") as fh:
-            for key in fh.keys():
-                if key.endswith("token_embedding.weight"):
-                    return fh.get_tensor(key).float()
+
+def _token_embeddings(path: Path) -> list:
+    """Every `*token_embedding.weight` matrix of a weights file as fp32, each checked to be a finite, non-zero 2-D
+    matrix. A safetensors file's header is validated (complete, sane shapes) before any tensor is read; a pickle is
+    read with weights_only=True and refused, in our words, when it holds more than tensors."""
+    from core.models.headers import read_safetensors_header, require_regular_file
+
+    require_regular_file(path)
+    if path.suffix == ".safetensors":
+        header = read_safetensors_header(path)
+        keys = [k for k in header.shapes if k.endswith(_TOKEN_EMBEDDING)]
+        for key in keys:
+            shape, dtype = header.shapes[key], header.dtypes[key]
+            if len(shape) != 2 or min(shape) < 1 or not (dtype.startswith("F") or dtype == "BF16"):
+                raise TiwizError(f"{path}: {key} is {dtype} {list(shape)}, not a token-embedding matrix (the file is "
+                                 "damaged, or not a Stable Diffusion model)")
+        found = _read_safetensors_tensors(path, keys)
     else:
-        import torch
+        found = [value for key, value in _plain_tensors(path).items() if str(key).endswith(_TOKEN_EMBEDDING)]
+    for weight in found:
+        _check_matrix(path, weight)
+    return [weight.float() for weight in found]
 
-        with open(tensors_path, "rb") as fh:
-            sd = torch.load(fh, map_location="cpu", weights_only=True)
-        for key, value in sd.items():
-            if key.endswith("token_embedding.weight"):
-                return value.float()
-    raise TiwizError(f"{tensors_path}: no token-embedding matrix in this text encoder")
+
+def _read_safetensors_tensors(path: Path, keys: list[str]) -> list:
+    from safetensors import safe_open
+
+    from core.embeddings.formats import first_line
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return [fh.get_tensor(key) for key in keys]
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for lying headers
+        raise TiwizError(f"{path}: cannot read the token embeddings ({first_line(exc)}); the file is damaged") \
+            from None
+
+
+def _plain_tensors(path: Path) -> dict:
+    import pickle
+
+    import torch
+
+    from core.embeddings.formats import first_line
+    from core.errors import pickle_refusal
+
+    try:
+        with open(path, "rb") as fh:
+            data = torch.load(fh, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = pickle_refusal(exc) or "it holds Python objects beyond plain tensors"
+        raise TiwizError(f"refused to load {path}: {why}, and loading that could run code (nothing was run); "
+                         "tiwiz reads only plain-tensor weights: use the model's .safetensors files") from None
+    except Exception as exc:  # noqa: BLE001 - a bad zip, a short read, an unknown storage type ...
+        raise TiwizError(f"{path}: cannot read it ({first_line(exc)}); the file is damaged") from None
+    if not isinstance(data, dict):
+        raise TiwizError(f"{path}: not a text encoder's weights (holds {type(data).__name__.lower()} data)")
+    return data
+
+
+def _check_matrix(path: Path, weight) -> None:
+    import torch
+
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or min(weight.shape) < 1 \
+            or not weight.is_floating_point():
+        raise TiwizError(f"{path}: the token embeddings are not a 2-D matrix of numbers (the file is damaged)")
+    weight = weight.float()
+    if not torch.isfinite(weight).all() or float(weight.norm(dim=1).median()) == 0.0:
+        raise TiwizError(f"{path}: the token embeddings are all zero or not finite (a damaged or placeholder model)")
 
 
 def _folder_vocabularies(path: Path) -> list[Vocabulary]:
@@ -167,7 +223,10 @@ def _folder_vocabularies(path: Path) -> list[Vocabulary]:
         files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
         if not files:
             raise TiwizError(f"{path}: {sub}/ has no weights file")
-        weight = _token_embedding(files[0])
+        found = _token_embeddings(files[0])
+        if not found:
+            raise TiwizError(f"{files[0]}: no token-embedding matrix in this text encoder")
+        weight = found[0]
         tokenizer = None
         if (path / tok_sub).is_dir():
             from transformers import CLIPTokenizer
@@ -182,13 +241,7 @@ def _folder_vocabularies(path: Path) -> list[Vocabulary]:
 
 
 def _file_vocabularies(path: Path) -> list[Vocabulary]:
-    from safetensors import safe_open
-
-    found = []
-    with safe_open(str(path), framework="pt", device="cpu") as fh:
-        for key in fh.keys():
-            if key.endswith("token_embedding.weight"):
-                found.append(fh.get_tensor(key).float())
+    found = _token_embeddings(path)
     if not found:
         raise TiwizError(f"{path}: no text-encoder token embeddings found (not an SD checkpoint?)")
     found.sort(key=lambda w: w.shape[1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -37,9 +38,25 @@ class SafetensorsHeader:
     data_bytes: int  # bytes of tensor data the header promises
 
 
+def require_regular_file(path: str | os.PathLike) -> int:
+    """The file's size, or TiwizError when `path` (links followed) is not a regular file: opening a FIFO blocks
+    until someone writes to it (a worker would hang where no stop reaches it), and a device never ends."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise TiwizError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                or stat.S_ISBLK(st.st_mode) else "not a plain file")
+        raise TiwizError(f"{path} is not a regular file ({kind}); give a model or embedding file")
+    return st.st_size
+
+
 def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
     """Parse the 8-byte length + JSON header. Raises TiwizError naming the file if it is not a valid, complete file."""
     path = Path(path)
+    require_regular_file(path)
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:

@@ -85,6 +85,7 @@ def prepare_run(config, root: str | os.PathLike | None = None, name: str | None 
     for key in ("model", "data"):
         if not Path(getattr(config, key)).exists():
             raise TiwizError(f"{key}: {getattr(config, key)} does not exist")
+    check_model_files(config.model)
     if config.output:
         run_dir = Path(config.output).expanduser().resolve()
     else:
@@ -109,6 +110,32 @@ def prepare_run(config, root: str | os.PathLike | None = None, name: str | None 
     return config
 
 
+def check_model_files(model: str) -> None:
+    """TiwizError when the model, or a file in its folder or in a folder of its parts, is not a regular file: a worker
+    blocked opening a FIFO runs no step, so no stop reaches it. Links are followed (a Hugging Face cache is links)."""
+    import stat
+
+    from core.models.headers import require_regular_file
+
+    path = Path(model)
+    try:
+        if not path.is_dir():
+            require_regular_file(path)
+            return
+        for folder in [path, *(p for p in path.iterdir() if p.is_dir())]:
+            for entry in folder.iterdir():
+                try:
+                    mode = entry.stat().st_mode
+                except OSError:
+                    continue  # a dangling link: the loader says what is missing
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    require_regular_file(entry)
+    except TiwizError as exc:
+        raise TiwizError(f"model: {exc}") from None
+    except OSError as exc:
+        raise TiwizError(f"model: cannot read {path} ({exc.strerror or exc})") from None
+
+
 def restarts_from_zero(run_dir: str | os.PathLike) -> bool:
     """True when `resume_run` would start the run again from step 0 (it was stopped before its first checkpoint)."""
     run_dir = Path(run_dir)
@@ -130,6 +157,7 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_
         if not (run_dir / runs.CONFIG).is_file():
             raise TiwizError(f"nothing to resume in {run_dir}: it has no {runs.CONFIG} and no checkpoint")
         config = TrainConfig.from_toml(run_dir / runs.CONFIG)
+        check_model_files(config.model)
         if steps is not None:
             config.steps = int(steps)
             config.to_toml(run_dir / runs.CONFIG)
@@ -137,6 +165,7 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_
         _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
         return run_dir
     config = TrainConfig.from_toml(run_dir / runs.CONFIG)
+    check_model_files(config.model)
     saved = info.last_checkpoint or 0
     if steps is not None:
         if steps <= saved:
