@@ -70,3 +70,45 @@ def test_concurrent_adds_never_overwrite_each_other(setup, tmp_path):
     said = sorted(line.split()[1].rstrip(":") for out, _ in outs for line in out.splitlines()
                   if line.startswith("added "))
     assert said == sorted(j.name for j in jobs)
+
+
+def in_process(capsys, *args):
+    """The CLI's main in this process: an exception it does not turn into a message fails the test."""
+    import subprocess
+
+    from core.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_deeply_nested_job_files_are_problems_not_crashes(setup, tmp_path, capsys):
+    """Item 30: a deeply nested JOB.state.json or JOB.toml (or a config given to add/train) is a clear message; the
+    listing, the scheduler and stop go on."""
+    model, data, root, env = setup
+    queue = root / "queue"
+    queue.mkdir(parents=True)
+    deep_toml = "steps = " + "[" * 200_000 + "]" * 200_000 + "\n"
+    write_config(queue / "good.toml", model=str(model), data=str(data), name="good", resize="squash")
+    (queue / "good.state.json").write_text("[" * 200_000 + "]" * 200_000)
+    (queue / "deep.toml").write_text(deep_toml)
+    (tmp_path / "deep.toml").write_text(deep_toml)
+    os.environ["TIWIZ_RUNS_DIR"] = str(root)
+    try:
+        listed = in_process(capsys, "queue")
+        assert listed.returncode == 0, listed.stderr
+        assert "good.state.json: unreadable" in listed.stdout or "good" in listed.stdout
+        assert in_process(capsys, "queue", "--json").returncode == 0
+        for args in (("queue", "add", tmp_path / "deep.toml"), ("train", "--config", tmp_path / "deep.toml")):
+            out = in_process(capsys, *args)
+            assert out.returncode == 2 and "nested too deeply" in out.stderr, (args, out.stderr)
+        stop = in_process(capsys, "queue", "stop")
+        assert stop.returncode == 0, stop.stderr
+    finally:
+        del os.environ["TIWIZ_RUNS_DIR"]
+    out = cli("queue", "run", "--foreground", env=env)
+    assert "Traceback" not in out.stdout + out.stderr and out.returncode == 1, out.stdout + out.stderr
+    jobs = {j.name: j for j in qjobs.list_jobs(queue)}
+    assert jobs["deep"].state == "failed" and "nested too deeply" in jobs["deep"].reason
+    assert jobs["good"].state == "failed" and "resize" in jobs["good"].reason

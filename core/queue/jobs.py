@@ -136,6 +136,9 @@ def load_job(queue_dir: Path, name: str) -> Job:
             job.added = job.config_path.stat().st_mtime
         except OSError:
             pass
+    except RecursionError:
+        data = {}
+        job.problems.append(f"{job.state_path}: unreadable (JSON nested too deeply); treated as queued")
     except (OSError, ValueError) as exc:
         data = {}
         job.problems.append(f"{job.state_path}: unreadable ({exc}); treated as queued")

@@ -43,7 +43,7 @@ DEFAULT_RETRIES = 2
 def read_scheduler(queue_dir: str | os.PathLike) -> dict:
     try:
         data = json.loads((Path(queue_dir) / SCHEDULER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -334,7 +334,7 @@ class Scheduler:
         path = self.queue_dir / DRAINED
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             previous = {}
         if isinstance(previous, dict) and previous.get("signature") == signature and previous.get("on_finish"):
             self.log("--on-finish already ran for this drain; not running it again")

@@ -385,7 +385,10 @@ def load_toml(path: str | os.PathLike) -> dict:
     raw = Path(path).read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    return tomllib.loads(raw.decode("utf-8"))
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except RecursionError:  # a hostile file: every caller already reports a decode error in one line
+        raise tomllib.TOMLDecodeError("nested too deeply (arrays or tables inside each other)") from None
 
 
 def _check_text_fields(config) -> None:
