@@ -223,7 +223,19 @@ def test_very_wide_panorama(tmp_path):
 def test_tiny_image_is_upscaled_with_a_warning(tmp_path):
     record, report, sink = run_one(tmp_path, "tiny.png", png_bytes(photo("astronaut", (24, 24))))
     assert record["status"] == "written"
-    assert "upscaled 2.7×" in record["warnings"][0]
+    assert "enlarged 2.7×" in record["warnings"][0]
     assert any(e.get("file") == "tiny.png" and "smaller than 64×64" in e["message"] for e in sink.of_type("warning"))
     assert Image.open(tmp_path / "out" / "tiny.png").size == (64, 64)
     assert any("tiny.png" in w for w in report.warnings)
+
+
+def test_a_slight_upscale_is_said_in_percent_and_not_warned(tmp_path):
+    """Issue 25 item 14: 1600×500 for 512×512 is enlarged 2.4%: no "upscaled 1.0×" warning, only the record."""
+    record, report, sink = run_one(tmp_path, "wide.png", png_bytes(photo("rocket", (200, 62))))
+    assert record["status"] == "written" and record["upscaled"] == pytest.approx(64 / 62, abs=1e-3)
+    assert "warnings" not in record
+    assert not any(e.get("file") == "wide.png" for e in sink.of_type("warning"))
+    assert not any("wide.png" in w for w in report.warnings)
+    (tmp_path / "b").mkdir()
+    record, report, sink = run_one(tmp_path / "b", "half.png", png_bytes(photo("rocket", (120, 40))))
+    assert "enlarged by 60%" in record["warnings"][0]  # 64/40: said in percent below 2×

@@ -125,3 +125,25 @@ def test_bulk_remove_on_images_without_caption_files_writes_nothing(monkeypatch,
             await wait_idle(pilot)
     asyncio.run(drive())
     assert files(ds) == {"red_car.txt": "a red car"}
+
+
+def test_no_stale_doctor_finding_after_a_caption_is_written(monkeypatch, tmp_path):
+    """Issue 25 item 8: the missing-caption finding of an image goes as soon as its caption is written."""
+    ds, stems = photo_folder(tmp_path, {"red_car": "a red car"})
+    app = console_app(monkeypatch, tmp_path, state_for(ds))
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await continue_saved(pilot)
+            screen = app.screen
+            first = str(screen.query_one("#cap-findings").content)
+            count = str(screen.query_one("#cap-count").content)
+            await burst(pilot, *"a cat on a mat", "down", "up")
+            return first, count, str(screen.query_one("#cap-findings").content), \
+                str(screen.query_one("#cap-count").content), screen.all_findings_text()
+    first, count, after, count_after, listed = asyncio.run(drive())
+    assert "no caption file" in first
+    assert "no caption file" not in after
+    assert "00012-cat_on_a_mat.png has no caption" not in listed and "dog_in_snow.png has no caption" in listed
+    n = int(count.split("doctor: ")[1].split()[0])
+    assert f"doctor: {n - 1} finding" in count_after

@@ -13,7 +13,8 @@ from core.safe_text import safe_print, safe_text
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "preprocess", help="crop/resize a folder of images into a training set (split, focal crop, flip, captions)",
-        description="Crop and resize every image in SRC to WIDTH×HEIGHT PNGs in DEST, with captions beside them. "
+        description="Crop and resize every image in SRC to WIDTH×HEIGHT PNGs in DEST, with captions beside them "
+                    "(sentences from BLIP with --blip, booru tags from a WD14 tagger with --tagger). "
                     "SRC is never modified. Exit status: 0 when at least one image was written, 1 when none was, "
                     "2 for a usage problem.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -28,8 +29,10 @@ def register(subparsers) -> None:
             kwargs.update(type=type(f.default), default=f.default)
             if "choices" in meta:
                 kwargs["choices"] = meta["choices"]
-        if f.name == "blip":
+        if f.name in ("blip", "tagger"):
             kwargs["metavar"] = "MODEL"
+        elif f.name == "exclude_tags":
+            kwargs["metavar"] = "TAGS"
         p.add_argument(meta["cli"], **kwargs)
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--jsonl", action="store_true", help="print events as JSON lines on stdout (for the TUI)")

@@ -17,8 +17,8 @@ from typing import Iterable, Sequence
 from PIL import Image
 
 from core.errors import TiwizError
+from core.prep.hub import DEFAULT_BLIP, cached_file, fetch_help, looks_like_path, require_hub
 
-DEFAULT_BLIP = "Salesforce/blip-image-captioning-base"
 
 _cache: dict[tuple, tuple] = {}
 _cache_lock = threading.Lock()
@@ -44,64 +44,16 @@ def caption_problem(text: str) -> str | None:
 
 
 def _fetch_help(model: str) -> str:
-    return (
-        f"Download it beforehand on a machine with network access, e.g. `huggingface-cli download {model}` "
-        f"(it lands in the Hugging Face cache; copy that cache, or `--local-dir FOLDER` and point --blip at FOLDER), "
-        f"or allow downloads with HF_HUB_OFFLINE=0."
-    )
-
-
-def looks_like_path(model: str) -> bool:
-    """A folder rather than a hub id ("org/name")."""
-    return (Path(model).expanduser().exists() or model.startswith((".", "/", "~", "\\")) or model.count("/") > 1
-            or "\\" in model)
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co answers a TCP connect within `timeout` (name lookup included, run on a thread so a
-    hanging resolver cannot stall us); the hub client would otherwise retry for minutes on an offline pod."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
+    return fetch_help(model, "--blip")
 
 
 def hub_source_is_local(model: str) -> bool:
     """For a hub id: True to load from the local Hugging Face cache only (it is cached, or HF_HUB_OFFLINE is set);
     False to let the hub client download it. Raises TiwizError at once when it is not cached and cannot be fetched
     (offline mode, or the hub unreachable), instead of the hub client's minutes of retries."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except Exception:
-        cached = False
-    if cached:
+    if cached_file(model, "config.json"):
         return True
-    if _hub_offline():
-        raise TiwizError(f"BLIP model {model!r} is not available on this machine: it is not in the local Hugging "
-                         "Face cache, and offline mode is on (HF_HUB_OFFLINE=1). " + _fetch_help(model))
-    if not _hub_reachable():
-        raise TiwizError(f"BLIP model {model!r} is not available on this machine: it is not in the local Hugging "
-                         "Face cache, and the Hugging Face hub cannot be reached from here. " + _fetch_help(model))
+    require_hub("BLIP model", model, "--blip")
     return False
 
 

@@ -80,24 +80,26 @@ def write_caption(image: str | os.PathLike, caption: str, *, sync_dir: bool = Tr
     return atomic_write_text(caption_path(image), (caption or "").strip(), sync_dir=sync_dir)
 
 
-def apply_existing_caption(generated: str, existing: str | None, action: str) -> str:
+def apply_existing_caption(generated: str, existing: str | None, action: str, *, tags: bool = False) -> str:
     """A1111's "existing caption txt action": combine a generated caption with the source's existing one.
 
     `ignore` keeps the generated caption; `copy` replaces it with the existing one; `prepend`/`append` join the two with
-    a space. Without an existing caption the generated one is kept. The result is stripped; an empty result means
-    "write no caption file".
+    a space, or, for `tags` (a tagger's caption), as tags joined by ", " with the generated tags the existing caption
+    already has left out. Without an existing caption the generated one is kept. The result is stripped; an empty
+    result means "write no caption file".
     """
     if action not in CAPTION_ACTIONS:
         raise TiwizError(f"Unknown caption action {action!r}; choose one of {', '.join(CAPTION_ACTIONS)}.")
     generated = (generated or "").strip()
     existing = (existing or "").strip()
-    if existing:
-        if action == "copy":
-            generated = existing
-        elif action == "prepend":
-            generated = f"{existing} {generated}"
-        elif action == "append":
-            generated = f"{generated} {existing}"
+    if existing and action == "copy":
+        return existing
+    if existing and action in ("prepend", "append"):
+        if tags:
+            old = split_tags(existing)
+            new = [t for t in split_tags(generated) if _key(t) not in {_key(o) for o in old}]
+            return join_tags(old + new if action == "prepend" else new + old)
+        generated = f"{existing} {generated}" if action == "prepend" else f"{generated} {existing}"
     return generated.strip()
 
 

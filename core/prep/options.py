@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from core.errors import FieldError, TiwizError
 from core.prep.captions import CAPTION_ACTIONS
+from core.prep.hub import DEFAULT_BLIP, DEFAULT_TAGGER
 from core.fields import FieldSpec, field_specs
 
 
@@ -44,8 +45,27 @@ class PreprocessOptions:
     caption_action: str = _opt("ignore", "What to do with an existing SRC/<stem>.txt: ignore, copy, prepend, append.",
                                choices=CAPTION_ACTIONS, cli="--caption-action")
     blip: str = _opt("", "Caption with this BLIP model (hub id or local folder); empty for no captioning.",
-                     cli="--blip")
-    blip_batch_size: int = _opt(8, "Images per BLIP batch.", min=1, max=256, cli="--blip-batch-size")
+                     cli="--blip", group="blip", suggest=DEFAULT_BLIP)
+    blip_batch_size: int = _opt(8, "Images per BLIP batch.", min=1, max=256, cli="--blip-batch-size", group="blip")
+    tagger: str = _opt("", "Caption with booru tags from this WD14-v3-style ONNX tagger: a folder holding model.onnx "
+                       "and selected_tags.csv, or a Hugging Face repository id such as "
+                       "SmilingWolf/wd-eva02-large-tagger-v3; empty for none.", cli="--tagger", group="tagger",
+                       suggest=DEFAULT_TAGGER)
+    tag_threshold: float = _opt(0.35, "Tagger: keep a general tag when its confidence is at least this.", min=0.0,
+                                max=1.0, cli="--tag-threshold", group="tagger")
+    character_threshold: float = _opt(0.85, "Tagger: keep a character tag when its confidence is at least this.",
+                                      min=0.0, max=1.0, cli="--character-threshold", group="tagger")
+    rating_tags: bool = _opt(False, "Tagger: put the most likely rating tag (general, sensitive, ...) first.",
+                             cli="--rating-tags", group="tagger")
+    exclude_tags: str = _opt("", "Tagger: comma-separated tags never to write (e.g. 'simple background, solo').",
+                             cli="--exclude-tags", group="tagger")
+    max_tags: int = _opt(0, "Tagger: write at most this many tags per image, the most confident first (0: all).",
+                         min=0, max=1000, cli="--max-tags", group="tagger")
+    tag_underscores: bool = _opt(False, "Tagger: keep underscores in tags (blue_hair); by default they become "
+                                 "spaces, as the SDXL anime models were prompted.", cli="--tag-underscores",
+                                 group="tagger")
+    tagger_batch_size: int = _opt(8, "Images per tagger batch.", min=1, max=256, cli="--tagger-batch-size",
+                                  group="tagger")
     background: str = _opt("#808080", "Colour that transparent areas are composited on (#rrggbb).", cli="--background")
     max_megapixels: float = _opt(120.0, "Skip images larger than this many megapixels (decompression-bomb guard).",
                                  min=1.0, max=2000.0, cli="--max-megapixels")
@@ -77,6 +97,8 @@ class PreprocessOptions:
                                  f"not {getattr(self, name)}.")
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", self.background or ""):
             raise FieldError("background", f"--background must be a colour like #808080, not {self.background!r}.")
+        if self.blip.strip() and self.tagger.strip():
+            raise FieldError("tagger", "Choose one captioner: --blip (sentences) or --tagger (tags), not both.")
         if self.focal_crop and not (self.focal_face_weight or self.focal_entropy_weight or self.focal_edges_weight):
             raise FieldError("focal_crop", "--focal-crop needs at least one non-zero weight (face, entropy or edges).")
         return self
@@ -90,6 +112,18 @@ class PreprocessOptions:
     def background_rgb(self) -> tuple[int, int, int]:
         h = self.background.lstrip("#")
         return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+    @property
+    def captioner(self) -> str:
+        """"blip", "tagger" or "none"."""
+        return "blip" if self.blip.strip() else "tagger" if self.tagger.strip() else "none"
+
+    def tag_settings(self):
+        from core.prep.tagger import TagSettings
+
+        return TagSettings(general_threshold=self.tag_threshold, character_threshold=self.character_threshold,
+                           rating=self.rating_tags, exclude=tuple(t for t in self.exclude_tags.split(",") if t.strip()),
+                           max_tags=self.max_tags, keep_underscores=self.tag_underscores)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,5 +1,7 @@
-"""Preprocess options: a form built from `core.prep.options` (every option, its default and one-line help),
-then `tiwiz preprocess SRC DEST --jsonl` in a subprocess with a progress bar and the skipped files with reasons."""
+"""Preprocess options: a form built from `core.prep.options` (every option, its default and one-line help), with
+the captioner chosen first (none, BLIP sentences, or tagger tags: only the chosen one's options and thresholds are
+shown), then `tiwiz preprocess SRC DEST --jsonl` in a subprocess with a progress bar and the skipped files and
+warnings with reasons."""
 
 from __future__ import annotations
 
@@ -18,10 +20,20 @@ from tui.screens.dialogs import ConfirmModal
 from tui.widgets.inputs import OrderedInput
 
 
+CAPTIONERS = (("No captions", "none"), ("BLIP: sentences", "blip"), ("Tagger: booru tags", "tagger"))
+
+
 def option_fields() -> list[dict]:
     from core.prep.options import option_fields as fields
 
     return fields()
+
+
+def captioner_of(values: dict) -> str:
+    """"blip", "tagger" or "none": which captioner the form's values name."""
+    if str(values.get("blip") or "").strip():
+        return "blip"
+    return "tagger" if str(values.get("tagger") or "").strip() else "none"
 
 
 def cli_args(values: dict) -> list[str]:
@@ -43,8 +55,11 @@ class PreprocessScreen(WizardScreen):
     STAGE = "preprocess"
     DEFAULT_CSS = """
     #pp-form { width: 1fr; }
-    #pp-side { width: 36; padding-left: 1; border-left: solid $primary; }
+    #pp-side { width: 40%; min-width: 24; max-width: 40; padding-left: 1; border-left: solid $primary; }
     #pp-skipped { height: 1fr; }
+    #pp-progress { width: 100%; }
+    #pp-progress Bar { width: 1fr; }
+    .pp-field { height: auto; }
     """
     BINDINGS = [Binding("ctrl+r", "run", "Run", priority=True)]
 
@@ -52,34 +67,69 @@ class PreprocessScreen(WizardScreen):
         values = self.state.preprocess
         with Horizontal(classes="body"):
             with VerticalScroll(id="pp-form"):
+                chooser = True
                 for f in option_fields():
-                    name, default = f["name"], f["default"]
-                    value = values.get(name, default)
-                    with Horizontal(classes="form-row"):
-                        yield Label(name.replace("_", " "), classes="form-label")
-                        if isinstance(default, bool):
-                            yield Checkbox("", bool(value), id=f"pp-{name}", classes="form-field", compact=True)
-                        elif f.get("choices"):
-                            yield Select([(c, c) for c in f["choices"]], value=value, allow_blank=False,
-                                         id=f"pp-{name}", classes="form-field", compact=True)
-                        else:
-                            kind = {"int": "integer", "float": "number"}.get(f["type"], "text")
-                            yield OrderedInput(str(value), type=kind, id=f"pp-{name}", classes="form-field", compact=True)
-                    yield Static(f.get("help", ""), classes="form-help", markup=False)
+                    if f["name"] in ("blip", "tagger") and chooser:
+                        chooser = False
+                        with Horizontal(classes="form-row"):
+                            yield Label("captions", classes="form-label")
+                            yield Select(CAPTIONERS, value=captioner_of(values), allow_blank=False,
+                                         id="pp-captioner", classes="form-field", compact=True)
+                        yield Static("Captions for the written images: sentences (BLIP), booru tags (a WD14 "
+                                     "tagger, for anime models), or none.", classes="form-help", markup=False)
+                    with Vertical(classes=f"pp-field group-{f.get('group', 'all')}"):
+                        yield from self._field(f, values.get(f["name"], f["default"]))
             with Vertical(id="pp-side"):
                 yield Static(self._summary(), id="pp-summary")
-                yield Button("Run preprocessing (ctrl+r)", id="pp-run", variant="primary")
+                yield Button("Run (ctrl+r)", id="pp-run", variant="primary")
                 yield ProgressBar(total=None, show_eta=False, id="pp-progress")
                 yield Static("", id="pp-status")
-                yield Label("Skipped", classes="section")
+                yield Label("Skipped, warnings", classes="section")
                 yield RichLog(id="pp-skipped", max_lines=500, wrap=True, markup=False, min_width=20)  # wrap, never cut
+
+    def _field(self, f: dict, value) -> ComposeResult:
+        name, default = f["name"], f["default"]
+        with Horizontal(classes="form-row"):
+            yield Label(name.replace("_", " "), classes="form-label")
+            if isinstance(default, bool):
+                yield Checkbox("", bool(value), id=f"pp-{name}", classes="form-field", compact=True)
+            elif f.get("choices"):
+                yield Select([(c, c) for c in f["choices"]], value=value, allow_blank=False,
+                             id=f"pp-{name}", classes="form-field", compact=True)
+            else:
+                kind = {"int": "integer", "float": "number"}.get(f["type"], "text")
+                yield OrderedInput(str(value), type=kind, id=f"pp-{name}", classes="form-field", compact=True)
+        yield Static(f.get("help", ""), classes="form-help", markup=False)
 
     def _summary(self) -> str:
         return f"From  {self.state.source}\nInto  {self.state.dataset}"
 
     def on_mount(self) -> None:
         self.query_one("#pp-progress", ProgressBar).display = False
+        self._show_captioner(captioner_of(self.state.preprocess))
         self.query_one(".form-field").focus()
+
+    def _show_captioner(self, captioner: str) -> None:
+        """Show the chosen captioner's options (the tagger's thresholds, BLIP's batch size) and hide the other's."""
+        for group in ("blip", "tagger"):
+            for row in self.query(f".group-{group}"):
+                row.display = group == captioner
+
+    @on(Select.Changed, "#pp-captioner")
+    def _captioner(self, event: Select.Changed) -> None:
+        """Choosing a captioner fills in its usual model (editable) and clears the other one's."""
+        event.stop()
+        chosen = str(event.value)
+        suggest = {f["name"]: f.get("suggest", "") for f in option_fields()}
+        for name in ("blip", "tagger"):
+            field = self.query_one(f"#pp-{name}", Input)
+            value = (field.value.strip() or suggest[name]) if name == chosen else ""
+            self.state.preprocess[name] = value
+            with field.prevent(Input.Changed):
+                field.value = value
+        self._show_captioner(chosen)
+        problem = self.validate_options()
+        self.show_message(problem or "")
 
     # --- form --------------------------------------------------------------------------------------------------
 
@@ -94,7 +144,7 @@ class PreprocessScreen(WizardScreen):
 
     @on(Select.Changed)
     def _select(self, event: Select.Changed) -> None:
-        if event.select.id and event.select.id.startswith("pp-"):
+        if event.select.id and event.select.id.startswith("pp-") and event.select.id != "pp-captioner":
             self._set(event.select.id[3:], event.value)
 
     @on(Input.Changed)
@@ -172,6 +222,7 @@ class PreprocessScreen(WizardScreen):
         log = self.query_one("#pp-skipped", RichLog)
         status = self.query_one("#pp-status", Static)
         log.clear()
+        warnings = [0]
         bar.update(total=None, progress=0)
         bar.display = True
         status.update("starting…")
@@ -186,9 +237,12 @@ class PreprocessScreen(WizardScreen):
             elif kind == "skipped":
                 log.write(f"{Path(str(event.get('file', ''))).name}: {event.get('reason', '')}")
             elif kind == "warning":
+                warnings[0] += 1
                 log.write(f"warning: {event.get('message', '')}")
             elif kind == "finished":
-                status.update(f"[green]done: {event.get('written', 0)} written, {event.get('skipped', 0)} skipped[/]")
+                n = warnings[0]
+                status.update(f"[green]done: {event.get('written', 0)} written, {event.get('skipped', 0)} skipped, "
+                              f"{n} warning{'s' if n != 1 else ''}[/]")
 
         try:
             await run_jsonl(["preprocess", self.state.source, self.state.dataset, "--jsonl", *cli_args(values)],
