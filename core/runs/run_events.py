@@ -281,6 +281,11 @@ class Validation(RunEvent):
     auto_stop_window: int | None = _help("auto-stop rule: the window, steps", None)
     auto_stop_threshold: float | None = _help("auto-stop rule: the ratio below which the loss counts as flat", None)
     auto_stop_fired_at: int | None = _help("auto-stop rule: the first step where the loss was flat", None)
+    editability: float | None = _help("mean cosine similarity of the text encoder's outputs for the words around the "
+                                      "embedding in a few fixed prompts ('[name] in the desert') against the same "
+                                      "prompts with the init text: 1 = the prompt reads as with the init text; an "
+                                      "inflated or runaway embedding lowers it (text encoder only, no sampling)",
+                                      None)
 
 
 @_event
@@ -422,6 +427,20 @@ class MemoryPlan(RunEvent):
     reason: str = _help("why, in words", "")
     need_gib: float | None = _help("modelled GPU memory a step needs without checkpointing, GiB (auto on CUDA)", None)
     free_gib: float | None = _help("free GPU memory with the model loaded, GiB (auto on CUDA)", None)
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class ImagesRanked(RunEvent):
+    """The training images were ranked by how well the final embedding fits them, against each other (the images
+    that fight the concept); the whole ranking is in `path`."""
+
+    TYPE: ClassVar[str] = "images_ranked"
+    step: int = _help("the step of the embedding ranked with")
+    path: str = _help("the ranking (image_ranking.json), relative to the run folder", "image_ranking.json")
+    n_images: int = _help("images ranked", 0)
+    flagged: list[str] = _help("the images that fight the concept, worst first (paths)", factory=list)
+    reasons: list[str] = _help("for each flagged image, what to do about it, in words", factory=list)
 
 
 @_event

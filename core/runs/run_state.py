@@ -60,6 +60,9 @@ class RunState:
     final_safetensors: str = ""
     finish_reason: str = ""  # how a finished run ended: "steps", or "auto_stop" (the validation loss went flat)
     holdout_losses: list[tuple[int, float]] = field(default_factory=list)  # the held-out images' validation loss
+    editability: list[tuple[int, float]] = field(default_factory=list)  # the editability signal at each validation
+    ranking: str = ""  # the ranked images' file (relative), once the run ranked them
+    flagged_images: list[tuple[str, str]] = field(default_factory=list)  # (image, what to do) worst first
     n_holdout: int | None = None
     best_step: int | None = None  # the suggested best step (lowest held-out loss, else the auto-stop rule's, ...)
     best_basis: str | None = None  # what it rests on: a key of run_events.BEST_BASES (None in logs from before it)
@@ -141,7 +144,7 @@ class RunState:
 
     def _truncate(self, step: int) -> None:
         """Drop the points after `step`: a resume trains them again."""
-        for series in (self.losses, self.smoothed, self.val_losses, self.holdout_losses):
+        for series in (self.losses, self.smoothed, self.val_losses, self.holdout_losses, self.editability):
             while series and series[-1][0] > step:
                 series.pop()
 
@@ -184,6 +187,10 @@ class RunState:
             while self.holdout_losses and self.holdout_losses[-1][0] >= e.step:
                 self.holdout_losses.pop()
             self.holdout_losses.append((e.step, e.holdout_loss))
+        if e.editability is not None:
+            while self.editability and self.editability[-1][0] >= e.step:
+                self.editability.pop()
+            self.editability.append((e.step, e.editability))
         if e.best_step is not None:
             self.best_step, self.best_basis = e.best_step, e.best_basis
         if e.auto_stop_window is not None and e.auto_stop_threshold is not None:
@@ -286,6 +293,14 @@ class RunState:
             self.best_step, self.best_basis = e.best_step, e.best_basis
         self.best_checkpoint = e.best_checkpoint or self.best_checkpoint
 
+    def _images_ranked(self, e: ev.ImagesRanked) -> None:
+        self.ranking = e.path
+        self.flagged_images = list(zip(e.flagged, e.reasons + [""] * (len(e.flagged) - len(e.reasons))))
+
+    @property
+    def last_editability(self) -> float | None:
+        return self.editability[-1][1] if self.editability else None
+
     def _exit(self, e: ev.Exit) -> None:
         self.rendering_preview = None
         if e.state.final:
@@ -369,4 +384,5 @@ _HANDLERS = {
     ev.Error: RunState._error, ev.Stopping: RunState._stopping, ev.Stopped: RunState._stopped,
     ev.Finished: RunState._finished, ev.Exit: RunState._exit,
     ev.Compile: RunState._compile, ev.MemoryPlan: RunState._memory_plan,
+    ev.ImagesRanked: RunState._images_ranked,
 }

@@ -33,7 +33,7 @@ import json
 import math
 import random
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -276,3 +276,77 @@ def fixed_loss_function(batch_loss: Callable, dataset, *, seed: int, timesteps, 
                     for prompt in prompts]
 
     return loss_of
+
+
+def rank_session(s, progress: Callable | None = None) -> ImageRanking:
+    """Rank the images of a training session (core.training.session.Session, or any object with the attributes
+    `update.batch_loss` reads and those below) under the vectors it saves (the average, with ema_decay)."""
+    from core.training import update
+    from core.training.validation import VALIDATION_TIMESTEPS
+
+    cfg = s.config
+    line = ranking_prompt(s.template.lines)
+
+    def per_sample(prompts, latents, noise, timesteps, time_ids):
+        """One plain-MSE loss per timestep (the validation's loss, one sample at a time)."""
+        import torch
+
+        return torch.stack([update.batch_loss(s, [], None, prompts=prompts[k:k + 1], latents=latents[k:k + 1],
+                                              noise=noise[k:k + 1], timesteps=timesteps[k:k + 1],
+                                              time_ids=None if time_ids is None else time_ids[k:k + 1])
+                            for k in range(len(prompts))])
+
+    loss_of = fixed_loss_function(per_sample, s.dataset, seed=cfg.seed, timesteps=VALIDATION_TIMESTEPS,
+                                  sdxl=s.model.family == "sdxl")
+    with s.averaged():
+        measured = measure_images(s.dataset, loss_of, line=line, placeholder=s.placeholder,
+                                  held_out=s.holdout_indices, progress=progress)
+    words = (cfg.init_text or "").replace(",", " ").split() + [cfg.name]
+    ranked = rank(measured, concept_words=words, resize="buckets" if cfg.buckets else cfg.resize)
+    return ImageRanking(step=s.step, embedding=f"{s.name}.safetensors", prompt=line, images=tuple(ranked))
+
+
+def rank_run_folder(run_dir, progress: Callable | None = None) -> ImageRanking:
+    """Rank the images of a finished (or stopped) run folder under its final embedding, else its latest checkpoint:
+    its model, data and settings from its config.toml. Writes nothing (`write_ranking` does)."""
+    import contextlib
+    import types
+
+    import torch
+
+    from core.embeddings.vectors import load_embedding, sanitize_name
+    from core.errors import TiwizError
+    from core.events import ListSink
+    from core.training import session as sessions
+    from core.training.conditioning import encoder_slots
+    from core.training.config import TrainConfig
+    from core.training.splice import splice_vectors
+    from core.training.update import TokenCache
+
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_toml(run_dir / "config.toml")
+    name = sanitize_name(cfg.name)
+    files = [run_dir / f"{name}.safetensors"] + sorted(
+        (run_dir / "embeddings").glob(f"{name}-*.safetensors"), key=_checkpoint_step, reverse=True)
+    embedding = next((f for f in files if f.is_file()), None)
+    if embedding is None:
+        raise TiwizError(f"{run_dir}: no embedding saved yet (no final file, no checkpoint) to rank the images with")
+    sink = ListSink()  # the loaders' warnings (SDXL at low resolution, skipped images) are the training's, not ours
+    _, device, precision, model = sessions._load_model(cfg, sink)
+    slots = encoder_slots(model)
+    loaded = load_embedding(embedding, expected_dim=sum(slot.width for slot in slots), family=model.family,
+                            widths=tuple(slot.width for slot in slots) if model.family == "sdxl" else None)
+    vectors = torch.nn.Parameter(loaded.vectors.float().to(device), requires_grad=False)
+    _, placeholder = splice_vectors(slots, vectors)
+    template, dataset, _, holdout = sessions._load_data(cfg, model, device, sink)
+    s = types.SimpleNamespace(
+        config=cfg, model=model, device=device, precision=precision, unet_dtype=next(model.unet.parameters()).dtype,
+        tokens=TokenCache(placeholder), dataset=dataset, template=template, placeholder=placeholder,
+        holdout_indices=holdout, name=name, step=_checkpoint_step(embedding) if embedding != files[0] else
+        int(loaded.step or 0), averaged=contextlib.nullcontext)
+    return replace(rank_session(s, progress), embedding=str(embedding.relative_to(run_dir)))
+
+
+def _checkpoint_step(path: Path) -> int:
+    tail = path.stem.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
