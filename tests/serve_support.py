@@ -233,3 +233,16 @@ def wait_for_screen(page, text: str, timeout: float = 90.0) -> str:
             return screen
         page.wait_for_timeout(200)
     raise AssertionError(f"the page never showed {text!r}; it shows:\n{screen}")
+
+
+def click_text(page, text: str) -> None:
+    """Click the middle of `text` where the page's terminal shows it (a mouse click on the wizard)."""
+    lines = page_screen(page).splitlines()
+    row = next(i for i, line in enumerate(lines) if text in line)
+    col = lines[row].index(text) + len(text) / 2
+    query = page.evaluate("window.__sockets[window.__sockets.length - 1]").split("?", 1)[1]
+    size = dict(part.split("=") for part in query.split("&"))
+    box = page.locator(".xterm-screen").bounding_box()
+    cell_w, cell_h = box["width"] / int(size["width"]), box["height"] / int(size["height"])
+    page.mouse.click(box["x"] + col * cell_w, box["y"] + (row + 0.5) * cell_h)
+

@@ -1,7 +1,7 @@
 """The token of `tiwiz serve`, on a real server process started as the console script starts it: every HTTP request
 and every websocket upgrade without a valid token gets 401/403 and nothing else; the first request with ?token= gets
 an HttpOnly cookie and a redirect that drops the token from the address; a public host without a token is refused;
-the token is never logged after the start lines; the printed addresses (RunPod proxy, SSH tunnel, --public-url)."""
+the token is never printed after the first line; the printed addresses (RunPod proxy, SSH tunnel, --public-url)."""
 
 from __future__ import annotations
 
@@ -89,16 +89,15 @@ def test_the_first_visit_sets_an_httponly_cookie_and_drops_the_token_from_the_ad
     assert (status, location, then, final) == (303, "./loss.png?v=3", 200, f"{served.base}runs/{RUN}/loss.png?v=3")
 
 
-def test_the_token_is_never_logged_after_the_start_lines(tmp_path):
+def test_the_token_is_never_logged_after_the_first_line(tmp_path):
     server = start_serve(tmp_path, "--token", "sesame-1234567")
     assert server.url.endswith("?token=sesame-1234567")
     for path in ("", "?token=sesame-1234567", "runs/?token=sesame-1234567", "sesame-1234567?x=1", "?token=wrong"):
         get(server.base + path)
     get(server.base + "ws?token=sesame-1234567", websocket=True)
     output = server.stop().splitlines()
-    banner = next(i for i, line in enumerate(output) if "Ctrl+C stops" in line)
     assert "sesame-1234567" in output[0]
-    logged = output[banner + 1:]
+    logged = output[1:]
     assert any(" GET / 303 " in line for line in logged) and any(" GET /ws " in line for line in logged)
     assert not [line for line in logged if "sesame" in line]
 
@@ -156,10 +155,12 @@ def _free_port() -> int:
 def test_start_lines_name_every_way_in(tmp_path):
     lines = urls.start_lines("0.0.0.0", 8000, "T0KEN-123", None, tmp_path, env={"RUNPOD_POD_ID": "abc123"})
     assert lines[0] == "tiwiz serve: open https://abc123-8000.proxy.runpod.net/?token=T0KEN-123"
-    assert any("http://localhost:8000/?token=T0KEN-123" in line for line in lines)
+    assert any("on this machine: http://localhost:8000/?token=… (the token above)" in line for line in lines)
+    assert not any("T0KEN" in line for line in lines[1:])  # the first line only
     lines = urls.start_lines("127.0.0.1", 8000, "T0KEN-123", None, tmp_path, env={"RUNPOD_POD_ID": "abc123"})
     assert lines[0] == "tiwiz serve: open http://localhost:8000/?token=T0KEN-123"
     assert any("--host 0.0.0.0" in line and "abc123-8000.proxy.runpod.net" in line for line in lines)
+    assert any("ssh -N -L 8000:localhost:8000 " in line for line in lines)
     lines = urls.start_lines("127.0.0.1", 8123, "T0KEN-123", None, tmp_path, env={})
     assert any("ssh -N -L 8123:localhost:8123 " in line for line in lines)
     public = urls.check_public_url("https://example.com/tiwiz")
@@ -177,7 +178,9 @@ def test_printed_addresses_of_a_real_server_on_runpod(tmp_path):
                          env=serve_env(tmp_path, RUNPOD_POD_ID="pod42"))
     try:
         assert server.lines[0] == f"tiwiz serve: open https://example.com/tiwiz/?token={server.token}"
-        assert any(f"https://pod42-{port}.proxy.runpod.net/?token={server.token}" in line for line in server.lines)
+        assert any(f"RunPod proxy:    https://pod42-{port}.proxy.runpod.net/?token=…" in line
+                   for line in server.lines)
+        assert server.token not in "\n".join(server.lines[1:])
         status, _ = get(f"http://127.0.0.1:{port}/runs/", headers={"Authorization": f"token {server.token}"})
         assert status == 200
     finally:

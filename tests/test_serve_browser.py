@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 
 import pytest
 
-from tests.serve_support import CAPTURE_SCRIPT, PrefixProxy, start_serve, wait_for_screen
+from tests.serve_support import TIWIZ, CAPTURE_SCRIPT, PrefixProxy, click_text, start_serve, wait_for_screen
 from tests.tui_support import recorded_events, write_recorded_run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -173,3 +175,70 @@ def test_behind_a_reverse_proxy_with_a_path_prefix(browser, served):
         context.close()
     finally:
         proxy.close()
+
+
+def _served_apps(runs) -> list[int]:
+    """The pids of wizard processes textual-serve started for this runs folder."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                    words = fh.read().split(b"\0")
+            except OSError:
+                continue
+            if b"tui.main" in words and os.fsencode(str(runs)) in words:
+                found.append(int(entry.name))
+    return found
+
+
+def test_training_started_in_the_browser_outlives_the_tab(browser, tmp_path, tiny_model_dir):
+    """Continue to Training settings, start with ctrl+n and y; the monitor's `o` opens the run's previews page in a
+    new tab; closing the wizard's tab ends its wizard process, never the training."""
+    from core.runs import folder as runs
+    from tests.serve_support import serve_env
+    from tests.tui_support import copy_model, make_photos
+    from tui.state import WizardState, save_state
+
+    copy_model(tiny_model_dir, tmp_path / "model")
+    make_photos(tmp_path / "photos", 2)
+    save_state(WizardState(model=str(tmp_path / "model"), source=str(tmp_path / "photos"),
+                           dataset=str(tmp_path / "photos"), skip_preprocess=True, name="zxq-cat", init_text="cat",
+                           stage="training", train={"steps": "5000", "width": "64", "height": "64", "device": "cpu",
+                                                    "preview_every": "0", "save_every": "0"}),
+               tmp_path / "home" / "wizard.json")
+    server = start_serve(tmp_path, env=serve_env(tmp_path))
+    root = tmp_path / "runs"
+    try:
+        context = _context(browser)
+        page = context.new_page()
+        page.goto(server.url)
+        wait_for_screen(page, START_TEXT)
+        page.click("#terminal")
+        page.keyboard.press("c")  # continue: Training settings
+        wait_for_screen(page, "^n Next")  # Training settings, footer drawn
+        click_text(page, "^n Next")  # a browser keeps ctrl+n (a new window) to itself: the footer's Next, clicked
+        wait_for_screen(page, "Start training?")
+        page.keyboard.press("y")
+        wait_for_screen(page, "Full size", timeout=180)  # the monitor's footer
+        (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+        with context.expect_page() as opened:
+            page.keyboard.press("o")
+        previews = opened.value
+        previews.wait_for_load_state("load")
+        assert previews.url == f"{server.base}runs/{run_dir.name}/"
+        assert _images_decode(previews) == {"loss": True}
+        assert len(_served_apps(root)) == 1
+        page.close()
+        deadline = time.monotonic() + 60
+        while _served_apps(root) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _served_apps(root)  # the tab's wizard is gone ...
+        info = runs.inspect_run(run_dir)
+        assert info.alive and runs.pid_is_worker(info.pid, run_dir)  # ... its training is not
+        context.close()
+    finally:
+        server.stop()
+        for run_dir in root.iterdir() if root.is_dir() else ():
+            if run_dir.is_dir():
+                subprocess.run([str(TIWIZ), "stop", str(run_dir)], capture_output=True, timeout=180)

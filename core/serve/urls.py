@@ -84,25 +84,25 @@ def primary_base(host: str, port: int, public_url: str | None, env=None) -> str:
 
 
 def start_lines(host: str, port: int, token: str, public_url: str | None, runs_root, env=None) -> list[str]:
-    """What `tiwiz serve` prints when it listens: the first line is the address to open; the others name the other
-    ways in. The token appears in these lines only (never in the access log)."""
+    """What `tiwiz serve` prints when it listens. The first line is the address to open, with the token: the only
+    line that holds it (the others, and the access log after them, never do)."""
     runpod = runpod_base(port, env)
     reachable = not is_loopback(host)
     local = local_base(host, port)
     primary = primary_base(host, port, public_url, env)
+    same = "?token=… (the token above)" if token else ""
     lines = [f"tiwiz serve: open {with_token(primary, token)}"]
-    if public_url and public_url != primary:
-        lines.append(f"  public address:  {with_token(public_url, token)}")
     if runpod and reachable and runpod != primary:
-        lines.append(f"  RunPod proxy:    {with_token(runpod, token)}")
-    elif runpod:
+        lines.append(f"  RunPod proxy:    {runpod}{same}")
+    elif runpod and not reachable:
         lines.append(f"  RunPod proxy:    reaches only a server started with --host 0.0.0.0 (then {runpod})")
     if primary != local:
-        lines.append(f"  on this machine: {with_token(local, token)}")
-    if not runpod:
-        lines.append(f"  from a laptop:   {tunnel_command(port)}   (your usual ssh address and -p port), then open "
-                     f"{with_token(f'http://localhost:{port}/', token)}")
-    lines.append(f"  run previews:    add runs/ to the address ({local}runs/); the runs are those in {runs_root}")
+        lines.append(f"  on this machine: {local}{same}")
+    if not (runpod and reachable):
+        where = "the address above" if primary == local else f"http://localhost:{port}/{same}"
+        lines.append(f"  from a laptop:   {tunnel_command(port)}   (your usual ssh address and -p port), then "
+                     f"open {where}")
+    lines.append(f"  run previews:    runs/ under the same address; the runs are those in {runs_root}")
     if not token:
         lines.append(f"  no token: anyone who can open {local} on this machine can use it")
     lines.append("Ctrl+C stops the server; trainings started from it go on.")
