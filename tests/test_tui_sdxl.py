@@ -54,7 +54,7 @@ def test_training_and_embedding_screens_explain_sdxl(tmp_path):
             await wait_idle(pilot)
             helps = [str(w.content) for w in app.screen.query(".form-help")]
             assert any("SDXL: 1024 (its native size)" in h for h in helps)
-            assert any("to keep 1024 px training well inside 24 GB" in h for h in helps)
+            assert any("auto leaves it off where 1024 px fits the GPU's free memory" in h for h in helps)
             assert app.screen.query_one("#tr-width").value == "1024"
     asyncio.run(drive_training())
 
