@@ -137,3 +137,53 @@ async def burst(pilot, *keys: str) -> None:
         event.set_sender(app)
         app._driver.send_message(event)
     await wait_idle(pilot)
+
+
+# --- the wizard as the console script starts it ----------------------------------------------------------------------
+
+def console_home(tmp_path: Path, monkeypatch) -> Path:
+    """A user's shell for `tiwiz`: a home of their own, tmp_path as the current folder, no tiwiz variables set (the
+    runs go to ./runs, the wizard state to ~/.config/tiwiz)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("TIWIZ_HOME", "TIWIZ_RUNS_DIR", "TIWIZ_IMAGES", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    freeze_cursor(monkeypatch)
+    return tmp_path
+
+
+def console_app(argv: list[str] | None = None, saved=None):
+    """The app exactly as `tiwiz ARGV` builds it; `saved` (a WizardState) is written first as the wizard state a
+    previous session left, so "Continue" on the Start screen opens its stage."""
+    from tui.app import make_app
+    from tui.state import default_state_path, save_state
+
+    if saved is not None:
+        save_state(saved, default_state_path())
+    return make_app(list(argv or []))
+
+
+async def continue_saved(pilot, stage: str) -> None:
+    """On the Start screen, `c` (Continue) opens the saved stage."""
+    await wait_idle(pilot)
+    await pilot.press("c")
+    await wait_idle(pilot)
+    assert getattr(pilot.app.screen, "STAGE", None) == stage, pilot.app.screen
+
+
+async def until(pilot, condition, timeout: float, what: str) -> None:
+    """Wait (polling the app) until `condition()` holds; on timeout say what was awaited and the screen's message."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            shown = [str(w.content) for w in pilot.app.screen.query("#message")]
+            raise AssertionError(f"timed out waiting for {what} (message: {shown})")
+        await asyncio.sleep(0.2)
+        await pilot.pause()
+
+
+def message_text(app) -> str:
+    return " ".join(str(w.content) for w in app.screen.query("#message"))

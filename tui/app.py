@@ -45,7 +45,9 @@ class TiwizApp(App):
     TITLE = "tiwiz"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True),
-                Binding("ctrl+g", "cycle_images", "Image mode", show=False, priority=True)]
+                Binding("ctrl+g", "cycle_images", "Image mode", show=False, priority=True),
+                Binding("tab", "tab(1)", show=False, priority=True),
+                Binding("shift+tab", "tab(-1)", show=False, priority=True)]
 
     image_protocol: var[str] = var("halfcell", init=False)  # every ImagePreview follows it (halfcell, tgp, sixel)
 
@@ -57,8 +59,7 @@ class TiwizApp(App):
         self.state_path = Path(state_path) if state_path else default_state_path()
         self.saved_state = load_state(self.state_path) if state is None else None
         self.state = state if state is not None else WizardState()
-        # the CLI's runs folder ($TIWIZ_RUNS_DIR or ./runs) unless given; absolute, so workers never depend on the cwd
-        self.runs_root = (Path(runs_root) if runs_root else default_root()).absolute()
+        self.runs_root = Path(runs_root) if runs_root else default_root()  # the CLI's: $TIWIZ_RUNS_DIR or ./runs
         self.set_reactive(TiwizApp.image_protocol, image_protocol)
         self.attach_dir = Path(attach) if attach else None
         self.start_demo = demo
@@ -113,6 +114,25 @@ class TiwizApp(App):
                              f"or reopen the wizard's monitor with:\n  tiwiz wizard --attach {run_dir}")
         self.save()
         self.exit()
+
+    async def action_tab(self, direction: int) -> None:
+        """Tab and shift+Tab, run as the App reads the keys, so the keys typed after them in a burst go to the field
+        they were typed for (Textual's own Tab runs only after every key already read has gone to the old field). A
+        Tab binding of the focused widget (path completion) runs here too, in the same order."""
+        key = "tab" if direction > 0 else "shift+tab"
+        focused = self.focused
+        if focused is not None:
+            for binding in focused._bindings.key_to_bindings.get(key, ()):
+                if await self.run_action(binding.action, focused):
+                    return
+        if direction > 0:
+            self.screen.focus_next()
+        else:
+            self.screen.focus_previous()
+
+    def on_ordered_input_refused(self, event) -> None:
+        """A field in a dialog refused a character (wizard screens show it in their message line)."""
+        self.notify(event.sentence, severity="warning", timeout=4)
 
     # --- images -------------------------------------------------------------------------------------------------
 

@@ -100,6 +100,10 @@ class WizardScreen(Screen):
     def on_select_changed(self, event) -> None:
         self._form_edited()
 
+    def on_ordered_input_refused(self, event) -> None:
+        event.stop()
+        self.show_message(event.sentence, "warning")
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
             self.worker_failed(event.worker, event.worker.error)

@@ -28,13 +28,15 @@ class EmbeddingScreen(WizardScreen):
     def compose_body(self) -> ComposeResult:
         with Vertical(classes="body narrow"):
             yield Label("Name: the word you will type in prompts, and the file name", classes="field-label")
-            yield OrderedInput(self.state.name, placeholder="my-style", id="emb-name", max_length=MAX_NAME_LENGTH)
+            yield OrderedInput(self.state.name, placeholder="my-style", id="emb-name", max_length=MAX_NAME_LENGTH,
+                               name="Name")
             yield Label("Init text: what the vectors start from ('*' like A1111; empty = zeros)",
                         classes="field-label")
             yield OrderedInput(self.state.init_text, id="emb-init")
             yield Label("Vectors per token (1-75): more learn more detail but use more of the 75-token prompt",
                         classes="field-label")
-            yield OrderedInput(str(self.state.vectors), type="integer", id="emb-vectors", max_length=2)
+            yield OrderedInput(str(self.state.vectors), type="integer", id="emb-vectors", max_length=2,
+                               name="Vectors per token")
             yield Static("", id="emb-plan")
 
     def on_mount(self) -> None:

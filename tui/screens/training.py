@@ -122,7 +122,7 @@ def start_summary(config: TrainConfig, runs_root) -> str:
     """What ctrl+n is about to start: steps, image size and batch, and a time estimate from the last measured run."""
     per_step = config.batch_size * config.grad_accum
     lines = [f"{config.steps} steps × {per_step} image{'s' if per_step != 1 else ''} at {config.width}×{config.height}"
-             f" on device {config.device}, into a new run folder under {runs_root}."]
+             f" on device {config.device}, into a new run folder under {Path(runs_root).absolute()}."]
     measured = recent_rate(runs_root)
     if measured:
         from core.timefmt import format_duration
@@ -208,8 +208,9 @@ class TrainingScreen(WizardScreen):
                     options.append((str(value), str(value)))
                 yield Select(options, value=value, allow_blank=False, id=f"tr-{f.name}", classes="form-field", compact=True)
             else:
-                kind = {int: "integer", float: "number"}.get(f.type, "text")
-                yield OrderedInput(str(value), type=kind, id=f"tr-{f.name}", classes="form-field", compact=True)
+                # numbers are typed as text and validated as a whole: a wrong character stays visible, marked, and
+                # the message names the field (a typed restriction would drop it: "0.01" became "001")
+                yield OrderedInput(str(value), id=f"tr-{f.name}", classes="form-field", compact=True, name=f.label)
         yield Static(f.help + (SDXL_HELP.get(f.name, "") if getattr(self.state, "model_family", "") == "sdxl" else ""),
                      classes="form-help", markup=False)
 

@@ -10,11 +10,42 @@ immediate, unlike `Widget.focus`), so the keys after them reach the new field.
 from __future__ import annotations
 
 from textual import events
+from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import Input
+
+REFUSAL_REASONS = {"integer": "takes a whole number", "number": "takes a number"}
 
 
 class OrderedInput(Input):
-    """An Input whose own key bindings run in the order keys arrive."""
+    """An Input whose own key bindings run in the order keys arrive, and which says why it refused a character
+    (posting `Refused`, which the screen shows) instead of dropping it silently. `name` is the field's label in
+    that message."""
+
+    class Refused(Message):
+        def __init__(self, input: "OrderedInput", text: str) -> None:
+            super().__init__()
+            self.input = input
+            self.text = text
+
+        @property
+        def sentence(self) -> str:
+            field = self.input.name or "This field"
+            value = self.input.value
+            if self.input.max_length and len(value) + len(self.text) > self.input.max_length:
+                why = f"holds at most {self.input.max_length} characters"
+            else:
+                why = REFUSAL_REASONS.get(self.input.type, "does not take that")
+            return f"{field} {why}: “{self.text}” was not typed."
+
+    _attempt = ""
+
+    def replace(self, text: str, start: int, end: int) -> None:
+        self._attempt = text
+        super().replace(text, start, end)
+
+    def restricted(self) -> None:
+        self.post_message(self.Refused(self, self._attempt))
 
     async def _on_key(self, event: events.Key) -> None:
         if not event.is_printable:
@@ -56,7 +87,8 @@ def complete_path(text: str) -> str | None:
 class PathInput(OrderedInput):
     """A path field: Tab completes the path (like a shell); with nothing to complete it moves on, as Tab does."""
 
-    BINDINGS = [("tab", "complete", "Complete path")]
+    # priority: it shows in the footer over the App's Tab, which runs it (TiwizApp.action_tab) in the keys' order
+    BINDINGS = [Binding("tab", "complete", "Complete path", priority=True)]
 
     def action_complete(self) -> None:
         completed = complete_path(self.value[: self.cursor_position]) if self.cursor_position == len(self.value) \
