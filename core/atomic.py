@@ -116,8 +116,38 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, sync_dir: bool = Tr
     return atomic_write_bytes(path, text.encode("utf-8"), sync_dir=sync_dir)
 
 
-def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj, *, in_place_when_full: bool = False) -> Path:
+    """`in_place_when_full`: for a small state file that must say how things ended even on a full disk (status.json,
+    a queue job's state): when the atomic write fails for lack of space, the existing file is overwritten in place,
+    in blocks it already owns (not atomic, so only as the last resort)."""
+    text = json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+    try:
+        return atomic_write_text(path, text)
+    except OSError as exc:
+        if not in_place_when_full or exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _overwrite(path, text):
+            raise
+        return Path(path)
+
+
+def _overwrite(path: str | os.PathLike, text: str) -> bool:
+    """Write `text` over the existing file `path` within its allocated blocks; False when it cannot."""
+    data = text.encode("utf-8")
+    try:
+        fd = open_own_file(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if len(data) > max(st.st_size, st.st_blocks * 512):
+            return False
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temps(folder: str | os.PathLike, subfolders: tuple[str, ...] = ()) -> list[Path]:

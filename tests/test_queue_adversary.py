@@ -12,6 +12,7 @@ from core.queue import jobs as qjobs
 from core.queue import launch
 from core.queue import scheduler as sched
 from queue_helpers import cli
+from small_disk import small_disk  # noqa: F401 (fixture)
 from train_helpers import make_images
 
 
@@ -112,3 +113,20 @@ def test_deeply_nested_job_files_are_problems_not_crashes(setup, tmp_path, capsy
     jobs = {j.name: j for j in qjobs.list_jobs(queue)}
     assert jobs["deep"].state == "failed" and "nested too deeply" in jobs["deep"].reason
     assert jobs["good"].state == "failed" and "resize" in jobs["good"].reason
+
+
+def test_job_state_is_recorded_on_a_full_disk(small_disk):
+    """Item 31: on a full disk the scheduler still records how a job ended (its state file is rewritten in the blocks
+    it already has), so the queue never shows a dead job as running and --on-finish can fire."""
+    from small_disk import fill_disk
+
+    queue = small_disk / "queue"
+    queue.mkdir()
+    job = qjobs.Job(queue_dir=queue, name="cat", run_dir=str(small_disk / "cat"))
+    job.save(state="running", attempts=1)
+    fill_disk(small_disk)
+    with pytest.raises(OSError):
+        (small_disk / "more.bin").write_bytes(b"\0" * 65536)
+    job.save(state="failed", reason="the disk is full")
+    again = qjobs.load_job(queue, "cat")
+    assert (again.state, again.reason, again.problems) == ("failed", "the disk is full", [])

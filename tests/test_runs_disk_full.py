@@ -29,3 +29,30 @@ def test_full_disk_ends_failed_with_the_reason_on_screen(tmp_path, tiny_model_di
     assert "disk is full" in shown.stdout and "last good checkpoint is step" in shown.stdout, shown.stdout
     listing = cli("runs", "--root", small_disk)
     assert "failed" in listing.stdout and "killed" not in listing.stdout, listing.stdout
+
+
+def test_resumed_worker_on_a_full_disk_still_says_failed(tmp_path, tiny_model_dir, small_disk):
+    """Issue 25, item 31: a worker resumed (as the queue retries it) with under 256 KB free, then with none at all,
+    ends "failed: the disk is full" in status.json (never "running" or "killed"), leaves no reserve file behind, and
+    its process ends."""
+    data = make_images(tmp_path / "data", n=2)
+    run = runapi.start_run(tiny_config(tiny_model_dir, data, output=str(small_disk / "run"), steps=5000,
+                                       save_every=2))
+    follower = runapi.follow(run)
+    next_events(follower, lambda e: e["type"] == "checkpoint", "the first checkpoint")
+    runs.send_command(run, "stop")
+    assert wait_done(run).state == "stopped"
+    spacer = small_disk / "spacer.bin"
+    spacer.write_bytes(b"\1" * (100 << 10))
+    fill_disk(small_disk)
+    spacer.unlink()  # about 100 KB free: less than the worker's usual reserve
+    for attempt in ("little space", "no space"):
+        runapi.resume_run(run)
+        info = wait_done(run)
+        assert info.state == "failed", (attempt, info, runs.read_status(run))
+        assert "disk is full" in info.reason, (attempt, info.reason)
+        assert not (run / ".tiwiz-reserve").exists(), attempt
+        assert runs.read_status(run)["state"] == "failed"
+        fill_disk(small_disk, "filler-2.bin")
+    listing = cli("runs", "--root", small_disk)
+    assert "failed" in listing.stdout and "killed" not in listing.stdout, listing.stdout

@@ -107,7 +107,7 @@ class Job:
         for key, value in changes.items():
             setattr(self, key, value)
         self.updated = round(time.time(), 3)
-        atomic_write_json(self.state_path, self.to_state())
+        atomic_write_json(self.state_path, self.to_state(), in_place_when_full=True)  # a full disk: still recorded
         return self
 
 

@@ -84,7 +84,7 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
 def write_status(run_dir: str | os.PathLike, status: dict) -> dict:
     status = dict(status)
     status["updated"] = round(time.time(), 3)
-    atomic_write_json(Path(run_dir) / STATUS, status)
+    atomic_write_json(Path(run_dir) / STATUS, status, in_place_when_full=True)  # "failed" even on a full disk
     return status
 
 

@@ -8,6 +8,7 @@ consumes commands/ between steps, and turns SIGTERM/SIGINT into a graceful stop 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import queue
@@ -65,7 +66,7 @@ class StatusTracker:
         try:
             runs.write_status(self.run_dir, snapshot)
         except OSError as exc:  # a full disk must not kill training; the event log still says what happens
-            print(f"tiwiz worker: cannot write status.json: {exc}", file=sys.stderr, flush=True)
+            _say(sys.stderr, f"tiwiz worker: cannot write status.json: {exc}")
 
     def _writer(self) -> None:
         while True:
@@ -212,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     except TiwizError as exc:
         print(f"tiwiz worker: {exc}", file=sys.stderr, flush=True)
         return 3
-    print(f"tiwiz worker: pid {os.getpid()} {'resuming' if args.resume else 'starting'} in {run_dir} "
-          f"at {time.strftime('%Y-%m-%d %H:%M:%S')}", file=sys.stderr, flush=True)
+    _say(sys.stderr, f"tiwiz worker: pid {os.getpid()} {'resuming' if args.resume else 'starting'} in {run_dir} "
+                     f"at {time.strftime('%Y-%m-%d %H:%M:%S')}")
     try:
         return _run_locked(run_dir, args.resume)
     finally:
@@ -259,7 +260,7 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
         sink = WorkerSink(run_dir, tracker, observer)
     except OSError as exc:
         reason = f"cannot write the event log: {describe_failure(exc, tracker)}"
-        print(f"tiwiz worker: failed: {reason}", file=log, flush=True)
+        _say(log, f"tiwiz worker: failed: {reason}")
         tracker.set(state="failed", reason=reason, sync=True)
         tracker.close()
         return 1
@@ -299,16 +300,16 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
         outcome = trainer.run(resume=resume)
     except BaseException as exc:  # noqa: BLE001 - every failure must end as state "failed" with its reason
         reason = describe_failure(exc, tracker)
-        traceback.print_exc(file=log)  # worker.log is for debugging: the user sees `reason`
-        print(f"tiwiz worker: failed: {reason}", file=log, flush=True)
+        # The run's last words before worker.log's traceback: on a full disk, writing the log can fail too.
         _release_reserve(reserve)  # on a full disk, the space for the last words below
         if trainer is None or sink.lost_error:  # the trainer emits its own error event, unless it could not
             _safe_emit(sink, ev.Error(message=reason))
         # The log's last word goes first: once status.json says the run is over, viewers stop reading.
         _safe_emit(sink, ev.Exit(state=RunPhase.FAILED, step=tracker.status["step"], reason=reason))
-        sink.close()
+        _safe_close(sink)
         tracker.set(state=RunPhase.FAILED.value, reason=reason, sync=True)
         tracker.close()
+        _say(log, "".join(traceback.format_exception(exc)) + f"tiwiz worker: failed: {reason}")
         return 1
     _release_reserve(reserve)
     state = RunPhase.FINISHED if outcome.finished else RunPhase.STOPPED
@@ -317,11 +318,11 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
         reason = tracker.status.get("reason") or "auto-stop: the validation loss went flat"
     step = outcome.step
     _safe_emit(sink, ev.Exit(state=state, step=step, reason=reason))
-    sink.close()
+    _safe_close(sink)
     tracker.set(state=state.value, reason=reason, step=step,
                 last_loss=outcome.last_loss, sync=True)
     tracker.close()
-    print(f"tiwiz worker: {state} at step {tracker.status['step']}", file=log, flush=True)
+    _say(log, f"tiwiz worker: {state} at step {tracker.status['step']}")
     return 0
 
 
@@ -332,21 +333,29 @@ RESERVE_BYTES = 256 << 10
 def _reserve_space(run_dir: Path) -> Path | None:
     """Hold some disk space for the run's last words: when the disk fills up, deleting this file lets the worker
     still write the error, the `exit` event and status.json "failed" (otherwise viewers can only say "killed").
-    Never through a link: a link or a hard link by that name is left alone (no reserve)."""
+    With less free, as much as there is (down to one block). Never through a link: a link or a hard link by that name
+    is left alone (no reserve)."""
     path = run_dir / RESERVE
     try:
         fd = open_own_file(path, os.O_WRONLY | os.O_CREAT)
     except OSError:
         return None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(b"\0" * RESERVE_BYTES)  # real blocks (a sparse file would free nothing)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError:
-        remove_own_file(path)
-        return None
-    return path
+    with os.fdopen(fd, "wb") as fh:
+        size = RESERVE_BYTES
+        while size >= 4096:
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(b"\0" * size)  # real blocks (a sparse file would free nothing)
+                fh.flush()
+                os.fsync(fh.fileno())
+                return path
+            except OSError:
+                size //= 4
+        with contextlib.suppress(OSError):
+            fh.truncate(0)
+    remove_own_file(path)
+    return None
 
 
 def _release_reserve(path: Path | None) -> None:
@@ -362,12 +371,37 @@ def _stop_reason(trainer_reason: EndReason, signals: list[str]) -> str:
     return str(trainer_reason)
 
 
+def _say(log, text: str) -> None:
+    """A line for worker.log, which may be unwritable (a full disk): the run's end never depends on it."""
+    with contextlib.suppress(Exception):
+        print(text, file=log, flush=True)
+
+
+def _safe_close(sink: WorkerSink) -> None:
+    with contextlib.suppress(OSError):  # a full disk: the buffered tail cannot be flushed
+        sink.close()
+
+
 def _safe_emit(sink: WorkerSink, event: ev.RunEvent) -> None:
     try:
         sink.emit(event)
     except Exception as exc:  # noqa: BLE001 - the log may be what failed (disk full)
-        print(f"tiwiz worker: cannot write the {event.TYPE} event: {exc}", file=sys.stderr, flush=True)
+        _say(sys.stderr, f"tiwiz worker: cannot write the {event.TYPE} event: {exc}")
+
+
+def _exit(code: int) -> None:
+    """End the process now: a thread a library left running (or an unwritable stderr at shutdown) must never keep a
+    worker that is done looking alive to `tiwiz runs` and the queue."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        _code = main()
+    except BaseException as _exc:  # noqa: BLE001 - whatever happened, the process ends
+        _say(sys.stderr, "".join(traceback.format_exception(_exc)))
+        _code = 1
+    _exit(_code)
