@@ -4,6 +4,7 @@ leave the queue folder."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,47 @@ def test_job_state_is_recorded_on_a_full_disk(small_disk):
     job.save(state="failed", reason="the disk is full")
     again = qjobs.load_job(queue, "cat")
     assert (again.state, again.reason, again.problems) == ("failed", "the disk is full", [])
+
+
+def test_edited_output_of_a_queued_job_is_followed(tmp_path, tiny_model_dir):
+    """Item 32: `output` edited in a queued job's file (documented as editable) is where the job trains and where the
+    scheduler watches it: it ends "finished", and a retry never trains a finished run again."""
+    from core.runs import folder as runs
+
+    data = make_images(tmp_path / "data", n=2)
+    root = tmp_path / "runs"
+    env = {"TIWIZ_RUNS_DIR": str(root)}
+    config = write_config(tmp_path / "cat.toml", model=str(tiny_model_dir), data=str(data), name="cat", steps=4,
+                          width=64, height=64, save_every=2, preview_every=0, validate_every=0, device="cpu")
+    assert cli("queue", "add", config, env=env).returncode == 0
+    queue = root / "queue"
+    elsewhere = tmp_path / "elsewhere"
+    text = (queue / "cat.toml").read_text()
+    assert str(root / "cat") in text
+    (queue / "cat.toml").write_text(text.replace(str((root / "cat").resolve()), str(elsewhere)))
+    assert qjobs.load_job(queue, "cat").run_dir == str(elsewhere)
+    out = cli("queue", "run", "--foreground", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = qjobs.load_job(queue, "cat")
+    assert (job.state, job.run_dir) == ("finished", str(elsewhere)), (job, out.stdout)
+    assert runs.inspect_run(elsewhere).state == "finished" and not (root / "cat").exists()
+    # Edited again after it ran: the job stays with the run folder it trained in.
+    (queue / "cat.toml").write_text((queue / "cat.toml").read_text().replace(str(elsewhere), str(tmp_path / "x")))
+    assert qjobs.load_job(queue, "cat").run_dir == str(elsewhere)
+    retried = cli("queue", "retry", "cat", env=env)
+    assert retried.returncode == 2 and "already finished" in retried.stderr
+
+
+def test_a_later_life_never_overwrites_a_folder_holding_a_run(tmp_path):
+    """Item 32: a job whose run folder lost its config.toml but still holds a run is refused, never started over."""
+    model, data = tmp_path / "model", make_images(tmp_path / "data", n=1)
+    model.mkdir()
+    queue = tmp_path / "runs" / "queue"
+    [job] = qjobs.add_jobs(queue, [("cat", {"model": str(model), "data": str(data), "name": "cat"}, "cat")])
+    job.save(lives=[{"event": "launch", "attempt": 1}], attempts=1)
+    run = Path(job.run_dir)
+    run.mkdir(parents=True)
+    (run / "events.jsonl").write_text('{"type": "started", "time": 1.0, "step": 0, "max_steps": 10}\n')
+    with pytest.raises(TiwizError, match="already holds"):
+        launch.launch(qjobs.load_job(queue, "cat"))
+    assert (run / "events.jsonl").read_text().startswith('{"type": "started"')

@@ -157,7 +157,9 @@ def load_job(queue_dir: Path, name: str) -> Job:
     if job.state not in JOB_STATES:
         job.problems.append(f"{job.state_path}: unknown state {job.state!r}; treated as queued")
         job.state = "queued"
-    if not job.run_dir:
+    if not job.launched:  # `output` may be edited until the job first starts; then its run folder stays
+        job.run_dir = _run_dir_of(job.config_path) or job.run_dir
+    elif not job.run_dir:
         job.run_dir = _run_dir_of(job.config_path)
     return job
 

@@ -50,8 +50,7 @@ def launch(job: Job, gpu: str | None = None, first: bool = False) -> dict:
     if info is not None and info.alive:
         return {"how": "adopted", "pid": info.pid, "run_dir": str(run_dir)}
     config = job.load_config()
-    if not config.output:
-        config.output = str(run_dir)
+    config.output = str(run_dir)  # the job's run folder: a later edit of `output` never moves a started job
     if gpu is not None and config.device.startswith("cuda:"):
         config.device = "cuda"  # the one visible GPU
     env = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}
@@ -67,6 +66,9 @@ def launch(job: Job, gpu: str | None = None, first: bool = False) -> dict:
                 raise
             how = "resumed"
         elif not first:  # it died before its run folder was written: start it
+            if runapi.holds_run(run_dir):
+                raise TiwizError(f"{run_dir} already holds a training run but has no {runs.CONFIG}; it is not "
+                                 "started over: restore its config.toml (or move the folder away) and retry the job")
             runapi.start_run(config.replace(overwrite=True))
             how = "restarted"
         else:

@@ -57,7 +57,7 @@ def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def _holds_run(run_dir: Path) -> str | None:
+def holds_run(run_dir: Path) -> str | None:
     for marker in (runs.STATE, "loss.csv", runs.EVENTS):
         if (run_dir / marker).exists() and (run_dir / marker).stat().st_size > 0:
             return marker
@@ -95,7 +95,7 @@ def prepare_run(config, root: str | os.PathLike | None = None, name: str | None 
         who = f" (pid {info.pid})" if info.pid else ""
         raise TiwizError(f"{run_dir}: a worker is already training there{who}; "
                          f"`tiwiz attach {run_dir}` to watch it")
-    marker = _holds_run(run_dir) if run_dir.exists() else None
+    marker = holds_run(run_dir) if run_dir.exists() else None
     if marker and not config.overwrite:
         raise TiwizError(f"{run_dir} already holds a training run ({marker}); `tiwiz resume {run_dir}` continues "
                          "it, or choose another output folder, or pass --overwrite to start over in it")
