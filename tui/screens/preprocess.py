@@ -10,6 +10,7 @@ from pathlib import Path
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, RichLog, Select, Static
 
@@ -27,6 +28,11 @@ def option_fields() -> list[dict]:
     from core.prep.options import option_fields as fields
 
     return fields()
+
+
+def tail(path: str, width: int = 24) -> str:
+    """The end of a long path: `…/shoot/photos`."""
+    return path if len(path) <= width else "…" + path[-(width - 1):]
 
 
 def captioner_of(values: dict) -> str:
@@ -57,6 +63,7 @@ class PreprocessScreen(WizardScreen):
     #pp-form { width: 1fr; }
     #pp-side { width: 40%; min-width: 24; max-width: 40; padding-left: 1; border-left: solid $primary; }
     #pp-skipped { height: 1fr; }
+    #pp-summary { text-wrap: nowrap; text-overflow: ellipsis; }
     #pp-progress { width: 100%; }
     #pp-progress Bar { width: 1fr; }
     .pp-field { height: auto; }
@@ -102,7 +109,8 @@ class PreprocessScreen(WizardScreen):
         yield Static(f.get("help", ""), classes="form-help", markup=False)
 
     def _summary(self) -> str:
-        return f"From  {self.state.source}\nInto  {self.state.dataset}"
+        # one line each, the end of the path kept (the Folders screen shows them whole): the list below stays in view
+        return f"From  {tail(self.state.source)}\nInto  {tail(self.state.dataset)}"
 
     def on_mount(self) -> None:
         self.query_one("#pp-progress", ProgressBar).display = False
@@ -149,21 +157,30 @@ class PreprocessScreen(WizardScreen):
 
     @on(Input.Changed)
     def _input(self, event: Input.Changed) -> None:
-        if not (event.input.id and event.input.id.startswith("pp-")):
-            return
-        name = event.input.id[3:]
+        if event.input.id and event.input.id.startswith("pp-"):
+            self._take(event.input)
+
+    def _take(self, widget: Input) -> None:
+        """A text field's value into the state (numbers parsed; a bad one marked and said)."""
+        name = widget.id[3:]
         field = next(f for f in option_fields() if f["name"] == name)
-        text = event.value.strip()
+        text = widget.value.strip()
         try:
             value = int(text) if field["type"] == "int" else float(text) if field["type"] == "float" else text
         except ValueError:
-            event.input.add_class("-invalid")
+            widget.add_class("-invalid")
             self.show_message(f"{name.replace('_', ' ')}: not a number")
             return
         self._set(name, value)
         problem = self.validate_options()
         if problem:
             self.show_message(problem)
+
+    def _sync_form(self) -> None:
+        """Every text field's current value into the state (their Changed events may still be on their way)."""
+        for widget in self.query(".form-field"):
+            if isinstance(widget, Input) and (widget.id or "").startswith("pp-"):
+                self._take(widget)
 
     def validate_options(self) -> str | None:
         """The first problem with the options (its input marked invalid), or None."""
@@ -188,7 +205,17 @@ class PreprocessScreen(WizardScreen):
     def _run_pressed(self) -> None:
         self.action_run()
 
+    class RunAfterKeys(Message):
+        """Posted to the focused field by ctrl+r: it bubbles up to the screen after the keys already sent to that
+        field, so a run typed right after a value (a burst, a paste) runs with that value."""
+
     def action_run(self) -> None:
+        (self.focused or self).post_message(self.RunAfterKeys())
+
+    @on(RunAfterKeys)
+    def _run_after_keys(self, event: Message) -> None:
+        event.stop()
+        self._sync_form()
         problem = self.validate_options()
         if problem:
             self.show_message(problem)
