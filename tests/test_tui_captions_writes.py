@@ -147,3 +147,30 @@ def test_no_stale_doctor_finding_after_a_caption_is_written(monkeypatch, tmp_pat
     assert "00012-cat_on_a_mat.png has no caption" not in listed and "dog_in_snow.png has no caption" in listed
     n = int(count.split("doctor: ")[1].split()[0])
     assert f"doctor: {n - 1} finding" in count_after
+
+
+def test_caption_field_and_missing_file_note_fit_80x24_and_60x20(monkeypatch, tmp_path):
+    """Issue 25 item 18: nothing the caption field says is cut at 80x24 or 60x20."""
+    from tests.test_tui_preprocess_tagger import screen_text
+
+    ds, stems = photo_folder(tmp_path, {"red_car": "a red car"})
+    app = console_app(monkeypatch, tmp_path, state_for(ds))
+    shown = {}
+
+    def region_text(text: str, region) -> str:
+        lines = text.splitlines()[region.y:region.y + region.height]
+        return " ".join(" ".join(line[region.x:region.x + region.width].split()) for line in lines).strip()
+
+    async def drive():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await continue_saved(pilot)
+            for size in ((80, 24), (60, 20)):
+                await pilot.resize_terminal(*size)
+                await wait_idle(pilot)
+                text = screen_text(app)
+                shown[size] = (region_text(text, app.screen.query_one("#cap-input").region),
+                               region_text(text, app.screen.query_one("#cap-tokens").region))
+    asyncio.run(drive())
+    for size, (field, note) in shown.items():
+        assert "no caption file yet" in field, size
+        assert note == "No caption file: the trainer uses the file name, “cat on a mat”.", size
