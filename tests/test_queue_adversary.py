@@ -175,3 +175,49 @@ def test_a_later_life_never_overwrites_a_folder_holding_a_run(tmp_path):
     with pytest.raises(TiwizError, match="already holds"):
         launch.launch(qjobs.load_job(queue, "cat"))
     assert (run / "events.jsonl").read_text().startswith('{"type": "started"')
+
+
+def test_job_names_never_reach_outside_the_queue(setup, tmp_path, capsys):
+    """Item 33: `remove`/`retry` with a path as the name touch nothing outside the queue folder; a job file placed by
+    hand with a name no job may have is ignored and reported (escaped), never a forged row."""
+    model, data, root, env = setup
+    queue = root / "queue"
+    qjobs.add_jobs(queue, [("cat", {"model": str(model), "data": str(data), "name": "cat"}, "cat")])
+    outside = root / "victim.toml"
+    outside.write_text("keep\n")
+    (root / "victim.state.json").write_text('{"state": "failed"}')
+    os.environ["TIWIZ_RUNS_DIR"] = str(root)
+    try:
+        for name in ("../victim", str(root / "victim"), "../runs/victim", "queue/../../victim"):
+            for action in ("remove", "retry"):
+                out = in_process(capsys, "queue", action, name)
+                assert out.returncode == 2 and "no job" in out.stderr, (action, name, out.stderr)
+        assert outside.read_text() == "keep\n" and (root / "victim.state.json").exists()
+        forged = queue / "evil\nzz  running  GPU0  1 of 1  -  forged.toml"
+        forged.write_text((queue / "cat.toml").read_text())
+        listed = in_process(capsys, "queue")
+        assert listed.returncode == 0
+        rows = listed.stdout.splitlines()
+        assert not any(line.startswith("zz") for line in rows), listed.stdout
+        assert any("ignored" in line and "evil\\n" in line for line in rows + listed.stderr.splitlines()), listed
+        assert [j.name for j in qjobs.list_jobs(queue)] == ["cat"]
+    finally:
+        del os.environ["TIWIZ_RUNS_DIR"]
+
+
+@pytest.mark.parametrize("where", ["queue", "inside queue", "data", "model", "inside data"])
+def test_a_job_output_that_would_clobber_the_queue_or_its_inputs_is_refused(setup, where):
+    """Item 33: a job whose run folder is the queue folder (or in it), or the data or model folder, is refused at
+    `add` and, for a file placed by hand, when it would start."""
+    model, data, root, env = setup
+    queue = (root / "queue").resolve()
+    output = {"queue": queue, "inside queue": queue / "run", "data": data, "model": model,
+              "inside data": data / "run"}[where]
+    settings = {"model": str(model), "data": str(data), "name": "cat", "output": str(output)}
+    with pytest.raises(TiwizError, match="output: "):
+        qjobs.add_jobs(queue, [("cat", settings, "cat.toml")])
+    queue.mkdir(parents=True, exist_ok=True)
+    write_config(queue / "cat.toml", **settings)
+    with pytest.raises(TiwizError, match="output: "):
+        launch.launch(qjobs.load_job(queue, "cat"), first=True)
+    assert not (Path(output) / "config.toml").exists()

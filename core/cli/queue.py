@@ -119,11 +119,16 @@ def cmd_list(args) -> int:
     from core.queue.status import job_rows
     from core.timefmt import format_duration
 
+    from core.queue.jobs import ignored_job_files
+
     queue_dir = queue_dir_of(args)
     sched = read_scheduler(queue_dir)
     alive = scheduler_alive(queue_dir)
     retries = (sched.get("settings") or {}).get("retries")
     rows = job_rows(queue_dir, retries)
+    for name in ignored_job_files(queue_dir):  # safe_print shows control characters as escapes
+        safe_print(f"ignored {name!r} in {queue_dir}: not a job name (letters, digits, '.', '_', '-'); rename it to "
+                   "queue it", file=sys.stderr)
     if args.json:
         safe_print(json.dumps({"queue": str(queue_dir.resolve()), "scheduler": {**sched, "alive": alive},
                           "jobs": [r.as_dict() for r in rows]}))

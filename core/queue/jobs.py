@@ -58,10 +58,25 @@ def job_name_from(text: str) -> str:
 def check_job_name(name: str) -> str:
     if name in RESERVED:
         raise TiwizError(f"job name {name!r} is reserved; choose another")
-    if not _NAME_RE.fullmatch(name or "") or name.endswith(STATE_SUFFIX) or name.endswith(".toml"):
+    if not valid_job_name(name):
         raise TiwizError(f"job name {name!r}: use letters, digits, '.', '_' and '-' (at most 100), starting with a "
                          "letter or digit")
     return name
+
+
+def valid_job_name(name: str) -> bool:
+    """A name a job may have: it never leaves the queue folder (no '/', no '..' start), never forges a line of
+    `tiwiz queue` or a word of $TIWIZ_QUEUE_FAILED_JOBS (no spaces or control characters)."""
+    return bool(_NAME_RE.fullmatch(name or "")) and name not in RESERVED and not name.endswith(STATE_SUFFIX) \
+        and not name.endswith(".toml")
+
+
+def check_job_output(out: Path, queue_dir: Path, where: str) -> None:
+    """A run folder may not be the queue folder or inside it (its files would be read as jobs)."""
+    queue_dir = Path(queue_dir).resolve()
+    if out == queue_dir or queue_dir in out.parents:
+        raise TiwizError(f"{where}: output: {out} is inside the queue folder {queue_dir}; choose a run folder "
+                         "outside it")
 
 
 @dataclass
@@ -125,6 +140,8 @@ def _run_dir_of(config_path: Path) -> str:
 
 
 def load_job(queue_dir: Path, name: str) -> Job:
+    if not valid_job_name(name):
+        raise TiwizError(f"no job {name!r} in {queue_dir}; `tiwiz queue` lists the jobs")
     job = Job(queue_dir=Path(queue_dir), name=name)
     try:
         data = json.loads(job.state_path.read_text(encoding="utf-8"))
@@ -167,21 +184,24 @@ def load_job(queue_dir: Path, name: str) -> Job:
 def list_jobs(queue_dir: str | os.PathLike) -> list[Job]:
     """Every job of the queue in the order they were added. A missing folder is an empty queue."""
     queue_dir = Path(queue_dir)
-    try:
-        names = [p.name[: -len(".toml")] for p in queue_dir.iterdir()
-                 if p.name.endswith(".toml") and not p.name.startswith(".") and p.is_file()]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    jobs = [load_job(queue_dir, name) for name in names]
+    names = [p.name[: -len(".toml")] for p in _toml_entries(queue_dir) if not p.name.startswith(".") and p.is_file()]
+    jobs = [load_job(queue_dir, name) for name in names if valid_job_name(name)]
     jobs.sort(key=lambda j: (j.added, j.name))
     return jobs
 
 
+def ignored_job_files(queue_dir: str | os.PathLike) -> list[str]:
+    """Names of .toml files in the queue folder that no job may have (placed by hand): they are never run."""
+    return sorted(p.name for p in _toml_entries(Path(queue_dir))
+                  if not p.name.startswith(".") and not valid_job_name(p.name[: -len(".toml")])
+                  and p.name != runs.CONFIG)
+
+
 def find_job(queue_dir: str | os.PathLike, name: str) -> Job:
     queue_dir = Path(queue_dir)
-    if (queue_dir / f"{name}.toml").is_file():
+    if valid_job_name(name) and (queue_dir / f"{name}.toml").is_file():
         return load_job(queue_dir, name)
-    matches = [j for j in list_jobs(queue_dir) if j.name.startswith(name)]
+    matches = [j for j in list_jobs(queue_dir) if j.name.startswith(name)] if valid_job_name(name) else []
     if len(matches) == 1:
         return matches[0]
     if matches:
@@ -242,7 +262,7 @@ def manifest_entries(path: str | os.PathLike) -> list[tuple[str | None, dict]]:
 
 def prepare_config(data: dict, where: str):
     """Validate a job's settings as `tiwiz train` would, with absolute paths. TiwizError names `where` and the field."""
-    from core.runs.api import _absolutize
+    from core.runs.api import _absolutize, check_output_place
     from core.training.config import TrainConfig
 
     try:
@@ -253,6 +273,8 @@ def prepare_config(data: dict, where: str):
                 raise TiwizError(f"{key}: {getattr(config, key)} does not exist")
         if config.init_from and not Path(config.init_from).is_file():
             raise TiwizError(f"init_from: {config.init_from} is not a file")
+        if config.output:
+            check_output_place(Path(config.output).expanduser().resolve(), config)
         from core.errors import FieldError
         from core.training.preflight import cuda_available_in_subprocess, optimizer_problem
 
@@ -301,6 +323,7 @@ def _name_jobs(queue_dir: Path, root: Path, configs: list) -> list:
         taken.add(name)
         if config.output:
             out = Path(config.output).expanduser().resolve()
+            check_job_output(out, queue_dir, where)
             if not config.overwrite and any((out / m).exists() for m in (runs.STATE, runs.EVENTS)):
                 raise TiwizError(f"{where}: output: {out} already holds a training run; choose another folder, "
                                  "or set overwrite = true to start over in it")
@@ -315,7 +338,7 @@ def _name_jobs(queue_dir: Path, root: Path, configs: list) -> list:
 
 def _toml_entries(queue_dir: Path) -> list[Path]:
     try:
-        return [p for p in queue_dir.iterdir() if p.name.endswith(".toml")]
+        return [p for p in Path(queue_dir).iterdir() if p.name.endswith(".toml")]
     except OSError:
         return []
 

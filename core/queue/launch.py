@@ -46,6 +46,9 @@ def launch(job: Job, gpu: str | None = None, first: bool = False) -> dict:
     run_dir = Path(job.run_dir) if job.run_dir else None
     if run_dir is None:
         raise TiwizError(f"{job.config_path}: output: the job has no run folder")
+    from core.queue.jobs import check_job_output
+
+    check_job_output(run_dir.resolve(), job.queue_dir, str(job.config_path))
     info = runs.inspect_run(run_dir) if runs.is_run_dir(run_dir) else None
     if info is not None and info.alive:
         return {"how": "adopted", "pid": info.pid, "run_dir": str(run_dir)}

@@ -90,6 +90,7 @@ def prepare_run(config, root: str | os.PathLike | None = None, name: str | None 
         run_dir = Path(config.output).expanduser().resolve()
     else:
         run_dir = new_run_dir(name or config.name, root).resolve()
+    check_output_place(run_dir, config)
     info = inspect_run(run_dir) if run_dir.exists() else None
     if info is not None and (info.alive or runs.lock_is_held(run_dir)):
         who = f" (pid {info.pid})" if info.pid else ""
@@ -108,6 +109,15 @@ def prepare_run(config, root: str | os.PathLike | None = None, name: str | None 
     config.output = str(run_dir)
     config.to_toml(run_dir / runs.CONFIG)
     return config
+
+
+def check_output_place(run_dir: Path, config) -> None:
+    """TiwizError when the run folder is the data or model folder or inside one: the run's previews would become
+    training images, its files would land among the model's."""
+    for key in ("data", "model"):
+        source = Path(getattr(config, key)).expanduser().resolve()
+        if source.is_dir() and (run_dir == source or source in run_dir.parents):
+            raise TiwizError(f"output: {run_dir} is inside the {key} folder {source}; choose a run folder outside it")
 
 
 def check_model_files(model: str) -> None:
