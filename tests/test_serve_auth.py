@@ -199,3 +199,22 @@ def test_wizard_serve_port_is_an_alias(tmp_path):
         assert status == 200 and "static/js/textual.js" in page
     finally:
         server.stop()
+
+
+async def _first_ping(url: str, token: str, limit_s: float) -> bool:
+    async with aiohttp.ClientSession(headers={"Authorization": f"token {token}"}) as session:
+        async with session.ws_connect(url, autoping=False) as ws:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + limit_s
+            while loop.time() < deadline:
+                message = await ws.receive(timeout=deadline - loop.time())
+                if message.type == aiohttp.WSMsgType.PING:
+                    return True
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    return False
+    return False
+
+
+def test_an_idle_websocket_is_kept_alive_under_the_proxy_limit(served):
+    """RunPod's Cloudflare front closes a request idle for 100 s: the server pings the browser's websocket before."""
+    assert asyncio.run(_first_ping(served.base.replace("http:", "ws:") + "ws?width=80&height=24", served.token, 95))

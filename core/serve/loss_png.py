@@ -1,5 +1,6 @@
-"""The loss curve as a PNG, drawn with Pillow (no plotting library): the per-step loss as a band (its min and max per
-pixel column, so 100k steps draw as fast as 100), the smoothed loss, the validation loss and the held-out loss."""
+"""The loss curve as a PNG, drawn with Pillow (no plotting library): the per-step loss (beyond one point per pixel
+column, as a band of each column's min and max, so 100k steps draw as fast as 1000), the smoothed loss, the
+validation loss and the held-out loss."""
 
 from __future__ import annotations
 
@@ -85,8 +86,10 @@ def loss_curve_png(series: dict[str, list[tuple[int, float]]], max_steps: int = 
         points = series.get(key)
         if not points:
             continue
-        if width == 0:
+        if width == 0 and len(points) > box[2] - box[0]:  # more points than pixel columns
             _band(draw, points, to_xy, colour)
+        elif width == 0:
+            draw.line([to_xy(s, v) for s, v in points], fill=colour, width=1)
         elif len(points) == 1:
             x, y = to_xy(*points[0])
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)

@@ -44,8 +44,9 @@ class _Followed:
 class RunsSite:
     """The pages of the runs under `root`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, wizard: bool = True) -> None:
         self.root = Path(root)
+        self.wizard = wizard  # link to the wizard (not with --previews-only)
         self._followed: dict[str, _Followed] = {}
         self._lock = threading.Lock()
 
@@ -89,7 +90,7 @@ class RunsSite:
         body = (f"<h1>Runs</h1><p class=muted>in {html.escape(str(self.root))}</p>"
                 + (f"<table><tr><th>run</th><th>state</th><th>step</th></tr>{rows}</table>" if rows
                    else "<p>No runs yet.</p>")
-                + "<p><a href=\"../\">the wizard</a></p>")
+                + ("<p><a href=\"../\">the wizard</a></p>" if self.wizard else ""))
         return _page("tiwiz runs", body, refresh=any(info.alive for info in infos))
 
     async def to_run_page(self, request: web.Request) -> web.Response:
@@ -101,7 +102,8 @@ class RunsSite:
         state, info = await asyncio.to_thread(lambda: (self.state(name), runs.inspect_run(path)))
         sheet = path / "previews" / "sheet.png"
         sheet_version = await asyncio.to_thread(lambda: sheet.stat().st_mtime_ns if sheet.is_file() else None)
-        return _page(f"tiwiz: {name}", _run_body(name, state, info, sheet_version), refresh=info.alive)
+        body = _run_body(name, state, info, sheet_version, self.wizard)
+        return _page(f"tiwiz: {name}", body, refresh=info.alive)
 
     async def loss_curve(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -131,8 +133,8 @@ class RunsSite:
         return web.FileResponse(target, headers={"Cache-Control": "no-cache", "Content-Type": "image/png"})
 
 
-def _run_body(name: str, state: RunState, info, sheet_version: int | None) -> str:
-    parts = [f"<p><a href=\"../\">all runs</a> · <a href=\"../../\">the wizard</a></p>",
+def _run_body(name: str, state: RunState, info, sheet_version: int | None, wizard: bool) -> str:
+    parts = ["<p><a href=\"../\">all runs</a>" + (" · <a href=\"../../\">the wizard</a>" if wizard else "") + "</p>",
              f"<h1>{html.escape(name)}</h1>",
              f"<p>{html.escape(info.description)} · step {state.step} of {state.max_steps or '?'}"
              + (f" · suggested best step {state.best_step}" if state.best_step is not None else "") + "</p>",

@@ -41,7 +41,7 @@ class ServeOptions:
 def build_app(options: ServeOptions) -> web.Application:
     app = web.Application(middlewares=[auth.security_headers, auth.token_gate(options.token, options.port)])
     app[auth.SECRET] = options.token
-    RunsSite(options.runs_root).add_routes(app)
+    RunsSite(options.runs_root, wizard=options.wizard).add_routes(app)
     if options.wizard:
         from core.serve.wizard import WizardServer
 
