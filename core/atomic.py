@@ -51,18 +51,20 @@ def new_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None], *, sync_dir: bool = True) -> Path:
+def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None], *, sync_dir: bool = True,
+                      mode: int | None = None) -> Path:
     """Call `writer(tmp_path)` to produce the file, then fsync and rename it over `path`. The file gets the mode a
     plain `open(path, "w")` would give it (mkstemp's temp files are 0600, which would make every output private).
     `sync_dir=False` leaves the folder's fsync to the caller: a batch of writes into one folder syncs it once at the
-    end (`sync_folder`) instead of once per file."""
+    end (`sync_folder`) instead of once per file. `mode` narrows the mode further (a copy of a private file stays
+    private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)
-        os.chmod(tmp, new_file_mode())
+        os.chmod(tmp, new_file_mode() if mode is None else mode & new_file_mode())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -64,7 +64,8 @@ def test_right_file_per_ui(sd1_run, sdxl_file):
     assert pick_file(files, "ComfyUI").name == "cat.safetensors"
     assert pick_file(files, "InvokeAI").name == "cat.pt"  # SD1: its install check misreads the one-tensor file
     assert pick_file(files, "folder").name == "cat.safetensors"
-    assert pick_file(embedding_files(sd1_run / "cat.pt"), "A1111").name == "cat.safetensors"  # sibling found
+    # A file named alone is the one installed: a same-stem file beside it may be another embedding (issue 25, #34).
+    assert embedding_files(sd1_run / "cat.pt") == [sd1_run / "cat.pt"]
     assert is_sdxl(sdxl_file) and not is_sdxl(sd1_run / "cat.safetensors")
     for app in ("A1111", "ComfyUI", "InvokeAI", "folder"):
         assert pick_file(embedding_files(sdxl_file), app) == sdxl_file
@@ -89,7 +90,7 @@ def test_install_cli_copies_atomically_with_the_umask(installs, sd1_run, tmp_pat
     assert cli(str(sd1_run), "--to", "invokeai", "--root", str(tmp_path), "--overwrite").returncode == 0
     folder = tmp_path / "mine"
     folder.mkdir()
-    out = cli(str(sd1_run / "cat.pt"), "--to", str(folder), umask="022")
+    out = cli(str(sd1_run / "cat.safetensors"), "--to", str(folder), umask="022")
     assert out.returncode == 0, out.stderr
     assert stat.S_IMODE((folder / "cat.safetensors").stat().st_mode) == 0o644
     out = cli(str(tmp_path / "nope.safetensors"), "--to", str(folder))
@@ -137,3 +138,49 @@ def test_finish_screen_copies_the_right_file_with_core(tmp_path, monkeypatch, in
     asyncio.run(drive())
     assert (installs["InvokeAI"] / "cat.pt").read_bytes() == (sd1_run / "cat.pt").read_bytes()
     assert not (installs["InvokeAI"] / "cat.safetensors").exists()
+
+
+def test_install_never_widens_a_private_file_nor_copies_what_is_not_an_embedding(installs, sd1_run, tmp_path):
+    """Issue 25, #34: a symlinked 0600 file is copied 0600 (never 0644), and a file that is not an embedding (a
+    private key named .pt, a model checkpoint) is refused without writing anything."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    private = tmp_path / "private" / "cat.safetensors"
+    private.parent.mkdir()
+    private.write_bytes((sd1_run / "cat.safetensors").read_bytes())
+    private.chmod(0o600)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(private)
+    _, written = install(link, str(folder), roots=[])
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600 and written.read_bytes() == private.read_bytes()
+    key = tmp_path / "id_ed25519.pt"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n")
+    model = tmp_path / "model.safetensors"
+    save_file({f"model.diffusion_model.w{i}": np.zeros((2, 2), np.float32) for i in range(8)}, str(model))
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not tensors at all")
+    for bad in (key, model, text):
+        with pytest.raises(TiwizError, match="not an embedding"):
+            install(bad, str(folder), roots=[])
+    assert sorted(p.name for p in folder.iterdir()) == ["link.safetensors"]
+
+
+def test_invokeai_gets_the_named_file_in_a_layout_its_probe_reads(installs, sd1_run, tmp_path):
+    """Issue 25, #34 and #25: `install X.safetensors --to invokeai` never swaps in a .pt lying beside it. InvokeAI's
+    probe reads the token width of a single-tensor file from shape[0] (the vector count), but of an `emb_params`
+    tensor from shape[-1]: the named file is installed as `{emb_params: [n, dim]}`, the same vectors (A1111, ComfyUI
+    and kohya read that layout too)."""
+    from safetensors.numpy import load_file
+
+    named = tmp_path / "mine" / "cat.safetensors"
+    named.parent.mkdir()
+    named.write_bytes((sd1_run / "cat.safetensors").read_bytes())
+    (named.parent / "cat.pt").write_bytes(b"PK\x03\x04 another embedding entirely")
+    target, written = install(named, "invokeai", roots=[tmp_path])
+    assert target.app == "InvokeAI" and written == installs["InvokeAI"] / "cat.safetensors"
+    assert not (installs["InvokeAI"] / "cat.pt").exists()
+    original = load_file(str(named))
+    installed = load_file(str(written))
+    assert list(installed) == ["emb_params"]
+    assert np.array_equal(installed["emb_params"], next(iter(original.values())))
+    assert installed["emb_params"].shape == (2, 8)  # [vectors, width]: InvokeAI reads the width from shape[-1]

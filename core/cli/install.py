@@ -13,7 +13,9 @@ def register(subparsers) -> None:
         "install", help="copy an embedding into the embeddings folder of A1111, ComfyUI or InvokeAI",
         description="Copy a finished embedding into an image UI's embeddings folder, atomically. Installs are looked "
                     "for in /workspace, the home folder, the current folder and $INVOKEAI_ROOT. A1111 and ComfyUI "
-                    "get the .safetensors file; InvokeAI gets the .pt for SD1/SD2 and the .safetensors for SDXL. "
+                    "get the .safetensors file; InvokeAI gets the .pt for SD1/SD2 (a .safetensors named alone: in "
+                    "the emb_params layout InvokeAI reads) and the .safetensors for SDXL. A file named alone is the "
+                    "file installed; what is not an embedding is refused. "
                     "Example: tiwiz install runs/my-style-20250101-120000 --to comfyui",
     )
     p.add_argument("embedding", metavar="EMB",
