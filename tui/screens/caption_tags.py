@@ -10,6 +10,7 @@ from pathlib import Path
 
 from textual import work
 from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
@@ -72,6 +73,14 @@ def local_findings(items: list, trigger: str = "") -> tuple[dict[str, list[tuple
     return per_file, general
 
 
+class PrefillTag(Message):
+    """Posted to the tag list when a bulk field opens over it; reaches the screen after the list's pending keys."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+
 class BulkInput(OrderedInput):
     """The bulk-edit field; Esc closes it without editing anything."""
 
@@ -87,6 +96,16 @@ class TagList(OptionList):
         super().__init__(**kwargs)
         self.by_name = False
         self.tags: list[tuple[str, int]] = []
+
+    async def _on_key(self, event) -> None:
+        """The list's own keys (↑/↓, s, Enter) run here, in the order keys arrive, not after they bubble up to the
+        app: f3/f4 right after ↓ in a burst then take the tag ↓ moved to (as `OrderedInput` does for fields)."""
+        for binding in self._bindings.key_to_bindings.get(event.key, ()):
+            if not binding.priority and await self.app.run_action(binding.action, self):
+                event.stop()
+                event.prevent_default()
+                return
+        await super()._on_key(event)
 
     def show_counts(self, items: list) -> None:
         """Fill the list from the index (in memory), keeping the highlighted tag when it is still there."""
@@ -165,13 +184,23 @@ class TagEditing:
         scope = self.items if self.filter_text else self.index_items
         self.bulk_kind = kind
         self.query_one("#cap-bulk-label", Static).update(bulk_question(kind, scope, len(self.index_items)))
-        tags = self.query_one("#cap-tags", TagList)
-        current = tags.current_tag() if tags.display else None
         field = self.query_one("#cap-bulk", Input)
-        field.value = "" if kind == "add" or current is None else current + (" => " if kind == "rename" else "")
-        field.cursor_position = len(field.value)
+        field.value = ""
         self.query_one("#cap-bulk-row").display = True
+        tags = self.query_one("#cap-tags", TagList)
+        if tags.display and kind != "add":
+            # the highlighted tag, once the keys already sent to the list (↓ in a burst) have moved it
+            tags.post_message(PrefillTag(kind))
         self.set_focus(field)  # at once: the keys typed after f2/f3/f4 are the tag
+
+    def prefill(self, kind: str) -> None:
+        """Put the tag list's highlighted tag before whatever was typed into the bulk field since it opened."""
+        current = self.query_one("#cap-tags", TagList).current_tag()
+        field = self.query_one("#cap-bulk", Input)
+        if current is None or self.bulk_kind != kind:
+            return
+        field.value = current + (" => " if kind == "rename" else "") + field.value
+        field.cursor_position = len(field.value)
 
     def action_cancel_bulk(self) -> None:
         self.bulk_kind = None
@@ -184,6 +213,7 @@ class TagEditing:
         self.action_cancel_bulk()
         if kind is None or not value:
             return
+        self.save_current()  # a caption typed just before f2/f3/f4 in a burst
         images = [i.image for i in self.items] if self.filter_text else None
         self.query_one("#cap-input", Input).disabled = True  # no edit can race the bulk edit
         self.bulk_running = True

@@ -343,6 +343,10 @@ class CaptionsScreen(TagEditing, WizardScreen):
     def _tag_chosen(self, event: OptionList.OptionSelected) -> None:
         self.find_by_tag()
 
+    def on_prefill_tag(self, message) -> None:
+        message.stop()
+        self.prefill(message.kind)
+
     @on(Input.Submitted, "#cap-bulk")
     def _bulk_submitted(self, event: Input.Submitted) -> None:
         event.stop()
