@@ -106,6 +106,21 @@ def sync_folder(folder: str | os.PathLike) -> None:
     _fsync_dir(Path(folder))
 
 
+def give_umask_mode(folder: str | os.PathLike, since: float) -> None:
+    """Give the files a library wrote under `folder` since `since` (a time.time()) the mode a new file gets under the
+    umask: some writers (safetensors' save_file) create their files 0600. Links and older files are left alone."""
+    mode = new_file_mode()
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime >= since - 1 and stat.S_IMODE(st.st_mode) != mode:
+                    os.chmod(path, mode)
+            except OSError:
+                continue
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync_dir: bool = True) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:

@@ -105,3 +105,20 @@ def test_training_run_folder(tmp_path, umask022, one_thread, tiny_model_dir):
     cfg = tiny_config(tiny_model_dir, data, steps=2, save_every=1, preview_every=2, preview_steps=1)
     Trainer(cfg, tmp_path / "out", ListSink()).run()
     assert_0644(tmp_path / "out")
+
+
+@pytest.mark.parametrize("flags", [["--random"], ["--family", "sdxl"]])
+def test_demo_model_weights_get_the_umask_mode(tmp_path, flags, capsys):
+    """Issue 25, #35: `tiwiz demo-model --random` and `--family sdxl` write every file (weights included) with the
+    mode a new file gets under the umask, not 0600."""
+    from core.cli import main
+
+    old = os.umask(0o022)
+    try:
+        assert main(["demo-model", str(tmp_path / "m"), *flags]) == 0
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode)
+             for p in (tmp_path / "m").rglob("*") if p.is_file()}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}

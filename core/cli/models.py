@@ -55,12 +55,17 @@ def cmd_demo_model(args) -> int:
         raise TiwizError(f"{dest}: exists and is not a folder")
     if dest.is_dir() and any(dest.iterdir()) and not args.force:
         raise TiwizError(f"{dest}: the folder is not empty; choose a new folder or pass --force")
+    import time
+
+    from core.atomic import give_umask_mode
     from core.models import builtin as demo
     from core.models.loader import quiet_libraries
 
     quiet_libraries()
+    started = time.time()
     if getattr(args, "family", "sd1") == "sdxl":
         demo.write_tiny_sdxl_model(dest, seed=args.seed)
+        give_umask_mode(dest, started)  # the weights' writer makes them 0600
         safe_print(f"wrote the tiny SDXL-shaped model (random weights, seed {args.seed}) to {dest}")
         return 0
     if args.random:
@@ -74,6 +79,7 @@ def cmd_demo_model(args) -> int:
             safe_print(f"note: {exc}; writing random weights instead")
             demo.write_random_demo_model(dest, seed=args.seed)
             kind = f"random weights, seed {args.seed}"
+    give_umask_mode(dest, started)
     safe_print(f"wrote the demo model ({kind}) to {dest}")
     return 0
 
