@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import subprocess
 
 import aiohttp
@@ -218,3 +219,19 @@ async def _first_ping(url: str, token: str, limit_s: float) -> bool:
 def test_an_idle_websocket_is_kept_alive_under_the_proxy_limit(served):
     """RunPod's Cloudflare front closes a request idle for 100 s: the server pings the browser's websocket before."""
     assert asyncio.run(_first_ping(served.base.replace("http:", "ws:") + "ws?width=80&height=24", served.token, 95))
+
+
+def test_clear_refusals_port_in_use_bad_port_no_web_extra(served, tmp_path):
+    def run(*args, code=None):
+        cmd = [str(TIWIZ), "serve", *args] if code is None else [sys.executable, "-c", code]
+        return subprocess.run(cmd, cwd=tmp_path, env=serve_env(tmp_path), capture_output=True, text=True, timeout=60)
+
+    busy = run("--port", str(served.port))
+    assert busy.returncode == 2 and f"--port {served.port}: already in use" in busy.stderr
+    bad = run("--port", "70000")
+    assert bad.returncode == 2 and "--port 70000" in bad.stderr
+    missing = run(code="import sys; sys.modules['textual_serve'] = None\n"
+                       "from core.cli import main; sys.exit(main(['serve', '--port', '0']))")
+    assert missing.returncode == 2 and "pip install 'tiwiz[web]'" in missing.stderr
+    for result in (busy, bad, missing):
+        assert "Traceback" not in result.stderr
