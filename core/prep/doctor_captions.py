@@ -18,7 +18,7 @@ CAPTION_CODES = ("missing-caption", "empty-caption", "long-caption")
 TAG_CODES = ("trigger-is-tag", "tag-everywhere", "few-tags")
 EVERYWHERE_SHARE = 0.9  # a tag on at least this share of the captioned images is "on nearly every image"
 EVERYWHERE_MIN_IMAGES = 4
-FEW_TAGS = 3  # fewer tags than this (or than a quarter of the median) is "very few"
+FEW_TAGS = 3  # this many tags or fewer (or a quarter of the median) is "very few"
 
 
 @dataclass
@@ -48,6 +48,11 @@ def caption_findings(items: Iterable[CaptionItem]) -> list[Finding]:
     return out
 
 
+def _loose(tag: str) -> str:
+    """A tag compared loosely: case, whitespace and underscores ignored (`Blue_Hair` is `blue hair`)."""
+    return " ".join(tag.replace("_", " ").split()).casefold()
+
+
 def tag_findings(items: Iterable[CaptionItem], trigger: str = "") -> list[Finding]:
     """Findings about the tags of tag captions (none for sentence captions)."""
     items = [i for i in items if i.has_file and i.caption]
@@ -58,7 +63,7 @@ def tag_findings(items: Iterable[CaptionItem], trigger: str = "") -> list[Findin
     trigger = (trigger or "").strip()
     if trigger:
         for tag, n in counts.items():
-            if same_tag(tag, trigger):
+            if _loose(tag) == _loose(trigger):
                 out.append(Finding("trigger-is-tag", "warning", [i.image.name for i in items
                                                                   if any(same_tag(t, tag) for t in i.tags)],
                                    f"The trigger word “{trigger}” is already a tag in {n} caption"
@@ -66,7 +71,7 @@ def tag_findings(items: Iterable[CaptionItem], trigger: str = "") -> list[Findin
                                    "Choose another trigger word, or remove the tag."))
     if len(items) >= EVERYWHERE_MIN_IMAGES:
         for tag, n in counts.items():
-            if n >= EVERYWHERE_SHARE * len(items) and not (trigger and same_tag(tag, trigger)):
+            if n >= EVERYWHERE_SHARE * len(items) and not (trigger and _loose(tag) == _loose(trigger)):
                 out.append(Finding("tag-everywhere", "warning", [],
                                    f"“{tag}” is on {n} of {len(items)} images. Kept in the captions, the embedding "
                                    f"will not learn it (the tag explains it); removed, the embedding absorbs it. "
@@ -76,7 +81,7 @@ def tag_findings(items: Iterable[CaptionItem], trigger: str = "") -> list[Findin
     median = statistics.median(sizes)
     few = max(FEW_TAGS, median / 4)
     for item, n in zip(items, sizes):
-        if n < few and median >= 2 * FEW_TAGS:
+        if n <= few and median >= 2 * FEW_TAGS:
             out.append(Finding("few-tags", "warning", [item.image.name],
                                f"{item.image.name} has {n} tag{'s' if n != 1 else ''} (the median is {median:g}): "
                                "what is not tagged is learned into the embedding; tag it like the others."))
