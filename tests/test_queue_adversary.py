@@ -221,3 +221,26 @@ def test_a_job_output_that_would_clobber_the_queue_or_its_inputs_is_refused(setu
     with pytest.raises(TiwizError, match="output: "):
         launch.launch(qjobs.load_job(queue, "cat"), first=True)
     assert not (Path(output) / "config.toml").exists()
+
+
+def test_scheduler_reads_a_job_file_again_only_when_it_changes(setup):
+    """Item 36: the scheduler looks at the queue four times a second; with many jobs it must not parse every job file
+    each time: a tick after nothing changed parses nothing, a changed file is read again, a new one is read once."""
+    model, data, root, env = setup
+    queue = root / "queue"
+    qjobs.add_jobs(queue, [(f"j{i}", {"model": str(model), "data": str(data), "name": f"j{i}"}, "x")
+                           for i in range(40)])
+    scheduler = sched.Scheduler(queue, sched.LocalBackend(None, 1))
+    first = scheduler.jobs.list()
+    assert len(first) == 40 and scheduler.jobs.parses == 40
+    for _ in range(3):
+        assert [j.name for j in scheduler.jobs.list()] == [j.name for j in first]
+    assert scheduler.jobs.parses == 40
+    qjobs.load_job(queue, "j7").save(state="failed", reason="by hand")
+    text = (queue / "j9.toml").read_text()
+    (queue / "j9.toml").write_text(text.replace(str((root / "j9").resolve()), str(root / "elsewhere")))
+    jobs = {j.name: j for j in scheduler.jobs.list()}
+    assert scheduler.jobs.parses == 42
+    assert jobs["j7"].state == "failed" and jobs["j9"].run_dir == str(root / "elsewhere")
+    (queue / "j3.toml").unlink()
+    assert len(scheduler.jobs.list()) == 39 and scheduler.jobs.parses == 42

@@ -190,6 +190,42 @@ def list_jobs(queue_dir: str | os.PathLike) -> list[Job]:
     return jobs
 
 
+def _signature(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class JobCache:
+    """`list_jobs` for a reader that looks many times a second (the scheduler): one folder listing and two stats per
+    job each time, and a job's files are parsed again only when one of them changed (`parses` counts the reads)."""
+
+    def __init__(self, queue_dir: str | os.PathLike) -> None:
+        self.queue_dir = Path(queue_dir)
+        self.parses = 0
+        self._jobs: dict[str, tuple[tuple, Job]] = {}
+
+    def list(self) -> list[Job]:
+        names = [p.name[: -len(".toml")] for p in _toml_entries(self.queue_dir) if not p.name.startswith(".")]
+        fresh: dict[str, tuple[tuple, Job]] = {}
+        for name in filter(valid_job_name, names):
+            config = self.queue_dir / f"{name}.toml"
+            key = (_signature(config), _signature(self.queue_dir / f"{name}{STATE_SUFFIX}"))
+            if key[0] is None:
+                continue  # gone (or not a file) since the listing
+            cached = self._jobs.get(name)
+            if cached is None or cached[0] != key:
+                cached = (key, load_job(self.queue_dir, name))
+                self.parses += 1
+            fresh[name] = cached
+        self._jobs = fresh
+        jobs = [job for _, job in fresh.values()]
+        jobs.sort(key=lambda j: (j.added, j.name))
+        return jobs
+
+
 def ignored_job_files(queue_dir: str | os.PathLike) -> list[str]:
     """Names of .toml files in the queue folder that no job may have (placed by hand): they are never run."""
     return sorted(p.name for p in _toml_entries(Path(queue_dir))

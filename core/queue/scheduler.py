@@ -27,7 +27,7 @@ from pathlib import Path
 from core.atomic import atomic_write_json, open_own_file, open_own_text
 from core.errors import TiwizError
 from core.queue import launch as launcher
-from core.queue.jobs import Job, list_jobs
+from core.queue.jobs import Job, JobCache
 from core.runs import folder as runs
 
 SCHEDULER = "scheduler.json"
@@ -149,6 +149,7 @@ class Scheduler:
         self.stopping = False
         self.stop_sent: set[str] = set()
         self.status: dict = {}
+        self.jobs = JobCache(self.queue_dir)  # read every tick; parsed again only when a file changes
 
     # -- bookkeeping
     def log(self, message: str) -> None:
@@ -181,7 +182,7 @@ class Scheduler:
             pass
         self.log(f"scheduler pid {os.getpid()} started: {self.backend.describe()}, retries {self.retries}")
         self._poll_running()
-        for job in list_jobs(self.queue_dir):  # pick up: stopped jobs continue from their checkpoints
+        for job in self.jobs.list():  # pick up: stopped jobs continue from their checkpoints
             if job.state == "stopped":  # a graceful stop is no failure: a fresh retry budget
                 job.save(state="queued", attempts=0,
                          reason=f"continuing after: {job.reason}" if job.reason else "")
@@ -205,7 +206,7 @@ class Scheduler:
         running = self._poll_running()
         if self.stopping:
             return self._stop_tick(running)
-        queued = [job for job in list_jobs(self.queue_dir) if job.state == "queued"]
+        queued = [job for job in self.jobs.list() if job.state == "queued"]
         for slot, job in zip(self.backend.free_slots(running), queued):
             self._start(job, slot)
             running.append(job)
@@ -246,7 +247,7 @@ class Scheduler:
 
     def _poll_running(self) -> list[Job]:
         running = []
-        for job in list_jobs(self.queue_dir):
+        for job in self.jobs.list():
             if job.state != "running":
                 continue
             try:
@@ -314,7 +315,7 @@ class Scheduler:
             self.log(f"{job.name}: failed: {job.reason}")
 
     def _drained(self) -> int:
-        jobs = list_jobs(self.queue_dir)
+        jobs = self.jobs.list()
         summary = {
             "done": sum(j.state == "finished" for j in jobs), "failed": sum(j.state == "failed" for j in jobs),
             "stopped": sum(j.state == "stopped" for j in jobs), "total": len(jobs),
