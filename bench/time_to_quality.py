@@ -46,6 +46,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ttq_quality  # noqa: E402 (bench/ beside this file)
 
 GOOD = 0.5
 SWEEP_WINDOWS = (50, 100, 150, 200, 300)
@@ -198,7 +202,8 @@ def auto_stop_cadence(prep: dict) -> int:
 
 
 def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 400, c_steps: int = 400,
-             ema: float = 0.0, recheck: int = 0, a_tail: int = 100, fine: int = 10) -> dict:
+             ema: float = 0.0, recheck: int = 0, a_tail: int = 100, fine: int = 10, b_steps: int = 300,
+             norm_modes: tuple = (), clamp_k: float = 2.0) -> dict:
     from core.runs import run_events as ev
     from core.training.config import TrainConfig
     from core.world import demo_job
@@ -214,7 +219,7 @@ def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 4
     # gets good; (a) has no validation (A1111 has none); (b) validates like the demo (every 30 steps)
     a = train(prep, workdir / "a", seed, lr="0.005", loss_weighting="none", batch_size=1, steps=a_steps,
               save_every=fine, validate_every=0, ema_decay=0.0)
-    b = train(prep, workdir / "b", seed, steps=300, save_every=fine, validate_every=30)
+    b = train(prep, workdir / "b", seed, steps=b_steps, save_every=fine, validate_every=30)
     # (c): the same recipe validating at the product's auto-stop cadence, to c_steps with the rule advisory, so the
     # curve also serves the sweep; the rule saves a checkpoint where it fires, and training is identical to a run
     # that stopped there (the rule and the validation never touch the training RNG), so (c) is this run up to it.
@@ -230,6 +235,11 @@ def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 4
         runs["d"] = d = train(prep, workdir / "d", seed, steps=c_steps, save_every=fine, validate_every=c_every,
                               ema_decay=ema)
         stops["d"] = d["summary"].best_step if d["summary"].best_basis == "flat" else None
+    # issue 24: (c) under each other norm mode (bench/ttq_quality.py)
+    extra_runs, extra_stops = ttq_quality.norm_runs(train, prep, workdir, seed, list(norm_modes), clamp_k, c_steps,
+                                                    fine, c_every)
+    runs.update(extra_runs)
+    stops.update(extra_stops)
     for key, run in runs.items():
         grid = every * 2 if key == "a" else every
         stop = stops.get(key)
@@ -243,6 +253,8 @@ def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 4
                        "best_ratio": min(ratios_to_end.values()), "ratios": ratios,
                        "save_seconds_excluded": run["save_seconds"]}
     result["c"]["auto_stop_step"] = fired
+    for key in extra_runs:
+        result[key]["auto_stop_step"] = stops[key]
     if ema:
         result["d"]["auto_stop_step"] = stops["d"]
         result["d"]["ema_decay"] = ema
@@ -252,10 +264,12 @@ def run_seed(workdir: Path, seed: int, every: int, sweep: bool, a_steps: int = 4
         result["a"]["tail"] = {"from": a_steps - a_tail, "min": values[0], "median": values[len(values) // 2],
                                "max": values[-1], "n": len(values), "ratios": tail}
     if recheck:
-        for key in result.keys() & {"a", "c", "d"}:
+        for key in result.keys() & ({"a", "c", "d"} | set(extra_runs)):
             result[key]["final_ratio_recheck"] = scorer.ratio(checkpoint_file(runs[key], result[key]["final_step"]),
                                                               recheck)
     result["c"]["best_ratio_step_whole"] = min(result["c"]["ratios"], key=result["c"]["ratios"].get)
+    if norm_modes:  # the editability signal, the norms and the drift figures of every run
+        ttq_quality.annotate(result, runs, ttq_quality.Editability(scorer), checkpoint_file, clamp_k)
     if sweep:
         vals = [(e.step, e.val_loss) for e in c["events"] if isinstance(e, ev.Validation)]
         c_ratios = result["c"]["ratios"]
@@ -283,6 +297,13 @@ def main(argv=None) -> int:
                    "(a) every twice that")
     p.add_argument("--a-steps", type=int, default=400, help="(a)'s fixed steps (batch 1)")
     p.add_argument("--c-steps", type=int, default=400, help="(c)'s most steps")
+    p.add_argument("--b-steps", type=int, default=300, help="(b)'s fixed steps (the demo's 300)")
+    p.add_argument("--norm-modes", default="", metavar="MODES",
+                   help="also run (c) under these norm modes (comma-separated: clamp,preserve; (c) itself is free) "
+                        "and measure the editability signal, the final norms and whether the editability sees the "
+                        "drift the validation loss does not (bench/ttq_quality.py)")
+    p.add_argument("--clamp-k", type=float, default=2.0, metavar="K",
+                   help="norm_clamp_k of the clamp run (default 2, the product's default)")
     p.add_argument("--sweep", action="store_true", help="also replay auto-stop windows/thresholds on (c)'s curve")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="also run (d): (c) with ema_decay DECAY (the vectors' moving average); 0 = no (d)")
@@ -298,6 +319,10 @@ def main(argv=None) -> int:
 
     from core.training.threads import ThreadChoice
 
+    modes = tuple(m.strip() for m in args.norm_modes.split(",") if m.strip())
+    bad = [m for m in modes if m not in ("free", "clamp", "preserve")]
+    if bad:
+        p.error(f"--norm-modes: {', '.join(bad)} is not a norm mode (free, clamp, preserve)")
     ThreadChoice(0).apply()  # scoring runs outside the trainer: the free cores for it too (OpenMP spinning)
     print(f"load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
           f"({os.cpu_count()} cores)", flush=True)
@@ -306,7 +331,7 @@ def main(argv=None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         with tempfile.TemporaryDirectory(prefix="tiwiz-ttq-") as tmp:
             r = run_seed(Path(tmp), seed, args.every, args.sweep, args.a_steps, args.c_steps, args.ema,
-                         args.recheck, args.a_tail, args.fine)
+                         args.recheck, args.a_tail, args.fine, args.b_steps, modes, args.clamp_k)
         r["load_after"] = os.getloadavg()
         rows.append(r)
         if args.save:
@@ -316,7 +341,9 @@ def main(argv=None) -> int:
             continue
         print(f"\nseed {seed} (init distance {r['init_distance']:.3f}; load {os.getloadavg()[0]:.1f})", flush=True)
         labels = [("a", "A1111 defaults"), ("b", "our defaults"), ("c", "ours + auto-stop")]
-        for key, label in labels + ([("d", f"(c) + ema {args.ema:g}")] if "d" in r else []):
+        labels += [("d", f"(c) + ema {args.ema:g}")] if "d" in r else []
+        labels += [(m, f"(c), norm {m}") for m in modes if m in r]
+        for key, label in labels:
             x = r[key]
             good = (f"ratio < {GOOD} at step {x['steps_to_good']} after {x['seconds_to_good']:.1f} s"
                     if x["steps_to_good"] is not None else f"never below {GOOD}")
@@ -340,7 +367,8 @@ def main(argv=None) -> int:
                   f"{t['median']:.2f}, max {t['max']:.2f}", flush=True)
         if "final_ratio_recheck" in a:
             print(f"  final ratios re-scored with {args.recheck} seeds: " + ", ".join(
-                f"({k}) {r[k]['final_ratio_recheck']:.2f}" for k in ("a", "c", "d") if k in r), flush=True)
+                f"({k}) {r[k]['final_ratio_recheck']:.2f}" for k in ("a", "c", "d", *modes)
+                if "final_ratio_recheck" in r.get(k, {})), flush=True)
         if "sweep" in r:
             sw = r["sweep"]
             print(f"  sweep on the (c) curve (best ratio {sw['best_ratio']:.2f} at step {sw['best_ratio_step']}):")
@@ -348,6 +376,9 @@ def main(argv=None) -> int:
                 stop = row["stop"] if row["stop"] is not None else "none"
                 print(f"    validate every {row['validate_every']:2d}, window {row['window']:3d} threshold "
                       f"{row['threshold']:.2f}: stop {stop}, ratio {row['ratio']:.2f}")
+        ttq_quality.print_seed(r, [key for key, _ in labels])
+    if modes and not args.json:
+        ttq_quality.print_summary(rows, list(modes))
     if len(rows) > 1 and not args.json:
         print("\nall seeds:")
         for key in [k for k in ("c", "d") if k in rows[0]]:

@@ -108,9 +108,10 @@ def test_targets_travel_in_the_state_and_an_older_state_keeps_the_current_norms(
     fresh = NormControl.for_slots("preserve", 2.0, slots, later)
     fresh.load_state_dict(state, later)
     assert torch.equal(fresh.targets, control.targets)
-    older = NormControl.for_slots("preserve", 2.0, slots, init)
-    older.load_state_dict(None, later)
-    assert torch.allclose(older.targets, control.norms(later))
+    for state in (None, {**state, "mode": "free"}):  # an older run, or a run trained free until now
+        older = NormControl.for_slots("preserve", 2.0, slots, init)
+        older.load_state_dict(state, later)
+        assert torch.allclose(older.targets, control.norms(later))
 
 
 def test_free_changes_nothing(slots):

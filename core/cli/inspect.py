@@ -75,13 +75,14 @@ def run_report(run: str, model: str | None = None, other: str | None = None, k: 
     from core.runs.lossfile import read_loss_csv
     from core.runs.run_state import RunState
     from core.training.config import TrainConfig
-    from core.training.image_ranking import read_ranking
+    from core.embeddings.vectors import sanitize_name
+    from core.training.image_ranking import read_ranking, run_embedding_file
 
     run_dir = folder.resolve_run(run)
     config = TrainConfig.from_toml(run_dir / "config.toml", validate=False)
     state = RunState.fold(folder.read_events(run_dir)[0])
-    candidates = [state.final_safetensors] + [c.safetensors for c in reversed(state.checkpoints)]
-    embedding = next((run_dir / rel for rel in candidates if rel and (run_dir / rel).is_file()), None)
+    final = run_dir / state.final_safetensors if state.final_safetensors else None
+    embedding = final if final and final.is_file() else run_embedding_file(run_dir, sanitize_name(config.name))
     if embedding is None:
         raise TiwizError(f"{run_dir}: no embedding saved yet (no final file, no checkpoint)")
     model = model or (config.model if config.model and Path(config.model).exists() else None)

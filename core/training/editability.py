@@ -48,6 +48,7 @@ class EditabilityProbe:
         n_concept = len(concept_text.split())
         self.spans = [[context_span(tok, p, n_concept) for p in self.prompts] for tok in self.tokenizers]
         self.reference: list | None = None
+        self.last: float | None = None  # the latest measure
 
     def _context(self) -> list:
         import torch
@@ -73,9 +74,10 @@ class EditabilityProbe:
         return values
 
     def measure(self) -> float:
-        """The mean over the text encoders."""
+        """The mean over the text encoders (also kept as `last`)."""
         values = self.measure_per_encoder()
-        return sum(values) / len(values)
+        self.last = sum(values) / len(values)
+        return self.last
 
 
 @contextlib.contextmanager
@@ -129,3 +131,14 @@ def pipeline_encoder(pipe) -> tuple[Callable, list]:
         return [pipe.text_encoder(ids)[0]]
 
     return encode, [pipe.tokenizer]
+
+
+def run_probe(model, slots, parameter, placeholder: str, init_text: str, device,
+              autocast: Callable | None = None) -> EditabilityProbe:
+    """The probe of a training run: its model's encoders with the run's splice (`parameter` behind `placeholder`),
+    the reference taken with the init text's vectors in the parameter (its own values back afterwards)."""
+    encode, tokenizers = model_encoder(model, device, autocast)
+    probe = EditabilityProbe(encode, tokenizers, placeholder)
+    with vectors_in(parameter, init_text_vectors(slots, init_text, int(parameter.shape[0]))):
+        probe.set_reference()
+    return probe

@@ -326,9 +326,7 @@ def rank_run_folder(run_dir, progress: Callable | None = None) -> ImageRanking:
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_toml(run_dir / "config.toml")
     name = sanitize_name(cfg.name)
-    files = [run_dir / f"{name}.safetensors"] + sorted(
-        (run_dir / "embeddings").glob(f"{name}-*.safetensors"), key=_checkpoint_step, reverse=True)
-    embedding = next((f for f in files if f.is_file()), None)
+    embedding = run_embedding_file(run_dir, name)
     if embedding is None:
         raise TiwizError(f"{run_dir}: no embedding saved yet (no final file, no checkpoint) to rank the images with")
     sink = ListSink()  # the loaders' warnings (SDXL at low resolution, skipped images) are the training's, not ours
@@ -342,11 +340,36 @@ def rank_run_folder(run_dir, progress: Callable | None = None) -> ImageRanking:
     s = types.SimpleNamespace(
         config=cfg, model=model, device=device, precision=precision, unet_dtype=next(model.unet.parameters()).dtype,
         tokens=TokenCache(placeholder), dataset=dataset, template=template, placeholder=placeholder,
-        holdout_indices=holdout, name=name, step=_checkpoint_step(embedding) if embedding != files[0] else
-        int(loaded.step or 0), averaged=contextlib.nullcontext)
+        holdout_indices=holdout, name=name, step=_checkpoint_step(embedding) if embedding.parent.name ==
+        "embeddings" else int(loaded.step or 0), averaged=contextlib.nullcontext)
     return replace(rank_session(s, progress), embedding=str(embedding.relative_to(run_dir)))
+
+
+def run_embedding_file(run_dir, name: str) -> Path | None:
+    """A run's final NAME.safetensors, else its latest checkpoint's, else None (what it has on disk)."""
+    run_dir = Path(run_dir)
+    files = [run_dir / f"{name}.safetensors"] + sorted(
+        (run_dir / "embeddings").glob(f"{name}-*.safetensors"), key=_checkpoint_step, reverse=True)
+    return next((f for f in files if f.is_file()), None)
 
 
 def _checkpoint_step(path: Path) -> int:
     tail = path.stem.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else -1
+
+
+def record_ranking(s) -> None:
+    """At the end of a finished run: rank session `s`'s images, write image_ranking.json and emit `images_ranked`.
+    A failure is a warning: the embedding is saved and the run is done whatever happens here."""
+    from core.runs import run_events as ev
+
+    try:
+        ranking = rank_session(s)
+        write_ranking(s.out_dir, ranking)
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must never cost a finished training
+        s.sink.emit(ev.Warning(step=s.step, message=f"could not rank the training images: "
+                                                    f"{exc.__class__.__name__}: {exc}"))
+        return
+    flagged = ranking.flagged
+    s.sink.emit(ev.ImagesRanked(step=s.step, path=RANKING_FILE, n_images=len(ranking.images),
+                                flagged=[im.image for im in flagged], reasons=[im.message for im in flagged]))

@@ -124,7 +124,8 @@ class NormControl:
     def load_state_dict(self, state: dict | None, vectors) -> None:
         """`preserve`'s targets from a resume state; a state without them (an older run, or one trained in another
         mode) keeps the norms the vectors have now."""
-        targets = state.get("targets") if isinstance(state, dict) else None
+        same_mode = isinstance(state, dict) and state.get("mode") == self.mode
+        targets = state.get("targets") if same_mode else None
         if targets is not None and tuple(targets.shape) == (vectors.shape[0], len(self.columns)):
             self.targets = targets.float().cpu().clone()
         else:

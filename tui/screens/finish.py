@@ -8,7 +8,7 @@ from pathlib import Path
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import var
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -21,6 +21,7 @@ from tui.widgets.image_preview import ImagePreview
 from tui import web_links
 from core.install import copy_embedding, find_targets, is_sdxl, pick_file
 from core.runs.run_events import BEST_BASES
+from core.training.image_ranking import read_ranking
 
 
 def final_files(run_dir: Path) -> RunView:
@@ -101,6 +102,10 @@ class FinishScreen(WizardScreen):
     DEFAULT_CSS = """
     #fin-targets { height: auto; max-height: 6; }
     #fin-sheet { height: 14; }
+    #fin-fight { height: auto; }
+    .fight-row { height: 8; margin-bottom: 1; }
+    .fight-thumb { width: 16; height: 8; }
+    .fight-text { width: 1fr; padding-left: 1; }
     .code { background: $boost; padding: 0 1; margin-top: 1; }
     """
     BINDINGS = [
@@ -129,6 +134,8 @@ class FinishScreen(WizardScreen):
             yield Label("Previews by step (previews/sheet.png · o: full size)", classes="section",
                         id="fin-sheet-label")
             yield ImagePreview(id="fin-sheet")
+            yield Label("Images that fight the concept", classes="section", id="fin-fight-label")
+            yield Vertical(id="fin-fight")
 
     def on_mount(self) -> None:
         run_dir = Path(self.state.run_dir).expanduser().resolve()  # paths shown absolute: they are copied elsewhere
@@ -138,12 +145,13 @@ class FinishScreen(WizardScreen):
         self.emb_name = self.state.name
         self.query_one("#fin-files", Static).update(f"Run folder   {run_dir}\nreading the run…")
         self.query_one("#fin-sheet-label").display = self.query_one("#fin-sheet").display = False
+        self.query_one("#fin-fight-label").display = self.query_one("#fin-fight").display = False
         self.query_one("#fin-targets", OptionList).focus()
         self.scan_targets()
         self.load_run(run_dir, self.state.name, self.state.model)
 
     @work(thread=True, exclusive=True, group="finish-load", exit_on_error=False)
-    def load_run(self, run_dir: Path, fallback_name: str, fallback_model: str) -> None:
+    def load_run(self, run_dir: Path, fallback_name: str, fallback_model: str) -> dict:
         """Off the UI thread: replay the event log, read the files' headers, the config and the sheet's presence."""
         error = ""
         try:
@@ -158,7 +166,14 @@ class FinishScreen(WizardScreen):
                   "best": best_checkpoint_files(view, sdxl), "model": run_model(run_dir, fallback_model),
                   "sheet": run_dir / "previews" / "sheet.png"}
         loaded["has_sheet"] = loaded["sheet"].is_file()
-        self.app.call_from_thread(setattr, self, "loaded", loaded)
+        try:
+            loaded["ranking"] = read_ranking(run_dir)
+        except ValueError as exc:  # shown in the section instead of the images
+            loaded["ranking"] = str(exc)
+        return loaded
+
+    def load_run_done(self, loaded: dict) -> None:
+        self.loaded = loaded
 
     @property
     def files(self) -> list[Path]:
@@ -201,12 +216,37 @@ class FinishScreen(WizardScreen):
         self.query_one("#fin-sheet-label").display = self.query_one("#fin-sheet").display = loaded["has_sheet"]
         if loaded["has_sheet"]:
             self.query_one("#fin-sheet", ImagePreview).set_image(loaded["sheet"])
+        self._show_ranking(loaded.get("ranking"))
+
+    def _show_ranking(self, ranking) -> None:
+        """The run's worst-fitting training images (image_ranking.json), each with its thumbnail and what to do."""
+        box = self.query_one("#fin-fight", Vertical)
+        self.query_one("#fin-fight-label").display = box.display = ranking is not None
+        box.remove_children()
+        if ranking is None:
+            return
+        if isinstance(ranking, str):
+            box.mount(Static(ranking, markup=False))
+            return
+        if not ranking.flagged:
+            box.mount(Static(f"None stands out: the embedding fits all {len(ranking.images)} training images about "
+                             "equally well."))
+            return
+        for im in ranking.flagged[:3]:
+            thumb = ImagePreview(classes="fight-thumb", placeholder="")
+            box.mount(Horizontal(thumb, Static(f"{Path(im.image).name}\n{im.message}", classes="fight-text",
+                                               markup=False), classes="fight-row"))
+            self.call_after_refresh(thumb.set_image, im.image)  # once mounted: it loads in its own worker
+        if len(ranking.flagged) > 3:
+            box.mount(Static(f"{len(ranking.flagged) - 3} more: tiwiz inspect --run {self.view.run_dir}", markup=False))
 
     @work(thread=True, exclusive=True, group="targets", exit_on_error=False)
-    def scan_targets(self) -> None:
+    def scan_targets(self) -> tuple:
         """Look for installs off the UI thread: it lists folders that may sit on a slow network disk."""
-        targets = find_targets(self.app.finder_roots)
-        self.app.call_from_thread(setattr, self, "targets", tuple(targets))
+        return tuple(find_targets(self.app.finder_roots))
+
+    def scan_targets_done(self, targets: tuple) -> None:
+        self.targets = targets
 
     def watch_targets(self, targets: tuple) -> None:
         menu = self.query_one("#fin-targets", OptionList)
@@ -241,12 +281,13 @@ class FinishScreen(WizardScreen):
         self.copy_to(src, target, overwrite)
 
     @work(thread=True, exclusive=True, group="copy", exit_on_error=False)
-    def copy_to(self, src: Path, target, overwrite: bool) -> None:
+    def copy_to(self, src: Path, target, overwrite: bool) -> str:
         name = f"{self.emb_name}{src.suffix}" if src in (getattr(self, "best_files", None) or []) else None
         written = copy_embedding(src, target.path, overwrite=overwrite, name=name)  # errors: messages (worker_failed)
-        self.app.call_from_thread(
-            self.show_message, f"Copied {written.name} to {written.parent}. Refresh the embeddings list in "
-                               f"{target.app}.", "ok")
+        return f"Copied {written.name} to {written.parent}. Refresh the embeddings list in {target.app}."
+
+    def copy_to_done(self, text: str) -> None:
+        self.show_message(text, "ok")
 
     def action_best(self) -> None:
         """Switch what `c` copies between the final embedding and the suggested best step's checkpoint (copied under
