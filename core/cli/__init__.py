@@ -121,3 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tiwiz: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tiwiz runs | head -1`: the reader is gone; end as `ls | head` does, quietly
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit-time flush of stdout must not fail again
+        return 141
