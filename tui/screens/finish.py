@@ -151,7 +151,7 @@ class FinishScreen(WizardScreen):
         self.load_run(run_dir, self.state.name, self.state.model)
 
     @work(thread=True, exclusive=True, group="finish-load", exit_on_error=False)
-    def load_run(self, run_dir: Path, fallback_name: str, fallback_model: str) -> dict:
+    def load_run(self, run_dir: Path, fallback_name: str, fallback_model: str) -> None:
         """Off the UI thread: replay the event log, read the files' headers, the config and the sheet's presence."""
         error = ""
         try:
@@ -170,10 +170,7 @@ class FinishScreen(WizardScreen):
             loaded["ranking"] = read_ranking(run_dir)
         except ValueError as exc:  # shown in the section instead of the images
             loaded["ranking"] = str(exc)
-        return loaded
-
-    def load_run_done(self, loaded: dict) -> None:
-        self.loaded = loaded
+        self.app.call_from_thread(setattr, self, "loaded", loaded)
 
     @property
     def files(self) -> list[Path]:
@@ -241,12 +238,10 @@ class FinishScreen(WizardScreen):
             box.mount(Static(f"{len(ranking.flagged) - 3} more: tiwiz inspect --run {self.view.run_dir}", markup=False))
 
     @work(thread=True, exclusive=True, group="targets", exit_on_error=False)
-    def scan_targets(self) -> tuple:
+    def scan_targets(self) -> None:
         """Look for installs off the UI thread: it lists folders that may sit on a slow network disk."""
-        return tuple(find_targets(self.app.finder_roots))
-
-    def scan_targets_done(self, targets: tuple) -> None:
-        self.targets = targets
+        targets = find_targets(self.app.finder_roots)
+        self.app.call_from_thread(setattr, self, "targets", tuple(targets))
 
     def watch_targets(self, targets: tuple) -> None:
         menu = self.query_one("#fin-targets", OptionList)
@@ -281,13 +276,12 @@ class FinishScreen(WizardScreen):
         self.copy_to(src, target, overwrite)
 
     @work(thread=True, exclusive=True, group="copy", exit_on_error=False)
-    def copy_to(self, src: Path, target, overwrite: bool) -> str:
+    def copy_to(self, src: Path, target, overwrite: bool) -> None:
         name = f"{self.emb_name}{src.suffix}" if src in (getattr(self, "best_files", None) or []) else None
         written = copy_embedding(src, target.path, overwrite=overwrite, name=name)  # errors: messages (worker_failed)
-        return f"Copied {written.name} to {written.parent}. Refresh the embeddings list in {target.app}."
-
-    def copy_to_done(self, text: str) -> None:
-        self.show_message(text, "ok")
+        self.app.call_from_thread(
+            self.show_message, f"Copied {written.name} to {written.parent}. Refresh the embeddings list in "
+                               f"{target.app}.", "ok")
 
     def action_best(self) -> None:
         """Switch what `c` copies between the final embedding and the suggested best step's checkpoint (copied under
