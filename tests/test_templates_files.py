@@ -8,7 +8,7 @@ import pytest
 from core.errors import TiwizError
 from core.training.templates import list_templates, load_template, render, templates_dir
 
-BUILTINS = ["none", "style", "style_filewords", "subject", "subject_filewords"]
+BUILTINS = ["none", "style", "style_filewords", "style_tags", "subject", "subject_filewords", "subject_tags"]
 
 
 def test_builtins_listed_and_shaped():
@@ -18,8 +18,8 @@ def test_builtins_listed_and_shaped():
         assert t.name == name and t.lines and t.path == templates_dir() / f"{name}.txt"
         assert all("[name]" in line for line in t.lines), name
         assert all(line == line.strip() and line for line in t.lines)
-        assert t.uses_filewords == name.endswith("_filewords")
-        if name.endswith("_filewords"):
+        assert t.uses_filewords == name.endswith(("_filewords", "_tags"))
+        if name.endswith(("_filewords", "_tags")):
             assert all("[filewords]" in line for line in t.lines)
     assert len(load_template("style").lines) >= 15 and len(load_template("subject").lines) >= 20
     assert load_template("none").lines == ["[name]"]

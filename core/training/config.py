@@ -35,6 +35,7 @@ CHOICES = {
     "gradient_checkpointing": ("auto", "on", "off"),
     "compile": ("auto", "on", "off"),
     "norm_mode": ("free", "clamp", "preserve"),
+    "kind": ("subject", "style", "negative"),
 }
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 SCHEDULE_MAX = {"lr": 10.0, "clip_grad_value": 1e6}  # beyond these, fp32 overflows or the vectors blow up
@@ -63,6 +64,7 @@ BOUNDS = {
     "preview_cfg": (0.0, None),
     "max_nan_steps": (1, None),
     "norm_clamp_k": (0.1, 100.0),
+    "keep_tags": (0, 1000),
 }
 
 HELP = {
@@ -79,8 +81,16 @@ HELP = {
     "height": "Training height in pixels (multiple of 8)",
     "resize": "crop: keep aspect, centre-crop; stretch: A1111 stretch; none: native sizes (equal-size batches)",
     "latent_sampling": "once: sample the VAE posterior once; deterministic: its mean; random: resample every step",
-    "template": "Prompt template name (style, style_filewords, subject, subject_filewords, none) or a .txt path",
+    "kind": "What the embedding is for: subject (a thing or character, in the prompt), style (a look, in the "
+            "prompt; previews use the style prompts) or negative (an unwanted look, used in the negative prompt; "
+            "previews are pairs from one seed: without it, and with it in the negative prompt). With booru-tag "
+            "captions it picks the tag template (subject_tags; style_tags for style and negative) when template "
+            "is left at its default",
+    "template": "Prompt template name (style, style_filewords, subject, subject_filewords, subject_tags, style_tags, "
+                "none) or a .txt path",
     "shuffle_tags": "Shuffle the comma-separated tags of each caption every step",
+    "keep_tags": "Keep the first N tags of each caption in place when tags are shuffled or dropped (kohya's "
+                 "keep_tokens; 0 = none)",
     "tag_dropout": "Probability of dropping each caption tag every step (0-1)",
     "noise_offset": "Offset noise (kohya's --noise_offset): add this times a per-image, per-channel constant to the "
                     "noise so flat colours and backgrounds are learned from the prompt (0 = off; 0.05-0.1 typical)",
@@ -184,9 +194,11 @@ class TrainConfig:
     height: int = 512
     resize: str = "crop"
     latent_sampling: str = "once"
+    kind: str = "subject"
     template: str = "style_filewords"
     shuffle_tags: bool = False
     tag_dropout: float = 0.0
+    keep_tags: int = 0
     noise_offset: float = 0.0
     loss_weighting: str = "none"
     min_snr_gamma: float = 5.0

@@ -103,24 +103,44 @@ def _load_file(path: Path, name: str) -> Template:
 
 
 def render(line: str, name: str, filewords: str, *, shuffle_tags: bool = False, tag_dropout: float = 0.0,
-           rng: random.Random) -> str:
-    """Substitute `[name]` and `[filewords]` in one template line. The caption is split on commas; each tag is
-    dropped with probability `tag_dropout`, then the rest are shuffled if `shuffle_tags` (A1111's order), using
-    `rng` only. A `[name]` inside the caption is substituted too (A1111 does the same). Separators left dangling by
-    an empty caption are tidied."""
+           keep_tags: int = 0, rng: random.Random) -> str:
+    """Substitute `[name]` and `[filewords]` in one template line. The caption is split on commas; the first
+    `keep_tags` tags stay first and in order (kohya's keep_tokens); each other tag is dropped with probability
+    `tag_dropout`, then the rest are shuffled if `shuffle_tags` (A1111's order), using `rng` only. A `[name]` inside
+    the caption is substituted too (A1111 does the same). Separators left dangling by an empty caption are tidied."""
     if not 0.0 <= float(tag_dropout) <= 1.0:
         raise TiwizError(f"tag dropout must be between 0 and 1, not {tag_dropout}")
     words = ""
     if FILEWORDS in line:
         tags = split_tags(filewords)
+        kept, tags = tags[:max(0, keep_tags)], tags[max(0, keep_tags):]
         if tag_dropout > 0:
             tags = [tag for tag in tags if rng.random() >= tag_dropout]
         if shuffle_tags:
             rng.shuffle(tags)
-        words = ", ".join(tags)
+        words = ", ".join(kept + tags)
     # [filewords] first, then [name], as A1111 does: a caption may itself say where the trigger goes
     text = line.replace(FILEWORDS, words).replace(NAME, name)
     return _tidy(text) if not words and FILEWORDS in line else text
+
+
+# The template a kind trains with when the captions are booru tags and no template was named: tag models (Illustrious,
+# NoobAI, Pony) are prompted with tags, so the training prompts are tags too. A negative embedding learns a look, as a
+# style does.
+TAG_TEMPLATES = {"subject": "subject_tags", "style": "style_tags", "negative": "style_tags"}
+
+
+def proposed_template(template: str, kind: str, language: str) -> tuple[str, str]:
+    """(the template to train with, why) for the configured `template`, the embedding's `kind` and the captions'
+    `language` (core.prep.captions.caption_language). The default template (A1111's style_filewords) gives way to
+    the kind's tag template when the captions are tags; a template the user named is kept as is."""
+    if template != DEFAULT_TEMPLATE or language != "tags":
+        return template, ""
+    chosen = TAG_TEMPLATES.get(kind, "subject_tags")
+    return chosen, (f"The captions are booru tags (comma-separated, no sentences), so the {kind} embedding trains "
+                    f"on tag prompts ({chosen}: {'[name], [filewords]' if kind == 'subject' else '[filewords], [name]'}"
+                    ") instead of A1111's sentence template: tag-trained models such as Illustrious, NoobAI and "
+                    "Pony are prompted with tags.")
 
 
 def _tidy(text: str) -> str:
