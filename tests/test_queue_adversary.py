@@ -244,3 +244,40 @@ def test_scheduler_reads_a_job_file_again_only_when_it_changes(setup):
     assert jobs["j7"].state == "failed" and jobs["j9"].run_dir == str(root / "elsewhere")
     (queue / "j3.toml").unlink()
     assert len(scheduler.jobs.list()) == 39 and scheduler.jobs.parses == 42
+
+
+def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
+    """Item 38: relative paths in a manifest are the manifest's folder's, wherever `queue add` is run from."""
+    sub = tmp_path / "project"
+    (sub / "model").mkdir(parents=True)
+    make_images(sub / "data", n=1)
+    manifest = sub / "batch.toml"
+    manifest.write_text('model = "model"\n[[job]]\nname = "cat"\ndata = "data"\noutput = "out/cat"\n')
+    entries = qjobs.manifest_entries(manifest)
+    [job] = qjobs.add_jobs(tmp_path / "runs" / "queue", [(n, d, "m") for n, d in entries])
+    config = job.load_config()
+    assert (config.model, config.data, config.output) == (str(sub / "model"), str(sub / "data"), str(sub / "out/cat"))
+
+
+def test_a_vanished_model_says_so_and_keeps_the_checkpoint(setup, tmp_path):
+    """Item 38: a job whose model vanished after a checkpoint at step 10 is not "failed at step 0" nor "retrying from
+    the start": it says the model is gone and that the checkpoint at step 10 is where it resumes."""
+    from core.runs import folder as runs
+
+    model, data, root, env = setup
+    queue = root / "queue"
+    [job] = qjobs.add_jobs(queue, [("cat", {"model": str(model), "data": str(data), "name": "cat"}, "cat")])
+    run = Path(job.run_dir)
+    (run / "state").mkdir(parents=True)
+    (run / "state" / "latest.pt").write_bytes(b"state")
+    (run / "config.toml").write_text((queue / "cat.toml").read_text())
+    runs.write_status(run, {"state": "stopped", "step": 12, "max_steps": 100, "last_checkpoint": 10})
+    job.save(state="stopped", attempts=1, lives=[{"event": "launch", "attempt": 1}])
+    model.rmdir()
+    out = cli("queue", "run", "--foreground", "--retries", "1", env=env)
+    job = qjobs.load_job(queue, "cat")
+    text = out.stdout + job.reason
+    assert job.state == "failed", out.stdout
+    assert "does not exist" in job.reason and str(model) in job.reason, job.reason
+    assert "step 0" not in text and "no checkpoint yet" not in text, text
+    assert "checkpoint at step 10" in out.stdout, out.stdout

@@ -289,11 +289,31 @@ def manifest_entries(path: str | os.PathLike) -> list[tuple[str | None, dict]]:
     base.update(data)
     entries = []
     for i, job in enumerate(jobs, 1):
-        merged = {**base, **job}
+        merged = _relative_to(path.parent.resolve(), {**base, **job})
         entries.append((merged.get("name") or None, merged))
         if not merged.get("name"):
             raise TiwizError(f"{path}: job {i}: name: required (the embedding name)")
     return entries
+
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def _relative_to(folder: Path, settings: dict) -> dict:
+    """A manifest's relative paths are its own folder's, not the folder `queue add` runs in (a model given as a
+    Hugging Face id, `org/name`, stays one unless the folder has it)."""
+    out = dict(settings)
+    for key in ("model", "data", "init_from", "output", "template"):
+        value = out.get(key)
+        if not isinstance(value, str) or not value or value.startswith("~") or os.path.isabs(value):
+            continue
+        candidate = folder / value
+        if key == "template" and not candidate.exists():
+            continue  # a built-in template's name
+        if key == "model" and _HUB_ID.fullmatch(value) and not candidate.exists():
+            continue
+        out[key] = str(candidate)
+    return out
 
 
 def prepare_config(data: dict, where: str):

@@ -278,7 +278,9 @@ class Scheduler:
             result = self.backend.launch(job, slot, first)
         except Exception as exc:  # noqa: BLE001 - one job's failure never stops the others
             message = str(exc) if isinstance(exc, TiwizError) else f"{type(exc).__name__}: {exc}"
-            self._ended(job, {"state": "failed", "reason": message, "step": 0, "last_checkpoint": None,
+            info = runs.inspect_run(job.run_dir) if job.run_dir and runs.is_run_dir(Path(job.run_dir)) else None
+            self._ended(job, {"state": "failed", "reason": message, "step": info.step if info else 0,
+                              "last_checkpoint": info.last_checkpoint if info else None,  # still there to resume
                               "description": f"could not start: {message}"})
             return
         life.update(how=result.get("how"), pid=result.get("pid"))

@@ -128,6 +128,8 @@ def check_model_files(model: str) -> None:
     from core.models.headers import require_regular_file
 
     path = Path(model)
+    if not path.exists():
+        raise TiwizError(f"model: {path} does not exist (moved or deleted since the run was set up?)")
     try:
         if not path.is_dir():
             require_regular_file(path)
