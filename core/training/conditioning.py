@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 SDXL_KEYS = ("clip_l", "clip_g")
 
 
@@ -59,8 +61,6 @@ def encode_prompts(model, prompts: list[str], device, time_ids=None, tokenize=No
     token_ids_for = tokenize or token_ids
     if model.family != "sdxl":
         return model.text_encoder(token_ids_for(model.tokenizer, prompts, device))[0], None
-    import torch
-
     if time_ids is None:
         raise ValueError("SDXL conditioning needs time_ids (original size, crop, target size) for every image")
     hidden, pooled = [], None

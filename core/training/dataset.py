@@ -14,12 +14,20 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+
 from core.errors import TiwizError
+from core.prep.buckets import resize_to_bucket
 from core.prep.captions import IMAGE_EXTENSIONS, list_images, training_caption
+from core.prep.images import load_rgb as load_checked
+from core.training.conditioning import sdxl_time_ids
 
 RESIZE_MODES = ("crop", "stretch", "none")
 ENCODE_BATCH = 8
@@ -29,8 +37,6 @@ ENCODE_PIXELS = 4 * 1024 * 1024  # per VAE call: 4 images at 1024 px (SDXL), 8 a
 def load_rgb(path: Path):
     """The image as RGB, loaded like preprocessing loads it (`core.prep.images.load_rgb`: EXIF orientation,
     16-bit scaling, transparency on mid-grey)."""
-    from core.prep.images import load_rgb as load_checked
-
     return load_checked(path).image
 
 
@@ -42,8 +48,6 @@ def resize_image(im, width: int, height: int, mode: str):
 def resize_with_crop(im, width: int, height: int, mode: str):
     """`resize_image`, also returning the crop's (left, top) offset in the resized image's pixels: what SDXL's
     `crops_coords_top_left` conditioning means (a centre crop of a non-square image is not (0, 0))."""
-    from PIL import Image
-
     if mode == "stretch":
         return im.resize((width, height), Image.BICUBIC), (0, 0)
     if mode == "crop":
@@ -62,9 +66,6 @@ def resize_with_crop(im, width: int, height: int, mode: str):
 
 
 def image_to_tensor(im):
-    import numpy as np
-    import torch
-
     arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
@@ -84,8 +85,6 @@ class Item:
 
     def time_ids(self) -> list[float]:
         """SDXL `add_time_ids`: original (h, w), crop (top, left), target (h, w)."""
-        from core.training.conditioning import sdxl_time_ids
-
         return sdxl_time_ids(self.original_size or self.size, self.crop_left_top, self.size)
 
 
@@ -99,8 +98,6 @@ class TrainDataset:
 
     def latents(self, indices: list[int], generator):
         """Stacked latents for a batch (all the same size). `generator` is used only in `random` mode."""
-        import torch
-
         out = []
         for i in indices:
             item = self.items[i]
@@ -113,8 +110,6 @@ class TrainDataset:
 
     def time_ids(self, indices: list[int]):
         """SDXL time ids for a batch: a float tensor [len(indices), 6]."""
-        import torch
-
         return torch.tensor([self.items[i].time_ids() for i in indices], dtype=torch.float32)
 
     def epoch_batches(self, rng: random.Random, batch_size: int, indices: list[int] | None = None) -> list[list[int]]:
@@ -136,8 +131,6 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
                   sink=None, device=None, dtype=None, bucketer=None) -> TrainDataset:
     """Load, resize and VAE-encode every usable image once. Deterministic for a given seed. With a `bucketer`
     (core.prep.buckets) each image goes to its aspect-ratio bucket instead of the `resize` mode."""
-    import torch
-
     folder = Path(folder)
     if not folder.is_dir():
         raise TiwizError(f"data: {folder} is not a folder of images")
@@ -151,8 +144,6 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
         try:
             source = load_rgb(path)
             if bucketer is not None:
-                from core.prep.buckets import resize_to_bucket
-
                 im, crop = resize_to_bucket(source, bucketer)
             else:
                 im, crop = resize_with_crop(source, width, height, resize)
@@ -211,8 +202,6 @@ def build_dataset(folder, *, vae, width: int, height: int, resize: str, latent_s
 def preprocess_crops(folder: Path) -> dict[str, dict]:
     """{output image name: {"original_size": [w, h], "crop_left_top": [x, y]}} from the `report.json` that
     `tiwiz preprocess` writes beside its images; {} when there is none (or it is unreadable)."""
-    import json
-
     try:
         report = json.loads((Path(folder) / "report.json").read_text(encoding="utf-8"))
         out = {}
