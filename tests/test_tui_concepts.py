@@ -111,7 +111,7 @@ def test_name_uses_core_rules_and_flags_clip_words_at_once(tmp_path, monkeypatch
 
 def test_wizard_shows_the_caption_the_trainer_uses(tmp_path, monkeypatch):
     from tests.tui_support import make_photos
-    from tui.screens.training import sample_prompts
+    from tui.training_text import sample_prompts
 
     freeze_cursor(monkeypatch)
     ds = make_photos(tmp_path / "ds", 2, {0: "a cat,\r\n blue hat"})

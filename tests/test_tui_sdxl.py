@@ -23,10 +23,14 @@ def _app(tmp_path, stage, **state):
                     finder_roots=[])
 
 
-def test_model_screen_names_sdxl_and_sets_its_defaults(tmp_path):
-    model = tmp_path / "noob-vpred.safetensors"
-    save_file(SDXL_HEADER, model)
-    app = _app(tmp_path, "model", model=str(model))
+def test_model_screen_names_sdxl_and_sets_its_defaults(tmp_path, tiny_sdxl_dir):
+    from safetensors.torch import load_file
+
+    from core.models.single_file import save_single_file
+
+    model = save_single_file(tiny_sdxl_dir, tmp_path / "tiny-xl.safetensors")
+    save_file({**load_file(str(model)), "v_pred": torch.zeros(0)}, tmp_path / "noob-vpred.safetensors")
+    app = _app(tmp_path, "model", model=str(tmp_path / "noob-vpred.safetensors"))
 
     async def drive():
         async with app.run_test(size=(110, 30)) as pilot:
@@ -36,17 +40,17 @@ def test_model_screen_names_sdxl_and_sets_its_defaults(tmp_path):
                 if info:
                     break
                 await pilot.pause(0.05)
-            assert "SDXL v-prediction" in info
-            assert app.screen.check() is None
+            assert "SDXL v-prediction" in info and "cannot" not in info
+            assert app.screen.check_files() is None
     asyncio.run(drive())
-    assert app.state.model_family == "sdxl"
+    assert app.state.model_family == "sdxl" and app.state.text_widths == [32, 64]
     assert (app.state.train["width"], app.state.train["height"]) == (1024, 1024)
 
 
 def test_training_and_embedding_screens_explain_sdxl(tmp_path):
     make_photos(tmp_path / "photos", 2)
-    state = dict(model=str(tmp_path / "m"), model_family="sdxl", dataset=str(tmp_path / "photos"), name="zxq-cat",
-                 init_text="a cat", train={"width": 1024, "height": 1024})
+    state = dict(model=str(tmp_path / "m"), model_family="sdxl", text_widths=[32, 64], dataset=str(tmp_path / "photos"),
+                 name="zxq-cat", init_text="a cat", train={"width": 1024, "height": 1024})
     app = _app(tmp_path, "training", **state)
 
     async def drive_training():
@@ -65,6 +69,7 @@ def test_training_and_embedding_screens_explain_sdxl(tmp_path):
             await wait_idle(pilot)
             plan = str(app.screen.query_one("#emb-plan").content)
             assert "CLIP-L and OpenCLIP bigG" in plan and "clip_l and clip_g" in plan
+            assert "a 32-wide CLIP-L part and a 64-wide bigG part" in plan  # the model's widths, not SDXL 1.0's
     asyncio.run(drive_embedding())
 
 

@@ -180,7 +180,7 @@ async def until(pilot, condition, timeout: float, what: str) -> None:
     while not condition():
         if time.monotonic() > deadline:
             shown = [str(w.content) for w in pilot.app.screen.query("#message")]
-            raise AssertionError(f"timed out waiting for {what} (message: {shown})")
+            raise AssertionError(f"timed out waiting for {what} (message: {shown}, screen: {pilot.app.screen})")
         await asyncio.sleep(0.2)
         await pilot.pause()
 

@@ -14,7 +14,6 @@ from textual.app import App
 from textual.binding import Binding
 from textual.reactive import var
 
-from core.errors import TiwizError
 from core.runs.folder import default_root
 from tui.state import STAGES, WizardState, default_state_path, load_state, neighbour_stage, save_state
 
@@ -151,13 +150,6 @@ class TiwizApp(App):
         names = {"halfcell": "half-block", "tgp": "Kitty graphics", "sixel": "Sixel"}
         only = "" if len(modes) > 1 else " (the only mode: start with --image-protocol tgp or sixel for graphics)"
         self.notify(f"Images: {names[self.image_protocol]}{only}", timeout=4)
-
-    def _handle_exception(self, error: Exception) -> None:
-        # A TiwizError is a message for the user: show it and keep the app alive instead of dying with a traceback.
-        if isinstance(error, TiwizError):
-            self.notify(str(error), title="Error", severity="error", timeout=10)
-            return
-        super()._handle_exception(error)
 
 
 def resolve_image_protocol(requested: str) -> str:

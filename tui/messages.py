@@ -64,10 +64,3 @@ class BucketsCounted(Message):
         self.key = key
         self.text = text
 
-
-class QueueRead(Message):
-    """The queue folder as the Start screen's poll worker read it (a tui.screens.start.QueueStatus)."""
-
-    def __init__(self, status) -> None:
-        super().__init__()
-        self.status = status

@@ -65,6 +65,7 @@ class WizardState:
     demo: bool = False
     model: str = ""
     model_family: str = ""  # "sd1" | "sd2" | "sdxl", from the model's header when the model screen accepts it
+    text_widths: list = field(default_factory=list)  # each text encoder's width (SDXL: CLIP-L, bigG); [] = unknown
     source: str = ""
     dataset: str = ""  # the preprocessed (training) folder: the preprocess destination
     skip_preprocess: bool = False

@@ -312,6 +312,13 @@ class RunState:
                 self.error = e.reason
 
     # ---- liveness and derived figures --------------------------------------------------------------------------
+    def resume_requested(self) -> None:
+        """A new life of the run was asked for (a resume spawned its worker): starting until its `started` event
+        arrives, so a viewer never shows the old life's end meanwhile; a silent death then shows as killed."""
+        self.phase, self.error, self.reason = RunPhase.STARTING, "", ""
+        self.rendering_preview = None
+        self.version += 1
+
     def set_liveness(self, phase, reason: str = "") -> bool:
         """Take the phase `core.runs.folder` finds (status.json + the worker lock): a worker that died without a final
         event shows as killed. Returns True when the state changed."""

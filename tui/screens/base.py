@@ -7,24 +7,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Static
-from textual.worker import Worker, WorkerState
+from textual import work
 
-from core.errors import TiwizError
 from core.safe_text import safe_text
+from tui.errors import error_text  # noqa: F401  (screens import it from here)
 from tui.state import STAGE_TITLES, WIZARD_STAGES
-
-
-def error_text(error: BaseException | None) -> str:
-    """A user-facing sentence for an exception: TiwizError as is, anything else with its type, never a traceback."""
-    if error is None:
-        return "Something went wrong."
-    if isinstance(error, TiwizError):
-        return str(error)
-    if isinstance(error, FileNotFoundError):
-        return f"File not found: {error.filename or error}"
-    if isinstance(error, PermissionError):
-        return f"Permission denied: {error.filename or error}"
-    return f"{type(error).__name__}: {error}"
+from tui.workers import WorkerResults
 
 
 class StageHeader(Static):
@@ -53,7 +41,7 @@ class StageHeader(Static):
         return text
 
 
-class WizardScreen(Screen):
+class WizardScreen(WorkerResults, Screen):
     """A wizard stage. Subclasses set STAGE, compose their body in `compose_body`, save edits into `self.state`
     as they happen, and return an error message from `check()` when Next must not proceed."""
 
@@ -104,17 +92,15 @@ class WizardScreen(Screen):
         event.stop()
         self.show_message(event.sentence, "warning")
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state == WorkerState.ERROR:
-            self.worker_failed(event.worker, event.worker.error)
-
-    def worker_failed(self, worker: Worker, error: BaseException | None) -> None:
-        self.show_message(error_text(error))
-
     # --- navigation --------------------------------------------------------------------------------------------
 
     def check(self) -> str | None:
-        """An error message when the stage is not complete, else None."""
+        """An error message when the stage is not complete, else None. Runs on the UI thread: no file I/O here."""
+        return None
+
+    def check_files(self) -> str | None:
+        """The checks of Next that read files or start processes (folders, model headers, preflight): run in a
+        worker after `check` passed; an error message, else None."""
         return None
 
     def action_next(self) -> None:
@@ -122,6 +108,21 @@ class WizardScreen(Screen):
         if problem:
             self.show_message(problem, until_edit=True)
             return
+        if type(self).check_files is WizardScreen.check_files:
+            self.proceed()
+            return
+        self.show_message("Checking…", "info")
+        self.next_checks()
+
+    @work(thread=True, exclusive=True, group="next", exit_on_error=False)
+    def next_checks(self) -> str | None:
+        return self.check_files()
+
+    def next_checks_done(self, problem: str | None) -> None:
+        if problem:
+            self.show_message(problem, until_edit=True)
+            return
+        self.show_message("")
         self.proceed()
 
     def proceed(self) -> None:

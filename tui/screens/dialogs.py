@@ -57,3 +57,23 @@ class PromptModal(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class MessageModal(ModalScreen[None]):
+    """Says something that must be read (an unexpected error); Enter or Escape closes it."""
+
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("enter", "close", "Close")]
+
+    def __init__(self, title: str, text: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.title_text, classes="dialog-title", markup=False)
+            yield Static(self.text, classes="dialog-detail", markup=False)
+            yield Static("[b]Enter[/b] close", classes="dialog-keys")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

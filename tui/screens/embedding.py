@@ -6,10 +6,11 @@ from __future__ import annotations
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Label, Select, Static
 
 from core.embeddings.vectors import MAX_NAME_LENGTH, name_problem, trigger_problems
 from core.runs import api as runapi
+from core.training.kinds import KIND_CHOICES, KIND_HELP
 from tui.screens.base import WizardScreen
 from tui.screens.dialogs import ConfirmModal
 from tui.widgets.inputs import OrderedInput
@@ -38,10 +39,25 @@ class EmbeddingScreen(WizardScreen):
             yield OrderedInput(str(self.state.vectors), type="integer", id="emb-vectors", max_length=2,
                                name="Vectors per token")
             yield Static("", id="emb-plan")
+            yield Label("Kind: what the embedding is for", classes="field-label")
+            yield Select(KIND_CHOICES, value=self.state.train.get("kind", "subject"), allow_blank=False,
+                         id="emb-kind", compact=True)
+            yield Static(KIND_HELP[self.state.train.get("kind", "subject")], id="emb-kind-help", classes="hint")
 
     def on_mount(self) -> None:
         self.query_one("#emb-name", Input).focus()
         self._update_plan()
+
+    @on(Select.Changed, "#emb-kind")
+    def _kind(self, event: Select.Changed) -> None:
+        """The kind; a tag template the Captions screen proposed follows it (subject_tags, style_tags)."""
+        from core.training.templates import TAG_TEMPLATES
+
+        kind = str(event.value)
+        self.state.train["kind"] = kind
+        if self.state.train.get("template") in TAG_TEMPLATES.values():
+            self.state.train["template"] = TAG_TEMPLATES[kind]
+        self.query_one("#emb-kind-help", Static).update(KIND_HELP[kind])
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
@@ -72,10 +88,12 @@ class EmbeddingScreen(WizardScreen):
         shown = ", ".join(f"{i + 1}←{p}" for i, p in enumerate(plan[:12])) + (" …" if n > 12 else "")
         lines.append(f"{n} vector{'s' if n != 1 else ''}: {shown}")
         lines.append(f"In prompts, “{self.state.name}” uses {n} of the 75 tokens.")
-        if getattr(self.state, "model_family", "") == "sdxl":
+        if self.state.model_family == "sdxl":
+            widths = self.state.text_widths
+            parts = (f"a {widths[0]}-wide CLIP-L part and a {widths[1]}-wide bigG part" if len(widths) == 2
+                     else "a CLIP-L part and a bigG part")
             lines.append("SDXL: CLIP-L and OpenCLIP bigG split text the same way, so both encoders' vectors start "
-                         "from these tokens: each vector is a 768-wide CLIP-L part and a 1280-wide bigG part, saved "
-                         "as clip_l and clip_g in one file.")
+                         f"from these tokens: each vector is {parts}, saved as clip_l and clip_g in one file.")
         lines += [f"[yellow]warning: {w}[/]" for w in self.name_warnings()]
         widget.update("\n".join(lines))
 
@@ -104,12 +122,11 @@ class EmbeddingScreen(WizardScreen):
         self.find_same_name(self.state.name)
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
-    def find_same_name(self, name: str) -> None:
+    def find_same_name(self, name: str) -> list:
         """The runs already trained under this name, read off the UI thread (errors become messages)."""
-        same = [r for r in runapi.list_runs(self.app.runs_root) if r.name == name]
-        self.app.call_from_thread(self._after_same_name, same)
+        return [r for r in runapi.list_runs(self.app.runs_root) if r.name == name]
 
-    def _after_same_name(self, same: list) -> None:
+    def find_same_name_done(self, same: list) -> None:
         if same and not self.state.overwrite:
             def answered(yes: bool | None) -> None:
                 if yes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,6 +14,7 @@ from textual.reactive import var
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from core.training.kinds import run_kind, usage_text
 from core.runs import api as runapi
 from tui.run_view import RunView
 from tui.screens.base import WizardScreen, error_text
@@ -151,7 +153,7 @@ class FinishScreen(WizardScreen):
         self.load_run(run_dir, self.state.name, self.state.model)
 
     @work(thread=True, exclusive=True, group="finish-load", exit_on_error=False)
-    def load_run(self, run_dir: Path, fallback_name: str, fallback_model: str) -> None:
+    def load_run(self, run_dir: Path, fallback_name: str, fallback_model: str) -> dict:
         """Off the UI thread: replay the event log, read the files' headers, the config and the sheet's presence."""
         error = ""
         try:
@@ -164,13 +166,16 @@ class FinishScreen(WizardScreen):
         sdxl = is_sdxl_embedding(st)
         loaded = {"run_dir": run_dir, "view": view, "error": error, "name": name, "st": st, "pt": pt, "sdxl": sdxl,
                   "best": best_checkpoint_files(view, sdxl), "model": run_model(run_dir, fallback_model),
-                  "sheet": run_dir / "previews" / "sheet.png"}
+                  "sheet": run_dir / "previews" / "sheet.png", "kind": run_kind(run_dir)}
         loaded["has_sheet"] = loaded["sheet"].is_file()
         try:
             loaded["ranking"] = read_ranking(run_dir)
         except ValueError as exc:  # shown in the section instead of the images
             loaded["ranking"] = str(exc)
-        self.app.call_from_thread(setattr, self, "loaded", loaded)
+        return loaded
+
+    def load_run_done(self, loaded: dict) -> None:
+        self.loaded = loaded
 
     @property
     def files(self) -> list[Path]:
@@ -204,8 +209,10 @@ class FinishScreen(WizardScreen):
             f"Run folder   {run_dir}\n{embedding}{suggested}"
             "Checkpoints  embeddings/ · previews/ · loss.csv · config.toml"
         )
+        how = (f"Type it in a prompt, e.g. “a portrait, {name}”" if loaded.get("kind", "subject") == "subject"
+               else escape(usage_text(loaded["kind"], name)))  # a negative embedding goes in the negative prompt
         self.query_one("#fin-usage", Static).update(
-            f"Trigger word: [b]{name}[/b]. Type it in a prompt, e.g. “a portrait, {name}”. "
+            f"Trigger word: [b]{name}[/b]. {how} "
             f"A1111 and ComfyUI (embedding:{name}) pick it up from their embeddings folder. {invoke}"
         )
         self.query_one("#fin-snippet", Static).update(diffusers_snippet(loaded["model"], str(self.files[0]), name,
@@ -238,10 +245,12 @@ class FinishScreen(WizardScreen):
             box.mount(Static(f"{len(ranking.flagged) - 3} more: tiwiz inspect --run {self.view.run_dir}", markup=False))
 
     @work(thread=True, exclusive=True, group="targets", exit_on_error=False)
-    def scan_targets(self) -> None:
+    def scan_targets(self) -> tuple:
         """Look for installs off the UI thread: it lists folders that may sit on a slow network disk."""
-        targets = find_targets(self.app.finder_roots)
-        self.app.call_from_thread(setattr, self, "targets", tuple(targets))
+        return tuple(find_targets(self.app.finder_roots))
+
+    def scan_targets_done(self, targets: tuple) -> None:
+        self.targets = targets
 
     def watch_targets(self, targets: tuple) -> None:
         menu = self.query_one("#fin-targets", OptionList)
@@ -276,12 +285,13 @@ class FinishScreen(WizardScreen):
         self.copy_to(src, target, overwrite)
 
     @work(thread=True, exclusive=True, group="copy", exit_on_error=False)
-    def copy_to(self, src: Path, target, overwrite: bool) -> None:
+    def copy_to(self, src: Path, target, overwrite: bool) -> str:
         name = f"{self.emb_name}{src.suffix}" if src in (getattr(self, "best_files", None) or []) else None
         written = copy_embedding(src, target.path, overwrite=overwrite, name=name)  # errors: messages (worker_failed)
-        self.app.call_from_thread(
-            self.show_message, f"Copied {written.name} to {written.parent}. Refresh the embeddings list in "
-                               f"{target.app}.", "ok")
+        return f"Copied {written.name} to {written.parent}. Refresh the embeddings list in {target.app}."
+
+    def copy_to_done(self, text: str) -> None:
+        self.show_message(text, "ok")
 
     def action_best(self) -> None:
         """Switch what `c` copies between the final embedding and the suggested best step's checkpoint (copied under

@@ -117,22 +117,24 @@ class FoldersScreen(WizardScreen):
         self.scan(self.state.source, dest)
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
-    def scan(self, source: str, dest: str) -> None:
+    def scan(self, source: str, dest: str) -> tuple | None:
         """Count the images of both folders once typing pauses; a newer scan cancels this one."""
         from textual.worker import get_current_worker
 
         time.sleep(SCAN_DEBOUNCE_S)
         worker = get_current_worker()
         if worker.is_cancelled:
-            return
+            return None
         results = {(source, True): folder_report(source)}
         if dest:
             results[(dest, False)] = folder_report(dest, must_exist=False)
             results[("exists", False)] = (Path(dest).expanduser().exists(), "")
-        if not worker.is_cancelled:
-            self.app.call_from_thread(self._show_scan, source, dest, results)
+        return source, dest, results  # a cancelled worker's result never arrives
 
-    def _show_scan(self, source: str, dest: str, results: dict) -> None:
+    def scan_done(self, scanned: tuple | None) -> None:
+        if scanned is None:
+            return
+        source, dest, results = scanned
         exists = results.pop(("exists", False), (False, ""))[0]
         ok, msg = results[(source, True)]
         self.query_one("#source-info", Static).update(f"[{'green' if ok else 'red'}]{msg}[/]")
@@ -143,7 +145,7 @@ class FoldersScreen(WizardScreen):
             msg += " already there: preprocessing will ask before overwriting"
         self.query_one("#dest-info", Static).update(f"[{'green' if ok else 'red'}]{msg}[/]")
 
-    def check(self) -> str | None:
+    def check_files(self) -> str | None:
         ok, msg = folder_report(self.state.source)  # scanned afresh: the folder may have changed since
         if not ok:
             return f"Source folder: {msg}." if self.state.source else "Type or pick the folder of your images."

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -41,7 +43,8 @@ class ModelScreen(WizardScreen):
     DEFAULT_CSS = """
     #found { height: 1fr; }
     """
-    BINDINGS = [Binding("f5", "rescan", "Rescan"), Binding("f3", "browse", "Browse")]
+    BINDINGS = [Binding("f5", "rescan", "Rescan"), Binding("f3", "browse", "Browse"),
+                Binding("down", "to_list", show=False, priority=True)]  # priority: in a burst, keys after it follow
 
     def compose_body(self) -> ComposeResult:
         with Vertical(classes="body"):
@@ -75,14 +78,13 @@ class ModelScreen(WizardScreen):
         self.scan()
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
-    def scan(self) -> None:
+    def scan(self) -> list:
         from core.models.find import find_checkpoints
 
         roots = self.app.finder_roots
-        found = find_checkpoints(roots, defaults=roots is None)
-        self.app.call_from_thread(self._show_found, found)
+        return find_checkpoints(roots, defaults=roots is None)
 
-    def _show_found(self, found) -> None:
+    def scan_done(self, found: list) -> None:
         from rich.text import Text
 
         menu = self.query_one("#found", OptionList)
@@ -94,10 +96,32 @@ class ModelScreen(WizardScreen):
         usable = [i for i, info in enumerate(found) if info.usable]
         if usable:
             menu.highlighted = usable[0]
-        self.query_one("#found-status", Static).update(
-            f"{len(found)} found. Enter picks one." if found else
-            "No checkpoints found in the usual places. Type the path of yours above."
-        )
+        self.found_count = len(found)
+        self._show_found_status()
+
+    found_count: int | None = None  # None while searching
+
+    def _show_found_status(self) -> None:
+        """How to pick a found model, for where the focus is: Enter picks only in the list."""
+        if self.found_count is None:
+            return
+        if not self.found_count:
+            text = "No checkpoints found in the usual places. Type the path of yours above."
+        elif self.focused is self.query_one("#found"):
+            text = f"{self.found_count} found. Enter picks one."
+        else:
+            text = f"{self.found_count} found. ↓ goes to the list, where Enter picks one."
+        self.query_one("#found-status", Static).update(text)
+
+    def on_descendant_focus(self, event) -> None:
+        self._show_found_status()
+
+    def action_to_list(self) -> None:
+        """↓ in the path field goes to the list of found models (Input has no use for it)."""
+        found = self.query_one("#found", OptionList)
+        if self.focused is not self.query_one("#model-path") or not found.option_count:
+            raise SkipAction()
+        self.set_focus(found)
 
     @on(OptionList.OptionSelected, "#found")
     def _picked(self, event: OptionList.OptionSelected) -> None:
@@ -112,44 +136,58 @@ class ModelScreen(WizardScreen):
         self.inspect(self.state.model)
 
     @work(thread=True, exclusive=True, group="inspect", exit_on_error=False)
-    def inspect(self, path: str) -> None:
-        from core.models.find import inspect_checkpoint
-
+    def inspect(self, path: str) -> tuple[str, object]:
+        """(path, what it is: a CheckpointInfo, or the sentence why it cannot be read)."""
         if not path:
-            self.app.call_from_thread(self._show_info, "", None)
-            return
+            return path, None
         try:
-            info = inspect_checkpoint(Path(path))
-        except Exception as exc:
-            self.app.call_from_thread(self._show_info, path, error_text(exc))
-            return
-        self.app.call_from_thread(self._show_info, path, info)
+            return path, inspect_model(path)
+        except Exception as exc:  # noqa: BLE001 - a typed path may be anything: said under the field
+            return path, error_text(exc)
 
-    def _show_info(self, path: str, info) -> None:
+    def inspect_done(self, result: tuple[str, object]) -> None:
+        path, info = result
         if path != self.state.model:
             return  # a newer keystroke won
         widget = self.query_one("#model-info", Static)
         if info is None:
             widget.update("")
         elif isinstance(info, str):
-            widget.update(f"[red]{info}[/red]")
+            widget.update(Text(info, style="red"))
         else:
-            colour = "green" if info.usable else "red"
-            widget.update(f"[{colour}]{describe(info)}[/{colour}]")
+            widget.update(Text(describe(info), style="green" if info.usable else "red"))
 
     def check(self) -> str | None:
-        if not self.state.model:
-            return "Pick a model, or type its path."
-        from core.models.find import inspect_checkpoint
+        return None if self.state.model else "Pick a model, or type its path."
+
+    def check_files(self) -> str | None:
+        from core.models.parts import text_widths
 
         try:
-            info = inspect_checkpoint(Path(self.state.model))
-        except Exception as exc:
+            info = inspect_model(self.state.model)
+        except Exception as exc:  # noqa: BLE001 - said; Next stays here
             return error_text(exc)
         if not info.usable:
             return f"This model cannot be used: {info.problem or FAMILY_NAMES.get(info.family, info.family)}."
         self.state.model_family = info.family
+        self.state.text_widths = list(text_widths(self.state.model, info.family))
         if info.family == "sdxl":  # SDXL's native size; the training screen says why
             for key in ("width", "height"):
                 self.state.train.setdefault(key, 1024)
         return None
+
+
+def inspect_model(path: str):
+    """The model's family and size from its header, and for a single .safetensors file whether its parts fit
+    together (`core.models.parts`): a file that would fail in the worker's loader is refused here."""
+    from dataclasses import replace
+
+    from core.models.find import inspect_checkpoint
+    from core.models.parts import single_file_problem
+
+    info = inspect_checkpoint(Path(path))
+    if info.usable and info.kind == "safetensors":
+        problem = single_file_problem(info.path)
+        if problem:
+            info = replace(info, problem=problem)
+    return info

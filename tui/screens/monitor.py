@@ -27,10 +27,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from core.embeddings.inspect import NORM_WARN_FACTOR
 from core.runs.run_events import RunPhase
 from core.runs import api as runapi
 from tui.messages import RunEventsArrived, RunFollowFailed, RunHistoryLoaded, RunLiveness
+from tui.monitor_text import (checkpoint_label, details_text, empty_plot_text, escape_markup, marks_legend,
+                               norm_too_big, quality_line)
 from tui.run_view import TERMINAL_STATES, RunView
 from tui.screens.base import error_text, show_message
 from tui.screens.dialogs import ConfirmModal
@@ -38,13 +39,14 @@ from tui import web_links
 from tui.widgets.image_preview import ImagePreview
 from tui.widgets.loss_plot import LossPlot, Series
 from tui.widgets.run_header import RunHeader
+from tui.workers import OneAtATime, WorkerResults
 
 REDRAW_SECONDS = 0.25  # 4 Hz at most
 LIVENESS_EVERY = 8  # polls between checks that the worker still lives (every 2 s)
 HISTORY_CHUNK = 4 << 20  # bytes of events.jsonl folded per step of the first load
 
 
-class MonitorScreen(Screen):
+class MonitorScreen(WorkerResults, Screen):
     DEFAULT_CSS = """
     #mon-body { height: 1fr; }
     #mon-left { width: 1fr; }
@@ -54,6 +56,7 @@ class MonitorScreen(Screen):
     #mon-right { width: 40%; min-width: 24; padding-left: 1; border-left: solid $primary; }
     #mon-preview { height: 1fr; min-height: 4; }
     #mon-checkpoints { height: 7; }
+    #mon-marks { height: 1; display: none; }
     """
     # Which are offered depends on the phase (check_action): a run that is over can no longer stop, save or preview.
     BINDINGS = [
@@ -92,9 +95,9 @@ class MonitorScreen(Screen):
         self.follower = None
         self.loaded = False  # the history has been folded and handed over
         self.polls = 0
-        self._polling = None  # the poll worker in flight, if any
+        self._start_poll = OneAtATime(self._poll)  # the previous poll may still read a long history
         self._shown_tail: tuple | None = None
-        self._resuming = None  # the resume worker in flight, if any
+        self.resuming = OneAtATime(self._resume)
         self._generation = 0  # bumped by a resume: a liveness read from before it no longer holds
 
     def compose(self) -> ComposeResult:
@@ -110,6 +113,7 @@ class MonitorScreen(Screen):
                 yield ImagePreview(id="mon-preview", placeholder="previews appear here")
                 yield Label("Checkpoints (Enter: show)", classes="section")
                 yield OptionList(id="mon-checkpoints")
+                yield Static("", id="mon-marks", classes="hint")
         yield Static("", id="message", classes="message")
         yield Footer()
 
@@ -125,11 +129,6 @@ class MonitorScreen(Screen):
     def _tick(self) -> None:
         self._start_poll()
         self.shown_version = self.view.version  # watch_shown_version redraws when it changed
-
-    def _start_poll(self) -> None:
-        if self._polling is not None and not self._polling.is_finished:
-            return  # the previous poll is still reading (a long history): never two at once
-        self._polling = self._poll()
 
     @work(thread=True, group="monitor-follow", exit_on_error=False)
     def _poll(self) -> None:
@@ -183,6 +182,10 @@ class MonitorScreen(Screen):
     def on_run_liveness(self, message: RunLiveness) -> None:
         if getattr(message, "generation", self._generation) != self._generation:
             return  # read before a resume: the old life's "stopped" would undo it
+        if message.phase.active and self.view.state in TERMINAL_STATES:
+            self.view.resume_requested()  # resumed elsewhere (Start's r, `tiwiz resume`): not the old life's end
+            self.mutate_reactive(MonitorScreen.view)
+            return
         self.view.set_liveness(message.phase, message.reason)
 
     def on_run_follow_failed(self, message: RunFollowFailed) -> None:
@@ -208,8 +211,8 @@ class MonitorScreen(Screen):
         self.quality = quality_line(view)
         if self.details_shown:
             self.details = details_text(view, self.detail_step)
-        lines = [f"[red]error: {_escape(view.error)}[/]"] if view.error else []
-        lines += [f"[yellow]warning: {_escape(w)}[/]" for w in view.warnings[-3:]]
+        lines = [f"[red]error: {escape_markup(view.error)}[/]"] if view.error else []
+        lines += [f"[yellow]warning: {escape_markup(w)}[/]" for w in view.warnings[-3:]]
         self.problems = "\n".join(lines)
         # also when a preview arrives after its checkpoint: the marker must show
         self.checkpoint_rows = tuple((c.step, bool(c.preview), c.best or c.step == view.best_step,
@@ -266,9 +269,10 @@ class MonitorScreen(Screen):
         """Append the new rows and re-label the changed ones; rebuild only when rows went away (a resume)."""
         menu = self.query_one("#mon-checkpoints", OptionList)
 
-        def label(step: int, preview: bool, best: bool = False, big: bool = False) -> str:
-            return f"step {step:>6}{'  ▣' if preview else ''}{' ★' if best else ''}{' !' if big else ''}"
-
+        legend = self.query_one("#mon-marks", Static)
+        legend.update(marks_legend(rows))
+        legend.display = bool(rows)
+        label = checkpoint_label
         if len(rows) >= len(old) and [r[0] for r in rows[: len(old)]] == [r[0] for r in old]:
             for i, (before, now) in enumerate(zip(old, rows)):
                 if before != now:
@@ -329,14 +333,13 @@ class MonitorScreen(Screen):
         self._send_command(command, done)
 
     @work(thread=True, group="monitor-command", exit_on_error=False)
-    def _send_command(self, command: str, done: str) -> None:
+    def _send_command(self, command: str, done: str) -> str:
         """Drop the command file off the UI thread (a slow or full disk must not freeze the screen)."""
-        try:
-            runapi.send_command(self.run_dir, command)
-        except Exception as exc:  # noqa: BLE001 - shown to the user
-            self.app.call_from_thread(self.show_message, error_text(exc))
-            return
-        self.app.call_from_thread(self.show_message, done, "info")
+        runapi.send_command(self.run_dir, command)
+        return done
+
+    def _send_command_done(self, done: str) -> None:
+        self.show_message(done, "info")
 
     def action_stop(self) -> None:
         if self.view.state in TERMINAL_STATES:
@@ -363,15 +366,12 @@ class MonitorScreen(Screen):
         if action in ("stop", "save", "preview", "detach"):
             return state.active
         if action == "resume":
-            return state in (RunPhase.STOPPED, RunPhase.KILLED) and not self._resume_busy()
+            return state in (RunPhase.STOPPED, RunPhase.KILLED) and not self.resuming.busy
         if action == "finish":
             return state in (RunPhase.FINISHED, RunPhase.STOPPED)
         if action == "quit_monitor":
             return not state.active
         return True
-
-    def _resume_busy(self) -> bool:
-        return self._resuming is not None and not self._resuming.is_finished
 
     def action_detach(self) -> None:
         if self.view.state in TERMINAL_STATES:
@@ -383,33 +383,26 @@ class MonitorScreen(Screen):
         self.app.exit()
 
     def action_resume(self) -> None:
-        if self._resume_busy():
+        if self.resuming.busy:
             return
         self.show_message("Resuming: starting the worker…", "info")
-        self._resuming = self._resume()
+        self.resuming()
         self.refresh_bindings()
 
     @work(thread=True, group="monitor-resume", exit_on_error=False)
     def _resume(self) -> None:
         """Spawn the worker off the UI thread (it reads the config and the checkpoint, then starts a process)."""
-        try:
-            runapi.resume_run(self.run_dir)
-        except Exception as exc:  # noqa: BLE001 - e.g. a run with nothing to resume: said, never a crash
-            self.app.call_from_thread(self._resume_failed, error_text(exc))
-            return
-        self.app.call_from_thread(self._resumed)
+        runapi.resume_run(self.run_dir)
 
-    def _resumed(self) -> None:
+    def _resume_done(self, _result) -> None:
         self._generation += 1
-        self.view.phase = RunPhase.STARTING  # until its `started` event arrives; a silent death then shows as killed
-        self.view.error = ""
-        self.view.version += 1
+        self.view.resume_requested()
         self.mutate_reactive(MonitorScreen.view)  # changed in place: redrawn now
         self.show_message("Resumed: the worker continues from the last checkpoint.", "ok")
 
-    def _resume_failed(self, text: str) -> None:
-        self.show_message(text)
-        self.refresh_bindings()
+    def worker_failed(self, worker, error) -> None:
+        super().worker_failed(worker, error)
+        self.refresh_bindings()  # r is offered again after a refused resume
 
     def action_finish(self) -> None:
         if self.view.state not in (RunPhase.FINISHED, RunPhase.STOPPED):
@@ -419,98 +412,3 @@ class MonitorScreen(Screen):
 
     def action_leave(self) -> None:
         self.app.goto("start")
-
-
-def norm_too_big(norms, vocab_median: float | None) -> bool:
-    """True when a vector's norm is far beyond the vocabulary's (it swamps the rest of the prompt)."""
-    if not norms or not vocab_median:
-        return False
-    return any(isinstance(n, (int, float)) and n > NORM_WARN_FACTOR * vocab_median for n in norms)
-
-
-def empty_plot_text(view: RunView) -> str:
-    """What the loss plot says before it has a point: a failed run says so instead of waiting for a step."""
-    if view.state == RunPhase.FAILED:
-        return "the run failed before its first step (the error is below)"
-    if view.state == RunPhase.KILLED:
-        return "the worker died before its first step"
-    if view.state in TERMINAL_STATES:
-        return f"no steps: the run {view.state}"
-    return "waiting for the first step…"
-
-
-def auto_stop_short(view: RunView) -> str:
-    """The auto-stop rule's state in a few words (the details panel has `AutoStopState.label()`'s full sentence)."""
-    rule = view.auto_stop_state
-    if rule is None:
-        return ""
-    head = "auto-stop" if view.auto_stop is not False else "auto-stop (watch only)"
-    if rule.fired_at is not None:
-        return f"{head}: flat since step {rule.fired_at}"
-    if rule.ratio is None:
-        return f"{head}: watching {rule.watched} of {rule.window} steps"
-    return f"{head}: ratio {rule.ratio:.2f} (flat below {rule.threshold:g})"
-
-
-def quality_line(view: RunView, full: bool = False) -> str:
-    """The suggested best step, the held-out loss, the editability signal and the auto-stop rule: two lines at most
-    at 80 columns, the most useful first. `full`: the rule's whole sentence (the details panel)."""
-    parts = []
-    if view.best_step is not None:
-        parts.append(view.best_label)  # 'best step 240 (lowest held-out loss)'
-    if view.holdout_losses:
-        parts.append(f"held-out {view.holdout_losses[-1][1]:.4f}")
-    if view.editability:  # 1 = the prompt's other words read as next to the init text (core.training.editability)
-        parts.append(f"editability {view.editability[-1][1]:.2f}")
-    rule = (f"auto-stop: {view.auto_stop_label}" if view.auto_stop_label else "") if full else auto_stop_short(view)
-    if rule:
-        parts.append(rule)
-    return _escape(" · ".join(parts))
-
-
-def details_text(view: RunView, step: int | None) -> str:
-    """The details panel: the chosen (else latest) checkpoint's vector norms against the vocabulary's median, each
-    vector's nearest tokens, and the quality figures."""
-    lines = []
-    quality = quality_line(view, full=True)
-    if quality:
-        lines.append(quality)
-    row = next((c for c in view.checkpoints if c.step == step), None) if step is not None else None
-    row = row or (view.checkpoints[-1] if view.checkpoints else None)
-    if row is None:
-        lines.append("[dim]no checkpoint yet: norms and nearest tokens appear with the first[/]")
-        return "\n".join(lines)
-    best = "  [b]★ suggested best step[/]" if row.best or row.step == view.best_step else ""
-    lines.append(f"[b]checkpoint step {row.step}[/]{best}")
-    median = view.vocab_median_norm
-    if median:
-        lines.append(f"vocabulary median norm {median:.3g} (warns above {NORM_WARN_FACTOR:g}x)")
-    norms = row.norms or []
-    nearest = row.nearest or []
-    if not norms and not nearest:
-        lines.append("[dim]this checkpoint carries no norms (an older run)[/]")
-    for i in range(max(len(norms), len(nearest))):
-        text = f"v{i}"
-        norm = norms[i] if i < len(norms) else None
-        if isinstance(norm, (int, float)):
-            text += f" norm {norm:.3g}"
-            if median:
-                ratio = norm / median
-                text += f" ({ratio:.1f}x)"
-                if ratio > NORM_WARN_FACTOR:
-                    text = f"[red]{text} ⚠ far beyond the vocabulary's[/]"
-        tokens = nearest[i] if i < len(nearest) and isinstance(nearest[i], list) else []
-        words = [f"{_escape(str(t[0]))} {t[1]:.2f}" for t in tokens[:4]
-                 if isinstance(t, (list, tuple)) and len(t) >= 2 and isinstance(t[1], (int, float))]
-        if words:
-            text += " · " + ", ".join(words)
-        lines.append(text)
-    return "\n".join(lines)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    from core.safe_text import safe_text
-
-    return escape(safe_text(text))  # run events quote file names: no markup, no terminal escapes

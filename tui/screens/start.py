@@ -15,13 +15,15 @@ from textual.reactive import var
 from textual.widgets import DataTable, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from core.errors import TiwizError
 from core.runs import api as runapi
-from tui.messages import QueueRead
+from core.runs.run_events import RunPhase
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal
 from tui.state import STAGE_TITLES, WizardState
+from tui.workers import OneAtATime
 
-QUEUE_POLL_S = 2.0  # how often the queue panel re-reads the queue folder
+QUEUE_POLL_S = 2.0  # how often the queue panel and the list of runs re-read their folders
 
 
 def _now() -> float:
@@ -87,6 +89,24 @@ def read_queue(queue_dir: Path) -> QueueStatus:
                        running=running)
 
 
+def resume_question(run: runapi.RunInfo) -> tuple[str, str] | None:
+    """What `r` asks before it resumes a finished run (which trains on to its step count, replacing its final
+    files); None for a run that simply continues (stopped, killed, failed)."""
+    if run.state != RunPhase.FINISHED:
+        return None
+    why = f" ({run.reason})" if run.reason else ""
+    since = (f"from its last checkpoint (step {run.last_checkpoint})" if run.last_checkpoint else "from step 0")
+    return (f"Train {run.name} on to step {run.max_steps}?",
+            f"It finished at step {run.step} of {run.max_steps}{why}. Resuming trains on {since} up to step "
+            f"{run.max_steps} with the same settings and replaces its final embedding files. To try a change "
+            "instead, start a new embedding.")
+
+
+def resume_started_text(run: runapi.RunInfo) -> str:
+    since = f"step {run.last_checkpoint}" if run.last_checkpoint else "step 0 (no checkpoint was saved)"
+    return f"Resuming {run.name} from {since} up to step {run.max_steps}…"
+
+
 class StartScreen(WizardScreen):
     STAGE = "start"
     DEFAULT_CSS = """
@@ -141,11 +161,16 @@ class StartScreen(WizardScreen):
             queue.add_column(label, width=width)
         queue.display = self.query_one("#queue-label").display = False  # shown once jobs are found
         self.queue_dir = self._queue_dir()
-        self._queue_poll = None  # the queue read in flight, if any
-        self._queue_command = None  # the start or stop in flight, if any
-        self.load_runs()
+        self.poll_runs = OneAtATime(self.load_runs)  # the list is kept current: runs start, step and end meanwhile
+        self.poll_queue = OneAtATime(self._read_queue)
+        self.queue_command = OneAtATime(self._queue_command)  # a start or a stop of the scheduler
+        self.resuming = OneAtATime(self._resume)
+        self._poll()
+        self.set_interval(QUEUE_POLL_S, self._poll)
+
+    def _poll(self) -> None:
+        self.poll_runs()
         self.poll_queue()
-        self.set_interval(QUEUE_POLL_S, self.poll_queue)
 
     def _queue_dir(self) -> Path:
         from core.queue.jobs import default_queue_dir
@@ -154,23 +179,29 @@ class StartScreen(WizardScreen):
 
     # --- runs on disk ------------------------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
-    def load_runs(self) -> None:
-        runs = runapi.list_runs(self.app.runs_root)
-        found = tuple((run, run_age(run.path)) for run in runs)
-        self.app.call_from_thread(setattr, self, "found_runs", found)
+    @work(thread=True, group="runs", exit_on_error=False)
+    def load_runs(self) -> tuple:
+        return tuple((run, run_age(run.path)) for run in runapi.list_runs(self.app.runs_root))
+
+    def load_runs_done(self, found: tuple) -> None:
+        if found != self.found_runs:  # a poll that finds no change redraws nothing
+            self.found_runs = found
 
     def watch_found_runs(self, found: tuple) -> None:
         from rich.text import Text
 
         table = self.query_one("#runs", DataTable)
+        keep = self._highlighted_run()
         table.clear()
         for run, age in found:
             loss = "" if run.loss is None else f"{run.loss:.4f}"
             step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
             table.add_row(Text(run.name), str(run.state), step, loss, age, key=str(run.path))
+        keys = [str(run.path) for run, _ in found]
+        if keep in keys:
+            table.move_cursor(row=keys.index(keep), animate=False)
         if found:
-            self._show_run_detail(str(found[0][0].path))
+            self._show_run_detail(keep if keep in keys else keys[0])
         self.query_one("#runs-empty", Static).update(
             "" if found else "No runs yet. They appear here while training and after it, ready to attach or resume."
         )
@@ -181,22 +212,15 @@ class StartScreen(WizardScreen):
 
     # --- the queue ---------------------------------------------------------------------------------------------
 
-    def poll_queue(self) -> None:
-        if self._queue_poll is not None and not self._queue_poll.is_finished:
-            return  # the last read is still going (a slow disk): never two at once
-        self._queue_poll = self._read_queue()
-
     @work(thread=True, group="queue", exit_on_error=False)
-    def _read_queue(self) -> None:
+    def _read_queue(self) -> QueueStatus:
         try:
-            status = read_queue(self.queue_dir)
-        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable queue folder: said; the next poll tries again
-            self.app.call_from_thread(self.show_message, f"Cannot read the queue: {error_text(exc)}")
-            return
-        self.post_message(QueueRead(status))
+            return read_queue(self.queue_dir)
+        except Exception as exc:  # e.g. an unreadable queue folder: said; the next poll tries again
+            raise TiwizError(f"Cannot read the queue: {error_text(exc)}") from exc
 
-    def on_queue_read(self, message: QueueRead) -> None:
-        self.queue = message.status  # equal to the last one: nothing is redrawn
+    def _read_queue_done(self, status: QueueStatus) -> None:
+        self.queue = status  # equal to the last one: nothing is redrawn
 
     def watch_queue(self, old: QueueStatus | None, status: QueueStatus) -> None:
         table = self.query_one("#queue", DataTable)
@@ -222,39 +246,15 @@ class StartScreen(WizardScreen):
         self.app.state.run_dir = key
         self.app.goto("monitor")
 
-    def _queue_busy(self) -> bool:
-        return self._queue_command is not None and not self._queue_command.is_finished
-
     def action_queue_start(self) -> None:
-        if self._queue_busy():
+        if self.queue_command.busy:
             self.show_message("Already starting or stopping the queue…", "info")
             return
         self.show_message("Starting the queue's scheduler…", "info")
-        self._queue_command = self._start_queue()
-
-    @work(thread=True, group="queue-command", exit_on_error=False)
-    def _start_queue(self) -> None:
-        """`tiwiz queue run` with the previous run's settings: the same detached scheduler (core.queue.launch)."""
-        from core.queue import launch
-        from core.queue.scheduler import read_scheduler
-
-        try:
-            jobs = launch.check_startable(self.queue_dir)
-            if not any(job.state in ("queued", "running", "stopped") for job in jobs):
-                message = ("Nothing to run: every job in the queue is finished or failed (`tiwiz queue retry JOB` "
-                           "queues one again).", "info")
-            else:
-                settings = launch.scheduler_settings(read_scheduler(self.queue_dir).get("settings") or {})
-                sched, jobs = launch.start_detached(self.queue_dir, settings)
-                message = (f"Queue running (scheduler pid {sched.get('pid')}, {sched.get('backend')}). x stops it.",
-                           "ok")
-        except Exception as exc:  # noqa: BLE001 - e.g. already running, or it could not start: said, never a crash
-            message = (error_text(exc), "error")
-        self.app.call_from_thread(self.show_message, *message)
-        self.app.call_from_thread(self.poll_queue)
+        self.queue_command("start")
 
     def action_queue_stop(self) -> None:
-        if self._queue_busy():
+        if self.queue_command.busy:
             self.show_message("Already starting or stopping the queue…", "info")
             return
         status = self.queue or QueueStatus()
@@ -262,31 +262,40 @@ class StartScreen(WizardScreen):
             self.show_message("Nothing to stop: no scheduler runs the queue and no job is running.", "info")
             return
         if not status.running:
-            self._queue_command = self._stop_queue()
+            self.queue_command("stop")
             return
 
         def answered(yes: bool | None) -> None:
-            if yes and not self._queue_busy():
-                self._queue_command = self._stop_queue()
+            if yes:
+                self.queue_command("stop")
 
         jobs = f"{status.running} running job{'s' * (status.running != 1)}"
         self.app.push_screen(ConfirmModal("Stop the queue?", f"The {jobs} save and stop; no new job starts. s runs "
                                                              "the queue again from their checkpoints."), answered)
 
     @work(thread=True, group="queue-command", exit_on_error=False)
-    def _stop_queue(self) -> None:
-        """`tiwiz queue stop`, without waiting: the panel shows the jobs stopping."""
-        from core.queue.launch import stop_queue
+    def _queue_command(self, what: str) -> tuple[str, str]:
+        """`tiwiz queue run` with the previous run's settings (the same detached scheduler, core.queue.launch), or
+        `tiwiz queue stop` without waiting (the panel shows the jobs stopping)."""
+        from core.queue import launch
+        from core.queue.scheduler import read_scheduler
 
-        try:
-            asked = stop_queue(self.queue_dir)
-        except Exception as exc:  # noqa: BLE001 - said, never a crash
-            self.app.call_from_thread(self.show_message, error_text(exc))
-        else:
-            text = ("Stopping the queue: running jobs save and stop, no new job starts." if asked is None else
-                    f"No scheduler is running; asked {asked} running job{'s' * (asked != 1)} to save and stop.")
-            self.app.call_from_thread(self.show_message, text, "info")
-        self.app.call_from_thread(self.poll_queue)
+        if what == "stop":
+            asked = launch.stop_queue(self.queue_dir)
+            return ("Stopping the queue: running jobs save and stop, no new job starts." if asked is None else
+                    f"No scheduler is running; asked {asked} running job{'s' * (asked != 1)} to save and stop.",
+                    "info")
+        jobs = launch.check_startable(self.queue_dir)
+        if not any(job.state in ("queued", "running", "stopped") for job in jobs):
+            return ("Nothing to run: every job in the queue is finished or failed (`tiwiz queue retry JOB` queues "
+                    "one again).", "info")
+        settings = launch.scheduler_settings(read_scheduler(self.queue_dir).get("settings") or {})
+        sched, jobs = launch.start_detached(self.queue_dir, settings)
+        return f"Queue running (scheduler pid {sched.get('pid')}, {sched.get('backend')}). x stops it.", "ok"
+
+    def _queue_command_done(self, message: tuple[str, str]) -> None:
+        self.show_message(*message)
+        self.poll_queue()
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         """The footer offers the queue's keys only while they can do something."""
@@ -330,12 +339,17 @@ class StartScreen(WizardScreen):
         self.app.state = state
         self.app.goto("captions" if state.skip_preprocess else "folders")
 
-    def _selected_run(self) -> Path | None:
+    def _highlighted_run(self) -> str | None:
         table = self.query_one("#runs", DataTable)
         if not table.row_count:
+            return None
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def _selected_run(self) -> Path | None:
+        key = self._highlighted_run()
+        if key is None:
             self.show_message("No run to pick: start a new embedding or the demo.", "info")
             return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         return Path(key)
 
     def action_attach(self) -> None:
@@ -346,15 +360,36 @@ class StartScreen(WizardScreen):
         self.app.goto("monitor")
 
     def action_resume(self) -> None:
-        run = self._selected_run()
+        """r: a stopped, killed or failed run continues at once; a finished one (auto-stop ends runs early) only
+        after saying what would run. The worker is spawned off the UI thread."""
+        key = self._highlighted_run()
+        run = self._run(key) if key else None
         if run is None:
+            self._selected_run()
             return
-        try:
-            runapi.resume_run(run)
-        except Exception as exc:  # a finished or live run cannot be resumed: say why
-            self.show_message(error_text(exc))
+        if self.resuming.busy:
             return
-        self.app.state.run_dir = str(run)
+        question = resume_question(run)
+        if question is None:
+            self._start_resume(run)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._start_resume(run)
+
+        self.app.push_screen(ConfirmModal(*question), answered)
+
+    def _start_resume(self, run: runapi.RunInfo) -> None:
+        self.show_message(resume_started_text(run), "info")
+        self.resuming(run.path)
+
+    @work(thread=True, group="resume", exit_on_error=False)
+    def _resume(self, run_dir: Path) -> Path:
+        return runapi.resume_run(run_dir)  # a finished-all or live run raises: said by worker_failed
+
+    def _resume_done(self, run_dir: Path) -> None:
+        self.app.state.run_dir = str(run_dir)
         self.app.goto("monitor")
 
     @on(DataTable.RowSelected, "#runs")

@@ -5,7 +5,6 @@ Next starts the detached worker and opens the monitor."""
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Select, Static, TabbedContent, TabPane
 
-from core.errors import FieldError
+from core.errors import FieldError, TiwizError
 from core.training.config import TrainConfig
 from tui.state import WIZARD_DEFAULTS
 from core.runs import api as runapi
@@ -23,9 +22,9 @@ from tui.bucket_scan import bucket_summary, read_sizes, settings_key
 from tui.messages import BucketsCounted
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal, PromptModal
+from tui.training_text import SET_EARLIER, loaded_message, sample_prompts, start_summary, template_names
 from tui.widgets.inputs import OrderedInput
 
-SET_EARLIER = ("model", "data", "name", "init_text", "vectors", "overwrite")
 BASIC = ("steps", "lr", "batch_size", "grad_accum", "width", "height", "resize", "template", "save_every",
          "preview_every", "seed", "device")
 PREVIEW_PREFIX = "preview_"
@@ -53,98 +52,6 @@ def groups() -> dict[str, list]:
             out["Advanced"].append(f)
     out["Basic"].sort(key=lambda f: BASIC.index(f.name))
     return out
-
-
-def template_names() -> list[str]:
-    try:
-        from core.training.templates import list_templates
-
-        return list(list_templates())
-    except Exception:
-        return []
-
-
-def sample_prompts(template: str, name: str, dataset: str, *, n: int = 3, shuffle_tags=False,
-                   tag_dropout=0.0) -> list[str]:
-    """A few prompts the trainer would see: template lines rendered with the captions the trainer reads (the file
-    name, cleaned, for an image without a caption file)."""
-    from core.prep.captions import list_images, training_caption
-    from core.training.templates import load_template, render
-
-    tmpl = load_template(template)
-    try:
-        captions = [training_caption(p) for p in list_images(dataset)[:n]] or [""]
-    except Exception:
-        captions = [""]
-    rng = random.Random(0)
-    out = []
-    for i in range(n):
-        line = tmpl.lines[i % len(tmpl.lines)]
-        out.append(render(line, name or "NAME", captions[i % len(captions)], shuffle_tags=shuffle_tags,
-                          tag_dropout=tag_dropout, rng=rng))
-    return out
-
-
-def recent_rate(runs_root) -> tuple[float, int] | None:
-    """(seconds per image, pixels per image) of the newest run under `runs_root` that logged a speed, read from the
-    tail of its events.jsonl and its config.toml; None when there is none."""
-    import json
-
-    from core.training.config import load_toml
-
-    try:
-        runs = sorted(Path(runs_root).glob("*/events.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
-    except OSError:
-        return None
-    for events in runs[:5]:
-        try:
-            with open(events, "rb") as fh:
-                fh.seek(0, 2)
-                fh.seek(max(0, fh.tell() - 65536))
-                lines = fh.read().decode("utf-8", "replace").splitlines()
-            settings = load_toml(events.parent / "config.toml")  # a UTF-8 BOM (Notepad) is fine
-        except (OSError, ValueError):
-            continue
-        for line in reversed(lines):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            rate = event.get("it_s") if isinstance(event, dict) else None
-            if rate:
-                per_step = max(1, int(settings.get("batch_size") or 1) * int(settings.get("grad_accum") or 1))
-                pixels = int(settings.get("width") or 512) * int(settings.get("height") or 512)
-                return 1.0 / (float(rate) * per_step), pixels
-    return None
-
-
-def start_summary(config: TrainConfig, runs_root) -> str:
-    """What ctrl+n is about to start: steps, image size and batch, and a time estimate from the last measured run."""
-    per_step = config.batch_size * config.grad_accum
-    lines = [f"{config.steps} steps × {per_step} image{'s' if per_step != 1 else ''} at {config.width}×{config.height}"
-             f" on device {config.device}, into a new run folder under {Path(runs_root).absolute()}."]
-    measured = recent_rate(runs_root)
-    if measured:
-        from core.timefmt import format_duration
-
-        seconds_per_image, pixels = measured
-        seconds = config.steps * per_step * seconds_per_image * (config.width * config.height) / pixels
-        lines.append(f"Estimated time: about {format_duration(seconds)} (from the last run's speed on this machine).")
-    else:
-        lines.append("Estimated time: shown once the first steps are measured.")
-    return "\n".join(lines)
-
-
-def loaded_message(path: str, loaded: dict, current: dict) -> str:
-    """What Load TOML did: it takes the training options only; the model, dataset and embedding chosen on earlier
-    screens stay, and the message names those the file would have changed."""
-    kept = [key for key in SET_EARLIER if key != "overwrite" and loaded.get(key) not in ("", None)
-            and loaded.get(key) != current.get(key)]
-    text = f"Loaded the training options from {path}."
-    if kept:
-        text += (" Kept this wizard's " + ", ".join("dataset" if k == "data" else k.replace("_", " ") for k in kept)
-                 + " (the file's differ; change them on their screens).")
-    return text
 
 
 class TrainingScreen(WizardScreen):
@@ -265,13 +172,13 @@ class TrainingScreen(WizardScreen):
             self.render_side(config)
 
     @work(thread=True, exclusive=True, group="samples", exit_on_error=False)
-    def render_side(self, config: TrainConfig) -> None:
+    def render_side(self, config: TrainConfig) -> tuple | None:
         """The summary and the sample prompts read the dataset folder: off the UI thread, once typing pauses."""
         from textual.worker import get_current_worker
 
         time.sleep(SIDE_DEBOUNCE_S)
         if get_current_worker().is_cancelled:
-            return
+            return None
         images = 0
         try:
             from core.prep.captions import list_images
@@ -285,10 +192,12 @@ class TrainingScreen(WizardScreen):
             text = "\n".join(f"• {line}" for line in lines)
         except Exception as exc:
             text = f"[red]{error_text(exc)}[/]"
-        if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._show_side, config, images, text)
+        return config, images, text  # a cancelled worker's result never arrives
 
-    def _show_side(self, config: TrainConfig, images: int, samples: str) -> None:
+    def render_side_done(self, side: tuple | None) -> None:
+        if side is None:
+            return
+        config, images, samples = side
         self.query_one("#tr-samples", Static).update(samples)
         per_step = config.batch_size * config.grad_accum
         epochs = config.steps * per_step / images if images else 0
@@ -384,25 +293,36 @@ class TrainingScreen(WizardScreen):
     # --- start -------------------------------------------------------------------------------------------------
 
     def check(self) -> str | None:
+        try:
+            self.build_config(require_paths=False)
+        except Exception as exc:  # noqa: BLE001 - said; Next stays here
+            return error_text(exc)
+        return None
+
+    _summary = ""  # what ctrl+n is about to start, written by check_files
+
+    def check_files(self) -> str | None:
+        """The preflight (the dataset's images, the tokenizer, the model's files), found now rather than after the
+        worker has loaded the model (the CUDA check is in start_training); then the run's summary."""
         from core.training import preflight
 
         try:
             config = self.build_config()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - said; Next stays here
             return error_text(exc)
-        # found now rather than after the worker has loaded the model (the CUDA check is in start_training)
         found = preflight.problems(config, cuda=lambda: None)
-        return found[0] if found else None
+        if found:
+            return found[0]
+        self._summary = start_summary(config, self.app.runs_root)
+        return None
 
     def proceed(self) -> None:
-        config = self.build_config()
-
         def answered(yes: bool | None) -> None:
             if yes:
                 self.show_message("Starting the training worker…", "info")
                 self.start_training()
 
-        self.app.push_screen(ConfirmModal("Start training?", start_summary(config, self.app.runs_root)), answered)
+        self.app.push_screen(ConfirmModal("Start training?", self._summary), answered)
 
     def action_add_to_queue(self) -> None:
         """Beside "start now" (ctrl+n): add this embedding to the run queue (`tiwiz queue`), to train with the rest."""
@@ -410,34 +330,29 @@ class TrainingScreen(WizardScreen):
         self.add_to_queue()
 
     @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
-    def add_to_queue(self) -> None:
+    def add_to_queue(self) -> str:
         from core.queue.jobs import add_jobs, default_queue_dir
 
-        problem = self.check()
+        problem = self.check() or self.check_files()
         if problem:
-            self.app.call_from_thread(self.show_message, problem)
-            return
-        try:
-            (job,) = add_jobs(default_queue_dir(self.app.runs_root), [(None, self.build_config().to_dict(), "job")])
-        except Exception as exc:
-            self.app.call_from_thread(self.show_message, error_text(exc))
-            return
-        self.app.call_from_thread(self.show_message, f"Added job {job.name} to the queue ({job.config_path}). "
-                                  "`tiwiz queue run` trains the queue; the start screen lists it.", "ok")
+            raise TiwizError(problem)
+        (job,) = add_jobs(default_queue_dir(self.app.runs_root), [(None, self.build_config().to_dict(), "job")])
+        return (f"Added job {job.name} to the queue ({job.config_path}). `tiwiz queue run` trains the queue; the "
+                "start screen lists it.")
+
+    def add_to_queue_done(self, text: str) -> None:
+        self.show_message(text, "ok")
 
     @work(thread=True, exclusive=True, group="start", exit_on_error=False)
-    def start_training(self) -> None:
+    def start_training(self) -> Path:
         from core.training import preflight
 
         config = self.build_config()
         found = preflight.device_problems(config, cuda=preflight.cuda_available_in_subprocess)
         if found:
-            self.app.call_from_thread(self.show_message, found[0])
-            return
-        run_dir = Path(runapi.start_run(config.to_dict(), root=self.app.runs_root))
+            raise TiwizError(found[0])
+        return Path(runapi.start_run(config.to_dict(), root=self.app.runs_root))
 
-        def started() -> None:
-            self.state.run_dir = str(run_dir)
-            self.app.goto("monitor")
-
-        self.app.call_from_thread(started)
+    def start_training_done(self, run_dir: Path) -> None:
+        self.state.run_dir = str(run_dir)
+        self.app.goto("monitor")

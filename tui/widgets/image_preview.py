@@ -12,7 +12,8 @@ from rich.text import Text
 from textual import work
 from textual.reactive import Reactive, reactive, var
 from textual.widget import Widget
-from textual.worker import get_current_worker
+
+from tui.workers import WorkerResults
 
 THUMB_MAX = 256  # pixels kept in memory per preview (longest side)
 
@@ -51,7 +52,7 @@ def halfcell_text(image, width: int, height: int) -> Text:
     return text
 
 
-class ImagePreview(Widget):
+class ImagePreview(WorkerResults, Widget):
     """Shows one image file: assign `path` (or call `set_image(path)`) to switch it, `None` clears it. Assigning the
     path it shows again reloads it only when it is not shown yet (a preview read while it was still being written)."""
 
@@ -128,17 +129,14 @@ class ImagePreview(Widget):
         self._graphics.image = path
 
     @work(thread=True, exclusive=True, group="image-preview", exit_on_error=False)
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path) -> tuple:
         try:
-            thumb = load_thumbnail(path)
-            message = ""
+            return path, load_thumbnail(path), ""
         except Exception as exc:  # unreadable or not an image: say so in place
-            thumb, message = None, f"cannot show {path.name}: {exc}"
-        if get_current_worker().is_cancelled:
-            return
-        self.app.call_from_thread(self._loaded, path, thumb, message)
+            return path, None, f"cannot show {path.name}: {exc}"
 
-    def _loaded(self, path: Path, thumb, message: str) -> None:
+    def _load_done(self, loaded: tuple) -> None:
+        path, thumb, message = loaded
         if path != self.path:
             return
         self.thumb, self.error = thumb, message
