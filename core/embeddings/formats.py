@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,12 +134,20 @@ def _spec_paths(spec) -> list[Path]:
     return [whole]
 
 
+_DIFFUSERS_STEM = re.compile(r"(.*?)(_2)?(-steps-\d+)?")
+
+
+def _is_bigg_half(path: Path) -> bool:
+    """`NAME_2.safetensors` or `NAME_2-steps-N.safetensors`: the bigG half of a diffusers SDXL pair."""
+    return bool(_DIFFUSERS_STEM.fullmatch(path.stem).group(2))
+
+
 def _diffusers_partner(path: Path) -> Path | None:
-    """diffusers' SDXL script writes `NAME.safetensors` (CLIP-L) and `NAME_2.safetensors` (bigG) side by side."""
-    stem = path.stem
-    candidates = [path.with_name(stem[:-2] + path.suffix)] if stem.endswith("_2") else []
-    candidates.append(path.with_name(stem + "_2" + path.suffix))
-    return next((c for c in candidates if c != path and c.is_file()), None)
+    """diffusers' SDXL script writes `NAME.safetensors` (CLIP-L) and `NAME_2.safetensors` (bigG) side by side, and
+    its step checkpoints as `NAME-steps-N.safetensors` and `NAME_2-steps-N.safetensors`."""
+    base, second, steps = _DIFFUSERS_STEM.fullmatch(path.stem).groups()
+    partner = path.with_name(f"{base}{'' if second else '_2'}{steps or ''}{path.suffix}")
+    return partner if partner != path and partner.is_file() else None
 
 
 def _pair(paths: list[Path], widths) -> LoadedEmbedding:
@@ -150,7 +159,7 @@ def _pair(paths: list[Path], widths) -> LoadedEmbedding:
             raise TiwizError(f"{p.name} already holds both clip_l and clip_g; give it alone, not as one of a pair")
     if widths is not None and (a.dim, b.dim) == (widths[1], widths[0]):
         a, b = b, a
-    elif widths is None and paths[0].stem.endswith("_2"):
+    elif widths is None and _is_bigg_half(paths[0]):
         a, b = b, a
     if a.n_vectors != b.n_vectors:
         raise TiwizError(f"{paths[0].name} and {paths[1].name} hold {a.n_vectors} and {b.n_vectors} vectors; the two "
@@ -259,6 +268,10 @@ def _interpret(obj, path: Path, metadata: dict, png: bool = False, sdxl: bool = 
                             "text encoder's output; only the input vectors are used)")
             obj = {k: v for k, v in obj.items() if k not in outs}
     emb = _interpret_inputs(obj, path, metadata, png, sdxl, model_family)
+    if warnings and not bool(emb.vectors.any()):
+        raise TiwizError(f"{path.name} holds OneTrainer output embeddings ({', '.join(outs)}) and its input vectors "
+                         "are all zero: it was trained on the text encoder's output side only, which tiwiz, A1111 and "
+                         "ComfyUI do not use, so it would do nothing. Train or export it with input embeddings.")
     emb.warnings = warnings + emb.warnings
     return emb
 
@@ -363,8 +376,6 @@ def first_line(exc: BaseException) -> str:
 
 def _unsupported_global(exc: BaseException) -> str:
     """What the pickle asked for, without torch's advice to allow-list it."""
-    import re
-
     from core.errors import pickle_refusal
 
     return pickle_refusal(exc) or "unsupported pickle content"
