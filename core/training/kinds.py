@@ -96,3 +96,26 @@ def usage_text(kind: str, name: str) -> str:
                 f"\"a castle, embedding:{name}\" in the positive CLIPTextEncode.")
     return (f"Use {name} in a prompt for the subject: A1111/Forge \"{name} on a beach\"; ComfyUI "
             f"\"embedding:{name} on a beach\" in the positive CLIPTextEncode.")
+
+
+KIND_CHOICES = (("Subject: a thing or a character", "subject"), ("Style: a look", "style"),
+                ("Negative: a look to keep out (negative prompt)", "negative"))
+KIND_HELP = {
+    "subject": "Used in the prompt for a thing or a character; previews show the preview prompt with it.",
+    "style": "Used in the prompt for a look; previews use the style prompts.",
+    "negative": "Trained on images of the unwanted look, used in the negative prompt (like lazyneg); previews are "
+                "pairs from one seed: without it, and with it in the negative prompt.",
+}
+
+
+def run_kind(run_dir, fallback: str = "subject") -> str:
+    """The kind a run was trained as (its config.toml), else `fallback`."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        with open(Path(run_dir) / "config.toml", "rb") as fh:
+            kind = tomllib.load(fh).get("kind")
+    except (OSError, ValueError):
+        kind = None
+    return kind if kind in KINDS else fallback

@@ -412,3 +412,19 @@ class CaptionsScreen(TagEditing, WizardScreen):
     def action_back(self) -> None:
         self.save_current()
         super().action_back()
+
+    def proceed(self) -> None:
+        self.propose_template()
+        super().proceed()
+
+    def propose_template(self) -> None:
+        """Tag captions and no template chosen yet: train on the kind's tag template, and say why (a notification
+        that outlives the screen; the Training screen shows the template with prompts from these captions)."""
+        from core.prep.captions import caption_language
+        from core.training.templates import DEFAULT_TEMPLATE, proposed_template
+
+        if "template" in self.state.train or caption_language(self.index_items) != "tags":
+            return
+        name, why = proposed_template(DEFAULT_TEMPLATE, self.state.train.get("kind", "subject"), "tags")
+        self.state.train["template"] = name
+        self.app.notify(why, title=f"Template: {name}", timeout=12)
