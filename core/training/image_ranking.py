@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 RANKING_FILE = "image_ranking.json"
+RANK_AT_END_MAX = 64  # images a run ranks at its end (about 10 UNet passes each); more: `tiwiz doctor --run`
 FORMAT_VERSION = 1
 FLAG_Z = 2.5  # robust z below the others' median gain from which an image is listed
 HURT_GAIN = -0.05  # an image the embedding fits worse than no embedding at all (log ratio) ...
@@ -363,6 +364,12 @@ def record_ranking(s) -> None:
     A failure is a warning: the embedding is saved and the run is done whatever happens here."""
     from core.runs import run_events as ev
 
+    if len(s.dataset) > RANK_AT_END_MAX:
+        s.sink.emit(ev.Warning(step=s.step, message=(
+            f"the {len(s.dataset)} training images were not ranked at the end of the run (more than "
+            f"{RANK_AT_END_MAX}: about 10 model passes each); `tiwiz doctor --run {s.out_dir}` ranks them and "
+            "names the ones that fight the concept")))
+        return
     try:
         ranking = rank_session(s)
         write_ranking(s.out_dir, ranking)
