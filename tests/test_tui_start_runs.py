@@ -80,3 +80,22 @@ def test_r_on_a_stopped_run_resumes_without_asking(home):
             assert len(app.screen_stack) == 2  # no question
             await until(pilot, lambda: "gone-model" in message_text(app), 30, "the resume's refusal")
     asyncio.run(drive())
+
+
+def test_the_monitor_of_a_resumed_finished_run_says_starting_not_finished(home):
+    """A finished run whose worker was just spawned again (its status says "starting", as core.runs.api writes it
+    before the worker runs): `tiwiz --attach RUN` shows it starting until the new life's first event."""
+    from core.runs.folder import write_status
+    from core.runs.run_events import RunPhase
+
+    run = recorded(home / "runs" / "zxq-cat-1", "finished", step=60, last_checkpoint=60)
+    write_status(run, {"pid": None, "state": "starting", "name": "zxq-cat", "step": 60, "max_steps": 100,
+                       "last_checkpoint": 60, "resumed": True, "reason": ""})
+    app = console_app(["--attach", str(run)])
+
+    async def drive():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.screen.view.state == RunPhase.STARTING, 30, "the starting state")
+            assert "Finished" not in message_text(app)
+            assert "starting" in str(app.screen.query_one("#mon-header").render()).lower()
+    asyncio.run(drive())
