@@ -28,162 +28,12 @@ its doc line and fields (name, type, required, default, help).
 from __future__ import annotations
 
 import json
-import math
-import time
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-
-def _help(text: str, default: Any = MISSING, factory: Any = MISSING):
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    if default is MISSING:
-        return field(metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
-
-def _now() -> float:
-    return round(time.time(), 3)
-
-
-# What a suggested best step rests on (`best_basis`), in words: the first that applies wins.
-BEST_BASES = {
-    "holdout": "lowest held-out loss",          # --holdout images held out: the argmin of their loss
-    "flat": "validation loss flat",             # no hold-out: where the auto-stop rule found the loss flat
-    "validation": "lowest validation loss",     # neither: the checkpointed step with the lowest validation loss
-}
-
-
-def best_step_text(step: int | None, basis: str | None) -> str:
-    """'best step 240 (lowest held-out loss)', or '' without a best step."""
-    if step is None:
-        return ""
-    words = BEST_BASES.get(basis or "")
-    return f"best step {step}" + (f" ({words})" if words else "")
-
-
-# ---- phases -------------------------------------------------------------------------------------------------------
-class RunPhase(str, Enum):
-    """Where a run is. The same words in status.json `state`, `tiwiz runs`, the monitor, the Start screen and the
-    `exit` event."""
-
-    STARTING = "starting"   # spawned; the worker has not started training yet
-    RUNNING = "running"
-    STOPPING = "stopping"   # asked to stop; saving
-    STOPPED = "stopped"     # stopped on request (or by a signal) after saving; resumable
-    FINISHED = "finished"   # trained every step
-    FAILED = "failed"       # ended with an error
-    KILLED = "killed"       # the worker died without a final word (kill -9, OOM killer, reboot); resumable
-    DAMAGED = "damaged"     # the run folder cannot be read (a corrupt status.json ...); the reason says why
-    UNKNOWN = "unknown"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __hash__ = str.__hash__  # equal to its word, so it hashes like it too (dict keys, sets)
-
-    @property
-    def active(self) -> bool:
-        return self in (RunPhase.STARTING, RunPhase.RUNNING, RunPhase.STOPPING)
-
-    @property
-    def final(self) -> bool:
-        """The run is over (nothing more will be written to it until a resume)."""
-        return self in (RunPhase.STOPPED, RunPhase.FINISHED, RunPhase.FAILED, RunPhase.KILLED)
-
-    @classmethod
-    def parse(cls, value: Any, default: "RunPhase | None" = None) -> "RunPhase":
-        """The phase for a state word, older words included; `default` (UNKNOWN) for anything else."""
-        if isinstance(value, RunPhase):
-            return value
-        if isinstance(value, str):
-            word = _PHASE_ALIASES.get(value.strip().lower(), value.strip().lower())
-            try:
-                return cls(word)
-            except ValueError:
-                pass
-        return default if default is not None else cls.UNKNOWN
-
-
-_PHASE_ALIASES = {"interrupted": "stopped", "stop": "stopped", "waiting": "starting", "done": "finished",
-                  "error": "failed"}
-
-
-# ---- commands -----------------------------------------------------------------------------------------------------
-class Command(str, Enum):
-    """A request a viewer drops into RUN_DIR/commands/ as an empty file of this name; the worker consumes it between
-    steps."""
-
-    STOP = "stop"        # save, then stop (resumable)
-    SAVE = "save"        # save a checkpoint now
-    PREVIEW = "preview"  # render a preview now
-
-    def __str__(self) -> str:
-        return self.value
-
-    __hash__ = str.__hash__
-
-    @classmethod
-    def parse(cls, name: Any) -> "Command | None":
-        """The command a file name asks for (older names included), None for anything else."""
-        if isinstance(name, Command):
-            return name
-        if not isinstance(name, str):
-            return None
-        name = _COMMAND_ALIASES.get(name, name)
-        try:
-            return cls(name)
-        except ValueError:
-            return None
-
-
-_COMMAND_ALIASES = {"save-now": "save", "preview-now": "preview"}
-
-
-# ---- end reasons --------------------------------------------------------------------------------------------------
-class EndReason(str, Enum):
-    """Why a training ended without an error: the `reason` of `finished` (steps, auto_stop) and of `stopped` (stop,
-    interrupted), and of the trainer's outcome."""
-
-    STEPS = "steps"              # trained every step
-    AUTO_STOP = "auto_stop"      # the auto-stop rule found the validation loss flat
-    STOP = "stop"                # a stop command
-    INTERRUPTED = "interrupted"  # a signal (SIGTERM, SIGINT)
-
-    def __str__(self) -> str:
-        return self.value
-
-    __hash__ = str.__hash__
-
-    @property
-    def finished(self) -> bool:
-        """The run reached its end (every step, or the auto-stop rule); otherwise it stopped early, resumable."""
-        return self in (EndReason.STEPS, EndReason.AUTO_STOP)
-
-    @classmethod
-    def parse(cls, value: Any) -> "EndReason | None":
-        if isinstance(value, EndReason):
-            return value
-        try:
-            return cls(value)
-        except (ValueError, TypeError):
-            return None
-
-
-PRECISIONS = ("bf16", "fp16", "fp32")
-_PRECISION_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32",
-                      "torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
-
-
-def precision_name(value: Any) -> str:
-    """`bf16`/`fp16`/`fp32` for a torch dtype or any of its older names ("" for None)."""
-    if value is None:
-        return ""
-    text = str(value).strip().lower()
-    return _PRECISION_ALIASES.get(text, text)
+from core.runs.contract import Bad, describe_fields, help_field as _help, now as _now, parser, record_json
+from core.runs.vocab import (  # noqa: F401 - the contract's words, importable from here as ever
+    BEST_BASES, PRECISIONS, Command, EndReason, RunPhase, best_step_text, precision_name)
 
 
 # ---- events -------------------------------------------------------------------------------------------------------
@@ -196,15 +46,7 @@ class RunEvent:
 
     def to_json(self) -> dict:
         """The JSON object of one events.jsonl line: `type` first, fields whose value is None left out."""
-        out: dict = {"type": self.TYPE}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            if isinstance(value, Enum):
-                value = value.value
-            out[f.name] = value
-        return out
+        return record_json(self, {"type": self.TYPE})
 
     def to_line(self) -> str:
         return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
@@ -457,73 +299,8 @@ class Exit(RunEvent):
 # ---- reading ------------------------------------------------------------------------------------------------------
 _TYPE_ALIASES = {"interrupted": "stopped", "stop": "stopped"}
 _FIELD_ALIASES: dict[str, dict[str, str]] = {"started": {"dtype": "precision"}}
-_VALUE_FIXES: dict[tuple[str, str], Any] = {("started", "precision"): precision_name}
-
-
-class _FieldSpec(typing.NamedTuple):
-    name: str
-    base: Any          # int, float, str, bool, list, dict or an Enum class
-    optional: bool
-    required: bool
-
-
-_SPECS: dict[type, list[_FieldSpec]] = {}
-
-
-def _specs(cls: type[RunEvent]) -> list[_FieldSpec]:
-    specs = _SPECS.get(cls)
-    if specs is None:
-        hints = typing.get_type_hints(cls)
-        specs = []
-        for f in fields(cls):
-            hint, optional = hints[f.name], False
-            args = typing.get_args(hint)
-            if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
-                optional = True
-                hint = next(a for a in args if a is not type(None))
-            base = typing.get_origin(hint) or hint
-            required = f.default is MISSING and f.default_factory is MISSING
-            specs.append(_FieldSpec(f.name, base, optional, required))
-        _SPECS[cls] = specs
-    return specs
-
-
-def _coerce(spec: _FieldSpec, value: Any) -> Any:
-    """The value as the field's type; raises TypeError with a short reason when it is not that."""
-    if value is None:
-        if spec.optional:
-            return None
-        raise TypeError("null")
-    base = spec.base
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-    elif base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and math.isfinite(value) and value == int(value):
-            return int(value)
-    elif base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif base is str:
-        if isinstance(value, str):
-            return value
-    elif isinstance(base, type) and issubclass(base, Enum):
-        parsed = base.parse(value) if hasattr(base, "parse") else None
-        if parsed is not None and (base is not RunPhase or parsed is not RunPhase.UNKNOWN):
-            return parsed
-    elif base in (list, dict):
-        if isinstance(value, base):
-            return value
-    else:
-        return value
-    raise TypeError(f"{type(value).__name__} {_short(value)}")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+_VALUE_FIXES: dict[str, dict[str, Any]] = {"started": {"precision": precision_name}}
+_NEVER_READ = {"warning": ("skipped",)}  # readers' marker, never taken from a file
 
 
 def parse(obj: dict | str | bytes) -> RunEvent | None:
@@ -546,97 +323,15 @@ def parse(obj: dict | str | bytes) -> RunEvent | None:
         return None
     aliases = _FIELD_ALIASES.get(kind)
     data = {aliases.get(k, k): v for k, v in obj.items()} if aliases else obj
+    parse_one = _PARSERS.get(cls) or _PARSERS.setdefault(
+        cls, parser(cls, _VALUE_FIXES.get(kind), _NEVER_READ.get(kind, ())))
     try:
-        return _parser(cls)(data)
-    except _Bad as bad:
+        return parse_one(data)
+    except Bad as bad:
         return _skipped(kind, obj, str(bad))
 
 
-class _Bad(Exception):
-    """A field is missing or of the wrong type (the message says which)."""
-
-
-def _slow_field(cls: type[RunEvent], spec: "_FieldSpec", value: Any) -> Any:
-    if value is _ABSENT:
-        raise _Bad(f"it has no {spec.name!r}")
-    fix = _VALUE_FIXES.get((cls.TYPE, spec.name))
-    if fix is not None and value is not None:
-        value = fix(value)
-    try:
-        return _coerce(spec, value)
-    except TypeError as exc:
-        raise _Bad(f"{spec.name!r} is {exc}, not {_type_word(spec)}") from None
-
-
 _PARSERS: dict[type, Any] = {}
-
-
-def _parser(cls: type[RunEvent]):
-    """A function dict -> event for one class, generated once: one `get` and one exact-type test per field (the
-    common case), the general check only for a value of another type. Parsing is what replaying a 100k-step log
-    costs, so it is kept to straight-line code."""
-    func = _PARSERS.get(cls)
-    if func is not None:
-        return func
-    env: dict[str, Any] = {"_ABSENT": _ABSENT, "_slow": _slow_field, "_cls": cls, "_new": object.__new__}
-    body = ["def parse(data):", "    get = data.get"]
-    names = []
-    for i, (spec, exact, default) in enumerate(_table(cls)):
-        env[f"_s{i}"], env[f"_d{i}"] = spec, default
-        var = f"v{i}"
-        names.append((spec.name, var))
-        body.append(f"    {var} = get({spec.name!r}, _ABSENT)")
-        tests = " or ".join(f"t is _t{i}_{j}" for j in range(len(exact)))
-        for j, t in enumerate(exact):
-            env[f"_t{i}_{j}"] = t
-        if exact:
-            body.append(f"    t = type({var})")
-            body.append(f"    if not ({tests}):")
-            indent = "        "
-        else:
-            indent = "    "
-        if spec.required:
-            body.append(f"{indent}{var} = _slow(_cls, _s{i}, {var})")
-        else:
-            call = f"_d{i}()" if callable(default) else f"_d{i}"
-            body.append(f"{indent}{var} = {call} if {var} is _ABSENT else _slow(_cls, _s{i}, {var})")
-    if cls.TYPE == "warning":
-        names = [(n, "None" if n == "skipped" else v) for n, v in names]  # readers' marker, never from a file
-    body.append("    event = _new(_cls)")
-    body.append("    event.__dict__.update({" + ", ".join(f"{n!r}: {v}" for n, v in names) + "})")
-    body.append("    return event")
-    exec("\n".join(body), env)  # noqa: S102 - source built above from the dataclass fields only
-    func = _PARSERS[cls] = env["parse"]
-    return func
-
-
-_ABSENT = object()
-_TABLES: dict[type, list] = {}
-
-
-def _table(cls: type[RunEvent]) -> list:
-    """Per field: its spec, the Python types taken as they are, and its default (a factory is called)."""
-    table = _TABLES.get(cls)
-    if table is None:
-        table = []
-        for spec, f in zip(_specs(cls), fields(cls)):
-            exact = {int: (int,), float: (float,), str: (str,), bool: (bool,), list: (list,),
-                     dict: (dict,)}.get(spec.base, ())
-            if spec.optional:
-                exact += (type(None),)
-            if (cls.TYPE, spec.name) in _VALUE_FIXES:
-                exact = (type(None),) if spec.optional else ()
-            default = f.default_factory if f.default is MISSING else f.default
-            table.append((spec, exact, default))
-        _TABLES[cls] = table
-    return table
-
-
-def _type_word(spec: _FieldSpec) -> str:
-    base = spec.base
-    word = {int: "an integer", float: "a number", str: "text", bool: "true/false", list: "a list",
-            dict: "an object"}.get(base) or f"one of {', '.join(m.value for m in base)}"
-    return word + (" or null" if spec.optional else "")
 
 
 def _skipped(kind: str, obj: dict, why: str) -> Warning:
@@ -663,29 +358,6 @@ def as_event(event: RunEvent | dict) -> RunEvent | None:
 
 def describe_event_types() -> list[dict]:
     """Every event type with its fields, for the generated run-folder reference:
-    [{"type", "doc", "fields": [{"name", "type", "default", "help"}]}]."""
-    out = []
-    for kind, cls in EVENT_TYPES.items():
-        hints = typing.get_type_hints(cls)
-        rows = []
-        for f in fields(cls):
-            if f.name == "skipped":
-                continue
-            default = None if f.default is MISSING else f.default
-            if isinstance(default, Enum):
-                default = default.value
-            rows.append({"name": f.name, "type": _hint_word(hints[f.name]), "required": f.default is MISSING
-                         and f.default_factory is MISSING, "default": default, "help": f.metadata.get("help", "")})
-        out.append({"type": kind, "doc": (cls.__doc__ or "").strip(), "fields": rows})
-    return out
-
-
-def _hint_word(hint: Any) -> str:
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " | ".join(_hint_word(a) for a in args)
-    if hint is type(None):
-        return "null"
-    if isinstance(hint, type) and issubclass(hint, Enum):
-        return " | ".join(m.value for m in hint)
-    return getattr(hint, "__name__", str(hint))
+    [{"type", "doc", "fields": [{"name", "type", "required", "default", "help"}]}]."""
+    return [{"type": kind, "doc": (cls.__doc__ or "").strip(), "fields": describe_fields(cls, skip=("skipped",))}
+            for kind, cls in EVENT_TYPES.items()]
