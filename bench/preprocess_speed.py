@@ -1,6 +1,13 @@
-"""Preprocessing speed on real photos: images/s serial against parallel, and the face detector's share of focal crop.
+"""Preprocessing speed on real photos: images/s serial against parallel, the face detector's share of focal crop,
+and the WD14 tagger's images/s.
 
     python bench/preprocess_speed.py [--count 60] [--size 512] [--workers 2] [--repeat 2] [--append bench/RESULTS.md]
+    python bench/preprocess_speed.py --tagger-only [--tagger-model SmilingWolf/wd-eva02-large-tagger-v3]
+
+The tagger cases: the tiny ONNX tagger of the tests at the real input size (448 px), so its images/s is the cost of
+our pipeline (reading, compositing, padding, resizing, batching) with almost no model; and, with --tagger-model (a
+folder or a cached repository id; meant for a GPU machine with onnxruntime-gpu), the real model on the provider
+onnxruntime picks (CUDA when there).
 
 The photos are the ones that ship offline in scikit-image and scikit-learn, augmented with crops, rotations, mirrors
 and rescales to camera-like sizes (written as JPEG to a temporary folder), so the work is real decoding, resampling,
@@ -96,6 +103,41 @@ def detector_shares(paths: list[Path], options) -> dict[str, float]:
     return totals
 
 
+def tagger_speed(images: list[Path], model: str, batch: int, repeat: int) -> tuple[float, str]:
+    """(images/s of tagging `images`, best of `repeat`, the provider used); the model is loaded first, untimed."""
+    from core.prep.tagger import Tagger
+
+    tagger = Tagger(model, batch_size=batch)
+    tagger.caption_results(images[:batch])  # warm-up: the session's first run allocates
+    best = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        results = tagger.caption_results(images)
+        best = max(best, len(images) / (time.perf_counter() - t0))
+        assert len(results) == len(images)
+    return best, tagger.session.get_providers()[0]
+
+
+def tagger_cases(say, tmp: Path, src: Path, args) -> None:
+    from core.events import ListSink
+    from core.prep.options import PreprocessOptions
+    from core.prep.preprocess import run_preprocess
+    from tests.tiny_tagger import build_tiny_tagger
+
+    out = tmp / "tagger-images"
+    run_preprocess(src, out, PreprocessOptions(width=args.size, height=args.size), ListSink(), workers=args.workers)
+    images = sorted(out.glob("*.png"))
+    cases = [("tiny tagger at 448 px (our pipeline)", str(build_tiny_tagger(tmp / "tiny-tagger", size=448)))]
+    if args.tagger_model:
+        cases.append((f"{args.tagger_model}", args.tagger_model))
+    say()
+    say(f"| tagger ({len(images)} {args.size}×{args.size} images, batch {args.tagger_batch}) | img/s | provider |")
+    say("|---|---|---|")
+    for label, model in cases:
+        rate, provider = tagger_speed(images, model, args.tagger_batch, args.repeat)
+        say(f"| {label} | {rate:.1f} | {provider} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60)
@@ -103,6 +145,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--append", type=Path, default=None, help="append a results section to this markdown file")
+    parser.add_argument("--tagger-only", action="store_true", help="only the tagger cases")
+    parser.add_argument("--tagger-model", default="", help="also time this real tagger (folder or cached repo id)")
+    parser.add_argument("--tagger-batch", type=int, default=8)
     args = parser.parse_args()
 
     from core.prep.options import PreprocessOptions
@@ -135,6 +180,9 @@ def main() -> int:
             f"output {args.size}×{args.size} PNG; {os.cpu_count()} CPUs, load average {load:.1f} at start; "
             f"Python {platform.python_version()}, cv2 threads before workers: {cv2_threads}")
         say()
+        if args.tagger_only:
+            tagger_cases(say, tmp, src, args)
+            return _finish(args, lines, say)
         say(f"| mode | serial img/s | {args.workers} workers img/s | measured speed-up | CPU ms/img serial | "
             f"CPU ms/img parallel (parent) | CPU-bound speed-up on {args.workers} idle cores |")
         say("|---|---|---|---|---|---|---|")
@@ -170,6 +218,11 @@ def main() -> int:
             f"PNG encode {t['encode'] / len(paths) * 1000:.0f} ms.")
         say(f"Face detection is {t['focal_face'] / t['focal'] * 100:.0f}% of focal-crop time and "
             f"{t['focal_face'] / total * 100:.0f}% of the whole per-image CPU time.")
+        tagger_cases(say, tmp, src, args)
+    return _finish(args, lines, say)
+
+
+def _finish(args, lines: list[str], say) -> int:
     end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     say(f"(load average {end_load:.1f} at the end; best of {args.repeat} interleaved runs per cell)")
 
