@@ -1,37 +1,30 @@
 """The Captions screen writes a caption file only when the user edits one (issue 25, items 2 and 3).
 
-The app is started the way the `tiwiz` console script starts it (`tui.main.main([])` with the saved wizard state),
+The app is started the way the `tiwiz` console script starts it (with the wizard state a previous session saved),
 then the user picks "Continue" on the Start screen; keys arrive in bursts."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 
 from tests.tui_support import burst, gradient_png, wait_idle
 
 
 def console_app(monkeypatch, tmp_path, state: dict, argv: list[str] | None = None):
-    """The TiwizApp that `tiwiz` builds from `argv`, with `state` as the saved wizard state (TIWIZ_HOME in tmp)."""
-    import tui.main
-    from tui.app import TiwizApp
+    """The TiwizApp that `tiwiz ARGV` builds (tests/tui_support.py), in a user's shell of its own, with `state` as
+    the wizard state a previous session left."""
+    from tests import tui_support
+    from tui.state import WizardState
 
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    (home / "wizard.json").write_text(json.dumps(state), encoding="utf-8")
-    monkeypatch.setenv("TIWIZ_HOME", str(home))
-    monkeypatch.setenv("TIWIZ_IMAGES", "halfcell")
-    built = []
-    monkeypatch.setattr(TiwizApp, "run", lambda self, *a, **k: built.append(self))
-    assert tui.main.main(list(argv or [])) == 0
-    return built[0]
+    tui_support.console_home(tmp_path, monkeypatch)
+    return tui_support.console_app(argv, saved=WizardState.from_dict(state))
 
 
 async def continue_saved(pilot) -> None:
-    """On the Start screen: the menu's "Continue" entry (second), then wait for the screen it opens."""
-    await wait_idle(pilot)
-    await burst(pilot, "down", "enter")
-    await wait_idle(pilot)
+    """On the Start screen: Continue, which opens the saved stage."""
+    from tests import tui_support
+
+    await tui_support.continue_saved(pilot, pilot.app.saved_state.stage)
 
 
 def photo_folder(tmp_path, captions: dict[str, str]) -> tuple:

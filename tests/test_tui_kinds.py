@@ -58,7 +58,7 @@ def test_sentence_captions_keep_the_template(monkeypatch, tmp_path):
 
 
 def test_finish_screen_says_how_to_use_a_negative_embedding(monkeypatch, tmp_path):
-    run = write_recorded_run(tmp_path / "runs" / "zxqneg-1", recorded_events("zxqneg", steps=40, max_steps=40,
+    run = write_recorded_run(tmp_path / "elsewhere" / "zxqneg-1", recorded_events("zxqneg", steps=40, max_steps=40,
                                                                           finished=True), state="finished")
     (run / "config.toml").write_text('model = "m"\nname = "zxqneg"\nkind = "negative"\n', encoding="utf-8")
     app = console_app(monkeypatch, tmp_path, {"stage": "finish", "run_dir": str(run), "name": "zxqneg",
