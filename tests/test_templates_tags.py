@@ -62,3 +62,12 @@ def test_kind_proposes_tag_templates_for_tag_captions_and_says_why():
     # sentence captions, and a template the user named, are kept exactly as before
     assert proposed_template(DEFAULT_TEMPLATE, "subject", "sentences") == (DEFAULT_TEMPLATE, "")
     assert proposed_template("subject_filewords", "subject", "tags") == ("subject_filewords", "")
+
+
+def test_a_run_picks_its_template_from_its_captions():
+    from core.training.kinds import training_template
+
+    tags = ["1girl, solo, blue hair", "1girl, smile, outdoors, sky", ""]
+    assert training_template(DEFAULT_TEMPLATE, "style", tags)[0] == "style_tags"
+    assert training_template(DEFAULT_TEMPLATE, "subject", ["a photo of a cat on a mat"] * 3) == (DEFAULT_TEMPLATE, "")
+    assert training_template("none", "subject", tags) == ("none", "")

@@ -234,7 +234,12 @@ def caption_is_tags(caption: str) -> bool:
 
 def caption_language(items: Iterable[CaptionItem]) -> str:
     """"tags" when most non-empty captions are tags, "sentences" when they are not, "none" without captions."""
-    captions = [i.caption for i in items if i.caption]
+    return language_of(i.caption for i in items)
+
+
+def language_of(captions: Iterable[str]) -> str:
+    """`caption_language` of caption texts."""
+    captions = [c for c in captions if c]
     if not captions:
         return "none"
     tags = sum(caption_is_tags(c) for c in captions)

@@ -84,6 +84,15 @@ def render_preview(generate, prompts: list[PreviewPrompt]):
     return compose(images, prompts)
 
 
+def training_template(template: str, kind: str, captions) -> tuple[str, str]:
+    """(the template a run trains with, why it is not the configured one, or "") from the run's captions: tag
+    captions with the default template get the kind's tag template (core.training.templates.proposed_template)."""
+    from core.prep.captions import language_of
+    from core.training.templates import proposed_template
+
+    return proposed_template(template, kind, language_of(captions))
+
+
 def usage_text(kind: str, name: str) -> str:
     """How to use the embedding, for the finish screen and the CLI."""
     if kind == "negative":
