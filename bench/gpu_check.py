@@ -8,7 +8,12 @@ silently and always writes its report:
   setup  torch with CUDA, diffusers, transformers, ... importable; what is missing is installed into a private
          folder, first from local wheels (`.whl/` in the repository root or $TIWIZ_WHEELS), then from the package
          index, within --install-timeout
-  tests  `pytest -m cuda` (tests/test_cuda_*.py and the CUDA test of tests/test_models_device.py)
+  tests  `pytest -m cuda` (tests/test_cuda_*.py and the CUDA test of tests/test_models_device.py; test_cuda_capture:
+         captured steps against eager, torch.compile, one graph per bucket, kill -9 + resume of a captured run, a
+         failed capture, checkpointing auto, a real out-of-memory step)
+  capture, gc, batch  issue 23's speed parts (bench/gpu_speed.py): eager vs CUDA graphs vs torch.compile with
+         capture seconds and break-even steps and the kernel time; checkpointing auto vs the floors; images/s and
+         peak memory at batch 1/2/4/8 for SD1.5 512 px and SDXL 1024 px
   sd15   the SD1.5 architecture with random weights (core/data/configs/sd1) at 512 px, bf16, batch 1:
            floor      text encoder + UNet forward and backward, frozen weights in the dtype ours uses (bf16 under
                       bf16 autocast), gradients into the token embeddings
@@ -48,10 +53,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PARTS = ("setup", "tests", "sd15", "demo", "sdxl", "profile")  # run in this order (demo before the heaviest part)
-DEFAULT_PARTS = ("tests", "sd15", "demo", "sdxl")  # profile only when asked for
-CAP_S = {"setup": 240, "tests": 150, "sd15": 100, "demo": 90, "sdxl": 150, "profile": 150}  # per-part limits (GPU)
-DRY_CAP_S = {"setup": 60, "tests": 120, "sd15": 120, "demo": 180, "sdxl": 120, "profile": 120}
+# run in this order: the CUDA tests, then issue 23's speed parts (bench/gpu_speed.py), then the older comparisons
+PARTS = ("setup", "tests", "capture", "gc", "batch", "sd15", "demo", "sdxl", "profile")
+DEFAULT_PARTS = ("tests", "capture", "gc", "batch", "sd15", "demo", "sdxl")  # profile only when asked for
+CAP_S = {"setup": 240, "tests": 300, "capture": 240, "gc": 150, "batch": 200, "sd15": 100, "demo": 90, "sdxl": 150,
+         "profile": 150}  # per-part limits (GPU)
+DRY_CAP_S = {"setup": 60, "tests": 180, "capture": 240, "gc": 180, "batch": 240, "sd15": 120, "demo": 180,
+             "sdxl": 120, "profile": 120}
+SPEED = ("capture", "gc", "batch")  # bench/gpu_speed.py
 MIN_START_S = 15  # a part is not started with less time than this left
 BENCH = {
     # family: size (px), warm-up steps, timed steps, gradient checkpointing
@@ -87,6 +96,7 @@ def main(argv=None) -> int:
     # internal: one benchmark family in this process
     parser.add_argument("--bench", choices=sorted(BENCH), help=argparse.SUPPRESS)
     parser.add_argument("--profile", choices=sorted(BENCH), help=argparse.SUPPRESS)
+    parser.add_argument("--speed", choices=SPEED, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -94,6 +104,10 @@ def main(argv=None) -> int:
         return bench_main(args.bench, args.dry_run, Path(args.result), args.deadline)
     if args.profile:
         return profile_main(args.profile, args.dry_run, Path(args.result))
+    if args.speed:
+        from bench.gpu_speed import speed_main
+
+        return speed_main(args.speed, args.dry_run, Path(args.result), args.deadline)
 
     out = Path(args.out or os.environ.get("OUT") or ROOT / "bench" / "out").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -411,6 +425,41 @@ class Check:
             skipped = [f"{c} skipped: {cases[c].get('reason', '')}" for c in CASES if statuses[c] == "skipped"]
             self.record(name, "ok", "; ".join([summary] + skipped)[:800], res["seconds"], bench=bench,
                         summary=summary)
+
+    def part_capture(self, name: str, limit: float) -> None:
+        self._speed_part(name, limit)
+
+    def part_gc(self, name: str, limit: float) -> None:
+        self._speed_part(name, limit)
+
+    def part_batch(self, name: str, limit: float) -> None:
+        self._speed_part(name, limit)
+
+    def _speed_part(self, name: str, limit: float) -> None:
+        """One of bench/gpu_speed.py's parts in a child process; every case gets a status in the report."""
+        result_file = self.tmp / f"{name}.json"
+        cmd = [self.python(), str(Path(__file__).resolve()), "--speed", name, "--result", str(result_file),
+               "--deadline", f"{time.time() + limit - 5:.1f}"] + (["--dry-run"] if self.dry else [])
+        res = self.run_child(name, cmd, limit)
+        try:
+            speed = json.loads(result_file.read_text())
+        except (OSError, ValueError):
+            speed = {"families": {}}
+        cases = {f"{family}/{case}": c for family, sub in speed.get("families", {}).items()
+                 for case, c in sub.get("cases", {}).items()}
+        failed = [f"{k}: {c.get('reason', '')}" for k, c in cases.items() if c.get("status") == "failed"]
+        ok = [k for k, c in cases.items() if c.get("status") == "ok"]
+        summaries = {family: sub.get("summary") for family, sub in speed.get("families", {}).items()
+                     if sub.get("summary")}
+        detail = "; ".join(f"{family}: {json.dumps(summary)}" for family, summary in summaries.items())
+        if res["timed_out"] or res["rc"] != 0 or failed:
+            why = "; ".join(failed) or (f"time limit {limit:.0f} s reached" if res["timed_out"] else
+                                        f"exit {res['rc']}: {_last_line(res['output'])}")
+            self.record(name, "failed", why[:800], res["seconds"], speed=speed, log_tail=res["output"][-3000:])
+        elif not ok:
+            self.record(name, "skipped", "no case ran (time budget)", res["seconds"], speed=speed)
+        else:
+            self.record(name, "ok", (f"{len(ok)} cases ok; " + detail)[:900], res["seconds"], speed=speed)
 
     def part_profile(self, name: str, limit: float) -> None:
         tables = self.out / "gpu_profile.txt"
@@ -847,104 +896,19 @@ def bench_paired(family, device, precision, spec, data, dry) -> dict:
 
 def bench_ours(family, device, precision, spec, data, dry, window=None, between=None) -> dict:
     """The real Trainer on the random-weight model (handed to it in place of loading a file), timed from its step
-    events: everything one of our steps costs, bookkeeping included."""
-    import dataclasses
-    import importlib.util
+    events: everything one of our steps costs, bookkeeping included. The eager step (compile off: the `capture` part
+    measures the captured ones), checkpointing as the spec says (forced, so the comparison with the floor holds)."""
+    from bench.gpu_speed import run_ours
 
-    import torch
-
-    import core.models.loader as loader
-    from core.events import CallbackSink
-    from core.training import trainer as trainer_module
-    from core.training.config import TrainConfig
-
-    if family == "sdxl" and importlib.util.find_spec("core.training.conditioning") is None:
-        raise Skip("our SDXL training path is not in this tree yet (no core/training/conditioning.py)")
-    if family == "sdxl" and "tokenizer_2" not in getattr(loader.LoadedModel, "__dataclass_fields__", {}):
-        raise Skip("our model loader has no SDXL fields (LoadedModel.tokenizer_2) yet")
-    mem = _Memory(device)
-    model = build_model(family, device, dry)
-    settings = dict(model=f"{family}-random", data=str(data), name="gpucheck", steps=spec["warmup"] + spec["timed"],
-                    width=spec["size"], height=spec["size"], save_every=0, preview_every=0, validate_every=0,
-                    device=device.type, precision=precision, vectors=VECTORS, init_text=INIT_TEXT,
-                    template="style_filewords", seed=0, overwrite=True)
-    gc_by = None
+    settings = {"compile": "off", "gradient_checkpointing": "on" if spec["gc"] else "off"}
+    out = run_ours(family, device, precision, spec["size"], data, warmup=spec["warmup"], timed=spec["timed"], dry=dry,
+                   settings=settings, window=window, between=between,
+                   window_steps=(spec["warmup"] + 1, spec["warmup"] + spec["timed"]) if window is not None else None)
+    for key in ("compile", "memory_plan", "losses"):
+        out.pop(key, None)
     if spec["gc"]:
-        field = {f.name: f for f in dataclasses.fields(TrainConfig)}.get("gradient_checkpointing")
-        if field is not None:
-            settings["gradient_checkpointing"] = True if isinstance(field.default, bool) else "on"
-            gc_by = f"trainer (gradient_checkpointing = {settings['gradient_checkpointing']!r})"
-        else:
-            model.unet.enable_gradient_checkpointing()
-            gc_by = "this benchmark (TrainConfig has no gradient_checkpointing field)"
-    def fake(*args, dtype=None, **kwargs):  # the trainer loads "the model" through this function
-        if dtype is not None:
-            _cast(model, dtype)
-        return model
-
-    original = loader.load_model
-    loader.load_model = fake
-    if hasattr(trainer_module, "load_model"):
-        trainer_module.load_model = fake
-    stamps, errors = [], []
-
-    ends = []  # when each stamp's own work (the `between` steps) ended: our next step is timed from there
-
-    def on_event(event):
-        kind = event.get("type")
-        if kind == "started":
-            mem.steps_begin()
-            stamps.append(time.perf_counter())
-            ends.append(stamps[-1])
-        elif kind == "step":
-            _sync(device)
-            stamps.append(time.perf_counter())
-            if window is not None and len(stamps) == spec["warmup"] + 1:
-                window.start()
-            elif window is not None and len(stamps) == spec["warmup"] + spec["timed"] + 1:
-                window.stop()
-            if between is not None:
-                between()
-            ends.append(time.perf_counter())
-        elif kind == "error":
-            errors.append(event.get("message"))
-
-    out_dir = Path(tempfile.mkdtemp(prefix=f"tiwiz-gpu-ours-{family}-"))
-    try:
-        trainer = trainer_module.Trainer(TrainConfig.from_dict(settings), out_dir, CallbackSink(on_event))
-        summary = trainer.run()
-    except Exception as exc:
-        if family == "sdxl" and not _trainer_knows_sdxl(trainer_module):
-            raise Skip(f"our SDXL training is not wired into core/training/trainer.py yet (it fails with "
-                       f"{type(exc).__name__}: {str(exc)[:200]})") from exc
-        raise
-    finally:
-        loader.load_model = original
-        if hasattr(trainer_module, "load_model"):
-            trainer_module.load_model = original
-    times = [b - a for a, b in zip(ends, stamps[1:])]
-    if len(times) < spec["warmup"] + spec["timed"]:
-        raise RuntimeError(f"only {len(times)} step events ({summary.reason}; {errors})")
-    out = _timing(times, spec)
-    out.update(mem.report())
-    out["precision_used"] = trainer.session.precision.name
-    out["weight_dtype"] = str(next(model.unet.parameters()).dtype).replace("torch.", "")
-    if gc_by:
-        out["gradient_checkpointing_by"] = gc_by
-    del trainer, model
-    shutil.rmtree(out_dir, ignore_errors=True)
+        out["gradient_checkpointing_by"] = "trainer (gradient_checkpointing = 'on')"
     return out
-
-
-def _trainer_knows_sdxl(trainer_module) -> bool:
-    """Whether the trainer uses the per-family conditioning (the SDXL work); before that, SDXL cannot train."""
-    import importlib
-    import inspect
-
-    try:
-        return "conditioning" in inspect.getsource(importlib.import_module("core.training.update"))
-    except (OSError, TypeError):
-        return True
 
 
 def bench_diffusers(family, device, precision, spec, data, dry) -> dict:
@@ -1122,6 +1086,15 @@ def _markdown(report: dict) -> str:
     if rows:
         lines += ["", "| model | setting | case | status | s/step (median) | x floor | peak GiB | peak GiB in steps "
                       "| note |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"] + rows
+    speed_rows = []
+    for name in SPEED:
+        speed = report["parts"].get(name, {}).get("speed")
+        if speed:
+            from bench.gpu_speed import speed_rows as rows_of
+
+            speed_rows += rows_of(name, speed)
+    if speed_rows:
+        lines += ["", "| part | setting | case | status | figures |", "| --- | --- | --- | --- | --- |"] + speed_rows
     tests = report["parts"].get("tests", {}).get("tests") or []
     if tests:
         lines += ["", "| CUDA test | outcome | seconds | properties |", "| --- | --- | --- | --- |"]

@@ -82,6 +82,8 @@ def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | Non
     if isinstance(event, ev.Compile):
         if event.seconds is None:
             return f"training step: {event.mode} ({event.reason})"
+        if event.shape == "update":
+            return f"captured the update of the vectors in {event.seconds:.1f} s ({event.mode})"
         return f"captured the step for {event.shape} in {event.seconds:.1f} s ({event.mode}, {event.graphs} shape(s))"
     if isinstance(event, ev.MemoryPlan):
         return f"gradient checkpointing {'on' if event.gradient_checkpointing else 'off'}: {event.reason}"

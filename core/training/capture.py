@@ -18,10 +18,11 @@ What makes a step capturable:
 - static shapes: fixed batch, latent size and 77 tokens per prompt; each new shape is a new graph (at most
   MAX_GRAPHS, then that shape runs uncaptured through the same code, with a warning);
 - no random numbers inside the graph: noise, timesteps, sampled latents and prompts are drawn on the host from the
-  run's own generators, exactly as an eager step draws them (`draw_inputs`), and copied into the static buffers. So
-  a captured run draws what an eager run draws, its state/latest.pt is the eager one, and resume stays exact; no
-  generator has to be registered with the graph. The frozen UNet draws none either: gradient checkpointing is set
-  up without saving the RNG state (`enable_checkpointing`), which a capture could not read;
+  run's own generators, exactly as an eager step draws them (core.training.step_plan.draw_inputs), and copied into
+  the static buffers. So a captured run draws what an eager run draws, its state/latest.pt is the eager one, and
+  resume stays exact; no generator has to be registered with the graph. The frozen UNet draws none either:
+  gradient checkpointing is set up without saving the RNG state (`enable_checkpointing`), which a capture could not
+  read;
 - a capturable optimizer: AdamW with `capturable=True` and the learning rate (and the clip threshold) in device
   tensors filled before each replay; its state tensors and the gradient are kept alive by this object and refilled
   in place when a rollback or a resume loaded new ones (`_bind_state`);
@@ -37,6 +38,7 @@ draws, static buffers, gradient and state binding) without capturing, which is h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -53,6 +55,10 @@ BREAK_EVEN_STEPS = {"cuda_graph": 100, "compile": 1500}
 AUTO_FACTOR = 2  # `auto` captures when the steps left are at least this many break-evens
 MAX_GRAPHS = 8   # captured input shapes (buckets x batch sizes); further shapes run uncaptured
 WARMUP_PASSES = 2
+
+
+class CaptureFailed(Exception):
+    """Capturing (or compiling) the step failed for a reason other than memory; the run can go on eager."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,8 @@ class CapturedStep:
 
     `loss_fn(buffers)` computes one micro-batch's loss (already divided by grad_accum) from device tensors named like
     the inputs `draw_inputs` returns. `clip` is the config's clip_grad ("none", "value", "norm"). `on_capture(shape,
-    seconds, graphs)` is told about each capture. `impl`: "cuda_graph", "compile", or "static" (the same code path,
-    nothing captured: CPU and tests)."""
+    seconds, graphs)` is told about each capture (shape "update" for the update's). `impl`: "cuda_graph",
+    "compile", or "static" (the same code path, nothing captured: CPU and tests)."""
 
     def __init__(self, loss_fn, vectors, optimizer, *, impl: str, clip: str = "none", on_capture=None,
                  max_graphs: int = MAX_GRAPHS) -> None:
@@ -231,13 +237,14 @@ class CapturedStep:
         import torch
 
         t0 = time.perf_counter()
-        if self.impl == "compile":
-            if self._compiled_loss is None:
-                self._compiled_loss = torch.compile(self.loss_fn, mode="reduce-overhead", dynamic=False)
-            self._warm_compiled(inputs)
-            entry = (self._compiled_loss, None, None)
-        else:
-            entry = self._capture_graph(inputs)
+        with _failures_as_capture_failed():
+            if self.impl == "compile":
+                if self._compiled_loss is None:
+                    self._compiled_loss = torch.compile(self.loss_fn, mode="reduce-overhead", dynamic=False)
+                self._warm_compiled(inputs)
+                entry = (self._compiled_loss, None, None)
+            else:
+                entry = self._capture_graph(inputs)
         self.graphs[key] = entry
         seconds = time.perf_counter() - t0
         self.capture_seconds += seconds
@@ -308,16 +315,30 @@ class CapturedStep:
         for g in groups:  # what the captured AdamW reads; compile's guards see the same tensor at every call
             g["lr"], g["capturable"] = self._lr, True
         try:
-            if self._update_graph is None:
-                self._capture_update()
-            if self.impl == "compile":
-                torch.compiler.cudagraph_mark_step_begin()
-                self._update_graph()
+            if self._update_graph is None:  # captured (or compiled) and run for the first time, timed
+                t0 = time.perf_counter()
+                with _failures_as_capture_failed():
+                    self._capture_update()
+                    self._run_update()
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - t0
+                self.capture_seconds += seconds
+                if self.on_capture is not None:
+                    self.on_capture("update", seconds, len(self.graphs))
             else:
-                self._update_graph.replay()
+                self._run_update()
         finally:
             for g in groups:  # what a saved state records: loadable by an eager optimizer anywhere, CPU included
                 g["lr"], g["capturable"] = lr, False
+
+    def _run_update(self) -> None:
+        import torch
+
+        if self.impl == "compile":
+            torch.compiler.cudagraph_mark_step_begin()
+            self._update_graph()
+        else:
+            self._update_graph.replay()
 
     def _update_body(self) -> None:
         import torch
@@ -344,78 +365,15 @@ class CapturedStep:
         self._update_graph = graph
 
 
-# ---- the session's step through a CapturedStep ---------------------------------------------------------------------
-def draw_inputs(s, indices: list[int]) -> dict:
-    """Everything random about one training micro-batch of session `s`, drawn on the host from the run's generators
-    in the order an eager step draws it (core.training.update.batch_loss: latents, prompts, noise, timesteps), as
-    CPU tensors: latents, noise, timesteps, the token ids per text encoder (`ids0`, `ids1`) and SDXL's `time_ids`.
-    tests/test_compile_static.py checks that a run through these draws trains bit for bit like an eager one."""
-    import torch
+@contextlib.contextmanager
+def _failures_as_capture_failed():
+    """A capture's own failure (an op that syncs, an unsupported op, a compiler error) as CaptureFailed; running out
+    of memory stays what it is (the caller's out-of-memory handling applies)."""
+    from core.training.memory_plan import is_out_of_memory
 
-    from core.training.update import prompt_for
-
-    cfg, generator = s.config, s.generator
-    latents = s.dataset.latents(indices, generator)
-    prompts = [prompt_for(s, i) for i in indices]
-    noise = torch.randn(latents.shape, generator=generator)
-    if cfg.noise_offset:
-        offset = torch.randn(latents.shape[:2] + (1, 1), generator=generator)
-        noise = noise + cfg.noise_offset * offset
-    timesteps = torch.randint(0, s.model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              generator=generator)
-    inputs = {"latents": latents, "noise": noise, "timesteps": timesteps}
-    for k, slot in enumerate(s.slots):
-        inputs[f"ids{k}"] = s.tokens(slot.tokenizer, prompts, "cpu")
-    if s.model.family == "sdxl":
-        inputs["time_ids"] = s.dataset.time_ids(indices)
-    return inputs
-
-
-def session_loss_fn(s):
-    """`loss_fn` for a CapturedStep of session `s`: core.training.update.batch_loss on the static buffers, the token
-    ids taken from them instead of tokenising (a capture cannot copy from the host), divided by grad_accum."""
-    from core.training.update import batch_loss
-
-    by_tokenizer = {id(slot.tokenizer): f"ids{k}" for k, slot in enumerate(s.slots)}
-    accum = s.config.grad_accum
-
-    def loss_fn(buffers: dict):
-        def tokenize(tokenizer, prompts, device):
-            return buffers[by_tokenizer[id(tokenizer)]]
-
-        batch = buffers["latents"].shape[0]
-        loss = batch_loss(s, [], None, prompts=[""] * batch, latents=buffers["latents"], noise=buffers["noise"],
-                          timesteps=buffers["timesteps"], weighted=True, time_ids=buffers.get("time_ids"),
-                          tokenize=tokenize)
-        return loss / accum
-
-    return loss_fn
-
-
-def captured_train_step(s, runner: CapturedStep, lr: float, stop_between):
-    """core.training.update.train_step through `runner`: the same micro-batches, stops, NaN test and skipped
-    updates, with the forward/backward and the update replayed. Returns what train_step returns."""
-    import torch
-
-    from core.training.update import STEP_ABANDONED
-
-    cfg = s.config
-    runner.begin_step()
-    total = None
-    s.tokens.seen = False
-    position = s.feed.position(s.generator) if cfg.grad_accum > 1 else None
-    for micro in range(cfg.grad_accum):
-        if micro and stop_between():
-            runner.zero_grad()
-            s.feed.rewind(position, s.generator)
-            return STEP_ABANDONED
-        loss = runner.micro(draw_inputs(s, s.feed.next_batch()))
-        if micro < cfg.grad_accum - 1 and not torch.isfinite(loss):  # between micro-batches: a read is due anyway
-            runner.zero_grad()
-            return None
-        total = loss if total is None else total + loss
-    if not s.tokens.seen:  # no prompt held the trigger: nothing to learn, nothing applied (as eager)
-        runner.zero_grad()
-        return total
-    runner.update(lr, s.clip_schedule.rate_at(s.step) if cfg.clip_grad != "none" else None)
-    return total
+    try:
+        yield
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
+        raise CaptureFailed(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
