@@ -107,6 +107,15 @@ class TiwizApp(App):
             self.notify(f"Could not save the wizard state to {self.state_path}: {exc.strerror or exc}",
                         severity="warning")
 
+    async def action_quit(self) -> None:
+        """ctrl+q: while the monitor shows a run that is still training, quitting leaves it running: say how to come
+        back, as `d` does."""
+        run_dir = getattr(self.screen, "training_run", None)
+        if run_dir is not None:
+            self.detach(run_dir)
+        else:
+            self.exit()
+
     def detach(self, run_dir: Path) -> None:
         """Leave the UI while the run goes on, telling the user how to come back."""
         self.exit_message = (f"Training continues in the background.\nAttach again with:\n  tiwiz attach {run_dir}\n"

@@ -100,6 +100,11 @@ def fit_text(config, size: Size | None) -> str:
     if fit.kind == "none":
         return f"trained at its own size, {target} (from {source})"
     verb = "stretched" if fit.kind == "stretch" else "centre crop"
+    scale = max(fit.size[0] / size[0], fit.size[1] / size[1])
+    if scale > 1.005:  # smaller than the training size: it is enlarged first (blurrier than a native image)
+        factor = f"{scale:.2f}" if scale < 1.1 else f"{scale:.1f}"
+        return f"upscaled {factor}× and {'stretched' if fit.kind == 'stretch' else 'centre-cropped'} to {target} " \
+               f"(from {source})"
     return f"{verb} to {target} (from {source})"
 
 

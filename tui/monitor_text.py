@@ -41,15 +41,16 @@ def empty_plot_text(view: RunView) -> str:
 
 def auto_stop_short(view: RunView) -> str:
     """The auto-stop rule's state in a few words (the details panel has `AutoStopState.label()`'s full sentence)."""
+    if view.auto_stop is False:
+        return "auto-stop: off"
     rule = view.auto_stop_state
     if rule is None:
         return ""
-    head = "auto-stop" if view.auto_stop is not False else "auto-stop (watch only)"
     if rule.fired_at is not None:
-        return f"{head}: flat since step {rule.fired_at}"
+        return f"auto-stop: flat since step {rule.fired_at}"
     if rule.ratio is None:
-        return f"{head}: watching {rule.watched} of {rule.window} steps"
-    return f"{head}: ratio {rule.ratio:.2f} (flat below {rule.threshold:g})"
+        return f"auto-stop: watching {rule.watched} of {rule.window} steps"
+    return f"auto-stop: ratio {rule.ratio:.2f} (flat below {rule.threshold:g})"
 
 
 def quality_line(view: RunView, full: bool = False) -> str:
@@ -62,7 +63,11 @@ def quality_line(view: RunView, full: bool = False) -> str:
         parts.append(f"held-out {view.holdout_losses[-1][1]:.4f}")
     if view.editability:  # 1 = the prompt's other words read as next to the init text (core.training.editability)
         parts.append(f"editability {view.editability[-1][1]:.2f}")
-    rule = (f"auto-stop: {view.auto_stop_label}" if view.auto_stop_label else "") if full else auto_stop_short(view)
+    rule = auto_stop_short(view)
+    if full and view.auto_stop is False and view.auto_stop_label:
+        rule += f" (its rule, watched only: {view.auto_stop_label})"
+    elif full and view.auto_stop_label:
+        rule = f"auto-stop: {view.auto_stop_label}"
     if rule:
         parts.append(rule)
     return escape_markup(" · ".join(parts))

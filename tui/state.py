@@ -120,6 +120,23 @@ class WizardState:
         return self.stage not in ("start",) and bool(self.model or self.source or self.dataset or self.name)
 
 
+def train_again_state(config: dict, model_family: str = "") -> "WizardState":
+    """The wizard state for training again from a finished run's config (its config.toml as a dict): every stage
+    filled in from it, at Training settings, so one change and Next start a new run (never over the old one)."""
+    from core.training.config import TrainConfig
+
+    earlier = ("model", "data", "name", "init_text", "vectors", "overwrite", "output")
+    defaults = TrainConfig().to_dict()
+    state = WizardState(stage="training", model=str(config.get("model", "")), model_family=model_family,
+                        source=str(config.get("data", "")), dataset=str(config.get("data", "")), skip_preprocess=True,
+                        name=str(config.get("name", "")), init_text=str(config.get("init_text", "*")),
+                        vectors=int(config.get("vectors", 1)))
+    state.train = {k: v for k, v in config.items() if k not in earlier and k in defaults and v != defaults[k]}
+    for key, value in WIZARD_DEFAULTS.items():
+        state.train.setdefault(key, defaults.get(key, value))  # the run's own value, not the wizard's default
+    return state
+
+
 def load_state(path: str | os.PathLike | None = None) -> WizardState | None:
     """The saved state, or None when there is none or it cannot be read (a broken file never stops the app)."""
     path = Path(path) if path else default_state_path()

@@ -102,3 +102,20 @@ def loaded_message(path: str, loaded: dict, current: dict) -> str:
         text += (" Kept this wizard's " + ", ".join("dataset" if k == "data" else k.replace("_", " ") for k in kept)
                  + " (the file's differ; change them on their screens).")
     return text
+
+
+def form_warnings(config: TrainConfig, name: str) -> list[str]:
+    """What a valid config will do that the user may not expect, said before the run starts: an auto-stop that can
+    never fire, a preview prompt that leaves the embedding out. Each starts with "⚠"."""
+    from core.training.autostop import unreachable_reason
+
+    out = []
+    why = unreachable_reason(config.effective_validate_every(), config.auto_stop_window, config.steps) \
+        if config.auto_stop else None
+    if why:
+        out.append(f"⚠ Auto-stop cannot fire in this run: {why}. It would train all {config.steps} steps.")
+    prompt = config.preview_prompt.strip()
+    if prompt and "[name]" not in prompt and not (name and name in prompt):
+        out.append(f"⚠ The preview prompt has neither [name] nor “{name or 'the trigger word'}”: the previews would "
+                   "not show the embedding.")
+    return out

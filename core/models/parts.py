@@ -11,6 +11,7 @@ from core.errors import TiwizError
 from core.models.headers import (CLIP_PREFIX, OPENCLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPENCLIP_PREFIX, UNET_PREFIX,
                                  VAE_PREFIX, detect_family, read_safetensors_header)
 
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "unknown": "unknown family"}
 PART_NAMES = {UNET_PREFIX: "UNet", VAE_PREFIX: "VAE", CLIP_PREFIX: "text encoder", OPENCLIP_PREFIX: "text encoder",
               SDXL_CLIP_PREFIX: "CLIP-L text encoder", SDXL_OPENCLIP_PREFIX: "OpenCLIP bigG text encoder"}
 SHOWN = 3  # problems named in the message; the rest are counted
@@ -26,8 +27,8 @@ def single_file_problem(path: str | os.PathLike) -> str:
     if not found:
         return ""
     more = f" (and {len(found) - SHOWN} more)" if len(found) > SHOWN else ""
-    return ("its parts do not match the standard " + {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[family.family]
-            + " layout: " + "; ".join(found[:SHOWN]) + more)
+    return (f"its parts do not match the standard {FAMILY_NAMES[family.family]} layout: " + "; ".join(found[:SHOWN])
+            + more)
 
 
 def part_problems(shapes: dict[str, tuple[int, ...]], family: str) -> list[str]:

@@ -111,11 +111,12 @@ class FinishScreen(WizardScreen):
     .code { background: $boost; padding: 0 1; margin-top: 1; }
     """
     BINDINGS = [
-        Binding("c", "copy", "Copy to selected"),
+        Binding("c", "copy", "Copy"),  # into the install selected above
         Binding("b", "best", "Best step"),
         Binding("m", "monitor", "Monitor"),
-        Binding("n", "new", "New embedding"),
-        Binding("q", "app.quit", "Quit"),
+        Binding("t", "train_again", "Train again"),
+        Binding("n", "new", "New"),
+        Binding("q", "app.quit", "Quit", show=False),  # the footer shows ^q
         Binding("o", "previews_page", "Full size", show=False),  # named by the sheet's label (tui/web_links.py)
         Binding("ctrl+n", "next", "Next", show=False),  # the last stage: nothing comes next
     ]
@@ -316,6 +317,24 @@ class FinishScreen(WizardScreen):
 
         self.app.state = WizardState()
         self.app.goto("model")
+
+    def action_train_again(self) -> None:
+        """t: back to Training settings with this run's settings, to train a new run with a change or two."""
+        self.read_run_config(Path(self.state.run_dir).expanduser().resolve())
+
+    @work(thread=True, exclusive=True, group="train-again", exit_on_error=False)
+    def read_run_config(self, run_dir: Path) -> dict:
+        from core.training.config import TrainConfig
+
+        return TrainConfig.from_toml(run_dir / "config.toml", validate=False).to_dict()
+
+    def read_run_config_done(self, config: dict) -> None:
+        from tui.state import train_again_state
+
+        self.app.state = train_again_state(config, self.state.model_family)
+        self.app.goto("training")
+        self.app.call_after_refresh(lambda: self.app.screen.show_message(
+            "The finished run's settings: change what you want; Next starts a new run (the old one stays).", "info"))
 
     def action_back(self) -> None:
         self.app.goto("monitor")

@@ -13,10 +13,10 @@ from textual.containers import Vertical
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from core.models.parts import FAMILY_NAMES
 from tui.screens.base import WizardScreen, error_text
 from tui.widgets.inputs import PathInput
 
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "unknown": "unknown family"}
 
 
 def human_size(n: int) -> str:

@@ -379,6 +379,11 @@ class MonitorScreen(WorkerResults, Screen):
             return
         self.app.detach(self.run_dir)
 
+    @property
+    def training_run(self) -> Path | None:
+        """The run folder while its worker is (still believed to be) training, else None (ctrl+q then just quits)."""
+        return self.run_dir if self.view.state.active else None
+
     def action_quit_monitor(self) -> None:
         self.app.exit()
 

@@ -22,7 +22,8 @@ from tui.bucket_scan import bucket_summary, read_sizes, settings_key
 from tui.messages import BucketsCounted
 from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal, PromptModal
-from tui.training_text import SET_EARLIER, loaded_message, sample_prompts, start_summary, template_names
+from tui.training_text import (SET_EARLIER, form_warnings, loaded_message, sample_prompts, start_summary,
+                               template_names)
 from tui.widgets.inputs import OrderedInput
 
 BASIC = ("steps", "lr", "batch_size", "grad_accum", "width", "height", "resize", "template", "save_every",
@@ -163,7 +164,8 @@ class TrainingScreen(WizardScreen):
                 widget.add_class("-invalid")
         except Exception as exc:
             config, problem = None, error_text(exc)
-        self.show_message(problem or "")
+        warnings = form_warnings(config, self.state.name) if config is not None else []
+        self.show_message(problem or " ".join(warnings), "error" if problem else "warning")
         self._update_side(config)
         self._update_buckets(config)
 
@@ -260,35 +262,38 @@ class TrainingScreen(WizardScreen):
 
     def action_save_toml(self) -> None:
         def answered(path: str | None) -> None:
-            if not path:
-                return
-            try:
-                config = self.build_config()
-                written = config.to_toml(Path(path).expanduser())
-            except Exception as exc:
-                self.show_message(error_text(exc))
-                return
-            self.show_message(f"Saved {written}", "ok")
+            if path:
+                self.save_toml(path)
 
         self.app.push_screen(PromptModal("Save the training config as TOML:", self._default_toml()), answered)
 
+    @work(thread=True, exclusive=True, group="toml", exit_on_error=False)
+    def save_toml(self, path: str) -> str:
+        return f"Saved {self.build_config().to_toml(Path(path).expanduser())}"
+
+    def save_toml_done(self, text: str) -> None:
+        self.show_message(text, "ok")
+
     def action_load_toml(self) -> None:
         def answered(path: str | None) -> None:
-            if not path:
-                return
-            try:
-                config = TrainConfig.from_toml(Path(path).expanduser(), validate=False)
-            except Exception as exc:
-                self.show_message(error_text(exc), until_edit=True)
-                return
-            data = config.to_dict()
-            defaults = TrainConfig().to_dict()
-            self.state.train = {k: v for k, v in data.items() if k not in SET_EARLIER and v != defaults.get(k)}
-            text = loaded_message(path, data, self.state.train_config())
-            self.app.goto("training")  # rebuild the form from the loaded values
-            self.app.call_after_refresh(lambda: self.app.screen.show_message(text, "info"))
+            if path:
+                self.load_toml(path)
 
         self.app.push_screen(PromptModal("Load a training config (TOML):", self._default_toml()), answered)
+
+    @work(thread=True, exclusive=True, group="toml", exit_on_error=False)
+    def load_toml(self, path: str) -> tuple[str, TrainConfig]:
+        return path, TrainConfig.from_toml(Path(path).expanduser(), validate=False)
+
+    def load_toml_done(self, loaded: tuple[str, TrainConfig]) -> None:
+        path, config = loaded
+        data = config.to_dict()
+        defaults = TrainConfig().to_dict()
+        self.state.train = {k: v for k, v in data.items() if k not in SET_EARLIER and v != defaults.get(k)}
+        text = " ".join([loaded_message(path, data, self.state.train_config()),
+                         *form_warnings(config, self.state.name)])
+        self.app.goto("training")  # rebuild the form from the loaded values
+        self.app.call_after_refresh(lambda: self.app.screen.show_message(text, "warning" if "⚠" in text else "info"))
 
     # --- start -------------------------------------------------------------------------------------------------
 

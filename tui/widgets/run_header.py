@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from core.models.parts import FAMILY_NAMES
 from core.runs.run_events import RunPhase
 from tui.run_view import RunView, format_duration, format_rate
 
@@ -19,8 +20,11 @@ STATE_STYLES = {
 
 
 def about_text(view: RunView) -> str:
-    """The second line: the run's name, device and precision, images, epoch and, on a GPU, how the step runs (dim)."""
+    """The second line: the run's name, the model's family, device and precision, images, epoch and, on a GPU, how
+    the step runs (dim)."""
     text = view.name or view.run_dir.name
+    if view.family:
+        text += f" · {FAMILY_NAMES.get(view.family, view.family)}"
     if view.device:
         text += f" · {view.device}{' ' + view.precision if view.precision else ''}"
     if view.n_images:
