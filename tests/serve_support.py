@@ -235,8 +235,23 @@ def wait_for_screen(page, text: str, timeout: float = 90.0) -> str:
     raise AssertionError(f"the page never showed {text!r}; it shows:\n{screen}")
 
 
+def wait_until_drawn(page, quiet_ms: int = 1000, timeout: float = 60.0) -> None:
+    """Wait until the screen's text has not changed for `quiet_ms` (a screen that just opened has settled; a
+    blinking cursor changes no text), as a user looks at a screen before clicking on it."""
+    deadline = time.monotonic() + timeout
+    shown = page_screen(page)
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(quiet_ms)
+        now = page_screen(page)
+        if now == shown:
+            return
+        shown = now
+
+
 def click_text(page, text: str) -> None:
-    """Click the middle of `text` where the page's terminal shows it (a mouse click on the wizard)."""
+    """Click the middle of `text` where the page's terminal shows it (a mouse click on the wizard), once the screen
+    has settled."""
+    wait_until_drawn(page)
     lines = page_screen(page).splitlines()
     row = next(i for i, line in enumerate(lines) if text in line)
     col = lines[row].index(text) + len(text) / 2

@@ -4,6 +4,7 @@ in the foreground or detached like a training (core.serve.record says where a ru
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -64,7 +65,7 @@ def bind(host: str, port: int) -> socket.socket:
     except socket.gaierror as exc:
         raise FieldError("host", f"--host {host}: not an address of this machine ({exc.strerror})") from None
     except OSError as exc:
-        if exc.errno == 98:  # EADDRINUSE
+        if exc.errno == errno.EADDRINUSE:
             raise FieldError("port", f"--port {port}: already in use; pick another port (or --port 0 for any free "
                                      "one)") from None
         raise FieldError("host", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
