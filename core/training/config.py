@@ -107,14 +107,14 @@ HELP = {
                  "auto_stop_window steps falls below auto_stop_threshold x its overall variance). Off by default in "
                  "the CLI so `steps` means what it says (A1111 parity), on in the wizard (steps is a ceiling "
                  "there); off, the rule still runs and records the step where it would have stopped",
-    "auto_stop_window": "Auto-stop window in steps (DVAR's 'patience'). 100: on the shipped world model (3 seeds, "
-                        "bench/time_to_quality.py) the smallest window that never stopped before the concept was "
-                        "learned (50 stopped one seed at step 50); larger ones stopped later for no better colour "
-                        "distance. DVAR used 310 for SD at lr 5e-3: raise it for big models and low lr",
+    "auto_stop_window": "Auto-stop window in steps (DVAR's 'patience'). 100: on the shipped world model (3 seeds) "
+                        "the smallest window that never stopped before the concept was learned (50 stopped one "
+                        "seed at step 50); larger ones stopped later for no better colour distance. DVAR used 310 "
+                        "for SD at lr 5e-3: raise it for big models and low lr",
     "auto_stop_threshold": "Auto-stop threshold: stop when rolling variance / overall variance < this (DVAR: 0.15)",
     "ema_decay": "Keep an exponential moving average of the vectors with this decay and save, preview and "
                  "validate the average instead of the last step's vectors (0 = off, like A1111; 0.95 averages over "
-                 "about 20 steps). On the shipped world model (5 seeds, bench/time_to_quality.py) 0.95 ended 0-0.02 "
+                 "about 20 steps). On the shipped world model (5 seeds) 0.95 ended 0-0.02 "
                  "closer in colour distance, and no sooner good, than the raw vectors",
     "norm_mode": "The vectors' length: free (A1111: not constrained); clamp: each vector at most norm_clamp_k times "
                  "the mean norm of its text encoder's vocabulary; preserve: only the direction trains, each vector "
@@ -140,7 +140,7 @@ HELP = {
     "validate_every": "Compute the fixed-seed validation loss every N steps (-1 = like save_every/preview_every, and "
                       "with auto_stop at least every auto_stop_window/10 steps; 0 = off). Each pass costs a few "
                       "training steps: 10 points a window, not 20, halved auto-stop's validation time on the shipped "
-                      "world model and moved its stop by 0-5 steps (bench/RESULTS.md)",
+                      "world model and moved its stop by 0-5 steps",
     "validation_images": "How many training images the validation loss uses (fixed images, noise and timesteps)",
     "output": "Output (run) folder; empty = runs/NAME-TIMESTAMP",
     "seed": "Random seed (data order, noise, timesteps, templates); same seed and config = same result",
@@ -148,8 +148,7 @@ HELP = {
     "precision": "auto: bf16 autocast on GPUs with native bf16 (compute capability 8.0+), else fp16 with a gradient "
                  "scaler; fp32 on CPU/MPS. fp32, bf16 or fp16 force one: fp16 needs a CUDA GPU, bf16 a GPU of 8.0+ or "
                  "a CPU with native bf16 (the avx512_bf16 or amx_bf16 flag; frozen weights stay fp32). auto never "
-                 "picks bf16 on CPU: on an avx512_bf16 Xeon without AMX it was 1.2-2.2x slower than fp32 "
-                 "(bench/RESULTS.md)",
+                 "picks bf16 on CPU: on an avx512_bf16 Xeon without AMX it was 1.2-2.2x slower than fp32",
     "prediction_type": "auto: what the model says (its scheduler config, a v_pred marker key, a .yaml beside it); "
                        "epsilon or v_prediction force one (for v-prediction files without a marker)",
     "gradient_checkpointing": "Recompute UNet activations in the backward pass instead of keeping them: less GPU "

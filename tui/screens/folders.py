@@ -17,7 +17,7 @@ from textual.widgets import Checkbox, DirectoryTree, Input, Label, Static
 
 from core.prep.captions import IMAGE_KINDS, list_images
 from tui.screens.base import WizardScreen, error_text
-from tui.widgets.inputs import PathInput
+from tui.widgets.inputs import PathInput, Tick
 from tui.widgets.trees import UpDirectoryTree
 
 
@@ -62,7 +62,7 @@ class FoldersScreen(WizardScreen):
                 yield Label("Source images", classes="field-label")
                 yield PathInput(self.state.source, placeholder="/workspace/photos", id="source")
                 yield Static("", id="source-info", classes="hint")
-                yield Checkbox("Already preprocessed: skip to captions", self.state.skip_preprocess, id="skip")
+                yield Tick("Already preprocessed: skip to captions", self.state.skip_preprocess, id="skip")
                 yield Label("Destination (the training dataset)", classes="field-label", id="dest-label")
                 yield PathInput(self.state.dataset if not self.state.skip_preprocess else "",
                             placeholder="/workspace/dataset", id="dest")

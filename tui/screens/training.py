@@ -24,7 +24,7 @@ from tui.screens.base import WizardScreen, error_text
 from tui.screens.dialogs import ConfirmModal, PromptModal
 from tui.training_text import (SET_EARLIER, form_warnings, loaded_message, sample_prompts, start_summary,
                                template_names)
-from tui.widgets.inputs import OrderedInput
+from tui.widgets.inputs import OrderedInput, Tick
 
 BASIC = ("steps", "lr", "batch_size", "grad_accum", "width", "height", "resize", "template", "save_every",
          "preview_every", "seed", "device")
@@ -106,7 +106,7 @@ class TrainingScreen(WizardScreen):
         with Horizontal(classes="form-row"):
             yield Label(f.label, classes="form-label")
             if f.type is bool:
-                yield Checkbox("", bool(value), id=f"tr-{f.name}", classes="form-field", compact=True)
+                yield Tick("", bool(value), id=f"tr-{f.name}", classes="form-field", compact=True)
             elif f.choices:
                 yield Select([(c, c) for c in f.choices], value=value, allow_blank=False,
                              id=f"tr-{f.name}", classes="form-field", compact=True)

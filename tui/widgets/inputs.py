@@ -12,7 +12,7 @@ from __future__ import annotations
 from textual import events
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import Input
+from textual.widgets import Checkbox, Input
 
 REFUSAL_REASONS = {"integer": "takes a whole number", "number": "takes a number"}
 
@@ -98,3 +98,18 @@ class PathInput(OrderedInput):
             return
         self.value = completed
         self.cursor_position = len(completed)
+
+
+class Tick(Checkbox):
+    """A checkbox whose box is empty when off: Textual's draws the same X either way (only its colour differs), and
+    users read options that were off as on."""
+
+    @property
+    def _button(self):
+        from textual.content import Content
+
+        button = super()._button
+        if self.value:
+            return button
+        spans = list(button.spans)
+        return Content(button.plain.replace(self.BUTTON_INNER, " "), spans)
