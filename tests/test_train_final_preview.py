@@ -1,5 +1,5 @@
-"""A finished run previews its last step (even off the preview schedule) and writes previews/sheet.png with every
-preview labelled by step."""
+"""A finished run previews step 0 (the init vectors, before the first step) and its last step (even off the preview
+schedule), and writes previews/sheet.png with every preview labelled by step."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_last_step_preview_and_contact_sheet(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, data, steps=3, preview_every=2, preview_steps=1)
     Trainer(cfg, tmp_path / "out", sink).run()
     previews = tmp_path / "out" / "previews"
-    assert [step for step, _ in preview_files(previews, "tcat")] == [2, 3]
+    assert [step for step, _ in preview_files(previews, "tcat")] == [0, 2, 3]
     kinds = [e["type"] for e in sink.events]
     assert kinds.index("finished") > max(i for i, k in enumerate(kinds) if k == "preview")
     sheet = Image.open(previews / "sheet.png")

@@ -28,7 +28,8 @@ def test_files_written(run):
     cfg, out, sink, summary = run
     assert summary.finished and summary.step == 4
     for rel in ["tcat.pt", "tcat.safetensors", "embeddings/tcat-2.pt", "embeddings/tcat-2.safetensors",
-                "embeddings/tcat-4.pt", "embeddings/tcat-4.safetensors", "previews/tcat-2.png", "previews/tcat-4.png",
+                "embeddings/tcat-4.pt", "embeddings/tcat-4.safetensors", "previews/tcat-0.png", "previews/tcat-2.png",
+                "previews/tcat-4.png",
                 "loss.csv", "config.toml", "state/latest.pt"]:
         assert (out / rel).is_file(), rel
     assert TrainConfig.from_toml(out / "config.toml") == cfg
@@ -51,7 +52,8 @@ def test_loss_csv_and_events(run):
     assert [e["step"] for e in steps] == [1, 2, 3, 4]
     assert {"step", "max_steps", "epoch", "loss", "lr", "it_s", "elapsed"} <= set(steps[0])
     assert [e["step"] for e in sink.of_type("checkpoint")] == [2, 4]
-    assert [e["path"] for e in sink.of_type("preview")] == ["previews/tcat-2.png", "previews/tcat-4.png"]
+    assert [e["path"] for e in sink.of_type("preview")] == ["previews/tcat-0.png", "previews/tcat-2.png",
+                                                            "previews/tcat-4.png"]  # step 0: the init vectors
     assert sink.of_type("finished")[0]["pt"] == "tcat.pt"
 
 

@@ -83,6 +83,7 @@ def _save_state(s) -> None:
         "data_fingerprint": s.data_fingerprint,
         **s.watch.state_dict(),  # autostop, best_holdout, best_val_checkpoint
         "ema": s.ema.state_dict() if s.ema is not None else None,
+        "norms": s.norms.state_dict(),
         "global_rng": capture_global_rng(),
         "loss_rows_until_step": s.step,
     })
@@ -104,6 +105,7 @@ def restore(s, state: dict) -> None:
     if s.ema is not None:
         s.ema.load_state_dict(state.get("ema"))  # none in a state from before ema_decay: it starts here
     s.watch.load_state_dict(state, s.out_dir, s.name, s.step)
+    s.norms.load_state_dict(state.get("norms"), s.vectors)  # preserve's targets (a state without: the norms now)
     s.last_saved_step = s.step
     restore_global_rng(state["global_rng"])
 

@@ -33,6 +33,8 @@ from core.runs import run_events as ev
 from core.training import checkpoints, guard
 from core.training.conditioning import encoder_slots
 from core.training.config import TrainConfig
+from core.training.editability import EditabilityProbe, run_probe
+from core.training.norms import NormControl
 from core.training.dataset import build_dataset
 from core.training.optimizers import lr_warning, make_optimizer
 from core.training.reports import VectorReports
@@ -73,6 +75,7 @@ class Session:
     clip_schedule: Schedule
     optimizer: torch.optim.Optimizer
     ema: VectorEMA | None
+    norms: NormControl           # norm_mode: the vectors' length (after every step, and the average's)
     generator: torch.Generator   # noise, timesteps (and `random` latents)
     # the data
     dataset: Any                 # core.training.dataset.TrainDataset
@@ -85,6 +88,7 @@ class Session:
     watch: Watch
     reports: VectorReports
     guard: guard.GuardState | None = None
+    editability: EditabilityProbe | None = None  # measured at each validation (none without validation)
     # progress: all of it is saved in state/latest.pt
     step: int = 0
     lr_scale: float = 1.0        # halved by each rollback to a checkpoint
@@ -120,6 +124,9 @@ def setup(config: TrainConfig, out_dir, sink, resume: bool = False, allow_data_c
     fingerprint, data_changed = _check_data(cfg, state, sink, allow_data_change)
     threads, device, precision, model = _load_model(cfg, sink)
     slots, vectors, splices, placeholder = _make_vectors(cfg, model, device, state, sink, name)
+    norms = NormControl.for_slots(cfg.norm_mode, cfg.norm_clamp_k, slots, vectors)
+    if state is None:
+        norms.apply(vectors)  # an init_from file over the clamp starts at it (resume: the state's vectors as saved)
     template, dataset, feed, holdout = _load_data(cfg, model, device, sink)
     optimizer = make_optimizer(cfg.optimizer, [vectors], lr_schedule.rate_at(0), device.type)
     warning = lr_warning(cfg.optimizer, cfg.lr)
@@ -132,14 +139,16 @@ def setup(config: TrainConfig, out_dir, sink, resume: bool = False, allow_data_c
         scaler=torch.amp.GradScaler(device.type, enabled=precision.use_grad_scaler),
         slots=slots, vectors=vectors, splices=splices, placeholder=placeholder, tokens=TokenCache(placeholder),
         lr_schedule=lr_schedule, clip_schedule=clip_schedule, optimizer=optimizer,
-        ema=VectorEMA(vectors, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+        ema=VectorEMA(vectors, cfg.ema_decay) if cfg.ema_decay > 0 else None, norms=norms,
         generator=torch.Generator().manual_seed(cfg.seed),
         dataset=dataset, template=template, feed=feed, holdout_indices=holdout,
         validate_every=cfg.effective_validate_every(),
         validation_set=fixed_set(cfg, dataset, feed.indices, template, placeholder, model.family),
         holdout_set=fixed_set(cfg, dataset, holdout, template, placeholder, model.family, HOLDOUT_SEED_OFFSET)
         if holdout else [],
-        watch=Watch(cfg.auto_stop_window, cfg.auto_stop_threshold), reports=VectorReports())
+        watch=Watch(cfg.auto_stop_window, cfg.auto_stop_threshold), reports=VectorReports(),
+        editability=run_probe(model, slots, vectors, placeholder, cfg.init_text, device, precision.autocast)
+        if cfg.effective_validate_every() else None)
     if state is not None:
         checkpoints.restore(s, state)
         if data_changed:  # the saved batch order indexes the old image list

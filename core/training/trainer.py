@@ -27,6 +27,7 @@ from core.runs import run_events as ev
 from core.runs.lossfile import LossLog
 from core.runs.run_events import EndReason
 from core.training import checkpoints, guard, reports, update, validation
+from core.training.image_ranking import record_ranking
 from core.training.autostop import unreachable_reason
 from core.training.config import TrainConfig
 from core.training.resume_state import final_files_step
@@ -53,6 +54,11 @@ class Outcome:
     @property
     def finished(self) -> bool:
         return self.reason.finished
+
+
+def _editability(s: Session) -> float | None:
+    """The editability signal of the validation just done (core.training.editability), if measured."""
+    return s.editability.last if s.editability is not None else None
 
 
 class Trainer:
@@ -97,7 +103,9 @@ class Trainer:
                 auto_stop=s.config.auto_stop, auto_stop_window=s.config.auto_stop_window, threads=s.threads.threads))
             if not s.resumed and s.validate_every:
                 val = validation.validate(s)
-                log.write(0, 0, None, val, None, 0.0, holdout_loss=s.watch.last[2])
+                log.write(0, 0, None, val, None, 0.0, holdout_loss=s.watch.last[2], editability=_editability(s))
+            if not s.resumed and s.config.preview_every:
+                reports.preview(s)  # the preview prompt with the init vectors, before an hour is spent on it
             reason = self._loop(s, end_step, log)
             return self._end(s, reason, end_step)
         finally:
@@ -124,6 +132,7 @@ class Trainer:
             guard.kept(s)
             if s.ema is not None:
                 s.ema.update(s.vectors)
+                s.norms.apply(s.ema.average)  # an average of normed vectors is shorter: preserve puts it back
             s.last_loss = loss
             loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
             step_times = (step_times + [time.monotonic() - t0])[-20:]
@@ -132,7 +141,8 @@ class Trainer:
 
             val = validation.validate(s) if s.validate_every and s.step % s.validate_every == 0 else None
             log.write(s.step, s.feed.epoch, loss, val, lr, elapsed,
-                      holdout_loss=s.watch.last[2] if val is not None else None)
+                      holdout_loss=s.watch.last[2] if val is not None else None,
+                      editability=_editability(s) if val is not None else None)
             gpu = {}
             if s.device.type == "cuda" and time.monotonic() - gpu_polled > GPU_POLL_S:
                 gpu_polled, gpu = time.monotonic(), gpu_fields(s.device)
@@ -153,6 +163,7 @@ class Trainer:
         pt, st = checkpoints.save(s, final=True)
         if reason.finished:
             reports.final_previews(s)
+            record_ranking(s)  # the images that fight the concept (image_ranking.json)
         best_step, best_file, best_basis = s.watch.best(s.out_dir, s.name)
         best = dict(best_step=best_step, best_checkpoint=best_file, best_basis=best_basis)
         if reason.finished:

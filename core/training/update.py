@@ -105,6 +105,7 @@ def train_step(s, lr: float, stop_between):
         optimizer.zero_grad(set_to_none=True)
         return total
     s.scaler.unscale_(optimizer)
+    s.norms.project_gradient(s.vectors)  # norm_mode preserve: only the direction trains
     if cfg.clip_grad != "none":
         limit = s.clip_schedule.rate_at(s.step)
         if cfg.clip_grad == "value":
@@ -113,6 +114,7 @@ def train_step(s, lr: float, stop_between):
             torch.nn.utils.clip_grad_norm_([s.vectors], limit)
     s.scaler.step(optimizer)
     s.scaler.update()
+    s.norms.apply(s.vectors)  # norm_mode clamp/preserve: back inside the rule
     return total
 
 

@@ -44,12 +44,13 @@ def validate(s) -> float:
     with s.averaged():
         val = fixed_loss(s, s.validation_set)
         holdout = fixed_loss(s, s.holdout_set) if s.holdout_set else None
+        editability = s.editability.measure() if s.editability is not None else None
     w = s.watch.observe(s.step, val, holdout)
     best_step, _, best_basis = s.watch.best(s.out_dir, s.name)
     s.sink.emit(ev.Validation(step=s.step, val_loss=val, holdout_loss=holdout, best_step=best_step,
                               best_basis=best_basis, auto_stop_ratio=w.ratio, auto_stop_watched=w.watched,
                               auto_stop_window=w.window, auto_stop_threshold=w.threshold,
-                              auto_stop_fired_at=w.fired_at))
+                              auto_stop_fired_at=w.fired_at, editability=editability))
     return val
 
 
