@@ -107,7 +107,7 @@ def diffusers_steps(model: Path, data: Path, steps: int, threads: int) -> list[t
     from PIL import Image
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from core.models.loader import bundled_tokenizer
+    from core.models.loaded_model import bundled_tokenizer
 
     torch.set_num_threads(threads)
     tok_dir = model / "tokenizer"

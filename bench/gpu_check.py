@@ -662,7 +662,7 @@ def build_model(family: str, device, dry: bool):
 
     from core.models import builtin
     from core.models.device import enable_sdpa
-    from core.models.loader import LoadedModel
+    from core.models.loaded_model import LoadedModel
 
     torch.manual_seed(0)
     te2 = tok2 = None

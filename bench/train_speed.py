@@ -72,7 +72,7 @@ def build_sd15(device):
     from core.models.configs import bundled_config
     from core.models.builtin import TOKENIZER_DIR
     from core.models.device import enable_sdpa
-    from core.models.loader import LoadedModel
+    from core.models.loaded_model import LoadedModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(bundled_config("sd1", "unet"))
@@ -100,7 +100,7 @@ def build_sdxl(device, dtype):
     from core.models.builtin import load_bundled_tokenizer
     from core.models.configs import bundled_config
     from core.models.device import enable_sdpa
-    from core.models.loader import LoadedModel
+    from core.models.loaded_model import LoadedModel
 
     def text_config(name):
         return CLIPTextConfig(**{k: v for k, v in bundled_config("sdxl", name).items()

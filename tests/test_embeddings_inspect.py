@@ -25,7 +25,7 @@ def word_vectors(tiny_model_dir):
     """Two vectors initialised from the words 'lighthouse' and 'banana' (untrained), from the tiny model."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from core.models.loader import bundled_tokenizer
+    from core.models.loaded_model import bundled_tokenizer
 
     tok_dir = tiny_model_dir / "tokenizer"
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else bundled_tokenizer("sd1")

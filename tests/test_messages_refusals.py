@@ -35,7 +35,7 @@ def test_embedding_refusal_names_the_call(evil):
 
 
 def test_checkpoint_refusal_names_the_call(tmp_path):
-    from core.models.loader import read_state_dict
+    from core.models.file_loader import read_state_dict
 
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": {"a": torch.zeros(1)}, "x": _Evil()}, path)

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.errors import TiwizError
-from core.models.loader import SAMPLERS, load_model
+from core.models.loaded_model import SAMPLERS
+from core.models.loader import load_model
 from core.models.single_file import save_single_file
 from tiny_sd2 import write_tiny_sd2_model
 

@@ -62,7 +62,8 @@ def save_single_file(model_dir, out_path, *, half: bool = False, overwrite: bool
     `.safetensors` (recommended) or `.ckpt` (a torch zip holding only tensors and strings, `weights_only`-safe)."""
     import torch
 
-    from core.models.loader import LoadedModel, load_model
+    from core.models.loaded_model import LoadedModel
+    from core.models.loader import load_model
 
     out_path = Path(out_path)
     suffix = out_path.suffix.lower()

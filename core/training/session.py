@@ -62,7 +62,7 @@ class Session:
     threads: ThreadChoice
     device: torch.device
     precision: Precision
-    model: Any                   # core.models.loader.LoadedModel, frozen
+    model: Any                   # core.models.loaded_model.LoadedModel, frozen
     unet_dtype: torch.dtype
     scaler: torch.amp.GradScaler
     # the trained vectors
