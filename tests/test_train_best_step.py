@@ -78,7 +78,7 @@ def test_resume_keeps_the_best_step_and_an_old_run_resumes_with_its_old_loss_csv
     # Make it a run written before `holdout_loss` and `best_val_checkpoint` existed: 6-column loss.csv, no key.
     lines = (out / "loss.csv").read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS)
-    old_rows = [line.rsplit(",", 1)[0] for line in lines[1:]]
+    old_rows = [",".join(line.split(",")[:len(OLD_HEADER.split(","))]) for line in lines[1:]]
     (out / "loss.csv").write_text("\n".join([OLD_HEADER] + old_rows) + "\n")
     before = read_loss_csv(out / "loss.csv")
     assert [r["step"] for r in before] == [0, 1, 2, 3, 4] and all(r["holdout_loss"] is None for r in before)
