@@ -68,7 +68,7 @@ def test_dry_run_runs_every_part_and_reports_it(tmp_path):
     profile = (out / "gpu_profile.txt").read_text()
     assert parts["profile"]["status"] == "ok" and profile.startswith("floor: ")
     assert "===== ours: top ops by self_cpu_time_total =====" in profile and "aten::" in profile
-    assert "ours under cProfile" in profile and "_train_step" in profile
+    assert "ours under cProfile" in profile and "(train_step)" in profile  # core.training.update.train_step
 
 
 def test_time_budget_skips_parts_with_the_reason(tmp_path):
