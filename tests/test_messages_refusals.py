@@ -63,7 +63,7 @@ def test_toml_with_a_utf8_bom_is_read(tmp_path):
 
 
 def test_queue_job_files_with_a_bom_are_read(tmp_path):
-    from core.queue.jobs import read_toml
+    from core.queue.manifest import read_toml
 
     path = tmp_path / "job.toml"
     path.write_bytes(b"\xef\xbb\xbf" + 'output = "runs/x"\n'.encode())

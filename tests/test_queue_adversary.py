@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import TiwizError
 from core.queue import jobs as qjobs
-from core.queue import launch
+from core.queue import daemon, launch
 from core.queue import scheduler as sched
 from queue_helpers import cli
 from small_disk import small_disk  # noqa: F401 (fixture)
@@ -41,7 +41,7 @@ def test_on_finish_read_from_disk_never_runs(setup, tmp_path):
     pwned = tmp_path / "PWNED"
     (queue / sched.SCHEDULER).write_text(json.dumps({"state": "drained", "settings": {
         "gpus": None, "slots": 1, "ray": "", "retries": 0, "on_finish": f"touch {pwned}"}}))
-    assert launch.scheduler_settings(sched.read_scheduler(queue)["settings"])["on_finish"] == ""  # the wizard's `s`
+    assert daemon.scheduler_settings(sched.read_scheduler(queue)["settings"])["on_finish"] == ""  # the wizard's `s`
     out = cli("queue", "run", "--foreground", env=env)
     assert out.returncode == 1 and "broken: failed:" in out.stdout
     assert not pwned.exists()
@@ -253,7 +253,9 @@ def test_manifest_paths_are_relative_to_the_manifest(tmp_path):
     make_images(sub / "data", n=1)
     manifest = sub / "batch.toml"
     manifest.write_text('model = "model"\n[[job]]\nname = "cat"\ndata = "data"\noutput = "out/cat"\n')
-    entries = qjobs.manifest_entries(manifest)
+    from core.queue.manifest import manifest_entries
+
+    entries = manifest_entries(manifest)
     [job] = qjobs.add_jobs(tmp_path / "runs" / "queue", [(n, d, "m") for n, d in entries])
     config = job.load_config()
     assert (config.model, config.data, config.output) == (str(sub / "model"), str(sub / "data"), str(sub / "out/cat"))

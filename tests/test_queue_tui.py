@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import TiwizError
-from core.queue import launch
+from core.queue import daemon
 from core.queue import scheduler as sched
 from core.queue.jobs import add_jobs, list_jobs, load_job
 from core.runs import folder as runs
@@ -123,7 +123,7 @@ def scheduler_starts(queue: Path) -> int:
 def stop_scheduler(queue: Path) -> None:
     """Leave no process behind when a test fails half way."""
     if sched.scheduler_alive(queue):
-        launch.stop_queue(queue)
+        daemon.stop_queue(queue)
         deadline = time.monotonic() + 120
         while sched.scheduler_alive(queue) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -177,7 +177,7 @@ def test_queue_start_twice_at_paste_speed_starts_one_scheduler_and_stop_saves(tm
             assert scheduler_starts(queue) == 1
             # The core lock refuses a second scheduler whoever asks (here: the CLI's own start, at once).
             with pytest.raises(TiwizError, match="already running"):
-                await asyncio.to_thread(launch.start_detached, queue, {"retries": 0, "ray": "", "gpus": None,
+                await asyncio.to_thread(daemon.start_detached, queue, {"retries": 0, "ray": "", "gpus": None,
                                                                       "slots": 1, "on_finish": ""})
             assert "queue_stop" in footer_keys(app) and "queue_start" not in footer_keys(app)
             assert "Queue: running" in str(app.screen.query_one("#queue-label").content)

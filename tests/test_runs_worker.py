@@ -15,7 +15,7 @@ import pytest
 from core.runs import api as runapi
 
 from core.runs import folder as runs
-from core.runs.run_events import Checkpoint, Step
+from core.runs.run_events import Checkpoint, Exit, RunPhase, Step
 from core.runs.run_state import RunState
 from train_helpers import make_images, tiny_config
 
@@ -301,7 +301,7 @@ def test_write_errors_become_clear_messages(tmp_path):
         message = describe_failure(exc, tracker)
     assert message.startswith(f"Not a directory: {run}/state/latest.pt/inside (the last good checkpoint, step 40")
     assert runs.read_status(run)["last_checkpoint"] == 40
-    tracker.set(state="failed", reason=message, sync=True)
+    tracker.end(Exit(state=RunPhase.FAILED, step=40, reason=message))
     assert runs.read_status(run)["state"] == "failed"
     tracker.close()
 

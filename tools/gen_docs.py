@@ -265,17 +265,42 @@ def _member_comments(cls) -> dict[str, str]:
 
 
 def _layout_block() -> str:
-    from core.runs import folder
+    from core.runs import layout
 
-    doc = folder.__doc__ or ""
+    doc = layout.__doc__ or ""
     m = re.search(r"```\n(.*?)```", doc, re.S)
     return m.group(1).rstrip() if m else ""
+
+
+def _field_rows(rows) -> list[str]:
+    lines = ["| Field | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for f in rows:
+        if f["required"]:
+            default = "required"
+        elif f["name"] == "time":
+            default = "now"
+        elif f["default"] is None:
+            default = "(left out)"
+        else:
+            default = _code(f["default"] if not isinstance(f["default"], bool) else str(f["default"]).lower())
+        lines.append(f"| `{f['name']}` | {_cell(f['type'])} | {default} | {_cell(f['help'])} |")
+    return lines
+
+
+def _status_section() -> list[str]:
+    from core.runs.status import RunStatus, describe_status_fields
+
+    return ["", "## Status (`status.json`)", "", " ".join((RunStatus.__doc__ or "").split()) + " The same rules "
+            "as the events: fields whose value is null are left out, readers ignore unknown fields and accept the "
+            "older names (`error` for `reason`), and a field of the wrong type is ignored, not fatal. A reader "
+            "checks an active `state` against the worker lock and the pid: `tiwiz runs` shows a dead worker's run as "
+            "`killed`.", ""] + _field_rows(describe_status_fields())
 
 
 def render_run_folder() -> str:
     from core.runs.run_events import Command, RunPhase, describe_event_types
 
-    lines = [HEADER.format(source="`core/runs/folder.py` and `core/runs/run_events.py`"),
+    lines = [HEADER.format(source="`core/runs/layout.py`, `core/runs/status.py` and `core/runs/run_events.py`"),
              "# Run folder reference", "",
              "Every training (the detached worker, `--foreground`, the demo, a queued job) writes one run folder. It "
              "is the API between the worker and every front end: `tiwiz runs`, `tiwiz attach`, the wizard's monitor "
@@ -299,6 +324,7 @@ def render_run_folder() -> str:
     comments = _member_comments(Command)
     for command in Command:
         lines.append(f"| `commands/{command.value}` | {_cell(comments.get(command.value, ''))} |")
+    lines += _status_section()
     lines += ["", "## Events (`events.jsonl`)", "",
               "One JSON object a line, with `type` first. Fields whose value is null are left out. Readers accept "
               "the older names (`interrupted`/`stop` for `stopped`, `dtype` for `precision`, `bfloat16` for "
@@ -311,17 +337,7 @@ def render_run_folder() -> str:
         lines += [f"### {t['type']}", ""]
         if t["doc"]:
             lines += [" ".join(t["doc"].split()), ""]
-        lines += ["| Field | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
-        for f in t["fields"]:
-            if f["required"]:
-                default = "required"
-            elif f["name"] == "time":
-                default = "now"
-            elif f["default"] is None:
-                default = "(left out)"
-            else:
-                default = _code(f["default"] if not isinstance(f["default"], bool) else str(f["default"]).lower())
-            lines.append(f"| `{f['name']}` | {_cell(f['type'])} | {default} | {_cell(f['help'])} |")
+        lines += _field_rows(t["fields"])
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

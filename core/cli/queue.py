@@ -156,7 +156,8 @@ def cmd_list(args) -> int:
 
 # ---- add / remove / retry -----------------------------------------------------------------------------------------
 def cmd_add(args) -> int:
-    from core.queue.jobs import add_jobs, check_job_name, manifest_entries, parse_sets, read_toml
+    from core.queue.jobs import add_jobs, check_job_name
+    from core.queue.manifest import manifest_entries, parse_sets, read_toml
 
     if bool(args.config) == bool(args.manifest):
         raise TiwizError("queue add: give a CONFIG.toml or --manifest BATCH.toml (one of them)")
@@ -203,7 +204,7 @@ def cmd_retry(args) -> int:
 # ---- run / stop ---------------------------------------------------------------------------------------------------
 def run_settings(args, previous: dict) -> dict:
     """The flags given, else the previous run's settings, else the defaults (every GPU, else 1 CPU slot)."""
-    from core.queue.launch import scheduler_settings
+    from core.queue.daemon import scheduler_settings
 
     return scheduler_settings(previous, gpus=getattr(args, "gpus", None), slots=getattr(args, "slots", None),
                               ray=getattr(args, "ray", None), retries=args.retries, on_finish=args.on_finish)
@@ -218,7 +219,7 @@ def check_ray_installed() -> None:
 
 
 def cmd_run(args) -> int:
-    from core.queue import launch, scheduler
+    from core.queue import daemon, scheduler
 
     queue_dir = queue_dir_of(args).resolve()
     previous = scheduler.read_scheduler(queue_dir).get("settings") or {}
@@ -229,9 +230,9 @@ def cmd_run(args) -> int:
     if settings["ray"]:
         check_ray_installed()
     if args.foreground:
-        launch.check_startable(queue_dir)
-        return scheduler.main(launch.scheduler_argv(queue_dir, settings, uuid.uuid4().hex) + ["--foreground"])
-    sched, jobs = launch.start_detached(queue_dir, settings)
+        daemon.check_startable(queue_dir)
+        return scheduler.main(daemon.scheduler_argv(queue_dir, settings, uuid.uuid4().hex) + ["--foreground"])
+    sched, jobs = daemon.start_detached(queue_dir, settings)
     pending = sum(j.state in ("queued", "running", "stopped") for j in jobs)
     safe_print(f"scheduler running in the background (pid {sched.get('pid')}): {sched.get('backend')}, {pending} of "
           f"{len(jobs)} jobs to do. Watch: tiwiz queue   Stop: tiwiz queue stop   Log: "
@@ -241,7 +242,7 @@ def cmd_run(args) -> int:
 
 def cmd_stop(args) -> int:
     from core.queue import scheduler
-    from core.queue.launch import stop_queue
+    from core.queue.daemon import stop_queue
 
     queue_dir = queue_dir_of(args)
     stopped = stop_queue(queue_dir)

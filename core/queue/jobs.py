@@ -12,8 +12,8 @@ runs/queue/
   .lock             flock held while jobs are added (names are picked under it)
 ```
 
-A job file without a state file (written by hand) is a queued job. Job states: queued, running, finished, failed,
-stopped. The run folder is an ordinary run: `tiwiz attach`, `runs`, `stop` and `resume` work on it.
+A job file without a state file (written by hand) is a queued job; a job's states are `core.queue.outcome.JobState`.
+The run folder is an ordinary run: `tiwiz attach`, `runs`, `stop` and `resume` work on it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from core.atomic import atomic_create_text, atomic_write_json, open_own_file
 from core.errors import TiwizError
+from core.queue.outcome import JobState
 from core.runs import folder as runs
 
 try:
@@ -38,8 +39,6 @@ except ModuleNotFoundError:  # Python 3.10
 QUEUE = "queue"
 STATE_SUFFIX = ".state.json"
 LOCK = ".lock"  # held while jobs are added (queue_lock)
-JOB_STATES = ("queued", "running", "finished", "failed", "stopped")
-FINAL_JOB_STATES = ("finished", "failed", "stopped")
 RESERVED = {runs.CONFIG[: -len(".toml")]}  # a job file `config.toml` would make the queue folder look like a run
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -83,7 +82,7 @@ def check_job_output(out: Path, queue_dir: Path, where: str) -> None:
 class Job:
     queue_dir: Path
     name: str
-    state: str = "queued"
+    state: JobState = JobState.QUEUED
     attempts: int = 0
     run_dir: str = ""
     gpu: str | None = None
@@ -114,13 +113,14 @@ class Job:
         return TrainConfig.from_toml(self.config_path)
 
     def to_state(self) -> dict:
-        return {"state": self.state, "attempts": self.attempts, "run_dir": self.run_dir, "gpu": self.gpu,
+        return {"state": self.state.value, "attempts": self.attempts, "run_dir": self.run_dir, "gpu": self.gpu,
                 "reason": self.reason, "added": self.added, "updated": self.updated, "lives": self.lives,
                 "ray_actor": self.ray_actor}
 
     def save(self, **changes) -> "Job":
         for key, value in changes.items():
             setattr(self, key, value)
+        self.state = JobState(self.state)  # a word given by a caller is checked here
         self.updated = round(time.time(), 3)
         atomic_write_json(self.state_path, self.to_state(), in_place_when_full=True)  # a full disk: still recorded
         return self
@@ -159,7 +159,7 @@ def load_job(queue_dir: Path, name: str) -> Job:
     except (OSError, ValueError) as exc:
         data = {}
         job.problems.append(f"{job.state_path}: unreadable ({exc}); treated as queued")
-    for key in ("state", "reason", "run_dir", "ray_actor"):
+    for key in ("reason", "run_dir", "ray_actor"):
         if isinstance(data.get(key), str):
             setattr(job, key, data[key])
     for key in ("added", "updated"):
@@ -171,9 +171,10 @@ def load_job(queue_dir: Path, name: str) -> Job:
         job.gpu = data.get("gpu")
     if isinstance(data.get("lives"), list):
         job.lives = [life for life in data["lives"] if isinstance(life, dict)]
-    if job.state not in JOB_STATES:
-        job.problems.append(f"{job.state_path}: unknown state {job.state!r}; treated as queued")
-        job.state = "queued"
+    state = JobState.parse(data.get("state", JobState.QUEUED))
+    if state is None:
+        job.problems.append(f"{job.state_path}: unknown state {data.get('state')!r}; treated as queued")
+    job.state = state or JobState.QUEUED
     if not job.launched:  # `output` may be edited until the job first starts; then its run folder stays
         job.run_dir = _run_dir_of(job.config_path) or job.run_dir
     elif not job.run_dir:
@@ -246,76 +247,6 @@ def find_job(queue_dir: str | os.PathLike, name: str) -> Job:
 
 
 # ---- adding -------------------------------------------------------------------------------------------------------
-def parse_sets(pairs: list[str] | None) -> dict:
-    """`--set key=value` pairs as a dict (values are coerced and checked by TrainConfig)."""
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise TiwizError(f"--set {pair!r}: expected key=value, e.g. --set steps=2000")
-        out[key] = value
-    return out
-
-
-def read_toml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    from core.training.config import load_toml
-
-    try:
-        return load_toml(path)  # a UTF-8 BOM (Notepad) is fine
-    except UnicodeDecodeError:
-        raise TiwizError(f"{path}: not a UTF-8 text file") from None
-    except FileNotFoundError:
-        raise TiwizError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise TiwizError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TiwizError(f"{path}: not valid TOML: {exc}") from None
-
-
-def manifest_entries(path: str | os.PathLike) -> list[tuple[str | None, dict]]:
-    """A manifest: base settings (top-level keys, or a [base] / [train] table) and a [[job]] list, each entry with
-    `name` and any override (data, init_text, steps, ...). Returns (job name or None, full config dict) per job."""
-    path = Path(path)
-    data = read_toml(path)
-    jobs = data.pop("job", None)
-    if not isinstance(jobs, list) or not jobs or not all(isinstance(j, dict) for j in jobs):
-        raise TiwizError(f"{path}: a manifest needs a [[job]] list (each with name, data, init_text and overrides)")
-    base = {}
-    for table in ("base", "train"):
-        if isinstance(data.get(table), dict):
-            base.update(data.pop(table))
-    base.update(data)
-    entries = []
-    for i, job in enumerate(jobs, 1):
-        merged = _relative_to(path.parent.resolve(), {**base, **job})
-        entries.append((merged.get("name") or None, merged))
-        if not merged.get("name"):
-            raise TiwizError(f"{path}: job {i}: name: required (the embedding name)")
-    return entries
-
-
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-
-
-def _relative_to(folder: Path, settings: dict) -> dict:
-    """A manifest's relative paths are its own folder's, not the folder `queue add` runs in (a model given as a
-    Hugging Face id, `org/name`, stays one unless the folder has it)."""
-    out = dict(settings)
-    for key in ("model", "data", "init_from", "output", "template"):
-        value = out.get(key)
-        if not isinstance(value, str) or not value or value.startswith("~") or os.path.isabs(value):
-            continue
-        candidate = folder / value
-        if key == "template" and not candidate.exists():
-            continue  # a built-in template's name
-        if key == "model" and _HUB_ID.fullmatch(value) and not candidate.exists():
-            continue
-        out[key] = str(candidate)
-    return out
-
-
 def prepare_config(data: dict, where: str):
     """Validate a job's settings as `tiwiz train` would, with absolute paths. TiwizError names `where` and the field."""
     from core.runs.api import _absolutize, check_output_place
@@ -380,7 +311,7 @@ def _name_jobs(queue_dir: Path, root: Path, configs: list) -> list:
         if config.output:
             out = Path(config.output).expanduser().resolve()
             check_job_output(out, queue_dir, where)
-            if not config.overwrite and any((out / m).exists() for m in (runs.STATE, runs.EVENTS)):
+            if not config.overwrite and runs.holds_run(out):
                 raise TiwizError(f"{where}: output: {out} already holds a training run; choose another folder, "
                                  "or set overwrite = true to start over in it")
             if str(out) in run_dirs or any(str(out) == p[1].output for p in prepared):
@@ -427,7 +358,7 @@ def _unique(name: str, taken: set[str], root: Path | None) -> str:
 
 # ---- changing -----------------------------------------------------------------------------------------------------
 def remove_job(job: Job) -> None:
-    if job.state == "running":
+    if job.state == JobState.RUNNING:
         info = runs.inspect_run(job.run_dir) if job.run_dir else None
         if info is not None and info.alive:
             raise TiwizError(f"job {job.name} is running ({job.run_dir}); stop it first with `tiwiz stop "
@@ -441,9 +372,9 @@ def remove_job(job: Job) -> None:
 
 def retry_job(job: Job) -> Job:
     """Queue a failed or stopped job again with a fresh retry budget; its run resumes from its last checkpoint."""
-    if job.state in ("queued", "running"):
+    if not job.state.final:
         raise TiwizError(f"job {job.name} is {job.state}; only failed, stopped or finished jobs can be retried")
-    if job.state == "finished":
+    if job.state == JobState.FINISHED:
         raise TiwizError(f"job {job.name} already finished; `tiwiz resume {job.run_dir} --steps N` trains further")
-    return job.save(state="queued", reason="retry requested" + (f" after: {job.reason}" if job.reason else ""),
+    return job.save(state=JobState.QUEUED, reason="retry requested" + (f" after: {job.reason}" if job.reason else ""),
                     attempts=0, gpu=None, lives=job.lives + [{"event": "retry requested", "time": round(time.time(), 3)}])

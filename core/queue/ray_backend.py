@@ -11,6 +11,7 @@ detached, so a restarted submitter finds them by name (`ray.get_actor`) instead 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -23,6 +24,8 @@ from pathlib import Path
 from core.errors import TiwizError
 from core.queue import launch as launcher
 from core.queue.jobs import Job, list_jobs, load_job
+from core.queue.outcome import How, Launched, Outcome
+from core.runs.vocab import RunPhase
 
 NAMESPACE = "tiwiz"
 INSTALL_HINT = "pip install 'tiwiz[ray]' (on every node)"
@@ -40,18 +43,16 @@ def import_ray():
 class JobActor:
     """Runs on a Ray node: starts (or adopts) one life of a job's worker, then waits for it to end."""
 
-    def start(self, queue_dir: str, job_name: str, first: bool) -> dict:
+    def start(self, queue_dir: str, job_name: str, first: bool) -> Launched:
         job = load_job(Path(queue_dir), job_name)
         result = launcher.launch(job, gpu=None, first=first)  # Ray already set CUDA_VISIBLE_DEVICES for this actor
-        result.update(host=socket.gethostname(), gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
-        return result
+        return dataclasses.replace(result, host=socket.gethostname(), gpu=os.environ.get("CUDA_VISIBLE_DEVICES"))
 
-    def wait(self, run_dir: str, poll_s: float = 0.5) -> dict:
+    def wait(self, run_dir: str, poll_s: float = 0.5) -> Outcome:
         while True:
             out = launcher.outcome(run_dir)
             if out is not None:
-                out["host"] = socket.gethostname()
-                return out
+                return dataclasses.replace(out, host=socket.gethostname())
             time.sleep(poll_s)
 
 
@@ -149,7 +150,7 @@ class RayBackend:
     def actor_name(self, job: Job) -> str:
         return f"tiwiz-{self.qid}-{job.name}-{job.attempts}"
 
-    def launch(self, job: Job, slot, first: bool) -> dict:
+    def launch(self, job: Job, slot, first: bool) -> Launched:
         name = self.actor_name(job)
         job.save(ray_actor=name)  # before the actor exists: a restarted submitter looks it up by this name
         actor = self.actor_class.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
@@ -157,7 +158,7 @@ class RayBackend:
         start = actor.start.remote(str(self.queue_dir), job.name, first)
         wait = actor.wait.remote(job.run_dir)
         self.refs[job.name] = {"actor": actor, "start": start, "wait": wait}
-        return {"how": "submitted", "pid": None}
+        return Launched(How.SUBMITTED)
 
     def _track(self, job: Job) -> dict | None:
         """The refs of a job's actor; after a submitter restart, the detached actor found by its name."""
@@ -174,7 +175,7 @@ class RayBackend:
             refs = self.refs[job.name] = {"actor": actor, "start": start, "wait": actor.wait.remote(job.run_dir)}
         return refs
 
-    def poll(self, job: Job) -> dict | None:
+    def poll(self, job: Job) -> Outcome | None:
         refs = self._track(job)
         if refs is None:  # no actor (it died with its node, or the cluster restarted): the run folder tells
             return launcher.outcome(job.run_dir)
@@ -185,19 +186,19 @@ class RayBackend:
                 try:
                     started = ray.get(refs["start"])
                 except Exception as exc:  # noqa: BLE001 - the job could not start on that node
-                    return _failed(_ray_message(exc))
+                    return Outcome.failed(_ray_message(exc))
                 refs["start"] = None
-                if started.get("gpu"):
-                    job.save(gpu=f"{started['host']}:{started['gpu']}")
-                elif started.get("host"):
-                    job.save(gpu=started["host"])
+                if started.gpu:
+                    job.save(gpu=f"{started.host}:{started.gpu}")
+                elif started.host:
+                    job.save(gpu=started.host)
         ready, _ = ray.wait([refs["wait"]], timeout=0)
         if not ready:
             return None
         try:
             return ray.get(refs["wait"])
         except Exception as exc:  # noqa: BLE001 - the actor died (its node went away)
-            return {**_failed(f"its Ray actor died ({_ray_message(exc)})"), "state": "killed"}
+            return Outcome.failed(f"its Ray actor died ({_ray_message(exc)})", state=RunPhase.KILLED)
 
     def cancel(self, job: Job) -> bool:
         """Withdraw a job whose actor has not started its worker yet (on `queue stop`)."""
@@ -244,11 +245,6 @@ def _started_this_life(job: Job) -> bool:
     except TiwizError:
         return False
     return float(status.get("updated") or 0) >= launched
-
-
-def _failed(message: str) -> dict:
-    return {"state": "failed", "reason": message, "step": 0, "last_checkpoint": None, "max_steps": 0,
-            "description": f"failed: {message}"}
 
 
 def _ray_message(exc: BaseException) -> str:

@@ -28,7 +28,9 @@ from core.atomic import atomic_write_json, open_own_file, open_own_text
 from core.errors import TiwizError
 from core.queue import launch as launcher
 from core.queue.jobs import Job, JobCache
+from core.queue.outcome import How, JobState, Launched, Outcome
 from core.runs import folder as runs
+from core.runs.vocab import RunPhase
 
 SCHEDULER = "scheduler.json"
 SCHEDULER_LOCK = "scheduler.lock"
@@ -120,10 +122,10 @@ class LocalBackend:
             return free[: max(0, self.slots - len(running))]
         return [None] * max(0, self.slots - len(running))
 
-    def launch(self, job: Job, slot, first: bool) -> dict:
+    def launch(self, job: Job, slot, first: bool) -> Launched:
         return launcher.launch(job, gpu=slot, first=first)
 
-    def poll(self, job: Job) -> dict | None:
+    def poll(self, job: Job) -> Outcome | None:
         return launcher.outcome(job.run_dir)
 
     def cancel(self, job: Job) -> bool:
@@ -183,8 +185,8 @@ class Scheduler:
         self.log(f"scheduler pid {os.getpid()} started: {self.backend.describe()}, retries {self.retries}")
         self._poll_running()
         for job in self.jobs.list():  # pick up: stopped jobs continue from their checkpoints
-            if job.state == "stopped":  # a graceful stop is no failure: a fresh retry budget
-                job.save(state="queued", attempts=0,
+            if job.state == JobState.STOPPED:  # a graceful stop is no failure: a fresh retry budget
+                job.save(state=JobState.QUEUED, attempts=0,
                          reason=f"continuing after: {job.reason}" if job.reason else "")
         while True:
             try:
@@ -206,7 +208,7 @@ class Scheduler:
         running = self._poll_running()
         if self.stopping:
             return self._stop_tick(running)
-        queued = [job for job in self.jobs.list() if job.state == "queued"]
+        queued = [job for job in self.jobs.list() if job.state == JobState.QUEUED]
         for slot, job in zip(self.backend.free_slots(running), queued):
             self._start(job, slot)
             running.append(job)
@@ -219,7 +221,7 @@ class Scheduler:
             if job.name in self.stop_sent:
                 continue
             if self.backend.cancel(job):  # submitted to Ray, not started yet: withdrawn
-                job.save(state="queued", reason="withdrawn by `tiwiz queue stop` before it started")
+                job.save(state=JobState.QUEUED, reason="withdrawn by `tiwiz queue stop` before it started")
                 running.remove(job)
             elif job.run_dir:
                 try:
@@ -248,13 +250,12 @@ class Scheduler:
     def _poll_running(self) -> list[Job]:
         running = []
         for job in self.jobs.list():
-            if job.state != "running":
+            if job.state != JobState.RUNNING:
                 continue
             try:
                 out = self.backend.poll(job)
             except Exception as exc:  # noqa: BLE001 - a broken run folder must not stop the queue
-                out = {"state": "failed", "reason": str(exc), "step": 0, "last_checkpoint": None,
-                       "description": f"unreadable: {exc}"}
+                out = Outcome.failed(str(exc), f"unreadable: {exc}")
             if out is None:
                 running.append(job)
             else:
@@ -267,61 +268,60 @@ class Scheduler:
         try:
             job.load_config()
         except TiwizError as exc:  # retrying cannot fix a bad job file: it fails alone, at once
-            job.save(state="failed", reason=str(exc), gpu=None)
+            job.save(state=JobState.FAILED, reason=str(exc), gpu=None)
             self.log(f"{job.name}: failed: {exc}")
             return
         attempt, first = job.attempts + 1, not job.launched
         life = {"event": "launch", "attempt": attempt, "gpu": slot, "time": round(time.time(), 3),
                 "host": socket.gethostname()}
-        job.save(state="running", attempts=attempt, gpu=slot, reason="", lives=job.lives + [life])
+        job.save(state=JobState.RUNNING, attempts=attempt, gpu=slot, reason="", lives=job.lives + [life])
         try:
             result = self.backend.launch(job, slot, first)
         except Exception as exc:  # noqa: BLE001 - one job's failure never stops the others
             message = str(exc) if isinstance(exc, TiwizError) else f"{type(exc).__name__}: {exc}"
             info = runs.inspect_run(job.run_dir) if job.run_dir and runs.is_run_dir(Path(job.run_dir)) else None
-            self._ended(job, {"state": "failed", "reason": message, "step": info.step if info else 0,
-                              "last_checkpoint": info.last_checkpoint if info else None,  # still there to resume
-                              "description": f"could not start: {message}"})
+            self._ended(job, Outcome.failed(message, f"could not start: {message}", info.step if info else 0,
+                                            info.last_checkpoint if info else None))  # still there to resume
             return
-        life.update(how=result.get("how"), pid=result.get("pid"))
+        life.update(how=result.how.value, pid=result.pid)
         job.save(lives=job.lives)
         where = f"GPU {slot}" if slot not in (None, "ray") else self.backend.name
-        self.log(f"{job.name}: {result.get('how')} (attempt {attempt}) on {where} in {job.run_dir}")
-        if result.get("how") == "finished":
-            self._ended(job, {"state": "finished", "reason": "", "description": "finished"})
+        self.log(f"{job.name}: {result.how} (attempt {attempt}) on {where} in {job.run_dir}")
+        if result.how == How.FINISHED:
+            self._ended(job, Outcome(state=RunPhase.FINISHED, description="finished"))
 
-    def _ended(self, job: Job, out: dict) -> None:
+    def _ended(self, job: Job, out: Outcome) -> None:
         self.backend.done(job)
-        state = out.get("state")
-        if state == "finished":
-            job.save(state="finished", reason="")
+        if out.state == RunPhase.FINISHED:
+            job.save(state=JobState.FINISHED, reason="")
             self.log(f"{job.name}: finished")
             return
-        description = out.get("description") or state or "ended"
-        if state == "stopped":  # stopped on request or by a signal, after saving
-            job.save(state="stopped", reason=description)
+        description = out.description or out.state.value
+        if out.state == RunPhase.STOPPED:  # stopped on request or by a signal, after saving
+            job.save(state=JobState.STOPPED, reason=description)
             self.log(f"{job.name}: {description}")
             return
         if self.stopping:
-            job.save(state="queued", reason=f"{description}; continues at the next `tiwiz queue run`")
+            job.save(state=JobState.QUEUED, reason=f"{description}; continues at the next `tiwiz queue run`")
             self.log(f"{job.name}: {description} while stopping")
             return
-        ckpt = out.get("last_checkpoint")
         if job.attempts <= self.retries:
+            ckpt = out.last_checkpoint
             where = f"its checkpoint at step {ckpt}" if ckpt else "the start (no checkpoint yet)"
-            job.save(state="queued", reason=f"attempt {job.attempts} {description}; retrying from {where}")
+            job.save(state=JobState.QUEUED, reason=f"attempt {job.attempts} {description}; retrying from {where}")
             self.log(f"{job.name}: attempt {job.attempts} {description}; retrying from {where}")
         else:
-            job.save(state="failed", reason=f"{description} (gave up after {job.attempts} attempt"
-                                            f"{'s' * (job.attempts != 1)})")
+            job.save(state=JobState.FAILED, reason=f"{description} (gave up after {job.attempts} attempt"
+                                                   f"{'s' * (job.attempts != 1)})")
             self.log(f"{job.name}: failed: {job.reason}")
 
     def _drained(self) -> int:
         jobs = self.jobs.list()
         summary = {
-            "done": sum(j.state == "finished" for j in jobs), "failed": sum(j.state == "failed" for j in jobs),
-            "stopped": sum(j.state == "stopped" for j in jobs), "total": len(jobs),
-            "failed_jobs": [j.name for j in jobs if j.state == "failed"],
+            "done": sum(j.state == JobState.FINISHED for j in jobs),
+            "failed": sum(j.state == JobState.FAILED for j in jobs),
+            "stopped": sum(j.state == JobState.STOPPED for j in jobs), "total": len(jobs),
+            "failed_jobs": [j.name for j in jobs if j.state == JobState.FAILED],
         }
         self.log(f"queue drained: {summary['done']} finished, {summary['failed']} failed, {summary['stopped']} "
                  f"stopped, {summary['total']} in all")

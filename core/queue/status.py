@@ -36,7 +36,7 @@ class JobRow:
 def job_row(job: Job, retries: int | None = None) -> JobRow:
     step = max_steps = 0
     eta = None
-    state = job.state
+    state = job.state.value
     started = bool(job.run_dir) and runs.is_run_dir(Path(job.run_dir))
     if started:
         info = runs.inspect_run(job.run_dir)

@@ -6,6 +6,7 @@ viewer can die at any moment without touching the training.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from core.errors import TiwizError
 from core.runs.folder import RunInfo, inspect_run, list_runs, send_command  # noqa: F401 - re-exported for the TUI
 from core.runs.run_events import RunPhase
 from core.runs.run_state import RunState  # noqa: F401 - re-exported for the TUI
+from core.runs.status import RunStatus
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _PATH_FIELDS = ("model", "data", "init_from")
@@ -57,21 +59,19 @@ def new_run_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def holds_run(run_dir: Path) -> str | None:
-    for marker in (runs.STATE, "loss.csv", runs.EVENTS):
-        if (run_dir / marker).exists() and (run_dir / marker).stat().st_size > 0:
-            return marker
-    return None
+class AlreadyFinished(TiwizError):
+    """`resume_run` of a run that finished all its steps (a later life has nothing to do)."""
 
 
 def start_run(config, root: str | os.PathLike | None = None, name: str | None = None,
-              spawned: list | None = None) -> Path:
+              spawned: list | None = None, env: dict[str, str] | None = None) -> Path:
     """Create the run folder (config.output, or ROOT/NAME-YYYYmmdd-HHMMSS), write config.toml and spawn the worker.
     Returns the run folder. Raises TiwizError for a bad config or a folder that already holds a run. The worker's
-    pid is appended to `spawned` when given (to tell it from another worker that won the folder's lock)."""
+    pid is appended to `spawned` when given (to tell it from another worker that won the folder's lock). `env`: set
+    in the worker's environment (e.g. the queue's CUDA_VISIBLE_DEVICES); this process's stays as it is."""
     config = prepare_run(config, root, name)
     run_dir = Path(config.output)
-    pid = _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
+    pid = _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps, env_extra=env)
     if spawned is not None:
         spawned.append(pid)
     return run_dir
@@ -96,7 +96,7 @@ def prepare_run(config, root: str | os.PathLike | None = None, name: str | None 
         who = f" (pid {info.pid})" if info.pid else ""
         raise TiwizError(f"{run_dir}: a worker is already training there{who}; "
                          f"`tiwiz attach {run_dir}` to watch it")
-    marker = holds_run(run_dir) if run_dir.exists() else None
+    marker = runs.holds_run(run_dir) if run_dir.exists() else None
     if marker and not config.overwrite:
         raise TiwizError(f"{run_dir} already holds a training run ({marker}); `tiwiz resume {run_dir}` continues "
                          "it, or choose another output folder, or pass --overwrite to start over in it")
@@ -154,10 +154,13 @@ def restarts_from_zero(run_dir: str | os.PathLike) -> bool:
     return not (run_dir / runs.STATE).is_file() and (run_dir / runs.CONFIG).is_file()
 
 
-def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_change: bool = False) -> Path:
+def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_change: bool = False,
+               env: dict[str, str] | None = None) -> Path:
     """Continue a stopped, killed, failed or finished run from state/latest.pt; `steps` raises the step count.
     A run stopped before its first checkpoint starts again from step 0 with the same config (`restarts_from_zero`).
-    `allow_data_change` lets it continue on a data folder that changed since the checkpoint."""
+    `allow_data_change` lets it continue on a data folder that changed since the checkpoint; `env` as for
+    `start_run`. AlreadyFinished (a TiwizError) when the run finished all its steps."""
+    env = {**(env or {}), **({"TIWIZ_ALLOW_DATA_CHANGE": "1"} if allow_data_change else {})}
     from core.training.config import TrainConfig
 
     run_dir = Path(run_dir).resolve()
@@ -174,7 +177,7 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_
             config.steps = int(steps)
             config.to_toml(run_dir / runs.CONFIG)
         remove_own_file(run_dir / runs.LOSS)  # rows of the lost steps; the restart writes its own
-        _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps)
+        _spawn(run_dir, resume=False, name=config.name, max_steps=config.steps, env_extra=env)
         return run_dir
     config = TrainConfig.from_toml(run_dir / runs.CONFIG)
     check_model_files(config.model)
@@ -187,10 +190,9 @@ def resume_run(run_dir: str | os.PathLike, steps: int | None = None, allow_data_
     elif (info.state == "finished" and saved >= (info.max_steps or config.steps)) or _final_files_done(run_dir, config):
         done = max(saved, config.steps)
         _settle_finished(run_dir, info, done)
-        raise TiwizError(f"{run_dir.name} finished all {done} steps; `tiwiz resume {run_dir} --steps "
-                         f"{done + 1000}` trains further")
-    _spawn(run_dir, resume=True, name=config.name, max_steps=config.steps,
-           previous=info, env_extra={"TIWIZ_ALLOW_DATA_CHANGE": "1"} if allow_data_change else None)
+        raise AlreadyFinished(f"{run_dir.name} finished all {done} steps; `tiwiz resume {run_dir} --steps "
+                              f"{done + 1000}` trains further")
+    _spawn(run_dir, resume=True, name=config.name, max_steps=config.steps, previous=info, env_extra=env)
     return run_dir
 
 
@@ -202,11 +204,12 @@ def _settle_finished(run_dir: Path, info, done: int) -> None:
     remove_stale_temps(run_dir, ("embeddings", "previews", "state"))
     if info.state != "finished":
         try:
-            status = runs.read_status(run_dir) or {}
+            found = runs.read_run_status(run_dir)
         except TiwizError:  # a status.json torn by the kill: the events and final files say what it should hold
-            status = {}
-        status.update(state="finished", pid=None, step=done, reason="finished (status repaired after a kill)")
-        runs.write_status(run_dir, status)
+            found = None
+        status = found[0] if found else RunStatus(name=info.name, max_steps=info.max_steps)
+        runs.write_status(run_dir, dataclasses.replace(status, state=RunPhase.FINISHED, pid=None, step=done,
+                                                       reason="finished (status repaired after a kill)"))
 
 
 def _final_files_done(run_dir: Path, config) -> bool:
@@ -226,11 +229,10 @@ def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: Run
            env_extra: dict | None = None) -> int:
     runs.check_no_links(run_dir)  # nothing below may write or delete through a link
     runs.clear_commands(run_dir)  # a `stop` an earlier life never read must not stop the new one
-    runs.write_status(run_dir, {
-        "pid": None, "state": RunPhase.STARTING.value, "name": name, "step": previous.step if previous else 0,
-        "max_steps": max_steps, "last_checkpoint": previous.last_checkpoint if previous else None,
-        "last_loss": previous.last_loss if previous else None, "resumed": resume, "reason": "",
-    })
+    runs.write_status(run_dir, RunStatus(
+        state=RunPhase.STARTING, name=name, step=previous.step if previous else 0, max_steps=max_steps,
+        last_checkpoint=previous.last_checkpoint if previous else None,
+        last_loss=previous.last_loss if previous else None, resumed=resume))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -242,9 +244,9 @@ def _spawn(run_dir: Path, resume: bool, name: str, max_steps: int, previous: Run
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
     try:  # record the pid unless the worker already wrote its own status (same pid: -m runs in this process)
-        status = runs.read_status(run_dir) or {}
-        if status.get("state") == RunPhase.STARTING.value and status.get("pid") is None:
-            runs.write_status(run_dir, {**status, "pid": proc.pid})
+        found = runs.read_run_status(run_dir)
+        if found and found[0].state == RunPhase.STARTING and found[0].pid is None:
+            runs.write_status(run_dir, dataclasses.replace(found[0], pid=proc.pid))
     except (TiwizError, OSError):
         pass
     # Reap it when it ends so a long-lived UI collects no zombies; the worker never depends on this process.

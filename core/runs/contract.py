@@ -50,7 +50,11 @@ def record_json(record, out: dict | None = None) -> dict:
 
 
 class Bad(Exception):
-    """A field is missing or of the wrong type (the message says which)."""
+    """A field is missing or of the wrong type (the message says which; `field` names it)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class FieldSpec(typing.NamedTuple):
@@ -128,13 +132,13 @@ def type_word(spec: FieldSpec) -> str:
 
 def _slow_field(spec: FieldSpec, value: Any, fix: Callable | None) -> Any:
     if value is _ABSENT:
-        raise Bad(f"it has no {spec.name!r}")
+        raise Bad(f"it has no {spec.name!r}", spec.name)
     if fix is not None and value is not None:
         value = fix(value)
     try:
         return coerce(spec, value)
     except TypeError as exc:
-        raise Bad(f"{spec.name!r} is {exc}, not {type_word(spec)}") from None
+        raise Bad(f"{spec.name!r} is {exc}, not {type_word(spec)}", spec.name) from None
 
 
 _ABSENT = object()

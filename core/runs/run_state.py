@@ -312,6 +312,13 @@ class RunState:
                 self.error = e.reason
 
     # ---- liveness and derived figures --------------------------------------------------------------------------
+    def worker_started(self, step: int) -> None:
+        """A worker began a life of the run at `step` (0, or the checkpoint a resume continues from); it is running
+        while it loads the model, before its `started` event."""
+        self.phase, self.error, self.reason, self.step = RunPhase.RUNNING, "", "", step
+        self.rendering_preview = None
+        self.version += 1
+
     def resume_requested(self) -> None:
         """A new life of the run was asked for (a resume spawned its worker): starting until its `started` event
         arrives, so a viewer never shows the old life's end meanwhile; a silent death then shows as killed."""

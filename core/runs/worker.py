@@ -24,43 +24,53 @@ from core.atomic import open_own_text, open_own_file, remove_own_file
 from core.runs import folder as runs
 from core.runs import run_events as ev
 from core.runs.run_events import Command, EndReason, RunPhase
+from core.runs.status import RunStatus
 from core.errors import TiwizError
 
 STATUS_EVERY_S = 1.0
 
 
 class StatusTracker:
-    """status.json kept in step with the events: queued at once on state changes and checkpoints, at most every
-    STATUS_EVERY_S for plain steps. A background thread does the writing, because an atomic write's fsync takes
-    10-30 ms, which once a second would cost a small model's training loop 1-3%; final states are written
-    synchronously."""
+    """status.json kept in step with the events: every event the worker writes is folded by the one reducer (`run`, a
+    `RunState` seeded with the run's log so far, so a resumed life knows its checkpoints and best step), and the
+    status is that state as a `RunStatus` plus who writes it. Written at once on a change of state and at checkpoints,
+    at most every STATUS_EVERY_S for plain steps, by a background thread (an atomic write's fsync takes 10-30 ms,
+    which once a second would cost a small model's training loop 1-3%); the end is written synchronously.
+
+    While the worker lives the status says running (or stopping): the run is over for viewers only once `end()` wrote
+    the final state, after the log's last word."""
 
     def __init__(self, run_dir: Path, resume: bool, foreground: bool = False) -> None:
+        from core.runs.run_state import RunState
+
         self.run_dir = run_dir
         try:  # the spawner's "starting" status (or the previous life's, on resume)
-            previous = runs.read_status(run_dir) or {}
+            previous = runs.read_run_status(run_dir)
         except TiwizError:
-            previous = {}
-        self.status = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "state": RunPhase.RUNNING.value,
-            "name": previous.get("name") or run_dir.name,
-            "step": int(previous.get("last_checkpoint") or 0) if resume else 0,
-            "max_steps": previous.get("max_steps") or 0,
-            "last_checkpoint": previous.get("last_checkpoint") if resume else None,
-            "last_loss": previous.get("last_loss") if resume else None,
-            "started": round(time.time(), 3),
-            "resumed": resume,
-            "reason": "",
-        }
-        if foreground:  # `tiwiz train --foreground`: the CLI process trains and holds the lock
-            self.status["foreground"] = True
+            previous = None
+        previous = previous[0] if previous else RunStatus()
+        try:
+            self.run = RunState.fold(runs.read_events(run_dir)[0])
+        except OSError:
+            self.run = RunState()
+        self.run.name = self.run.name or previous.name or run_dir.name
+        self.run.max_steps = self.run.max_steps or previous.max_steps
+        self.run.worker_started(step=(self.run.last_checkpoint or 0) if resume else 0)
+        self.meta = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3),
+                     "resumed": resume, "foreground": True if foreground else None}  # foreground: the CLI trains
+        self.ended = False
         self._last_write = 0.0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # put() is safe from a signal handler
-        self._write_file(dict(self.status))
+        self._write_file(self.status.to_json())
         self._thread = threading.Thread(target=self._writer, name="status-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def status(self) -> RunStatus:
+        status = RunStatus.from_state(self.run, **self.meta)
+        if not self.ended and not status.state.active:  # the log's last word is not written yet
+            status.state = RunPhase.RUNNING
+        return status
 
     def _write_file(self, snapshot: dict) -> None:
         try:
@@ -84,7 +94,7 @@ class StatusTracker:
 
     def write(self) -> None:
         """Queue the current status for writing."""
-        self._queue.put(dict(self.status))
+        self._queue.put(self.status.to_json())
         self._last_write = time.monotonic()
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -93,48 +103,37 @@ class StatusTracker:
         self._queue.put(done)
         done.wait(timeout)
 
-    def set(self, sync: bool = False, **fields) -> None:
-        self.status.update(fields)
-        self.write()
-        if sync:
-            self.flush()
-
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(30)
 
+    def stopping(self, reason: str) -> None:
+        """A stop was asked for (a signal, commands/stop): say so at once, as the `stopping` event would."""
+        if self.run.phase == RunPhase.RUNNING:
+            self.run.apply(ev.Stopping(step=self.run.step, reason=reason))
+            self.write()
+
+    def end(self, exit_event: ev.Exit) -> None:
+        """The worker's last word (also when it could not be written to the log): the final state, on disk now."""
+        self.run.apply(exit_event)  # again when the log has it: the fold of an `exit` is the same twice
+        self.ended = True
+        self.write()
+        self.flush()
+
     def on_event(self, event: ev.RunEvent) -> None:
+        self.run.apply(event)
         if isinstance(event, ev.Step):
-            self.status.update(step=event.step, last_loss=event.loss,
-                               max_steps=event.max_steps or self.status["max_steps"])
             if time.monotonic() - self._last_write >= STATUS_EVERY_S:
                 self.write()
             return
-        if isinstance(event, ev.Started):
-            self.status.update(step=event.step, max_steps=event.max_steps, name=event.name or self.status["name"])
-        elif isinstance(event, ev.Checkpoint):
-            self.status.update(step=event.step, last_checkpoint=event.step)
-        elif isinstance(event, (ev.Finished, ev.Stopped)):
-            self.status.update(step=event.step)
-            if event.best_step is not None:
-                self.status.update(best_step=event.best_step, best_checkpoint=event.best_checkpoint or "",
-                                   best_basis=event.best_basis or "")
-            if isinstance(event, ev.Finished) and event.message:  # why it ended early (auto-stop)
-                self.status["reason"] = event.message
-        elif isinstance(event, ev.Stopping):
-            if self.status["state"] == RunPhase.RUNNING.value:
-                self.status.update(state=RunPhase.STOPPING.value, reason=self.status["reason"] or event.reason)
-        elif isinstance(event, ev.Error):
-            self.status["reason"] = event.message
-        elif isinstance(event, ev.Compile):  # which mode ran: `tiwiz runs` and scripts read it here
-            self.status["compile"] = event.mode
-        elif isinstance(event, ev.MemoryPlan):
-            self.status["gradient_checkpointing"] = event.gradient_checkpointing
-        else:
+        if isinstance(event, _UNSEEN_IN_STATUS):
             return
         self.write()
         if isinstance(event, ev.Checkpoint):  # rare, next to a much slower save: keep status in step with the state
             self.flush()
+
+
+_UNSEEN_IN_STATUS = (ev.Preview, ev.PreviewRendering, ev.Warning, ev.ImagesRanked)  # nothing of status.json changes
 
 
 class WorkerSink:
@@ -190,7 +189,7 @@ def describe_failure(exc: BaseException, tracker: StatusTracker) -> str:
             message = f"{exc.strerror or exc}: {target}"
     else:
         message = f"{exc.__class__.__name__}: {exc}"
-    last = tracker.status.get("last_checkpoint")
+    last = tracker.run.last_checkpoint
     if last and (tracker.run_dir / runs.STATE).is_file() and "tiwiz resume" not in message:  # never promise twice
         message += (f" (the last good checkpoint, step {last}, is intact: fix this and "
                     f"`tiwiz resume {tracker.run_dir}` continues from it)")
@@ -261,7 +260,7 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
     except OSError as exc:
         reason = f"cannot write the event log: {describe_failure(exc, tracker)}"
         _say(log, f"tiwiz worker: failed: {reason}")
-        tracker.set(state="failed", reason=reason, sync=True)
+        tracker.end(ev.Exit(state=RunPhase.FAILED, step=tracker.run.step, reason=reason))
         tracker.close()
         return 1
     box = runs.CommandBox(run_dir)
@@ -272,8 +271,7 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
         if foreground and stop_signal:  # a second Ctrl-C in a terminal: give up at once
             raise KeyboardInterrupt
         stop_signal.append(signal.Signals(signum).name)
-        if tracker.status["state"] == RunPhase.RUNNING.value:
-            tracker.set(state=RunPhase.STOPPING.value, reason=f"{signal.Signals(signum).name} received")
+        tracker.stopping(f"{signal.Signals(signum).name} received")
         if trainer is not None:
             trainer.request_stop()
 
@@ -284,8 +282,8 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
         taken = box.take()
         while box.warnings:  # junk in commands/ is reported, never fatal
             _safe_emit(sink, ev.Warning(message=box.warnings.pop(0)))
-        if Command.STOP in taken and tracker.status["state"] == RunPhase.RUNNING.value:
-            tracker.set(state=RunPhase.STOPPING.value, reason="stop requested")
+        if Command.STOP in taken:
+            tracker.stopping("stop requested")
         return taken
 
     try:
@@ -305,9 +303,10 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
         if trainer is None or sink.lost_error:  # the trainer emits its own error event, unless it could not
             _safe_emit(sink, ev.Error(message=reason))
         # The log's last word goes first: once status.json says the run is over, viewers stop reading.
-        _safe_emit(sink, ev.Exit(state=RunPhase.FAILED, step=tracker.status["step"], reason=reason))
+        last_word = ev.Exit(state=RunPhase.FAILED, step=tracker.run.step, reason=reason)
+        _safe_emit(sink, last_word)
         _safe_close(sink)
-        tracker.set(state=RunPhase.FAILED.value, reason=reason, sync=True)
+        tracker.end(last_word)
         tracker.close()
         _say(log, "".join(traceback.format_exception(exc)) + f"tiwiz worker: failed: {reason}")
         return 1
@@ -315,14 +314,13 @@ def _run_logged(run_dir: Path, resume: bool, observer, foreground: bool, log) ->
     state = RunPhase.FINISHED if outcome.finished else RunPhase.STOPPED
     reason = "" if outcome.finished else _stop_reason(outcome.reason, stop_signal)
     if outcome.reason == EndReason.AUTO_STOP:
-        reason = tracker.status.get("reason") or "auto-stop: the validation loss went flat"
-    step = outcome.step
-    _safe_emit(sink, ev.Exit(state=state, step=step, reason=reason))
+        reason = tracker.run.reason or "auto-stop: the validation loss went flat"
+    last_word = ev.Exit(state=state, step=outcome.step, reason=reason)
+    _safe_emit(sink, last_word)
     _safe_close(sink)
-    tracker.set(state=state.value, reason=reason, step=step,
-                last_loss=outcome.last_loss, sync=True)
+    tracker.end(last_word)
     tracker.close()
-    _say(log, f"tiwiz worker: {state} at step {tracker.status['step']}")
+    _say(log, f"tiwiz worker: {state} at step {tracker.run.step}")
     return 0
 
 

@@ -194,7 +194,7 @@ class StartScreen(WizardScreen):
         keep = self._highlighted_run()
         table.clear()
         for run, age in found:
-            loss = "" if run.loss is None else f"{run.loss:.4f}"
+            loss = "" if run.last_loss is None else f"{run.last_loss:.4f}"
             step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
             table.add_row(Text(run.name), str(run.state), step, loss, age, key=str(run.path))
         keys = [str(run.path) for run, _ in found]
@@ -277,7 +277,7 @@ class StartScreen(WizardScreen):
     def _queue_command(self, what: str) -> tuple[str, str]:
         """`tiwiz queue run` with the previous run's settings (the same detached scheduler, core.queue.launch), or
         `tiwiz queue stop` without waiting (the panel shows the jobs stopping)."""
-        from core.queue import launch
+        from core.queue import daemon as launch
         from core.queue.scheduler import read_scheduler
 
         if what == "stop":
