@@ -44,6 +44,7 @@ class TiwizApp(App):
     TITLE = "tiwiz"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True),
+                Binding("f10", "quit", "Quit", show=False, priority=True),  # a browser keeps ctrl+q
                 Binding("ctrl+g", "cycle_images", "Image mode", show=False, priority=True),
                 Binding("tab", "tab(1)", show=False, priority=True),
                 Binding("shift+tab", "tab(-1)", show=False, priority=True)]

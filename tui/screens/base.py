@@ -81,6 +81,7 @@ class WizardScreen(WorkerResults, Screen):
     # After the screens' own change handlers (they may set a newer message, which then stays).
     def on_input_changed(self, event) -> None:
         self._form_edited()
+        Binding("f9", "next", "Next", show=False, priority=True),  # a browser keeps ctrl+n (new window)
 
     def on_checkbox_changed(self, event) -> None:
         self._form_edited()

@@ -81,6 +81,10 @@ class CaptionsScreen(TagEditing, WizardScreen):
         Binding("f4", "replace_tag", "Rename", priority=True),
         Binding("f5", "toggle_findings", "Doctor", show=False),  # in the hint line: the footer is full
         Binding("f6", "toggle_tags", "Tags", priority=True),
+        # a browser keeps f3 (find), f5 (reload) and f6 (address bar)
+        Binding("alt+x", "remove_tag", "-tag", show=False, priority=True),
+        Binding("alt+c", "toggle_findings", "Doctor", show=False),
+        Binding("alt+g", "toggle_tags", "Tags", show=False, priority=True),
         Binding("ctrl+f", "focus_filter", "Filter", priority=True),
         Binding("pagedown", "move(1)", "Next image", show=False),
         Binding("pageup", "move(-1)", "Prev image", show=False),

@@ -44,6 +44,8 @@ class ModelScreen(WizardScreen):
     #found { height: 1fr; }
     """
     BINDINGS = [Binding("f5", "rescan", "Rescan"), Binding("f3", "browse", "Browse"),
+                # a browser keeps f5 (reload) and f3 (find)
+                Binding("alt+r", "rescan", "Rescan", show=False), Binding("alt+o", "browse", "Browse", show=False),
                 Binding("down", "to_list", show=False, priority=True)]  # priority: in a burst, keys after it follow
 
     def compose_body(self) -> ComposeResult:

@@ -65,6 +65,7 @@ class TrainingScreen(WizardScreen):
         Binding("ctrl+s", "save_toml", "Save TOML", priority=True),
         Binding("ctrl+l", "load_toml", "Load TOML", priority=True),
         Binding("f6", "add_to_queue", "Queue", priority=True),  # not ctrl+b: tmux's prefix; short: the footer fits 80 columns
+        Binding("alt+a", "add_to_queue", "Queue", show=False, priority=True),  # a browser keeps f6
         Binding("f2", "next_tab", "Tabs", priority=True),
         Binding("shift+f2", "next_tab(-1)", "Prev tab", show=False, priority=True),
     ]
