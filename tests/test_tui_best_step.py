@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.tui_support import recorded_events, wait_idle, write_recorded_run
+from tests.tui_support import recorded_events, wait_idle, write_embedding, write_recorded_run
 from tui.app import TiwizApp
 from tui.state import WizardState
 
@@ -19,10 +19,8 @@ def test_finish_offers_and_copies_the_best_checkpoint(tmp_path, monkeypatch):
     run = write_recorded_run(tmp_path / "runs" / "mycat-1", events, state="finished")
     (run / "embeddings").mkdir()
     for step in (40, 80, 120):
-        (run / "embeddings" / f"mycat-{step}.safetensors").write_bytes(f"st{step}".encode())
-        (run / "embeddings" / f"mycat-{step}.pt").write_bytes(f"pt{step}".encode())
-    (run / "mycat.safetensors").write_bytes(b"final")
-    (run / "mycat.pt").write_bytes(b"finalpt")
+        write_embedding(run / "embeddings" / f"mycat-{step}", seed=step)
+    write_embedding(run / "mycat", seed=1)
     webui = tmp_path / "stable-diffusion-webui" / "embeddings"
     webui.mkdir(parents=True)
     app = TiwizApp(state=WizardState(model="models/tiny", name="mycat", run_dir="runs/mycat-1"), save=False,
@@ -40,7 +38,8 @@ def test_finish_offers_and_copies_the_best_checkpoint(tmp_path, monkeypatch):
     asyncio.run(drive())
     copied = {p.name: p.read_bytes() for p in webui.iterdir()}
     assert copied and set(copied) <= {"mycat.safetensors", "mycat.pt"}
-    assert all(body in (b"st80", b"pt80") for body in copied.values()), copied  # step 80's bytes, final names
+    step80 = {(run / "embeddings" / f"mycat-80{ext}").read_bytes() for ext in (".safetensors", ".pt")}
+    assert all(body in step80 for body in copied.values()), copied.keys()  # step 80's bytes, final names
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
 
@@ -50,8 +49,8 @@ def test_finish_says_when_the_final_embedding_is_the_suggested_one(tmp_path, mon
     events[-1].update(best_step=120, best_checkpoint="embeddings/mycat-120.safetensors", best_basis="validation")
     run = write_recorded_run(tmp_path / "runs" / "mycat-1", events, state="finished")
     (run / "embeddings").mkdir()
-    (run / "embeddings" / "mycat-120.safetensors").write_bytes(b"st120")
-    (run / "mycat.safetensors").write_bytes(b"final")
+    write_embedding(run / "embeddings" / "mycat-120", seed=120)
+    write_embedding(run / "mycat", seed=1)
     app = TiwizApp(state=WizardState(model="models/tiny", name="mycat", run_dir="runs/mycat-1"), save=False,
                    runs_root=tmp_path / "runs", start_stage="finish", finder_roots=[])
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from tests.tui_support import gradient_png, make_photos, recorded_events, wait_idle, write_recorded_run
+from tests.tui_support import (gradient_png, make_photos, recorded_events, wait_idle, write_embedding,
+                               write_recorded_run)
 from tui.app import TiwizApp
 from tui.state import WizardState
 from tui.widgets.inputs import complete_path
@@ -206,8 +207,7 @@ def test_finish_shows_real_absolute_paths_the_sheet_and_copies_with_c(tmp_path, 
     monkeypatch.chdir(tmp_path)
     run = write_recorded_run(tmp_path / "runs" / "mycat-1", recorded_events("mycat", steps=80, finished=True),
                              state="finished")
-    (run / "mycat.safetensors").write_bytes(b"st")
-    (run / "mycat.pt").write_bytes(b"pt")
+    write_embedding(run / "mycat")
     (run / "config.toml").write_text('model = "/models/real/v1-5.safetensors"\nname = "mycat"\n')
     write_contact_sheet(run / "previews", "mycat")
     webui = tmp_path / "stable-diffusion-webui" / "embeddings"

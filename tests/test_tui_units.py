@@ -9,7 +9,8 @@ import json
 import pytest
 
 from core.errors import TiwizError
-from tests.tui_support import freeze_cursor, make_photos, recorded_events, wait_idle, write_recorded_run
+from tests.tui_support import (freeze_cursor, make_photos, recorded_events, wait_idle, write_embedding,
+                               write_recorded_run)
 from tui.app import TiwizApp
 from tui.jobs import run_jsonl
 from core.runs.run_events import Started, Step
@@ -92,9 +93,8 @@ def test_copy_targets(tmp_path):
     comfy.mkdir(parents=True)
     found = find_targets([tmp_path])
     assert [(t.app, t.path) for t in found] == [("A1111", a1111), ("ComfyUI", comfy)]
-    src = tmp_path / "cat.safetensors"
-    src.write_bytes(b"x" * 10)
-    assert copy_embedding(src, a1111).read_bytes() == b"x" * 10
+    _, src = write_embedding(tmp_path / "cat", name="cat")
+    assert copy_embedding(src, a1111).read_bytes() == src.read_bytes()
     with pytest.raises(TiwizError, match="already exists"):
         copy_embedding(src, a1111)
 

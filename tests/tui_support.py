@@ -187,3 +187,16 @@ async def until(pilot, condition, timeout: float, what: str) -> None:
 
 def message_text(app) -> str:
     return " ".join(str(w.content) for w in app.screen.query("#message"))
+
+
+def write_embedding(stem: Path, seed: int = 0, name: str = "mycat") -> tuple[Path, Path]:
+    """A real (tiny, one 32-wide vector) embedding at STEM.pt and STEM.safetensors, as the trainer saves it: what
+    `tiwiz install` and the Finish screen's copy accept. Different seeds give different bytes."""
+    import torch
+
+    from core.embeddings.vectors import save_embedding
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    vectors = torch.randn(1, 32, generator=torch.Generator().manual_seed(seed))
+    return save_embedding(vectors, stem, name=name, step=seed, base_model="tiny", base_hash=None, init_text="cat",
+                          overwrite=True)

@@ -89,28 +89,30 @@ def details_text(view: RunView, step: int | None) -> str:
     lines.append(f"[b]checkpoint step {row.step}[/]{best}")
     median = view.vocab_median_norm
     if median:
-        lines.append(f"vocabulary median norm {median:.3g} (warns above {NORM_WARN_FACTOR:g}x)")
+        lines.append(f"norm × vocab median {median:.3g} (warns >{NORM_WARN_FACTOR:g}×), nearest")
     norms = row.norms or []
     nearest = row.nearest or []
     if not norms and not nearest:
         lines.append("[dim]this checkpoint carries no norms (an older run)[/]")
     for i in range(max(len(norms), len(nearest))):
-        text = f"v{i}"
-        norm = norms[i] if i < len(norms) else None
-        if isinstance(norm, (int, float)):
-            text += f" norm {norm:.3g}"
-            if median:
-                ratio = norm / median
-                text += f" ({ratio:.1f}x)"
-                if ratio > NORM_WARN_FACTOR:
-                    text = f"[red]{text} ⚠ far beyond the vocabulary's[/]"
-        tokens = nearest[i] if i < len(nearest) and isinstance(nearest[i], list) else []
-        words = [f"{escape_markup(str(t[0]))} {t[1]:.2f}" for t in tokens[:4]
-                 if isinstance(t, (list, tuple)) and len(t) >= 2 and isinstance(t[1], (int, float))]
-        if words:
-            text += " · " + ", ".join(words)
-        lines.append(text)
+        lines.append(vector_line(i, norms[i] if i < len(norms) else None,
+                                 nearest[i] if i < len(nearest) and isinstance(nearest[i], list) else [], median))
     return "\n".join(lines)
+
+
+def vector_line(i: int, norm, tokens: list, median: float | None) -> str:
+    """One vector in one short line (46 columns with 2 tokens): "v1 1.70 (4.4×) ⚠ photograph 0.91, portrait 0.88"."""
+    text = f"v{i}"
+    if isinstance(norm, (int, float)):
+        text += f" {norm:.3g}"
+        if median:
+            ratio = norm / median
+            text += f" ({ratio:.1f}×)"
+            if ratio > NORM_WARN_FACTOR:
+                text = f"[red]{text} ⚠[/]"
+    words = [f"{escape_markup(str(t[0]).removesuffix('</w>'))} {t[1]:.2f}" for t in tokens[:2]
+             if isinstance(t, (list, tuple)) and len(t) >= 2 and isinstance(t[1], (int, float))]
+    return text + (" " + ", ".join(words) if words else "")
 
 
 def escape_markup(text: str) -> str:

@@ -15,8 +15,34 @@ from tui.state import STAGE_TITLES, WIZARD_STAGES
 from tui.workers import WorkerResults
 
 
+# What a key says in a footer narrower than 80 columns (with less space between the keys), so every key fits at 60.
+SHORT_KEYS = {"Complete path": "Complete", "Save TOML": "Save", "Load TOML": "Load", "Train again": "Again", "Best step": "Best",
+              "Full size": "Full", "Resume run": "Resume", "Attach run": "Attach", "Preview now": "Preview",
+              "Save now": "Save"}
+
+
+TRAIL_TITLES = {"training": "Training"}  # in the header's trail of stages, where room is short
+
+
+class NarrowFooter(Footer):
+    """The footer; below 80 columns compact, with the short words of SHORT_KEYS."""
+
+    def on_resize(self, event) -> None:
+        narrow = event.size.width < 80
+        if narrow != self.compact:
+            self.compact = narrow
+            self.call_after_refresh(self.recompose)
+
+    def compose(self) -> ComposeResult:
+        for widget in super().compose():
+            if self.compact and getattr(widget, "description", None):
+                widget.description = SHORT_KEYS.get(widget.description, widget.description)
+            yield widget
+
+
 class StageHeader(Static):
-    """"tiwiz · 3/6 Folders" plus the trail of stages."""
+    """"tiwiz · 3/6 Folders" plus the trail of stages (only the stage and the next one where the trail does not
+    fit)."""
 
     DEFAULT_CSS = """
     StageHeader { dock: top; height: 1; background: $primary-background; color: $text; padding: 0 1; }
@@ -29,15 +55,21 @@ class StageHeader(Static):
     def render(self):
         from rich.text import Text
 
-        text = Text()
+        text = Text(no_wrap=True, overflow="ellipsis")
         text.append("tiwiz ", "bold")
-        if self.stage in WIZARD_STAGES:
-            text.append(f"{WIZARD_STAGES.index(self.stage) + 1}/{len(WIZARD_STAGES)} ")
-            for name in WIZARD_STAGES:
-                style = "reverse" if name == self.stage else "dim"
-                text.append(f" {STAGE_TITLES[name]} ", style)
-        else:
+        if self.stage not in WIZARD_STAGES:
             text.append(STAGE_TITLES.get(self.stage, self.stage), "bold")
+            return text
+        at = WIZARD_STAGES.index(self.stage)
+        text.append(f"{at + 1}/{len(WIZARD_STAGES)} ")
+        for titles in (STAGE_TITLES, {**STAGE_TITLES, **TRAIL_TITLES}):  # the full trail where it fits
+            if len(text) + sum(len(titles[name]) + 2 for name in WIZARD_STAGES) <= self.content_size.width:
+                for name in WIZARD_STAGES:
+                    text.append(f" {titles[name]} ", "reverse" if name == self.stage else "dim")
+                return text
+        text.append(f" {STAGE_TITLES[self.stage]} ", "reverse")
+        if at + 1 < len(WIZARD_STAGES):
+            text.append(f"  next: {STAGE_TITLES[WIZARD_STAGES[at + 1]]}", "dim")
         return text
 
 
@@ -49,6 +81,7 @@ class WizardScreen(WorkerResults, Screen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("ctrl+n", "next", "Next", priority=True),
+        Binding("f9", "next", "Next", show=False, priority=True),  # a browser keeps ctrl+n (new window)
     ]
 
     @property
@@ -59,7 +92,7 @@ class WizardScreen(WorkerResults, Screen):
         yield StageHeader(self.STAGE)
         yield from self.compose_body()
         yield Static("", id="message", classes="message")
-        yield Footer()
+        yield NarrowFooter()
 
     def compose_body(self) -> ComposeResult:
         yield from ()
@@ -81,7 +114,6 @@ class WizardScreen(WorkerResults, Screen):
     # After the screens' own change handlers (they may set a newer message, which then stays).
     def on_input_changed(self, event) -> None:
         self._form_edited()
-        Binding("f9", "next", "Next", show=False, priority=True),  # a browser keeps ctrl+n (new window)
 
     def on_checkbox_changed(self, event) -> None:
         self._form_edited()

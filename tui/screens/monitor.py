@@ -24,7 +24,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import var
 from textual.screen import Screen
-from textual.widgets import Footer, Label, OptionList, Static
+from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from core.runs.run_events import RunPhase
@@ -33,7 +33,7 @@ from tui.messages import RunEventsArrived, RunFollowFailed, RunHistoryLoaded, Ru
 from tui.monitor_text import (checkpoint_label, details_text, empty_plot_text, escape_markup, marks_legend,
                                norm_too_big, quality_line)
 from tui.run_view import TERMINAL_STATES, RunView
-from tui.screens.base import error_text, show_message
+from tui.screens.base import NarrowFooter, error_text, show_message
 from tui.screens.dialogs import ConfirmModal
 from tui import web_links
 from tui.widgets.image_preview import ImagePreview
@@ -52,7 +52,7 @@ class MonitorScreen(WorkerResults, Screen):
     #mon-left { width: 1fr; }
     #mon-warnings { height: auto; max-height: 4; display: none; }
     #mon-quality { height: auto; max-height: 2; display: none; }
-    #mon-details { height: 1fr; display: none; }
+    #mon-details { height: 1fr; display: none; overflow-y: auto; }
     #mon-right { width: 40%; min-width: 24; padding-left: 1; border-left: solid $primary; }
     #mon-preview { height: 1fr; min-height: 4; }
     #mon-checkpoints { height: 7; }
@@ -111,11 +111,11 @@ class MonitorScreen(WorkerResults, Screen):
             with Vertical(id="mon-right"):
                 yield Label("no preview yet", id="mon-preview-label")
                 yield ImagePreview(id="mon-preview", placeholder="previews appear here")
-                yield Label("Checkpoints (Enter: show)", classes="section")
+                yield Label("Checkpoints (Enter: show)", classes="section", id="mon-ckpt-label")
                 yield OptionList(id="mon-checkpoints")
                 yield Static("", id="mon-marks", classes="hint")
         yield Static("", id="message", classes="message")
-        yield Footer()
+        yield NarrowFooter()
 
     def on_mount(self) -> None:
         self._start_poll()
@@ -243,6 +243,7 @@ class MonitorScreen(WorkerResults, Screen):
         widget = self.query_one("#mon-warnings", Static)
         widget.update(text)
         widget.display = bool(text)
+        widget.styles.max_height = 12 if self.view.error else 4  # a failed run's error is shown whole
 
     def watch_details(self, text: str) -> None:
         self.query_one("#mon-details", Static).update(text)
@@ -290,10 +291,10 @@ class MonitorScreen(WorkerResults, Screen):
         preview = self.query_one("#mon-preview", ImagePreview)
         if self.pinned_step is not None and self.pinned_step in self.view.previews:
             step, rel = self.pinned_step, self.view.previews[self.pinned_step]
-            self.preview_label = f"checkpoint step {step} (l: latest)"
+            self.preview_label = f"{'' if self.narrow else 'checkpoint '}step {step} (l: latest)"
         elif self.view.latest_preview is not None:
             step, rel = self.view.latest_preview
-            self.preview_label = self._rendering_text() or f"latest preview: step {step}"
+            self.preview_label = self._rendering_text() or f"{'' if self.narrow else 'latest '}preview: step {step}"
         else:
             self.preview_label = self._rendering_text() or "no preview yet"
             return
@@ -303,7 +304,17 @@ class MonitorScreen(WorkerResults, Screen):
         step = self.view.rendering_preview
         if step is None or not self.view.state.active:
             return ""
-        return f"rendering preview (step {step})…"
+        return f"rendering step {step}…" if self.narrow else f"rendering preview (step {step})…"
+
+    narrow = False  # below 80 columns: the right column's labels in fewer words
+
+    def on_resize(self, event) -> None:
+        narrow = event.size.width < 80
+        if narrow != self.narrow:
+            self.narrow = narrow
+            self.query_one("#mon-ckpt-label", Label).update("Checkpoints (Enter)" if narrow
+                                                             else "Checkpoints (Enter: show)")
+            self._show_preview()
 
     @on(OptionList.OptionHighlighted, "#mon-checkpoints")
     @on(OptionList.OptionSelected, "#mon-checkpoints")

@@ -170,34 +170,13 @@ def plot_rows(raw, smoothed, val, width: int, height: int, empty: str = WAITING)
     """The plot as rows of styled runs: the legend, the braille area with y labels, the x axis."""
     raw, smoothed, val = _as_series(raw), _as_series(smoothed), _as_series(val)
     width, height = max(width, 20), max(height, 4)
-    legend: Row = [("━ smoothed", SMOOTH_STYLE)]
-    if smoothed.last is not None:
-        legend.append((f" {_fmt(smoothed.last)}", SMOOTH_STYLE))
-    legend.append(("  · loss", RAW_STYLE))
-    if raw.last is not None:
-        legend.append((f" {_fmt(raw.last)}", RAW_STYLE))
-    legend.append(("  • val", VAL_STYLE))
-    if val.last is not None:
-        legend.append((f" {_fmt(val.last)}", VAL_STYLE))
-    legend = _cut(legend, width)
+    legend = _legend(raw, smoothed, val, width)
     waiting = [legend, [], [(empty, "dim")]]
     if not len(raw) and not len(val):
         return waiting
     label_w = 7
     plot_w, plot_h = width - label_w - 1, height - 2
-    px_w, px_h = plot_w * 2, plot_h * 4
-    arrays, ranges = [], []
-    for series in (raw, smoothed, val):
-        steps, values = series.arrays()
-        if len(values):
-            lo, hi = series.value_range(values)
-            if not np.isfinite(lo + hi):  # rare: drop NaN/inf points
-                keep = np.isfinite(values)
-                steps, values = steps[keep], values[keep]
-                lo, hi = (float(values.min()), float(values.max())) if len(values) else (lo, hi)
-            if len(values):
-                ranges.append((lo, hi))
-        arrays.append((steps, values))
+    arrays, ranges = _finite_arrays((raw, smoothed, val))
     present = [a for a in arrays if len(a[0])]
     if not present:
         return waiting
@@ -209,6 +188,54 @@ def plot_rows(raw, smoothed, val, width: int, height: int, empty: str = WAITING)
         y_lo, y_hi = y_lo - 0.5 * abs(y_lo or 1), y_hi + 0.5 * abs(y_hi or 1)
     if x_hi == x_lo:
         x_hi = x_lo + 1
+    bits = _series_cells(arrays, (x_lo, x_hi), (y_lo, y_hi), plot_w, plot_h)
+    rows: list[Row] = [legend, *_braille_rows(bits, plot_w, plot_h, label_w, y_lo, y_hi)]
+    lo, hi = f"{x_lo:g}", f"step {x_hi:g}"
+    axis = " " * (label_w + 1) + lo + " " * max(plot_w - len(lo) - len(hi), 1) + hi
+    rows.append([(axis[:width], "dim")])
+    return rows
+
+
+def _legend(raw, smoothed, val, width: int) -> Row:
+    """"━ smoothed 0.1562  · loss 0.1793  • val 0.1703"; where that does not fit (a 60-column terminal), the short
+    form "━ smooth .156 · loss .179 • val .170", so no series loses its name or its value."""
+    entries = (("━ smoothed", "━ smooth", smoothed, SMOOTH_STYLE), ("  · loss", " · loss", raw, RAW_STYLE),
+               ("  • val", " • val", val, VAL_STYLE))
+    full: Row = []
+    for label, _, series, style in entries:
+        full.append((label, style))
+        if series.last is not None:
+            full.append((f" {_fmt(series.last)}", style))
+    if sum(len(text) for text, _ in full) <= width:
+        return full
+    short: Row = []
+    for _, label, series, style in entries:
+        value = "" if series.last is None else f" {series.last:.3f}".replace(" 0.", " .")
+        short.append((label + value, style))
+    return _cut(short, width)
+
+
+def _finite_arrays(series_list) -> tuple[list, list]:
+    """Each series' (steps, values) arrays without NaN/inf points, and the value ranges of those that have any."""
+    arrays, ranges = [], []
+    for series in series_list:
+        steps, values = series.arrays()
+        if len(values):
+            lo, hi = series.value_range(values)
+            if not np.isfinite(lo + hi):  # rare: drop NaN/inf points
+                keep = np.isfinite(values)
+                steps, values = steps[keep], values[keep]
+                lo, hi = (float(values.min()), float(values.max())) if len(values) else (lo, hi)
+            if len(values):
+                ranges.append((lo, hi))
+        arrays.append((steps, values))
+    return arrays, ranges
+
+
+def _series_cells(arrays, x_range, y_range, plot_w: int, plot_h: int) -> list:
+    """Each series' braille dots per cell (raw, smoothed, val)."""
+    (x_lo, x_hi), (y_lo, y_hi) = x_range, y_range
+    px_w, px_h = plot_w * 2, plot_h * 4
 
     def to_py(values: np.ndarray) -> np.ndarray:
         return np.clip(np.rint((1 - (values - y_lo) / (y_hi - y_lo)) * (px_h - 1)), 0, px_h - 1).astype(np.int64)
@@ -229,7 +256,10 @@ def plot_rows(raw, smoothed, val, width: int, height: int, empty: str = WAITING)
             if len(cols) > 1:
                 _connect(diff, cols, ys)
         masks.append(_mask(diff))
-    bits = [_cells(m, plot_h, plot_w) for m in masks]
+    return [_cells(m, plot_h, plot_w) for m in masks]
+
+
+def _braille_rows(bits: list, plot_w: int, plot_h: int, label_w: int, y_lo: float, y_hi: float) -> list[Row]:
     total = bits[0] | bits[1] | bits[2]
     # the style of a cell: the highest-ranked series with a dot in it; a blank cell takes its left neighbour's, so
     # a row needs one span per change of series, not one per gap
@@ -239,7 +269,7 @@ def plot_rows(raw, smoothed, val, width: int, height: int, empty: str = WAITING)
     kind = np.take_along_axis(kind, idx, axis=1)
     codes = np.where(total > 0, total.astype(np.uint32) + 0x2800, 0x20).astype("<u4")
     styles = (RAW_STYLE, SMOOTH_STYLE, VAL_STYLE)
-    rows: list[Row] = [legend]
+    rows: list[Row] = []
     for i in range(plot_h):
         label = _fmt(y_hi) if i == 0 else (_fmt(y_lo) if i == plot_h - 1 else "")
         row: Row = [(label.rjust(label_w) + "┤", "dim")]
@@ -250,9 +280,6 @@ def plot_rows(raw, smoothed, val, width: int, height: int, empty: str = WAITING)
         kinds = row_kind[bounds[:-1]].tolist()
         row.extend((line[a:b], styles[k]) for a, b, k in zip(bounds[:-1], bounds[1:], kinds))
         rows.append(row)
-    lo, hi = f"{x_lo:g}", f"step {x_hi:g}"
-    axis = " " * (label_w + 1) + lo + " " * max(plot_w - len(lo) - len(hi), 1) + hi
-    rows.append([(axis[:width], "dim")])
     return rows
 
 

@@ -69,17 +69,25 @@ class RunHeader(Widget):
             setattr(self, name, value)
 
     def render(self) -> Text:
-        text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(f"● {self.phase}", STATE_STYLES.get(self.phase, "bold"))
-        text.append(f"  step {self.step}/{self.max_steps or '?'}", "bold")
+        # (text, style, dropped first where the line does not fit: higher first; 0 = always shown)
+        parts = [(f"● {self.phase}", STATE_STYLES.get(self.phase, "bold"), 0),
+                 (f"  step {self.step}/{self.max_steps or '?'}", "bold", 0)]
         if self.max_steps:
-            text.append(f" {100 * self.step / self.max_steps:.0f}%")
-        text.append(f"  {format_rate(self.it_s)}")
-        text.append(f"  ETA {format_duration(self.eta)}")
-        text.append(f"  elapsed {format_duration(self.elapsed)}")
+            parts.append((f" {100 * self.step / self.max_steps:.0f}%", "", 0))
+        parts += [(f"  {format_rate(self.it_s)}", "", 1), (f"  ETA {format_duration(self.eta)}", "", 0),
+                  (f"  elapsed {format_duration(self.elapsed)}", "", 2)]
         if self.lr is not None:
-            text.append(f"  lr {self.lr:.3g}")
-        second = Text(self.about, no_wrap=True, overflow="ellipsis", style="dim")
+            parts.append((f"  lr {self.lr:.3g}", "", 3))
+        width = self.content_size.width or 200
+        while sum(len(p[0]) for p in parts) > width and max(p[2] for p in parts):
+            drop = max(p[2] for p in parts)
+            parts = [p for p in parts if p[2] != drop]
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for part, style, _ in parts:
+            text.append(part, style)
+        second = Text(self.about, style="dim")
         if self.gpu:
             second.append(f" · {self.gpu}", "bold magenta")
-        return Text("\n").join([text, second])
+        joined = Text("\n").join([text, second])
+        joined.no_wrap, joined.overflow = True, "ellipsis"
+        return joined
