@@ -63,3 +63,16 @@ def test_tiwiz_demo_goes_through_ctrl_n(console):
             await start_training_from_settings(app, pilot, console.resolve() / "runs")
             app.exit()
     asyncio.run(drive())
+
+
+@pytest.mark.parametrize("argv,prog", [(["wizard", "--help"], "tiwiz wizard"), (["--help-me"], "tiwiz")])
+def test_the_wizards_usage_names_the_command_it_was_given(argv, prog):
+    """`tiwiz wizard --help` says `usage: tiwiz wizard` (issue 25 item 22); a bad wizard flag names `tiwiz`. (The
+    console script is tui.main:main.)"""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "tui.main", *argv], capture_output=True, text=True, cwd=root,
+                          timeout=120)
+    assert f"usage: {prog} [-h]" in done.stdout + done.stderr

@@ -183,8 +183,8 @@ def resolve_image_protocol(requested: str) -> str:
     return "halfcell"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tiwiz", description="The tiwiz wizard (run `tiwiz --help` for commands).")
+def build_parser(prog: str = "tiwiz") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="The tiwiz wizard (run `tiwiz --help` for commands).")
     parser.add_argument("--demo", action="store_true", help="start the demo: the tiny model and sample images")
     parser.add_argument("--attach", metavar="RUN_DIR", help="open the training monitor of a run folder")
     parser.add_argument("--image-protocol", choices=IMAGE_PROTOCOLS, default=os.environ.get("TIWIZ_IMAGES", "auto"),
@@ -217,8 +217,9 @@ def make_app(argv: list[str]) -> TiwizApp:
     return TiwizApp(state=state, runs_root=args.runs, image_protocol=protocol, attach=args.attach, demo=args.demo)
 
 
-def run_app(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv or [])
+def run_app(argv: list[str] | None = None, prog: str = "tiwiz") -> int:
+    """`tiwiz [OPTIONS]` or `tiwiz wizard [OPTIONS]` (`prog`: how its usage line names it)."""
+    args = build_parser(prog).parse_args(argv or [])
     if args.serve is not None:
         return serve(args)
     if args.attach and not Path(args.attach).is_dir():

@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or wizard_flag or argv[0] == "wizard":
         from tui.app import run_app
 
-        return run_app(argv if wizard_flag else argv[1:])
+        return run_app(argv, prog="tiwiz") if wizard_flag or not argv else run_app(argv[1:], prog="tiwiz wizard")
     from core.cli import main as cli_main
 
     return cli_main(argv)
