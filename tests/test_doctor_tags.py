@@ -34,7 +34,8 @@ def by_code(findings, code):
 
 
 def test_caption_language():
-    assert caption_is_tags("1girl, solo, blue hair") and not caption_is_tags("a photo of a cat, detailed")
+    assert caption_is_tags("1girl, solo, blue hair, smile") and not caption_is_tags("a photo of a cat, detailed")
+    assert not caption_is_tags("a cat, red, outdoors")
     assert not caption_is_tags("a woman standing in a field of tall grass at sunset, warm light, film grain")
 
 

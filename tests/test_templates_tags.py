@@ -67,7 +67,9 @@ def test_kind_proposes_tag_templates_for_tag_captions_and_says_why():
 def test_a_run_picks_its_template_from_its_captions():
     from core.training.kinds import training_template
 
-    tags = ["1girl, solo, blue hair", "1girl, smile, outdoors, sky", ""]
+    tags = ["1girl, solo, blue hair, smile", "1girl, smile, outdoors, sky", ""]
     assert training_template(DEFAULT_TEMPLATE, "style", tags)[0] == "style_tags"
     assert training_template(DEFAULT_TEMPLATE, "subject", ["a photo of a cat on a mat"] * 3) == (DEFAULT_TEMPLATE, "")
     assert training_template("none", "subject", tags) == ("none", "")
+    # three short parts read as a description, not tags: the default template stays
+    assert training_template(DEFAULT_TEMPLATE, "subject", ["thing 0, red, blue"] * 3) == (DEFAULT_TEMPLATE, "")

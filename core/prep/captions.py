@@ -223,10 +223,11 @@ def tag_counts(items: Iterable[CaptionItem]) -> dict[str, int]:
 
 
 def caption_is_tags(caption: str) -> bool:
-    """Whether a caption reads as booru-style tags (`1girl, blue hair, twintails`): at least three comma-separated
-    parts of a few words each (none over six), rather than a sentence."""
+    """Whether a caption reads as booru-style tags (`1girl, solo, blue hair, twintails`): at least four
+    comma-separated parts of a few words each (none over six), rather than a sentence (a tagger writes ten or more;
+    `a cat, red, outdoors` is a short description)."""
     parts = split_tags(caption)
-    if len(parts) < 3:
+    if len(parts) < 4:
         return False
     words = sorted(len(p.split()) for p in parts)
     return words[len(words) // 2] <= 3 and words[-1] <= 6 and not any(p.endswith(".") for p in parts)
