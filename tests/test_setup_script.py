@@ -93,3 +93,24 @@ def test_a_second_run_reuses_the_venv_and_the_install(repo):
 
 def test_ci_calls_the_test_command():
     assert "tiwiz.sh test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_torch_probe_reads_its_version_without_importing_it(tmp_path):
+    """Every launch asks which torch the venv has: importing torch for that took 5 s of `./tiwiz.sh` (7 s to the
+    first screen against 1.7 s for `tiwiz`; issue 25 item 9). The probe reads torch/version.py instead."""
+    import sys
+
+    shutil.copy(ROOT / "tiwiz.sh", tmp_path / "tiwiz.sh")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('torch was imported')\n")
+    (fake / "version.py").write_text("from typing import Optional\n__version__ = '9.9.9+cu124'\n"
+                                     "cuda: Optional[str] = '12.4'\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "TIWIZ_", "VIRTUAL_ENV"))}
+    done = subprocess.run(["bash", str(tmp_path / "tiwiz.sh"), "--print-plan"], capture_output=True, text=True,
+                          timeout=60, env={**clean, "PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "site")})
+    assert done.returncode == 0, done.stderr
+    assert "keeps this machine's CUDA torch 9.9.9+cu124" in done.stderr
+    assert not marker.exists()
