@@ -50,3 +50,36 @@ def test_the_session_is_built_by_setup_alone():
     names = {f.name for f in dataclasses.fields(Session)}
     assert {"model", "precision", "scaler", "vectors", "splices", "optimizer", "ema", "dataset", "holdout_indices",
             "validation_set", "holdout_set", "generator", "template", "feed", "step"} <= names
+
+
+WORKER_ONLY = ("session", "update", "guard", "validation", "checkpoints", "reports", "splice", "dataset",
+               "conditioning")
+
+
+def test_modules_that_import_torch_at_the_top_are_reached_only_through_the_worker():
+    """docs/architecture.md: only the worker imports the trainer's modules, so they import torch at the top. No
+    product module outside core/training (and the worker, which imports the trainer) imports one of them."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    worker_only = {f"core.training.{name}" for name in WORKER_ONLY}
+    for name in worker_only:
+        source = (root / (name.replace(".", "/") + ".py")).read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        at_top = any(isinstance(n, ast.Import) and [a.name for a in n.names] == ["torch"] for n in tree.body)
+        lazy = [n for n in ast.walk(tree) if isinstance(n, ast.Import) and n not in tree.body
+                and "torch" in [a.name for a in n.names]]
+        assert at_top or "torch." not in source, name
+        assert not lazy, name
+    offenders = []
+    for path in [*(root / "core").rglob("*.py"), *(root / "tui").rglob("*.py")]:
+        rel = path.relative_to(root).with_suffix("")
+        module = ".".join(rel.parts)
+        if module.startswith("core.training."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [f"{node.module}.{a.name}" for a in node.names] + [node.module] \
+                if isinstance(node, ast.ImportFrom) and node.module else []
+            offenders += [(module, n) for n in names if n in worker_only]
+    assert offenders == []
