@@ -61,21 +61,43 @@ def preview(s) -> str | None:
 
 
 def _render_preview(s) -> str:
+    from core.training.kinds import PreviewPrompt, render_preview
+
     cfg = s.config
-    prompt = (cfg.preview_prompt or s.validation_set[0][3]).replace("[name]", s.placeholder)
-    if cfg.preview_prompt and "[name]" not in cfg.preview_prompt:
-        prompt = f"{prompt}, {s.placeholder}"
+    if cfg.kind == "subject":
+        prompt = (cfg.preview_prompt or s.validation_set[0][3]).replace("[name]", s.placeholder)
+        if cfg.preview_prompt and "[name]" not in cfg.preview_prompt:
+            prompt = f"{prompt}, {s.placeholder}"
+        prompts = [PreviewPrompt(prompt, cfg.preview_negative, "")]
+    else:
+        prompts = _kind_prompts(s)
     pipe = s.model.make_pipeline(cfg.preview_sampler)
     pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(cfg.preview_seed)
-    with s.precision.autocast():
-        image = pipe(prompt=prompt, negative_prompt=cfg.preview_negative or None,
-                     num_inference_steps=cfg.preview_steps, guidance_scale=cfg.preview_cfg, generator=generator,
-                     width=cfg.preview_width or cfg.width, height=cfg.preview_height or cfg.height).images[0]
+
+    def generate(prompt: str, negative: str | None):
+        generator = torch.Generator().manual_seed(cfg.preview_seed)  # the same seed for both images of a pair
+        with s.precision.autocast():
+            return pipe(prompt=prompt, negative_prompt=negative, num_inference_steps=cfg.preview_steps,
+                        guidance_scale=cfg.preview_cfg, generator=generator,
+                        width=cfg.preview_width or cfg.width, height=cfg.preview_height or cfg.height).images[0]
+
+    image = render_preview(generate, prompts)
     rel = f"previews/{s.name}-{s.step}.png"
     atomic_write_with(s.out_dir / rel, lambda tmp: image.save(tmp, format="PNG"))
     s.sink.emit(ev.Preview(step=s.step, path=rel))
     return rel
+
+
+def _kind_prompts(s) -> list:
+    """A style's preview (the style prompts) or a negative embedding's pair (core.training.kinds)."""
+    from core.prep.captions import caption_is_tags
+    from core.training.kinds import preview_line, preview_prompts
+
+    cfg = s.config
+    caption = s.dataset.items[s.feed.indices[0]].caption if s.feed.indices else ""
+    first = s.validation_set[0][3].replace(s.placeholder, "[name]")
+    line = preview_line(cfg.kind, cfg.preview_prompt, first, caption, caption_is_tags(caption))
+    return preview_prompts(cfg.kind, line, s.placeholder, cfg.preview_negative, s.name)
 
 
 def final_previews(s) -> None:

@@ -37,6 +37,7 @@ from core.training.editability import EditabilityProbe, run_probe
 from core.training.norms import NormControl
 from core.training.dataset import build_dataset
 from core.training.optimizers import lr_warning, make_optimizer
+from core.training.kinds import training_template
 from core.training.reports import VectorReports
 from core.training.resume_state import data_fingerprint, describe_data_change, load_state
 from core.training.schedule import Schedule, parse_schedule
@@ -261,10 +262,13 @@ def _make_vectors(cfg: TrainConfig, model, device, state: dict | None, sink, nam
 def _load_data(cfg: TrainConfig, model, device, sink) -> tuple[Any, Any, DataFeed, list[int]]:
     """(the template, the dataset with its latents cached, the data order over the training images, the held-out
     images): the hold-out drawn with its own seed, the batch size no larger than the training images."""
-    template = load_template(cfg.template)
+    template = load_template(cfg.template)  # a bad template fails before the latents are cached
     dataset = build_dataset(cfg.data, vae=model.vae, width=cfg.width, height=cfg.height, resize=cfg.resize,
                             latent_sampling=cfg.latent_sampling, seed=cfg.seed, sink=sink, device=device,
                             bucketer=bucketer_for(cfg) if cfg.buckets else None)
+    chosen, _ = training_template(cfg.template, cfg.kind, [item.caption for item in dataset.items])
+    if chosen != cfg.template:  # tag captions: the kind's tag template (core.training.kinds)
+        template = load_template(chosen)
     n = len(dataset)
     batch_size = min(cfg.batch_size, n)
     if batch_size < cfg.batch_size:

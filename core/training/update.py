@@ -158,4 +158,4 @@ def prompt_for(s, index: int) -> str:
     cfg = s.config
     line = s.feed.rng.choice(s.template.lines)
     return render(line, s.placeholder, s.dataset.items[index].caption, shuffle_tags=cfg.shuffle_tags,
-                  tag_dropout=cfg.tag_dropout, rng=s.feed.rng)
+                  tag_dropout=cfg.tag_dropout, keep_tags=cfg.keep_tags, rng=s.feed.rng)
