@@ -42,3 +42,18 @@ def test_the_warnings_and_the_error_name_the_same_step(tiny_model_dir, tmp_path)
     steps = {int(re.search(r"at step (\d+)", w["message"]).group(1)) for w in sink.of_type("warning")
              if "at step" in w["message"]}
     assert steps == {int(re.search(r"at step (\d+)", str(err.value)).group(1))}, (steps, str(err.value))
+
+
+def test_a_run_diverging_before_its_first_checkpoint_says_none_was_saved(tiny_model_dir, tmp_path):
+    """Issue 25, item 38: a run that diverges at step 1 has no checkpoint in embeddings/: the error says so and what to
+    change, never that a last good checkpoint is intact."""
+    data = make_images(tmp_path / "data", n=2)
+    out = tmp_path / "out"
+    with pytest.raises(TiwizError) as err:
+        Trainer(tiny_config(tiny_model_dir, data, steps=5, lr="10", max_nan_steps=1, save_every=2), out,
+                ListSink()).run()
+    message = str(err.value)
+    assert "at step 1" in message, message
+    assert not list((out / "embeddings").glob("*")), "nothing was saved before step 1"
+    assert "intact" not in message, message
+    assert "no checkpoint was saved" in message.lower() and "lower the learning rate (lr)" in message, message

@@ -69,9 +69,16 @@ def judge(s, total) -> float | None:
         f"{why} at step {failing}; {done} ({g.streak}/{s.config.max_nan_steps} in a row)")))
     if g.streak >= s.config.max_nan_steps:
         what = "the loss was NaN/inf" if g.only_nan else "training diverged (NaN/inf loss or blown-up vectors)"
-        raise TiwizError(f"{what} for {g.streak} steps in a row at step {failing}; lower the learning rate (lr) or "
-                         "try another init text. The last good checkpoint in embeddings/ is intact.")
+        raise TiwizError(f"{what} for {g.streak} steps in a row at step {failing}; {_what_is_left(s)}")
     return None
+
+
+def _what_is_left(s) -> str:
+    if s.last_saved_step > 0:
+        return (f"lower the learning rate (lr) or try another init text. The last good checkpoint (step "
+                f"{s.last_saved_step}) in embeddings/ is intact.")
+    return ("no checkpoint was saved yet, so nothing was kept: lower the learning rate (lr) or try another init text "
+            "and start the run again.")
 
 
 def kept(s) -> None:
