@@ -175,7 +175,7 @@ def test_demo_entry_fills_every_stage(tmp_path, monkeypatch):
     from core.training.config import TrainConfig
 
     config = TrainConfig.from_dict(app.state.train_config())  # a complete, valid training config
-    assert config.name == "demo-heart" and (tmp_path / "home" / "demo" / "model" / "model_index.json").is_file()
+    assert config.name == "demo-heart" and (tmp_path / "home" / "demo" / "shapes-world" / "model_index.json").is_file()
 
 
 def _captions_app(tmp_path):

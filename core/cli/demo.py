@@ -56,9 +56,31 @@ def _train_detached(config: dict, progress) -> Path:
     raise TiwizError(f"the demo worker ended without finishing; see {run_dir / 'events.jsonl'}")
 
 
+def _grid_progress(tty: bool):
+    """Where the before/after render says how far it is: a line redrawn in place on a terminal, else a line at the
+    halfway point and at the end (so a log shows it is not stuck)."""
+    said = set()
+
+    def progress(done: int, total: int) -> None:
+        if tty:
+            sys.stdout.write(f"\r  denoising step {done}/{total}" + ("\n" if done == total else ""))
+            sys.stdout.flush()
+        elif done in (total // 2, total) and done not in said:
+            said.add(done)
+            safe_print(f"  denoising step {done}/{total}", flush=True)
+
+    return progress
+
+
 def run_demo(args) -> int:
     from core.world.demo_job import DEMO_STEPS, before_after, prepare_demo
     from core.errors import TiwizError
+    from core.training.threads import free_cores
+
+    # The cores the rest of the machine leaves free, read before the demo's own work (writing the model, importing
+    # torch) raises the load average: read later, an idle 2-core machine looked half busy and the demo trained on one
+    # thread, twice as long (39 s instead of 18; bench/RESULTS.md).
+    threads = free_cores()
 
     steps = args.steps if args.steps is not None else DEMO_STEPS
     if steps < 1:
@@ -75,14 +97,16 @@ def run_demo(args) -> int:
     from core.cli.progress import ProgressView
 
     prep["config"]["device"] = getattr(args, "device", "cpu")
+    prep["config"]["threads"] = threads
     safe_print(f"Training the embedding '{prep['config']['name']}' for {steps} steps ...", flush=True)
     run_dir = _train_detached(prep["config"], ProgressView(out=sys.stdout))
     name = prep["config"]["name"]
     emb = run_dir / f"{name}.safetensors"
     if not emb.is_file():
         raise TiwizError(f"demo training ended without an embedding ({emb} is missing); see {run_dir}")
-    safe_print("Rendering the before/after grid ...", flush=True)
-    result = before_after(prep["model_dir"], prep["data_dir"], emb, out / "before_after.png")
+    safe_print("Rendering the before/after grid (16 images: 8 with the init text, 8 with the embedding) ...", flush=True)
+    result = before_after(prep["model_dir"], prep["data_dir"], emb, out / "before_after.png", threads=threads,
+                          progress=_grid_progress(sys.stdout.isatty()))
     previews = sorted((p for p in (run_dir / "previews").glob("*.png") if p.name != "sheet.png"),
                       key=lambda p: p.stat().st_mtime)
     safe_print(f"\nDone in {time.time() - t0:.0f}s. Results:")

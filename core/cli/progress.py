@@ -1,8 +1,8 @@
 """The one progress display of the CLI (`tiwiz train`, `attach`, `demo`), driven by the run-state reducer.
 
 On a terminal: one live tqdm-style line, redrawn at most 4 times a second, with a line above it for every event worth
-reading (checkpoint, preview, warning, ...). Elsewhere (a pipe, a log file): plain lines, the progress at most every
-5 s, and always the last one.
+reading (checkpoint, preview, warning, ...). Elsewhere (a pipe, a log file): the same event lines and, at most every
+10 s and at the end, a plain progress line (no bar: a log is read, not watched).
 """
 
 from __future__ import annotations
@@ -41,8 +41,26 @@ def progress_line(state: RunState, width: int = 20) -> str:
     return f"{frac * 100:3.0f}%|{bar}| {step}/{total} [{_fmt_time(state.elapsed)}<{_fmt_time(eta)}, {', '.join(parts)}]"
 
 
-def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | None:
-    """One line for an event worth a line of its own (None for steps, shown only as progress)."""
+def plain_progress(state: RunState) -> str:
+    """The progress for a log: "step 120/300 (40%) · 2.28 it/s · loss 0.0063 · val 0.0430 · 00:52 elapsed, 01:18
+    left"."""
+    step, total = state.step, state.max_steps
+    parts = [f"step {step}/{total}" + (f" ({100 * step // total}%)" if total else "")]
+    rate = state.it_s or 0.0
+    if rate:
+        parts.append(f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it")
+    for value, label in ((state.last_loss, "loss"), (state.last_val_loss, "val")):
+        if isinstance(value, (int, float)):
+            parts.append(f"{label} {value:.4f}")
+    left = (total - step) / rate if rate > 0 and total else None
+    parts.append(f"{_fmt_time(state.elapsed)} elapsed" + (f", {_fmt_time(left)} left" if left is not None else ""))
+    return " · ".join(parts)
+
+
+def describe_event(event: ev.RunEvent, run_dir: Path | None = None, state: RunState | None = None) -> str | None:
+    """One line for an event worth a line of its own (None for steps, shown only as progress). With the run's
+    `state` (folded up to the event before this one) a validation line leaves out what did not change: the best step
+    unless it moved, the auto-stop rule while it is off or still filling its window."""
 
     def path(rel: str) -> str:
         if not rel:
@@ -51,9 +69,10 @@ def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | Non
 
     if isinstance(event, ev.Started):
         verb = "resumed at step" if event.resumed else "started at step"
+        family = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}.get(event.family, event.family)
         return (f"{verb} {event.step} of {event.max_steps}: {event.name} on {event.device or '?'} "
                 f"({event.precision or '?'}), {event.n_images} images, model {event.model}"
-                + (f" ({event.family})" if event.family else ""))
+                + (f" ({family})" if family else ""))
     if isinstance(event, ev.Checkpoint):
         text = f"checkpoint at step {event.step}: {path(event.safetensors)}" + (" (best so far)" if event.best else "")
         if event.norms:
@@ -64,19 +83,7 @@ def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | Non
     if isinstance(event, ev.Preview):
         return f"preview at step {event.step}: {path(event.path)}"
     if isinstance(event, ev.Validation):
-        text = f"validation loss at step {event.step}: {event.val_loss:.4f}"
-        if event.holdout_loss is not None:
-            text += f", held out {event.holdout_loss:.4f}"
-        if event.best_step is not None:
-            text += f" ({ev.best_step_text(event.best_step, event.best_basis)})"
-        if event.auto_stop_window is not None and event.auto_stop_threshold is not None:
-            from core.training.autostop import AutoStopState
-
-            text += "; auto-stop: " + AutoStopState(
-                step=event.step, window=event.auto_stop_window, threshold=event.auto_stop_threshold,
-                watched=event.auto_stop_watched or 0, ratio=event.auto_stop_ratio, stop=False,
-                fired_at=event.auto_stop_fired_at).label()
-        return text
+        return _validation_line(event, state)
     if isinstance(event, ev.Warning):
         return f"warning: {event.message}"
     if isinstance(event, ev.Compile):
@@ -99,6 +106,25 @@ def describe_event(event: ev.RunEvent, run_dir: Path | None = None) -> str | Non
     return None
 
 
+def _validation_line(event: ev.Validation, state: RunState | None) -> str:
+    text = f"validation loss at step {event.step}: {event.val_loss:.4f}"
+    if event.holdout_loss is not None:
+        text += f", held out {event.holdout_loss:.4f}"
+    if event.best_step is not None and (state is None or event.best_step != state.best_step):
+        text += f" ({ev.best_step_text(event.best_step, event.best_basis)})"
+    watched = event.auto_stop_window is not None and event.auto_stop_threshold is not None
+    off = state is not None and state.auto_stop is False
+    telling = event.auto_stop_ratio is not None or event.auto_stop_fired_at is not None
+    if watched and not off and (state is None or telling):
+        from core.training.autostop import AutoStopState
+
+        text += "; auto-stop: " + AutoStopState(
+            step=event.step, window=event.auto_stop_window, threshold=event.auto_stop_threshold,
+            watched=event.auto_stop_watched or 0, ratio=event.auto_stop_ratio, stop=False,
+            fired_at=event.auto_stop_fired_at).label()
+    return text
+
+
 def _best_text(event, path) -> str:
     if event.best_step is None:
         return ""
@@ -118,7 +144,7 @@ class ProgressView:
         self._drawn_at = 0.0
         self._drawn_step: int | None = None
         self._bar_visible = False
-        self.min_interval = 0.25 if self.tty else 5.0
+        self.min_interval = 0.25 if self.tty else 10.0
 
     def _write(self, text: str) -> None:
         self.out.write(text)
@@ -150,16 +176,19 @@ class ProgressView:
             self._write("\r" + text[: max(20, cols - 1)] + "\x1b[K")
             self._bar_visible = True
         else:
-            self._write(progress_line(self.state) + "\n")
+            self._write(plain_progress(self.state) + "\n")
 
     def live(self, event) -> None:
         """One new event (typed, or a dict from events.jsonl)."""
         event = ev.as_event(event)
-        if event is None or not self.state.apply(event):
+        if event is None:
+            return
+        before = RunState(best_step=self.state.best_step, auto_stop=self.state.auto_stop)  # what was said so far
+        if not self.state.apply(event):
             return
         if isinstance(event, ev.Step):
             self.draw()
-        elif (text := describe_event(event, self.run_dir)) is not None:
+        elif (text := describe_event(event, self.run_dir, before)) is not None:
             self.note(text)
             if self.tty:
                 self.draw(force=True)
@@ -180,10 +209,11 @@ class ProgressView:
         counts = self.state.counts
         self.note(f"history: {len(self.state.losses)} steps"
                   + "".join(f", {counts[k]} {k}s" for k in last_of if counts.get(k)))
+        said = RunState(auto_stop=self.state.auto_stop)  # the history's validation lines: the rule only if it is on
         for i, event in enumerate(typed):
             if event.TYPE in last_of and last_of[event.TYPE] != i:
                 continue
-            if (text := describe_event(event, self.run_dir)) is not None:
+            if (text := describe_event(event, self.run_dir, said)) is not None:
                 self.note(text)
         self.draw(force=True)
 

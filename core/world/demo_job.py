@@ -16,6 +16,8 @@ DEMO_IMAGES = 16
 DEMO_SIZE = 64
 DEMO_CAPTION = shapes.CONCEPT_NAME
 DEMO_TEMPLATE = "[name]\n"
+DEMO_MODEL_FOLDER = "shapes-world"  # what the progress lines name the model by
+GRID_STEPS = 25  # DDIM steps of each before/after image
 
 
 def demo_config(model_dir, data_dir, output, *, steps: int = DEMO_STEPS, seed: int = 0) -> dict:
@@ -31,7 +33,7 @@ def demo_config(model_dir, data_dir, output, *, steps: int = DEMO_STEPS, seed: i
         "init_text": shapes.CONCEPT_INIT_TEXT, "vectors": 2, "steps": steps, "lr": "0.002",
         "loss_weighting": "velocity",
         "batch_size": 4, "width": DEMO_SIZE, "height": DEMO_SIZE, "template": str(Path(data_dir).parent / "template.txt"),
-        "save_every": preview_every, "preview_every": preview_every, "validate_every": max(1, steps // 10),
+        "save_every": preview_every, "preview_every": preview_every, "validate_every": max(1, steps // 5),
         "validation_images": 4, "output": str(output), "seed": seed, "device": "cpu",
         "preview_prompt": "[name]", "preview_sampler": "ddim", "preview_steps": 20, "preview_cfg": 4.0,
         "preview_seed": 1, "overwrite": True,
@@ -63,7 +65,7 @@ def prepare_demo(workdir, *, steps: int = DEMO_STEPS, n_images: int = DEMO_IMAGE
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = workdir / "model"
+    model_dir = workdir / DEMO_MODEL_FOLDER
     if not (model_dir / "model_index.json").is_file():
         write_demo_model(model_dir, seed=seed, random=random_model)
     data_dir = workdir / "data"
@@ -112,17 +114,23 @@ def bind_vectors(pipe, token: str, vectors) -> str:
 
 
 def generate(pipe, prompts: list[str], seeds: list[int], *, vectors=None, token: str = "<demo>", steps: int = 25,
-             cfg: float = 4.0, size: int = DEMO_SIZE):
-    """Generate one image per (prompt, seed); `vectors` ([n, dim]) is bound to `token` in the prompts."""
+             cfg: float = 4.0, size: int = DEMO_SIZE, on_step=None):
+    """Generate one image per (prompt, seed); `vectors` ([n, dim]) is bound to `token` in the prompts. `on_step()`
+    is called after each denoising step."""
     import torch
 
     if vectors is not None:
         text = bind_vectors(pipe, token, vectors)
         prompts = [p.replace(token, text) for p in prompts]
     gens = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def stepped(_pipe, _step, _timestep, kwargs):
+        on_step()
+        return kwargs
+
     with torch.no_grad():
         return pipe(prompts, generator=gens, num_inference_steps=steps, guidance_scale=cfg, height=size,
-                    width=size).images
+                    width=size, callback_on_step_end=stepped if on_step else None).images
 
 
 def color_histogram(image, bins: int = 4):
@@ -155,13 +163,26 @@ def grid(rows: list[list], cell: int = 64, pad: int = 2):
 
 
 def before_after(model_dir, data_dir, embedding_path, out_png, *, n: int = 8, init_text: str | None = None,
-                 n_vectors: int | None = None) -> dict:
+                 n_vectors: int | None = None, threads: int = 0, progress=None) -> dict:
     """Generate `n` images with the init embedding and with the learned one (same seeds), save a grid
-    (row 1: training images, row 2: before, row 3: after) to `out_png`, and return the colour distances."""
+    (row 1: training images, row 2: before, row 3: after) to `out_png`, and return the colour distances.
+    `threads`: torch's CPU threads (0: the free cores, as the trainer picks them: more threads than free cores make
+    OpenMP spin). `progress(done, total)` follows the denoising steps (2 x GRID_STEPS)."""
     from PIL import Image
 
     from core.atomic import atomic_write_with
     from core.embeddings.vectors import init_vectors
+    from core.training.threads import free_cores
+
+    import torch
+
+    torch.set_num_threads(threads or free_cores())
+    done = [0]
+
+    def stepped() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], 2 * GRID_STEPS)
 
     pipe = load_pipeline(model_dir)
     learned = load_vectors(embedding_path)
@@ -169,8 +190,8 @@ def before_after(model_dir, data_dir, embedding_path, out_png, *, n: int = 8, in
     init = init_vectors(pipe.tokenizer, pipe.text_encoder, init_text or shapes.CONCEPT_INIT_TEXT, n_vectors)
     seeds = list(range(1000, 1000 + n))
     prompts = ["<demo>"] * n
-    before = generate(pipe, prompts, seeds, vectors=init)
-    after = generate(pipe, prompts, seeds, vectors=learned)
+    before = generate(pipe, prompts, seeds, vectors=init, steps=GRID_STEPS, on_step=stepped)
+    after = generate(pipe, prompts, seeds, vectors=learned, steps=GRID_STEPS, on_step=stepped)
     refs = [Image.open(p).convert("RGB") for p in sorted(Path(data_dir).glob("*.png"))]
     d_before = histogram_distance(before, refs)
     d_after = histogram_distance(after, refs)
