@@ -86,6 +86,10 @@ def runs_table(found: list[runs.RunInfo], tty: bool = False) -> list[str]:
                      _best_cell(info)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     cols = shutil.get_terminal_size((80, 24)).columns
+    over = sum(widths) + 2 * (len(widths) - 1) - (cols - 1)
+    if tty and over > 0:  # a terminal too narrow for long run names: cut the names in the middle, never wrap a row
+        widths[0] = max(len("NAME"), widths[0] - over)
+        rows = [(_middle_cut(row[0], widths[0]), *row[1:]) for row in rows]
     lines = []
     for i, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -99,6 +103,14 @@ def runs_table(found: list[runs.RunInfo], tty: bool = False) -> list[str]:
                 detail = detail[: max(10, cols - 2)] + "…"
             lines.append(detail)
     return lines
+
+
+def _middle_cut(text: str, width: int) -> str:
+    """"zxq-portrait…-101010": the start and the end (a run folder's time stamp) of a name too long for `width`."""
+    if len(text) <= width:
+        return text
+    tail = min(7, (width - 1) // 2)
+    return text[: width - 1 - tail] + "…" + text[len(text) - tail:]
 
 
 BEST_SHORT = {"holdout": "held-out", "flat": "flat", "validation": "val loss"}  # run_events.BEST_BASES, shortened
