@@ -122,3 +122,21 @@ def test_demo_model_weights_get_the_umask_mode(tmp_path, flags, capsys):
              for p in (tmp_path / "m").rglob("*") if p.is_file()}
     assert any(name.endswith(".safetensors") for name in modes)
     assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}
+
+
+@pytest.mark.parametrize("random_model", [True, False])
+def test_demo_preparation_writes_umask_modes(tmp_path, umask022, random_model):
+    """Issue 25, #35 (the demo flow): `tiwiz demo` prepares its model (the random one with --random-model, else the
+    shipped one), images, captions and template with the mode a new file gets under the umask, weights included."""
+    from core.world.demo_job import prepare_demo
+
+    prepare_demo(tmp_path / "demo", n_images=2, random_model=random_model)
+    assert any(p.suffix == ".safetensors" for p in (tmp_path / "demo").rglob("*"))
+    assert_0644(tmp_path / "demo")
+
+
+def test_the_tiny_sdxl_model_writes_umask_modes(tmp_path, umask022):
+    from core.models.builtin import write_tiny_sdxl_model
+
+    write_tiny_sdxl_model(tmp_path / "xl")
+    assert_0644(tmp_path / "xl")

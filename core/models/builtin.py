@@ -80,10 +80,7 @@ def write_random_demo_model(dest: str | os.PathLike, seed: int = 0) -> Path:
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    dest = Path(dest)
-    pipe.save_pretrained(dest, safe_serialization=True)
-    copy_clip_tokenizer(dest / "tokenizer")
-    return dest
+    return _save_pipeline(pipe, Path(dest))
 
 
 # The tiny SDXL-shaped architecture: CLIP-L stand-in 32 wide, bigG stand-in 64 wide with a projection (so the two
@@ -132,10 +129,28 @@ def write_tiny_sdxl_model(dest: str | os.PathLike, seed: int = 0, prediction_typ
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline(**build_tiny_sdxl_components(seed, prediction_type))
-    dest = Path(dest)
-    pipe.save_pretrained(dest, safe_serialization=True)
-    copy_clip_tokenizer(dest / "tokenizer")
-    copy_clip_tokenizer(dest / "tokenizer_2", second=True)
+    return _save_pipeline(pipe, Path(dest), sdxl=True)
+
+
+def _save_pipeline(pipe, dest: Path, sdxl: bool = False) -> Path:
+    """`pipe` as a diffusers folder at `dest` with the bundled tokenizer files: staged elsewhere, then every file
+    written atomically with the umask's mode (safetensors' writer makes its files 0600), model_index.json last (a
+    folder without it was not fully written)."""
+    import tempfile
+
+    from core.atomic import atomic_write_with, sync_folder
+
+    with tempfile.TemporaryDirectory(prefix="tiwiz-model-") as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        copy_clip_tokenizer(Path(staging) / "tokenizer")
+        if sdxl:
+            copy_clip_tokenizer(Path(staging) / "tokenizer_2", second=True)
+        files = sorted((p for p in Path(staging).rglob("*") if p.is_file()), key=lambda p: p.name == "model_index.json")
+        for src in files:
+            atomic_write_with(dest / src.relative_to(staging), lambda tmp, src=src: shutil.copyfile(src, tmp),
+                              sync_dir=False)
+        for folder in {(dest / src.relative_to(staging)).parent for src in files}:
+            sync_folder(folder)
     return dest
 
 
