@@ -42,6 +42,7 @@ DRY_SPEC = {
     "batch": dict(families=("sd15", "sdxl"), sizes={"sd15": 64, "sdxl": 64}, batches=(1, 2), warmup=1, timed=1),
 }
 IMAGES = 8  # batch 8 needs 8 training images (hold-out off)
+DRY_IMAGES = 2  # the dry run's largest batch
 
 
 # ---- the real trainer, timed ---------------------------------------------------------------------------------------
@@ -167,7 +168,8 @@ def capture_part(result: dict, dry: bool, deadline) -> None:
             result.setdefault("notes", []).append(f"{family}: skipped, time budget")
             continue
         size = spec["sizes"][family]
-        data = base._make_images(Path(tempfile.mkdtemp(prefix="tiwiz-gpu-capture-")) / "data", IMAGES, size)
+        data = base._make_images(Path(tempfile.mkdtemp(prefix="tiwiz-gpu-capture-")) / "data",
+                                 DRY_IMAGES if dry else IMAGES, size)
         sub = {"part": "capture", "family": family, "size": size, "precision": precision, "cases": {}}
         result["families"][family] = sub
         common = dict(warmup=spec["warmup"], timed=spec["timed"], dry=dry)
@@ -226,7 +228,7 @@ def gc_part(result: dict, dry: bool, deadline) -> None:
     spec = (DRY_SPEC if dry else SPEC)["gc"]
     device, precision = _setting(dry)
     family, size = spec["family"], spec["size"]
-    data = base._make_images(Path(tempfile.mkdtemp(prefix="tiwiz-gpu-gc-")) / "data", 4, size)
+    data = base._make_images(Path(tempfile.mkdtemp(prefix="tiwiz-gpu-gc-")) / "data", DRY_IMAGES if dry else 4, size)
     sub = {"part": "gc", "family": family, "size": size, "precision": precision, "cases": {}}
     result["families"][family] = sub
     timing = dict(warmup=spec["warmup"], timed=spec["timed"])
@@ -281,7 +283,8 @@ def batch_part(result: dict, dry: bool, deadline) -> None:
     device, precision = _setting(dry)
     for family in spec["families"]:
         size = spec["sizes"][family]
-        data = base._make_images(Path(tempfile.mkdtemp(prefix="tiwiz-gpu-batch-")) / "data", IMAGES, size)
+        data = base._make_images(Path(tempfile.mkdtemp(prefix="tiwiz-gpu-batch-")) / "data",
+                                 DRY_IMAGES if dry else IMAGES, size)
         sub = {"part": "batch", "family": family, "size": size, "precision": precision, "cases": {}}
         result["families"][family] = sub
         settings = {"compile": "off" if dry else "on", "gradient_checkpointing": "auto"}

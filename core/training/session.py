@@ -31,6 +31,7 @@ from core.models.device import Precision, pick_device, precision_for
 from core.prep.buckets import bucketer_for
 from core.runs import run_events as ev
 from core.training import checkpoints, guard
+from core.training.capture import enable_checkpointing
 from core.training.conditioning import encoder_slots
 from core.training.config import TrainConfig
 from core.training.editability import EditabilityProbe, run_probe
@@ -205,9 +206,8 @@ def _load_model(cfg: TrainConfig, sink) -> tuple[ThreadChoice, torch.device, Pre
     for module in model.modules:
         module.requires_grad_(False)
         module.eval()
-    checkpointing = cfg.gradient_checkpointing
-    if checkpointing == "on" or (checkpointing == "auto" and model.family == "sdxl" and device.type == "cuda"):
-        model.unet.enable_gradient_checkpointing()  # frozen weights: only the activations are recomputed
+    if cfg.gradient_checkpointing == "on":  # auto: decided once the data is cached (core.training.step_plan)
+        enable_checkpointing(model.unet)  # frozen weights: only the activations are recomputed
     if model.family == "sdxl" and max(cfg.width, cfg.height) < 768:
         sink.emit(ev.Warning(message=(
             f"SDXL models are made for 1024 px; training at {cfg.width}x{cfg.height} is faster but the embedding may "

@@ -183,5 +183,9 @@ def captured_train_step(s, runner: capture.CapturedStep, lr: float, stop_between
     if not s.tokens.seen:  # no prompt held the trigger: nothing to learn, nothing applied (as eager)
         runner.zero_grad()
         return total
+    # norm_mode's projections run eagerly around the captured update, in train_step's order (a few kernels; their
+    # targets live on the host)
+    s.norms.project_gradient(s.vectors)
     runner.update(lr, s.clip_schedule.rate_at(s.step) if cfg.clip_grad != "none" else None)
+    s.norms.apply(s.vectors)
     return total

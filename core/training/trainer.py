@@ -6,6 +6,7 @@
   micro-batches), `guard` (a NaN/inf loss or blown-up vectors is undone), `validation` and `watch` (the fixed-seed
   validation loss, the hold-out, the auto-stop rule, the best step), `checkpoints` (embedding files and
   state/latest.pt, from which a resume continues bit for bit) and `reports` (vector reports, previews).
+  `step_plan` decides gradient checkpointing and whether each step runs eager or captured as CUDA graphs (`compile`).
 - Files (in `out_dir`, the run folder): config.toml, loss.csv, embeddings/NAME-STEP.{pt,safetensors},
   previews/NAME-STEP.png, state/latest.pt, and the final NAME.pt / NAME.safetensors at the top.
 - Events: started, step, validation, checkpoint, preview, warning, error, stopping, stopped, finished (paths relative
@@ -32,6 +33,7 @@ from core.training.autostop import unreachable_reason
 from core.training.config import TrainConfig
 from core.training.resume_state import final_files_step
 from core.training.session import Session, setup
+from core.training.step_plan import StepPlan
 
 GPU_POLL_S = 2.0  # GPU memory and utilisation ride on a step event at most this often
 
@@ -69,6 +71,7 @@ class Trainer:
         self.poll_commands = poll_commands or (lambda: [])
         self.allow_data_change: bool | None = None  # None: $TIWIZ_ALLOW_DATA_CHANGE=1 (set by `tiwiz resume`)
         self.session: Session | None = None  # the run's state, once set up
+        self.capture_impl: str | None = None  # benches and tests: force a capture implementation (step_plan)
         self._pending_commands: list = []  # commands read between micro-batches, handled after the step
         self._stop_requested = False  # a plain attribute: safe to set from a signal handler or another thread
 
@@ -101,17 +104,18 @@ class Trainer:
                 precision=ev.precision_name(s.precision.name), n_images=len(s.dataset), model=s.model.name,
                 family=s.model.family, resumed=s.resumed, n_holdout=len(s.holdout_indices),
                 auto_stop=s.config.auto_stop, auto_stop_window=s.config.auto_stop_window, threads=s.threads.threads))
+            plan = StepPlan.start(s, end_step, self.capture_impl)  # checkpointing auto; eager or captured steps
             if not s.resumed and s.validate_every:
                 val = validation.validate(s)
                 log.write(0, 0, None, val, None, 0.0, holdout_loss=s.watch.last[2], editability=_editability(s))
             if not s.resumed and s.config.preview_every:
                 reports.preview(s)  # the preview prompt with the init vectors, before an hour is spent on it
-            reason = self._loop(s, end_step, log)
+            reason = self._loop(s, end_step, log, plan)
             return self._end(s, reason, end_step)
         finally:
             log.close()
 
-    def _loop(self, s: Session, end_step: int, log: LossLog) -> EndReason:
+    def _loop(self, s: Session, end_step: int, log: LossLog, plan: StepPlan) -> EndReason:
         """Train until end_step, or until a stop or the auto-stop rule."""
         cfg = s.config
         loss_avg, step_times, gpu_polled = None, [], 0.0
@@ -122,9 +126,9 @@ class Trainer:
             s.threads.tick()
             lr = s.lr_schedule.rate_at(s.step) * s.lr_scale
             t0 = time.monotonic()
-            total = update.train_step(s, lr, self._stop_between_micro_batches)
+            total = plan.step(s, lr, self._stop_between_micro_batches)  # update.train_step, or captured
             if total is update.STEP_ABANDONED:
-                continue  # a stop came between micro-batches: _handle_commands ends the loop
+                continue  # a stop between micro-batches (_handle_commands ends the loop), or the step runs again
             loss = guard.judge(s, total)
             if loss is None:
                 continue  # undone, and a warning says why

@@ -119,9 +119,10 @@ def train_step(s, lr: float, stop_between):
 
 
 def batch_loss(s, indices: list[int], generator, prompts: list[str] | None = None, latents=None, noise=None,
-               timesteps=None, weighted: bool = False, time_ids=None):
+               timesteps=None, weighted: bool = False, time_ids=None, tokenize=None):
     """Diffusion loss for one batch. Training draws noise/timesteps from `generator` and applies `loss_weighting`
-    (weighted=True); validation passes its own and stays plain MSE, so it is comparable across settings."""
+    (weighted=True); validation passes its own and stays plain MSE, so it is comparable across settings.
+    `tokenize(tokenizer, prompts, device)` replaces the token cache (a captured step reads its static buffers)."""
     cfg, model, sched = s.config, s.model, s.model.noise_scheduler
     if latents is None:
         latents = s.dataset.latents(indices, generator)
@@ -141,7 +142,7 @@ def batch_loss(s, indices: list[int], generator, prompts: list[str] | None = Non
     if time_ids is None and model.family == "sdxl":
         time_ids = s.dataset.time_ids(indices)
     with s.precision.autocast():
-        cond, added = conditioning.encode_prompts(model, prompts, s.device, time_ids, tokenize=s.tokens)
+        cond, added = conditioning.encode_prompts(model, prompts, s.device, time_ids, tokenize=tokenize or s.tokens)
         pred = model.unet(noisy.to(s.unet_dtype), timesteps, cond.to(s.unet_dtype), added_cond_kwargs=added).sample
     weights = None
     if weighted and cfg.loss_weighting != "none":
