@@ -153,13 +153,8 @@ class StartScreen(WizardScreen):
         menu.add_option(Option("Quit", id="quit"))
         menu.highlighted = 0  # Enter works at once
         menu.focus()
-        table = self.query_one("#runs", DataTable)
-        for label, width in (("Run", 26), ("State", 10), ("Step", 11), ("Loss", 7), ("Age", 9)):
-            table.add_column(label, width=width)
-        queue = self.query_one("#queue", DataTable)
-        for label, width in (("Job", 28), ("State", 16), ("GPU", 8), ("Step", 12)):
-            queue.add_column(label, width=width)
-        queue.display = self.query_one("#queue-label").display = False  # shown once jobs are found
+        self._add_columns(narrow=self.app.size.width < 80)
+        self.query_one("#queue").display = self.query_one("#queue-label").display = False  # shown once jobs are found
         self.queue_dir = self._queue_dir()
         self.poll_runs = OneAtATime(self.load_runs)  # the list is kept current: runs start, step and end meanwhile
         self.poll_queue = OneAtATime(self._read_queue)
@@ -171,6 +166,30 @@ class StartScreen(WizardScreen):
     def _poll(self) -> None:
         self.poll_runs()
         self.poll_queue()
+
+    _narrow = False
+
+    def _add_columns(self, narrow: bool) -> None:
+        """The tables' columns; below 80 columns narrower ones (and no Age, no GPU), so no column is cut."""
+        self._narrow = narrow
+        wide = {"runs": (("Run", 26), ("State", 10), ("Step", 11), ("Loss", 7), ("Age", 9)),
+                "queue": (("Job", 28), ("State", 16), ("GPU", 8), ("Step", 12))}
+        slim = {"runs": (("Run", 17), ("State", 9), ("Step", 9), ("Loss", 6)),
+                "queue": (("Job", 21), ("State", 13), ("Step", 9))}
+        for table_id, columns in (slim if narrow else wide).items():
+            table = self.query_one(f"#{table_id}", DataTable)
+            table.clear(columns=True)
+            for label, width in columns:
+                table.add_column(label, width=width)
+
+    def on_resize(self, event) -> None:
+        narrow = event.size.width < 80
+        if narrow != self._narrow:
+            self._add_columns(narrow)
+            if self.found_runs is not None:
+                self.watch_found_runs(self.found_runs)
+            if self.queue is not None:
+                self.watch_queue(None, self.queue)
 
     def _queue_dir(self) -> Path:
         from core.queue.jobs import default_queue_dir
@@ -196,7 +215,8 @@ class StartScreen(WizardScreen):
         for run, age in found:
             loss = "" if run.last_loss is None else f"{run.last_loss:.4f}"
             step = f"{run.step}/{run.max_steps}" if run.max_steps else str(run.step)
-            table.add_row(Text(run.name), str(run.state), step, loss, age, key=str(run.path))
+            cells = (Text(run.name), str(run.state), step, loss, age)
+            table.add_row(*cells[: len(table.columns)], key=str(run.path))
         keys = [str(run.path) for run, _ in found]
         if keep in keys:
             table.move_cursor(row=keys.index(keep), animate=False)
@@ -231,7 +251,9 @@ class StartScreen(WizardScreen):
             cursor = table.cursor_row
             table.clear()
             for row in status.rows:
-                table.add_row(row.name, row.state, row.gpu, row.step, key=row.key)
+                cells = (row.name, row.state, row.gpu, row.step) if len(table.columns) == 4 else \
+                    (row.name, row.state, row.step)
+                table.add_row(*cells, key=row.key)
             if status.rows:
                 table.move_cursor(row=min(cursor, len(status.rows) - 1), animate=False)
         table.display = label.display = bool(status.rows)
