@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+pytest_plugins = ("tests.tui_fixtures",)  # the wizard tests' shell fixtures (console, wizard_home)
+
 
 def pytest_configure(config):
     try:

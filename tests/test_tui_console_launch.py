@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tui_support import (console_app, console_home, continue_saved, copy_model, make_photos, until,
-                               wait_idle)
+from tests.tui_support import console_app, continue_saved, copy_model, make_photos, until, wait_idle
 from tui.state import WizardState
-
-
-@pytest.fixture
-def console(tmp_path, monkeypatch):
-    return console_home(tmp_path, monkeypatch)
 
 
 async def start_training_from_settings(app, pilot, runs: Path) -> None:

@@ -5,54 +5,40 @@ a finished run leads back to Training settings (21); an upscale is called one (1
 
 from __future__ import annotations
 
-import asyncio
-
-import pytest
-
 from core.runs import run_events as ev
-from tests.tui_support import (T0, burst, console_app, console_home, continue_saved, make_photos, message_text,
-                               until, wait_idle, write_recorded_run)
+from tests.tui_support import (T0, burst, console_app, continue_saved, drive, message_text, until, wait_idle,
+                               write_recorded_run)
 from tui.state import WizardState
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    home = console_home(tmp_path, monkeypatch)
-    make_photos(home / "photos", 2)
-    (home / "model").mkdir()
-    return home
-
-
-def at_training(home, **train) -> WizardState:
-    return WizardState(stage="training", model=str(home / "model"), source=str(home / "photos"),
-                       dataset=str(home / "photos"), skip_preprocess=True, name="zxq-cat", init_text="cat",
+def at_training(wizard_home, **train) -> WizardState:
+    return WizardState(stage="training", model=str(wizard_home / "model"), source=str(wizard_home / "photos"),
+                       dataset=str(wizard_home / "photos"), skip_preprocess=True, name="zxq-cat", init_text="cat",
                        train=train)
 
 
-def test_auto_stop_that_cannot_fire_is_said_on_training_settings(home):
-    app = console_app(saved=at_training(home, auto_stop=True, steps="300"))
+def test_auto_stop_that_cannot_fire_is_said_on_training_settings(wizard_home):
+    app = console_app(saved=at_training(wizard_home, auto_stop=True, steps="300"))
 
-    async def drive():
-        async with app.run_test(size=(80, 24)) as pilot:
-            await continue_saved(pilot, "training")
-            assert "Auto-stop" not in message_text(app)
-            await burst(pilot, "ctrl+u", *"50")  # steps 50: the run ends before a full window of 100
-            assert "Auto-stop cannot fire" in message_text(app) and "train all 50 steps" in message_text(app)
-    asyncio.run(drive())
+    async def body(pilot):
+        await continue_saved(pilot, "training")
+        assert "Auto-stop" not in message_text(app)
+        await burst(pilot, "ctrl+u", *"50")  # steps 50: the run ends before a full window of 100
+        assert "Auto-stop cannot fire" in message_text(app) and "train all 50 steps" in message_text(app)
+    drive(app, body)
 
 
-def test_load_toml_says_when_the_preview_prompt_leaves_the_embedding_out(home):
-    (home / "lazy.toml").write_text('steps = 200\npreview_prompt = "a photo of a cat"\n')
-    app = console_app(saved=at_training(home))
+def test_load_toml_says_when_the_preview_prompt_leaves_the_embedding_out(wizard_home):
+    (wizard_home / "lazy.toml").write_text('steps = 200\npreview_prompt = "a photo of a cat"\n')
+    app = console_app(saved=at_training(wizard_home))
 
-    async def drive():
-        async with app.run_test(size=(80, 24)) as pilot:
-            await continue_saved(pilot, "training")
-            await burst(pilot, "ctrl+l", "ctrl+u", *str(home / "lazy.toml"), "enter")
-            await until(pilot, lambda: "Loaded" in message_text(app), 30, "the load")
-            assert "neither [name] nor “zxq-cat”" in message_text(app)
-            assert app.screen.query_one("#tr-steps").value == "200"
-    asyncio.run(drive())
+    async def body(pilot):
+        await continue_saved(pilot, "training")
+        await burst(pilot, "ctrl+l", "ctrl+u", *str(wizard_home / "lazy.toml"), "enter")
+        await until(pilot, lambda: "Loaded" in message_text(app), 30, "the load")
+        assert "neither [name] nor “zxq-cat”" in message_text(app)
+        assert app.screen.query_one("#tr-steps").value == "200"
+    drive(app, body)
 
 
 def run_events(auto_stop: bool, finished: bool) -> list[dict]:
@@ -68,43 +54,41 @@ def run_events(auto_stop: bool, finished: bool) -> list[dict]:
     return [e.to_json() for e in events]
 
 
-def test_the_monitor_says_auto_stop_off_and_the_family_and_ctrl_q_says_how_to_come_back(home):
-    run = write_recorded_run(home / "runs" / "zxq-cat-1", run_events(auto_stop=False, finished=False))
+def test_the_monitor_says_auto_stop_off_and_the_family_and_ctrl_q_says_how_to_come_back(wizard_home):
+    run = write_recorded_run(wizard_home / "runs" / "zxq-cat-1", run_events(auto_stop=False, finished=False))
     app = console_app(["--attach", str(run)])
     app.check_liveness = False  # no worker behind the recorded run: keep it "running"
 
-    async def drive():
-        async with app.run_test(size=(80, 24)) as pilot:
-            await until(pilot, lambda: app.screen.view.step == 40, 30, "the history")
-            await wait_idle(pilot)
-            quality = str(app.screen.query_one("#mon-quality").render())
-            assert "auto-stop: off" in quality and "watching" not in quality
-            assert "SDXL" in str(app.screen.query_one("#mon-header").render())
-            await burst(pilot, "ctrl+q")
-    asyncio.run(drive())
+    async def body(pilot):
+        await until(pilot, lambda: app.screen.view.step == 40, 30, "the history")
+        await wait_idle(pilot)
+        quality = str(app.screen.query_one("#mon-quality").render())
+        assert "auto-stop: off" in quality and "watching" not in quality
+        assert "SDXL" in str(app.screen.query_one("#mon-header").render())
+        await burst(pilot, "ctrl+q")
+    drive(app, body)
     assert f"tiwiz attach {run}" in app.exit_message
 
 
-def test_a_finished_run_leads_back_to_training_settings(home):
-    run = write_recorded_run(home / "runs" / "zxq-cat-1", run_events(auto_stop=True, finished=True),
+def test_a_finished_run_leads_back_to_training_settings(wizard_home):
+    run = write_recorded_run(wizard_home / "runs" / "zxq-cat-1", run_events(auto_stop=True, finished=True),
                              state="finished")
-    (run / "config.toml").write_text(f'model = "{home / "model"}"\ndata = "{home / "photos"}"\nname = "zxq-cat"\n'
+    (run / "config.toml").write_text(f'model = "{wizard_home / "model"}"\ndata = "{wizard_home / "photos"}"\nname = "zxq-cat"\n'
                                      'init_text = "cat"\nsteps = 400\nlr = "0.003"\nauto_stop = true\n')
     app = console_app(["--attach", str(run)])
 
-    async def drive():
-        async with app.run_test(size=(80, 24)) as pilot:
-            await until(pilot, lambda: app.screen.view.step == 40, 30, "the history")
-            await burst(pilot, "f")
-            assert app.screen.STAGE == "finish"
-            await burst(pilot, "t")
-            await until(pilot, lambda: getattr(app.screen, "STAGE", "") == "training", 30, "Training settings")
-            await wait_idle(pilot)
-            assert app.screen.query_one("#tr-steps").value == "400"
-            assert app.screen.query_one("#tr-lr").value == "0.003"
-            assert (app.state.name, app.state.dataset) == ("zxq-cat", str(home / "photos"))
-            assert "Next starts a new run" in message_text(app)
-    asyncio.run(drive())
+    async def body(pilot):
+        await until(pilot, lambda: app.screen.view.step == 40, 30, "the history")
+        await burst(pilot, "f")
+        assert app.screen.STAGE == "finish"
+        await burst(pilot, "t")
+        await until(pilot, lambda: getattr(app.screen, "STAGE", "") == "training", 30, "Training settings")
+        await wait_idle(pilot)
+        assert app.screen.query_one("#tr-steps").value == "400"
+        assert app.screen.query_one("#tr-lr").value == "0.003"
+        assert (app.state.name, app.state.dataset) == ("zxq-cat", str(wizard_home / "photos"))
+        assert "Next starts a new run" in message_text(app)
+    drive(app, body)
 
 
 def test_an_upscale_is_said():

@@ -200,3 +200,16 @@ def write_embedding(stem: Path, seed: int = 0, name: str = "mycat") -> tuple[Pat
     vectors = torch.randn(1, 32, generator=torch.Generator().manual_seed(seed))
     return save_embedding(vectors, stem, name=name, step=seed, base_model="tiny", base_hash=None, init_text="cat",
                           overwrite=True)
+
+
+def drive(app, body, size: tuple[int, int] = (80, 24)):
+    """Start `app` at `size` the way the Pilot tests do, wait until it settles, run `await body(pilot)` and return
+    its result (the app is closed afterwards)."""
+    import asyncio
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await wait_idle(pilot)
+            return await body(pilot)
+
+    return asyncio.run(go())
