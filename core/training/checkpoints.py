@@ -16,7 +16,8 @@ from core.errors import TiwizError
 from core.runs import run_events as ev
 from core.training import guard
 from core.training.conditioning import split_vectors
-from core.training.resume_state import capture_global_rng, py_state, py_state_from, restore_global_rng, save_state
+from core.training.resume_state import (capture_global_rng, load_state, py_state, py_state_from, restore_global_rng,
+                                        save_state)
 
 STATE = "state/latest.pt"
 
@@ -114,9 +115,20 @@ def disk_full_error(exc: BaseException, out_dir: Path, step: int, last_saved_ste
     """A full disk in words (torch says `iostream error`), with the free space and the checkpoint to go back to."""
     if not isinstance(exc, Exception) or not is_disk_full(exc, out_dir):
         return None
+    if last_saved_step <= 0:  # a resumed run failing in setup has not read its state into a session yet
+        last_saved_step = _state_step(out_dir)
+        step = max(step, last_saved_step)
     if last_saved_step > 0 and (out_dir / STATE).is_file():
         hint = (f"The last good checkpoint is step {last_saved_step}; free space and `tiwiz resume {out_dir}` "
                 "continues from it.")
     else:
         hint = f"No checkpoint was saved yet; free space and `tiwiz resume {out_dir}` starts it again from step 0."
     return TiwizError(f"{disk_full_message(out_dir, f'write the files of step {step}')}. {hint}")
+
+
+def _state_step(out_dir: Path) -> int:
+    """The step of the run folder's resume state (0 without a readable one)."""
+    try:
+        return int(load_state(out_dir / STATE)["step"])
+    except Exception:  # noqa: BLE001 - no state, or a damaged one: nothing to resume from
+        return 0
