@@ -116,7 +116,7 @@ def _validation_line(event: ev.Validation, state: RunState | None) -> str:
     off = state is not None and state.auto_stop is False
     telling = event.auto_stop_ratio is not None or event.auto_stop_fired_at is not None
     if watched and not off and (state is None or telling):
-        from core.training.autostop import AutoStopState
+        from core.runs.autostop_state import AutoStopState
 
         text += "; auto-stop: " + AutoStopState(
             step=event.step, window=event.auto_stop_window, threshold=event.auto_stop_threshold,

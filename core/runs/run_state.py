@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.runs import run_events as ev
+from core.runs.autostop_state import AutoStopState
 from core.runs.run_events import RunPhase
 
 EMA_ALPHA = 0.1  # smoothing of the plotted loss curve (weight of the newest point)
@@ -68,7 +69,7 @@ class RunState:
     best_basis: str | None = None  # what it rests on: a key of run_events.BEST_BASES (None in logs from before it)
     best_checkpoint: str = ""  # its .safetensors checkpoint (relative), once the run says which
     auto_stop: bool | None = None  # whether the auto-stop rule ends the run (it is watched either way)
-    auto_stop_state: object = None  # the rule's latest state (core.training.autostop.AutoStopState)
+    auto_stop_state: AutoStopState | None = None  # the rule's latest state
     vocab_median_norm: float | None = None
     rendering_preview: int | None = None  # the step of a preview the worker is rendering now, else None
     gpu: dict = field(default_factory=dict)  # mem_used, mem_total (bytes), util (percent)
@@ -194,8 +195,6 @@ class RunState:
         if e.best_step is not None:
             self.best_step, self.best_basis = e.best_step, e.best_basis
         if e.auto_stop_window is not None and e.auto_stop_threshold is not None:
-            from core.training.autostop import AutoStopState
-
             self.auto_stop_state = AutoStopState(
                 step=e.step, window=e.auto_stop_window, threshold=e.auto_stop_threshold,
                 watched=e.auto_stop_watched or 0, ratio=e.auto_stop_ratio, stop=False, fired_at=e.auto_stop_fired_at)

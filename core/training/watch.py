@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.runs.autostop_state import AutoStopState
 from core.runs.lossfile import read_loss_csv
-from core.training.autostop import AutoStop, AutoStopState
+from core.training.autostop import AutoStop
 
 
 class Watch:
