@@ -306,6 +306,7 @@ class TrainingScreen(WizardScreen):
         return None
 
     _summary = ""  # what ctrl+n is about to start, written by check_files
+    _checked: TrainConfig | None = None  # the config check_files validated (paths included): what starts or is queued
 
     def check_files(self) -> str | None:
         """The preflight (the dataset's images, the tokenizer, the model's files), found now rather than after the
@@ -320,6 +321,7 @@ class TrainingScreen(WizardScreen):
         if found:
             return found[0]
         self._summary = start_summary(config, self.app.runs_root)
+        self._checked = config
         return None
 
     def proceed(self) -> None:
@@ -342,7 +344,7 @@ class TrainingScreen(WizardScreen):
         problem = self.check() or self.check_files()
         if problem:
             raise TiwizError(problem)
-        (job,) = add_jobs(default_queue_dir(self.app.runs_root), [(None, self.build_config().to_dict(), "job")])
+        (job,) = add_jobs(default_queue_dir(self.app.runs_root), [(None, self._checked.to_dict(), "job")])
         return (f"Added job {job.name} to the queue ({job.config_path}). `tiwiz queue run` trains the queue; the "
                 "start screen lists it.")
 
@@ -353,11 +355,11 @@ class TrainingScreen(WizardScreen):
     def start_training(self) -> Path:
         from core.training import preflight
 
-        config = self.build_config()
+        config = self._checked  # validated by Next's checks a moment ago: not rebuilt from the form's text again
         found = preflight.device_problems(config, cuda=preflight.cuda_available_in_subprocess)
         if found:
             raise TiwizError(found[0])
-        return Path(runapi.start_run(config.to_dict(), root=self.app.runs_root))
+        return Path(runapi.start_run(config, root=self.app.runs_root))
 
     def start_training_done(self, run_dir: Path) -> None:
         self.state.run_dir = str(run_dir)
