@@ -29,7 +29,9 @@ def test_each_distinct_prompt_is_tokenised_once(tiny_model_dir, tmp_path, monkey
     cfg = tiny_config(tiny_model_dir, data, steps=12, template=str(template))
     summary = Trainer(cfg, tmp_path / "out", ListSink()).run()
     assert summary.step == 12
-    assert tokenised and len(tokenised) == len(set(tokenised)) == 2  # 12 steps, 2 lines (no [filewords])
+    assert tokenised and len(tokenised) == len(set(tokenised))
+    # 12 steps, 2 template lines (no [filewords]); the editability probe's init-text prompt is the only other one
+    assert {p for p in tokenised if "<tiwiz-vec-0>" in p} == {"a photo of <tiwiz-vec-0>", "a painting of <tiwiz-vec-0>"}
 
 
 def test_a_step_whose_prompts_hold_no_trigger_changes_nothing(tiny_model_dir, tmp_path, monkeypatch):
