@@ -235,7 +235,7 @@ def test_cli_train_attach_resume_and_runs_on_an_sdxl_run(tiny_sdxl_dir, tmp_path
     assert first.returncode == 0, first.stderr
     assert "zxqxl.safetensors" in first.stdout and "zxqxl.pt" not in first.stdout
     (started,) = [line for line in first.stdout.splitlines() if line.startswith("started at step")]
-    assert started.endswith("(sdxl)"), started
+    assert started.endswith("(SDXL)"), started  # the family as users name it
     assert (out / "previews" / "zxqxl-2.png").is_file()  # rendered by StableDiffusionXLPipeline with live vectors
     second = tiwiz("resume", str(out), "--steps", "4")
     assert second.returncode == 0, second.stderr
