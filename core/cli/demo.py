@@ -1,4 +1,5 @@
-"""`tiwiz demo`: the whole job on the embedded default, on a CPU, in about 20 s on an idle 2-core machine.
+"""`tiwiz demo`: the whole job on the embedded default, on a CPU (18.4 s on an idle 2-core machine when last measured
+idle; bench/RESULTS.md).
 
 Writes the shipped "shapes world" model, 16 images of a concept it has never seen (a yellow heart on purple),
 trains an embedding for it with the real trainer, then renders a before/after grid.
@@ -15,8 +16,8 @@ from core.safe_text import safe_print
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="train a demo embedding on the built-in shapes-world model (CPU; about 20 s on an idle "
-                     "2-core machine)",
+        "demo", help="train a demo embedding on the built-in shapes-world model (on the CPU; seconds to minutes, "
+                     "by how busy the machine is)",
         description="Write the built-in demo model and images of a held-out concept, train an embedding for it, and "
                     "render a before/after grid. Example: tiwiz demo --output tiwiz-demo --steps 300",
     )
