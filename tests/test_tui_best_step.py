@@ -3,10 +3,9 @@ embedding's name (so the trigger word stays the same)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-from tests.tui_support import recorded_events, wait_idle, write_embedding, write_recorded_run
+from tests.tui_support import drive, recorded_events, wait_idle, write_embedding, write_recorded_run
 from tui.app import TiwizApp
 from tui.state import WizardState
 
@@ -26,16 +25,14 @@ def test_finish_offers_and_copies_the_best_checkpoint(tmp_path, monkeypatch):
     app = TiwizApp(state=WizardState(model="models/tiny", name="mycat", run_dir="runs/mycat-1"), save=False,
                    runs_root=tmp_path / "runs", start_stage="finish", finder_roots=[tmp_path])
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot)
-            files = str(app.screen.query_one("#fin-files").content)
-            assert "step 80" in files and "mycat-80.safetensors" in files and "(lowest held-out loss)" in files
-            await pilot.press("b")
-            await wait_idle(pilot)
-            await pilot.press("c")
-            await wait_idle(pilot)
-    asyncio.run(drive())
+    async def body(pilot):
+        files = str(app.screen.query_one("#fin-files").content)
+        assert "step 80" in files and "mycat-80.safetensors" in files and "(lowest held-out loss)" in files
+        await pilot.press("b")
+        await wait_idle(pilot)
+        await pilot.press("c")
+        await wait_idle(pilot)
+    drive(app, body, (100, 30))
     copied = {p.name: p.read_bytes() for p in webui.iterdir()}
     assert copied and set(copied) <= {"mycat.safetensors", "mycat.pt"}
     step80 = {(run / "embeddings" / f"mycat-80{ext}").read_bytes() for ext in (".safetensors", ".pt")}
@@ -54,13 +51,11 @@ def test_finish_says_when_the_final_embedding_is_the_suggested_one(tmp_path, mon
     app = TiwizApp(state=WizardState(model="models/tiny", name="mycat", run_dir="runs/mycat-1"), save=False,
                    runs_root=tmp_path / "runs", start_stage="finish", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot)
-            files = str(app.screen.query_one("#fin-files").content)
-            assert "the final embedding above (step 120: lowest validation loss)" in files, files
-            assert "b copies" not in files
-    asyncio.run(drive())
+    async def body(pilot):
+        files = str(app.screen.query_one("#fin-files").content)
+        assert "the final embedding above (step 120: lowest validation loss)" in files, files
+        assert "b copies" not in files
+    drive(app, body, (100, 30))
 
 
 def test_the_monitor_labels_the_best_step_by_its_basis():

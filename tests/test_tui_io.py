@@ -3,12 +3,11 @@ filter works on an index read once, and bulk tag edits run in a worker with one 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 
 from core.prep.captions import CaptionSet
-from tests.tui_support import freeze_cursor, make_photos, wait_idle
+from tests.tui_support import drive, freeze_cursor, make_photos, wait_idle
 from tui.app import TiwizApp
 from tui.state import WizardState
 
@@ -49,17 +48,15 @@ def test_folder_scans_are_debounced_off_the_ui_thread(tmp_path, monkeypatch):
     app = TiwizApp(state=WizardState(), save=False, runs_root=tmp_path / "runs", start_stage="folders",
                    finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot)
-            calls.clear()
-            for ch in "photos":
-                await pilot.press(ch)
-            await wait_idle(pilot)
-            assert "3 images" in str(app.screen.query_one("#source-info").content)
-            assert calls and len(calls) <= 2, calls  # not one scan per keystroke
-            assert threading.main_thread().name not in calls
-    asyncio.run(drive())
+    async def body(pilot):
+        calls.clear()
+        for ch in "photos":
+            await pilot.press(ch)
+        await wait_idle(pilot)
+        assert "3 images" in str(app.screen.query_one("#source-info").content)
+        assert calls and len(calls) <= 2, calls  # not one scan per keystroke
+        assert threading.main_thread().name not in calls
+    drive(app, body, (100, 30))
 
 
 def test_caption_filter_uses_the_index_and_bulk_edits_run_in_a_worker(tmp_path, monkeypatch):
@@ -70,30 +67,29 @@ def test_caption_filter_uses_the_index_and_bulk_edits_run_in_a_worker(tmp_path, 
     state = WizardState(dataset=str(folder), skip_preprocess=True)
     app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="captions", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot, timeout=120)
-            screen = app.screen
-            assert len(screen.items) == 4 and len(reads) == 1  # the index, read once...
-            assert reads[0] != threading.main_thread().name  # ...in a worker
-            await pilot.press("ctrl+f")
-            for ch in "cat":
-                await pilot.press(ch)
-            await wait_idle(pilot)
-            assert [i.image.name for i in screen.items] == ["photo-00.png", "photo-02.png"]
-            assert len(reads) == 1  # no rescan per keystroke
-            await pilot.press("f2")
-            await wait_idle(pilot)
-            for ch in "tabby":
-                await pilot.press(ch)
-            await pilot.press("enter")
-            await wait_idle(pilot)
-            assert edits and edits[0] != threading.main_thread().name
-            assert "2 caption files changed" in str(screen.query_one("#message").content)  # the filtered ones
-            tagged = [i.image.name for i in screen.index_items if i.caption.startswith("tabby")]
-            assert tagged == ["photo-00.png", "photo-02.png"]  # the index re-read after it
-            assert not screen.query_one("#cap-input").disabled
-    asyncio.run(drive())
+    async def body(pilot):
+        await wait_idle(pilot, timeout=120)
+        screen = app.screen
+        assert len(screen.items) == 4 and len(reads) == 1  # the index, read once...
+        assert reads[0] != threading.main_thread().name  # ...in a worker
+        await pilot.press("ctrl+f")
+        for ch in "cat":
+            await pilot.press(ch)
+        await wait_idle(pilot)
+        assert [i.image.name for i in screen.items] == ["photo-00.png", "photo-02.png"]
+        assert len(reads) == 1  # no rescan per keystroke
+        await pilot.press("f2")
+        await wait_idle(pilot)
+        for ch in "tabby":
+            await pilot.press(ch)
+        await pilot.press("enter")
+        await wait_idle(pilot)
+        assert edits and edits[0] != threading.main_thread().name
+        assert "2 caption files changed" in str(screen.query_one("#message").content)  # the filtered ones
+        tagged = [i.image.name for i in screen.index_items if i.caption.startswith("tabby")]
+        assert tagged == ["photo-00.png", "photo-02.png"]  # the index re-read after it
+        assert not screen.query_one("#cap-input").disabled
+    drive(app, body, (100, 30))
     assert [i for i in range(3) if (folder / f"photo-{i:02d}.txt").read_text().startswith("tabby")] == [0, 2]
     assert not (folder / "photo-03.txt").exists()
 
@@ -111,16 +107,14 @@ def test_checks_that_read_folders_still_ask_first(tmp_path, monkeypatch):
     state = WizardState(model="m", source=str(tmp_path / "photos"), dataset=str(tmp_path / "out"), name="zxqcat")
     app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="embedding", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot)
-            await pilot.press("ctrl+n")
-            await wait_idle(pilot)
-            assert isinstance(app.screen, ConfirmModal)  # a run of that name exists: asked before going on
-            app.pop_screen()
-            app.goto("preprocess")
-            await wait_idle(pilot)
-            await pilot.press("ctrl+r")
-            await wait_idle(pilot)
-            assert isinstance(app.screen, ConfirmModal)  # the destination has files: asked before preprocessing
-    asyncio.run(drive())
+    async def body(pilot):
+        await pilot.press("ctrl+n")
+        await wait_idle(pilot)
+        assert isinstance(app.screen, ConfirmModal)  # a run of that name exists: asked before going on
+        app.pop_screen()
+        app.goto("preprocess")
+        await wait_idle(pilot)
+        await pilot.press("ctrl+r")
+        await wait_idle(pilot)
+        assert isinstance(app.screen, ConfirmModal)  # the destination has files: asked before preprocessing
+    drive(app, body, (100, 30))

@@ -3,9 +3,7 @@ and never save text into the wrong caption."""
 
 from __future__ import annotations
 
-import asyncio
-
-from tests.tui_support import burst, gradient_png, make_photos, wait_idle
+from tests.tui_support import burst, drive, gradient_png, make_photos, wait_idle
 from tui.app import TiwizApp
 from tui.state import WizardState
 
@@ -28,17 +26,15 @@ def on_disk(ds):
 def test_filter_typed_right_after_ctrl_f_filters_and_saves_nothing(tmp_path):
     ds, app = captions_app(tmp_path)
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot)
-            await pilot.press("down")  # the second image, camera
-            await burst(pilot, "ctrl+f", *"astro")
-            screen = app.screen
-            assert screen.query_one("#cap-filter").value == "astro"
-            assert [i.image.stem for i in screen.items] == ["astro"]
-            assert screen.query_one("#cap-input").value == "an astronaut"
-            await burst(pilot, "enter", "down", "escape")
-    asyncio.run(drive())
+    async def body(pilot):
+        await pilot.press("down")  # the second image, camera
+        await burst(pilot, "ctrl+f", *"astro")
+        screen = app.screen
+        assert screen.query_one("#cap-filter").value == "astro"
+        assert [i.image.stem for i in screen.items] == ["astro"]
+        assert screen.query_one("#cap-input").value == "an astronaut"
+        await burst(pilot, "enter", "down", "escape")
+    drive(app, body, (100, 30))
     assert app.return_code is None  # no IndexError from a stale highlight
     assert on_disk(ds) == CAPTIONS
 
@@ -46,21 +42,19 @@ def test_filter_typed_right_after_ctrl_f_filters_and_saves_nothing(tmp_path):
 def test_filter_shrinking_the_list_mid_burst_does_not_crash(tmp_path):
     ds, app = captions_app(tmp_path)
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot)
-            await pilot.press("down", "down", "down")
-            await burst(pilot, "ctrl+f", *"em", "backspace", "backspace", *"dog")
-            assert [i.image.stem for i in app.screen.items] == ["dog"]
-            # a highlight from the list as it was before the filter, arriving late
-            from textual.widgets import OptionList
-            from textual.widgets.option_list import Option
+    async def body(pilot):
+        await pilot.press("down", "down", "down")
+        await burst(pilot, "ctrl+f", *"em", "backspace", "backspace", *"dog")
+        assert [i.image.stem for i in app.screen.items] == ["dog"]
+        # a highlight from the list as it was before the filter, arriving late
+        from textual.widgets import OptionList
+        from textual.widgets.option_list import Option
 
-            menu = app.screen.query_one("#cap-list", OptionList)
-            menu.post_message(OptionList.OptionHighlighted(menu, Option("ember", id="ember.png"), 3))
-            await wait_idle(pilot)
-            assert app.screen.query_one("#cap-input").value == "a dog"
-    asyncio.run(drive())
+        menu = app.screen.query_one("#cap-list", OptionList)
+        menu.post_message(OptionList.OptionHighlighted(menu, Option("ember", id="ember.png"), 3))
+        await wait_idle(pilot)
+        assert app.screen.query_one("#cap-input").value == "a dog"
+    drive(app, body, (100, 30))
     assert app.return_code is None
     assert on_disk(ds) == CAPTIONS
 
@@ -68,11 +62,9 @@ def test_filter_shrinking_the_list_mid_burst_does_not_crash(tmp_path):
 def test_caption_typed_after_down_goes_to_the_next_image(tmp_path):
     ds, app = captions_app(tmp_path)
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot)
-            await burst(pilot, "ctrl+u", *"one", "down", "ctrl+u", *"two", "enter")
-    asyncio.run(drive())
+    async def body(pilot):
+        await burst(pilot, "ctrl+u", *"one", "down", "ctrl+u", *"two", "enter")
+    drive(app, body, (100, 30))
     assert on_disk(ds) == dict(CAPTIONS, astro="one", camera="two")
 
 
@@ -81,11 +73,9 @@ def test_ctrl_u_then_digits_in_a_numeric_field(tmp_path):
     state = WizardState(model=str(tmp_path / "m"), dataset=str(tmp_path / "photos"), name="cat")
     app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="training", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot)
-            assert app.focused.id == "tr-steps"
-            await burst(pilot, "ctrl+u", *"512", "left", "backspace", "9")
-            assert app.screen.query_one("#tr-steps").value == "592"
-            assert app.state.train["steps"] == "592"
-    asyncio.run(drive())
+    async def body(pilot):
+        assert app.focused.id == "tr-steps"
+        await burst(pilot, "ctrl+u", *"512", "left", "backspace", "9")
+        assert app.screen.query_one("#tr-steps").value == "592"
+        assert app.state.train["steps"] == "592"
+    drive(app, body, (100, 30))

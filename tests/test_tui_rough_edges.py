@@ -4,10 +4,9 @@ trees that go above their start folder, dialogs that wrap."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 
-from tests.tui_support import (gradient_png, make_photos, recorded_events, wait_idle, write_embedding,
+from tests.tui_support import (drive, gradient_png, make_photos, recorded_events, wait_idle, write_embedding,
                                write_recorded_run)
 from tui.app import TiwizApp
 from tui.state import WizardState
@@ -34,26 +33,24 @@ def test_start_highlights_the_first_row_and_tells_runs_apart(tmp_path):
     app = TiwizApp(state=WizardState(), save=False, runs_root=runs, finder_roots=[])
     app.check_liveness = False
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            from textual.widgets import DataTable
+    async def body(pilot):
+        from textual.widgets import DataTable
 
-            table = app.screen.query_one("#runs", DataTable)
-            assert table.row_count == 2 and len(table.columns) == 5  # run, state, step, loss, age
-            detail = str(app.screen.query_one("#runs-detail").content)
-            first = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-            assert first in detail
-            table.move_cursor(row=1)
-            await wait_idle(pilot)
-            second = str(app.screen.query_one("#runs-detail").content)
-            assert second != detail and str(runs) in second
-            app.screen.query_one("#start-menu").focus()
-            await wait_idle(pilot)
-            await pilot.press("enter")  # the first row, "New embedding", is highlighted
-            await wait_idle(pilot)
-            assert app.screen.STAGE == "model"
-    asyncio.run(drive())
+        table = app.screen.query_one("#runs", DataTable)
+        assert table.row_count == 2 and len(table.columns) == 5  # run, state, step, loss, age
+        detail = str(app.screen.query_one("#runs-detail").content)
+        first = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        assert first in detail
+        table.move_cursor(row=1)
+        await wait_idle(pilot)
+        second = str(app.screen.query_one("#runs-detail").content)
+        assert second != detail and str(runs) in second
+        app.screen.query_one("#start-menu").focus()
+        await wait_idle(pilot)
+        await pilot.press("enter")  # the first row, "New embedding", is highlighted
+        await wait_idle(pilot)
+        assert app.screen.STAGE == "model"
+    drive(app, body, SIZE)
 
 
 def test_model_list_shows_paths_and_highlights_the_first(tmp_path, tiny_model_dir):
@@ -65,18 +62,16 @@ def test_model_list_shows_paths_and_highlights_the_first(tmp_path, tiny_model_di
     app = TiwizApp(state=WizardState(), save=False, runs_root=tmp_path / "runs", start_stage="model",
                    finder_roots=[tmp_path / "a", tmp_path / "b"])
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            from textual.widgets import OptionList
+    async def body(pilot):
+        from textual.widgets import OptionList
 
-            found = app.screen.query_one("#found", OptionList)
-            prompts = [str(found.get_option_at_index(i).prompt) for i in range(found.option_count)]
-            assert found.option_count >= 1 and found.highlighted is not None
-            assert all(str(tmp_path) in p for p in prompts)
-            if found.option_count == 2:
-                assert prompts[0] != prompts[1]
-    asyncio.run(drive())
+        found = app.screen.query_one("#found", OptionList)
+        prompts = [str(found.get_option_at_index(i).prompt) for i in range(found.option_count)]
+        assert found.option_count >= 1 and found.highlighted is not None
+        assert all(str(tmp_path) in p for p in prompts)
+        if found.option_count == 2:
+            assert prompts[0] != prompts[1]
+    drive(app, body, SIZE)
 
 
 def test_training_tabs_have_a_key_and_help_is_literal(tmp_path):
@@ -84,22 +79,20 @@ def test_training_tabs_have_a_key_and_help_is_literal(tmp_path):
     state = WizardState(model=str(tmp_path / "m"), dataset=str(tmp_path / "photos"), name="zxq-cat")
     app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="training", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            from textual.widgets import TabbedContent
+    async def body(pilot):
+        from textual.widgets import TabbedContent
 
-            tabs = app.screen.query_one("#tr-tabs", TabbedContent)
-            assert tabs.active == "tab-basic" and "f2" in screen_text(app).splitlines()[-1]
-            await pilot.press("f2")
-            await wait_idle(pilot)
-            assert tabs.active == "tab-preview" and app.focused.id.startswith("tr-preview")
-            helps = [str(w.content) for w in app.screen.query(".form-help")]
-            assert any("[name]" in h for h in helps)  # not eaten as markup
-            await pilot.press("f2", "f2")
-            await wait_idle(pilot)
-            assert tabs.active == "tab-basic"
-    asyncio.run(drive())
+        tabs = app.screen.query_one("#tr-tabs", TabbedContent)
+        assert tabs.active == "tab-basic" and "f2" in screen_text(app).splitlines()[-1]
+        await pilot.press("f2")
+        await wait_idle(pilot)
+        assert tabs.active == "tab-preview" and app.focused.id.startswith("tr-preview")
+        helps = [str(w.content) for w in app.screen.query(".form-help")]
+        assert any("[name]" in h for h in helps)  # not eaten as markup
+        await pilot.press("f2", "f2")
+        await wait_idle(pilot)
+        assert tabs.active == "tab-basic"
+    drive(app, body, SIZE)
 
 
 def test_captions_list_findings_and_keep_the_count_current(tmp_path):
@@ -110,22 +103,20 @@ def test_captions_list_findings_and_keep_the_count_current(tmp_path):
     app = TiwizApp(state=WizardState(dataset=str(ds)), save=False, runs_root=tmp_path / "runs",
                    start_stage="captions", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            count = app.screen.query_one("#cap-count")
-            assert "2 uncaptioned" in str(count.content)
-            await pilot.press(*"a blue square", "enter")
-            await wait_idle(pilot)
-            assert "1 uncaptioned" in str(count.content)  # recounted when a caption is written
-            await pilot.press("f5")
-            await wait_idle(pilot)
-            panel = app.screen.query_one("#cap-all-findings")
-            assert panel.display and "img2.png" in str(panel.content)
-            await pilot.press("f5")
-            await wait_idle(pilot)
-            assert not panel.display
-    asyncio.run(drive())
+    async def body(pilot):
+        count = app.screen.query_one("#cap-count")
+        assert "2 uncaptioned" in str(count.content)
+        await pilot.press(*"a blue square", "enter")
+        await wait_idle(pilot)
+        assert "1 uncaptioned" in str(count.content)  # recounted when a caption is written
+        await pilot.press("f5")
+        await wait_idle(pilot)
+        panel = app.screen.query_one("#cap-all-findings")
+        assert panel.display and "img2.png" in str(panel.content)
+        await pilot.press("f5")
+        await wait_idle(pilot)
+        assert not panel.display
+    drive(app, body, SIZE)
     assert (ds / "img0.txt").read_text() == "a blue square"
 
 
@@ -147,24 +138,22 @@ def test_tab_completes_a_path_field_and_trees_go_up(tmp_path, monkeypatch):
     app = TiwizApp(state=WizardState(), save=False, runs_root=tmp_path / "runs", start_stage="folders",
                    finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            await pilot.press(*"pho", "tab")
-            await wait_idle(pilot)
-            assert app.screen.query_one("#source").value == "photos/"
-            await pilot.press("tab")  # nothing more to complete: Tab moves on
-            await wait_idle(pilot)
-            assert app.focused.id != "source"
-            from tui.screens.folders import FolderTree
+    async def body(pilot):
+        await pilot.press(*"pho", "tab")
+        await wait_idle(pilot)
+        assert app.screen.query_one("#source").value == "photos/"
+        await pilot.press("tab")  # nothing more to complete: Tab moves on
+        await wait_idle(pilot)
+        assert app.focused.id != "source"
+        from tui.screens.folders import FolderTree
 
-            tree = app.screen.query_one(FolderTree)
-            tree.focus()
-            await wait_idle(pilot)
-            await pilot.press("backspace")
-            await wait_idle(pilot)
-            assert os.path.realpath(str(tree.path)) == os.path.realpath(str(tmp_path))
-    asyncio.run(drive())
+        tree = app.screen.query_one(FolderTree)
+        tree.focus()
+        await wait_idle(pilot)
+        await pilot.press("backspace")
+        await wait_idle(pilot)
+        assert os.path.realpath(str(tree.path)) == os.path.realpath(str(tmp_path))
+    drive(app, body, SIZE)
 
 
 def test_confirmation_dialogs_wrap_at_80_columns(tmp_path):
@@ -173,15 +162,13 @@ def test_confirmation_dialogs_wrap_at_80_columns(tmp_path):
     app = TiwizApp(state=WizardState(), save=False, runs_root=tmp_path / "runs", finder_roots=[])
     long = "/workspace/stable-diffusion-webui/embeddings/a-rather-long-embedding-name-v2-final.safetensors exists."
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            app.push_screen(ConfirmModal(long + " Replace it with the new one from this run?"))
-            await wait_idle(pilot)
-            lines = [line.strip(" ▊▎▌█▐▕▏│┃") for line in screen_text(app).splitlines()]
-            text = " ".join(" ".join(lines).split())
-            assert "Replace it with the new one from this run?" in text, screen_text(app)
-    asyncio.run(drive())
+    async def body(pilot):
+        app.push_screen(ConfirmModal(long + " Replace it with the new one from this run?"))
+        await wait_idle(pilot)
+        lines = [line.strip(" ▊▎▌█▐▕▏│┃") for line in screen_text(app).splitlines()]
+        text = " ".join(" ".join(lines).split())
+        assert "Replace it with the new one from this run?" in text, screen_text(app)
+    drive(app, body, SIZE)
 
 
 def test_an_invalid_compact_field_keeps_its_value_visible(tmp_path):
@@ -189,16 +176,14 @@ def test_an_invalid_compact_field_keeps_its_value_visible(tmp_path):
     state = WizardState(model=str(tmp_path / "m"), dataset=str(tmp_path / "photos"), name="zxq-cat")
     app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="training", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            await pilot.press("ctrl+u", *"0")
-            await wait_idle(pilot)
-            field = app.screen.query_one("#tr-steps")
-            assert field.has_class("-invalid")
-            row = screen_text(app).splitlines()[field.region.y]
-            assert "steps" in row and " 0" in row  # the value still shows beside its label
-    asyncio.run(drive())
+    async def body(pilot):
+        await pilot.press("ctrl+u", *"0")
+        await wait_idle(pilot)
+        field = app.screen.query_one("#tr-steps")
+        assert field.has_class("-invalid")
+        row = screen_text(app).splitlines()[field.region.y]
+        assert "steps" in row and " 0" in row  # the value still shows beside its label
+    drive(app, body, SIZE)
 
 
 def test_finish_shows_real_absolute_paths_the_sheet_and_copies_with_c(tmp_path, monkeypatch):
@@ -216,18 +201,16 @@ def test_finish_shows_real_absolute_paths_the_sheet_and_copies_with_c(tmp_path, 
     app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="finish",
                    finder_roots=[tmp_path])
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            snippet = str(app.screen.query_one("#fin-snippet").content)
-            assert '"/models/real/v1-5.safetensors"' in snippet and "from_single_file" in snippet
-            files = str(app.screen.query_one("#fin-files").content)
-            assert str(run / "mycat.safetensors") in files and str(run / "mycat.pt") in files
-            assert app.screen.query_one("#fin-sheet").display
-            assert "Next" not in screen_text(app).splitlines()[-1]
-            await pilot.press("c")
-            await wait_idle(pilot)
-    asyncio.run(drive())
+    async def body(pilot):
+        snippet = str(app.screen.query_one("#fin-snippet").content)
+        assert '"/models/real/v1-5.safetensors"' in snippet and "from_single_file" in snippet
+        files = str(app.screen.query_one("#fin-files").content)
+        assert str(run / "mycat.safetensors") in files and str(run / "mycat.pt") in files
+        assert app.screen.query_one("#fin-sheet").display
+        assert "Next" not in screen_text(app).splitlines()[-1]
+        await pilot.press("c")
+        await wait_idle(pilot)
+    drive(app, body, SIZE)
     assert sorted(p.name for p in webui.iterdir()) and any(p.name.startswith("mycat.") for p in webui.iterdir())
 
 
@@ -235,19 +218,17 @@ def test_a_refused_next_message_goes_once_the_field_is_edited(tmp_path):
     app = TiwizApp(state=WizardState(name="zxq-cat", vectors=1), save=False, runs_root=tmp_path / "runs",
                    start_stage="embedding", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            message = app.screen.query_one("#message")
-            app.screen.query_one("#emb-vectors").value = "0"
-            await wait_idle(pilot)
-            await pilot.press("ctrl+n")
-            await wait_idle(pilot)
-            assert "between 1 and 75" in str(message.content) and message.has_class("visible")
-            app.screen.query_one("#emb-vectors").value = "2"
-            await wait_idle(pilot)
-            assert not message.has_class("visible")
-    asyncio.run(drive())
+    async def body(pilot):
+        message = app.screen.query_one("#message")
+        app.screen.query_one("#emb-vectors").value = "0"
+        await wait_idle(pilot)
+        await pilot.press("ctrl+n")
+        await wait_idle(pilot)
+        assert "between 1 and 75" in str(message.content) and message.has_class("visible")
+        app.screen.query_one("#emb-vectors").value = "2"
+        await wait_idle(pilot)
+        assert not message.has_class("visible")
+    drive(app, body, SIZE)
 
 
 def test_training_below_80_columns_keeps_help_readable(tmp_path):
@@ -255,16 +236,14 @@ def test_training_below_80_columns_keeps_help_readable(tmp_path):
     state = WizardState(model=str(tmp_path / "m"), dataset=str(tmp_path / "photos"), name="zxq-cat")
     app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="training", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=(60, 20)) as pilot:
-            await wait_idle(pilot)
-            assert not app.screen.query_one("#tr-side").display
-            widths = [w.region.width for w in app.screen.query(".form-help") if w.region.width]
-            assert widths and min(widths) >= 30
-            await pilot.resize_terminal(100, 30)
-            await wait_idle(pilot)
-            assert app.screen.query_one("#tr-side").display
-    asyncio.run(drive())
+    async def body(pilot):
+        assert not app.screen.query_one("#tr-side").display
+        widths = [w.region.width for w in app.screen.query(".form-help") if w.region.width]
+        assert widths and min(widths) >= 30
+        await pilot.resize_terminal(100, 30)
+        await wait_idle(pilot)
+        assert app.screen.query_one("#tr-side").display
+    drive(app, body, (60, 20))
 
 
 def test_preprocess_skip_reasons_wrap_at_80_columns(tmp_path):
@@ -273,13 +252,11 @@ def test_preprocess_skip_reasons_wrap_at_80_columns(tmp_path):
     state = WizardState(model=str(tmp_path / "m"), source=str(tmp_path / "photos"), dataset=str(tmp_path / "ds"))
     app = TiwizApp(state=state, save=False, runs_root=tmp_path / "runs", start_stage="preprocess", finder_roots=[])
 
-    async def drive():
-        async with app.run_test(size=SIZE) as pilot:
-            await wait_idle(pilot)
-            await pilot.press("ctrl+r")
-            await wait_idle(pilot, timeout=120)
-            log = app.screen.query_one("#pp-skipped")
-            lines = [str(strip.text).rstrip() for strip in log.lines]
-            assert "a-broken-photo-with-a-long-name.png:" in "".join("".join(lines).split())  # wrapped, whole
-            assert all(len(line) <= log.region.width for line in lines) and len(lines) >= 2, (log.region, lines)
-    asyncio.run(drive())
+    async def body(pilot):
+        await pilot.press("ctrl+r")
+        await wait_idle(pilot, timeout=120)
+        log = app.screen.query_one("#pp-skipped")
+        lines = [str(strip.text).rstrip() for strip in log.lines]
+        assert "a-broken-photo-with-a-long-name.png:" in "".join("".join(lines).split())  # wrapped, whole
+        assert all(len(line) <= log.region.width for line in lines) and len(lines) >= 2, (log.region, lines)
+    drive(app, body, SIZE)

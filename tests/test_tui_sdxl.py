@@ -8,7 +8,7 @@ import asyncio
 import torch
 from safetensors.torch import save_file
 
-from tests.tui_support import make_photos, wait_idle
+from tests.tui_support import drive, make_photos, wait_idle
 from tui.app import TiwizApp
 from tui.state import WizardState
 
@@ -32,17 +32,15 @@ def test_model_screen_names_sdxl_and_sets_its_defaults(tmp_path, tiny_sdxl_dir):
     save_file({**load_file(str(model)), "v_pred": torch.zeros(0)}, tmp_path / "noob-vpred.safetensors")
     app = _app(tmp_path, "model", model=str(tmp_path / "noob-vpred.safetensors"))
 
-    async def drive():
-        async with app.run_test(size=(110, 30)) as pilot:
-            await wait_idle(pilot)
-            for _ in range(50):
-                info = str(app.screen.query_one("#model-info").content)
-                if info:
-                    break
-                await pilot.pause(0.05)
-            assert "SDXL v-prediction" in info and "cannot" not in info
-            assert app.screen.check_files() is None
-    asyncio.run(drive())
+    async def body(pilot):
+        for _ in range(50):
+            info = str(app.screen.query_one("#model-info").content)
+            if info:
+                break
+            await pilot.pause(0.05)
+        assert "SDXL v-prediction" in info and "cannot" not in info
+        assert app.screen.check_files() is None
+    drive(app, body, (110, 30))
     assert app.state.model_family == "sdxl" and app.state.text_widths == [32, 64]
     assert (app.state.train["width"], app.state.train["height"]) == (1024, 1024)
 
@@ -87,13 +85,11 @@ def test_finish_screen_shows_the_sdxl_file_and_two_call_diffusers_snippet(tmp_pa
     app = _app(tmp_path, "finish", model="/models/pony.safetensors", model_family="sdxl", name="zxqxl",
                run_dir=str(run))
 
-    async def drive():
-        async with app.run_test(size=(130, 40)) as pilot:
-            await wait_idle(pilot)
-            files = str(app.screen.query_one("#fin-files").content)
-            assert "clip_l + clip_g" in files and "no .pt" in files and "zxqxl.pt" not in files
-            snippet = str(app.screen.query_one("#fin-snippet").content)
-            assert "StableDiffusionXLPipeline.from_single_file" in snippet
-            assert 'state["clip_g"], token="zxqxl", text_encoder=pipe.text_encoder_2' in snippet
-            assert [p.name for p in app.screen.files] == ["zxqxl.safetensors"]
-    asyncio.run(drive())
+    async def body(pilot):
+        files = str(app.screen.query_one("#fin-files").content)
+        assert "clip_l + clip_g" in files and "no .pt" in files and "zxqxl.pt" not in files
+        snippet = str(app.screen.query_one("#fin-snippet").content)
+        assert "StableDiffusionXLPipeline.from_single_file" in snippet
+        assert 'state["clip_g"], token="zxqxl", text_encoder=pipe.text_encoder_2' in snippet
+        assert [p.name for p in app.screen.files] == ["zxqxl.safetensors"]
+    drive(app, body, (130, 40))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from core.training.config import TrainConfig
-from tests.tui_support import make_photos, wait_idle
+from tests.tui_support import drive, make_photos, wait_idle
 from tui.app import TiwizApp
 from tui.state import WizardState
 
@@ -24,19 +22,17 @@ def test_load_toml_takes_training_options_and_keeps_earlier_choices(tmp_path):
     toml = other.to_toml(tmp_path / "other.toml")
     app = training_app(tmp_path)
 
-    async def drive():
-        async with app.run_test(size=(100, 30)) as pilot:
-            await wait_idle(pilot)
-            await pilot.press("ctrl+l")
-            await wait_idle(pilot)
-            app.screen.query_one("#prompt-input").value = str(toml)
-            await pilot.press("enter")
-            await wait_idle(pilot)
-            assert app.screen.query_one("#tr-steps").value == "77"
-            message = str(app.screen.query_one("#message").content)
-            assert "training options" in message and "model" in message and "dataset" in message
-            assert "name" in message
-    asyncio.run(drive())
+    async def body(pilot):
+        await pilot.press("ctrl+l")
+        await wait_idle(pilot)
+        app.screen.query_one("#prompt-input").value = str(toml)
+        await pilot.press("enter")
+        await wait_idle(pilot)
+        assert app.screen.query_one("#tr-steps").value == "77"
+        message = str(app.screen.query_one("#message").content)
+        assert "training options" in message and "model" in message and "dataset" in message
+        assert "name" in message
+    drive(app, body, (100, 30))
     assert (app.state.model, app.state.dataset, app.state.name, app.state.init_text) == (
         str(tmp_path / "m"), str(tmp_path / "photos"), "cat", "a cat")
     assert str(app.state.train["steps"]) == "77" and app.state.train["lr"] == "0.01"
@@ -51,18 +47,16 @@ def test_ctrl_n_asks_first_showing_steps_size_and_time(tmp_path):
     app = training_app(tmp_path, name="zxq-cat", train={"steps": "1000", "width": "256", "height": "256"})
     app.runs_root = runs
 
-    async def drive():
-        async with app.run_test(size=(80, 24)) as pilot:
-            await wait_idle(pilot)
-            await pilot.press("ctrl+n")
-            await wait_idle(pilot)
-            detail = str(app.screen.query_one(".dialog-detail").content)
-            assert "1000 steps" in detail and "256×256" in detail
-            assert "about 01:40" in detail  # 1000 steps at 2.5 it/s, a quarter of the pixels
-            await pilot.press("n")
-            await wait_idle(pilot)
-            assert app.screen.STAGE == "training"
-    asyncio.run(drive())
+    async def body(pilot):
+        await pilot.press("ctrl+n")
+        await wait_idle(pilot)
+        detail = str(app.screen.query_one(".dialog-detail").content)
+        assert "1000 steps" in detail and "256×256" in detail
+        assert "about 01:40" in detail  # 1000 steps at 2.5 it/s, a quarter of the pixels
+        await pilot.press("n")
+        await wait_idle(pilot)
+        assert app.screen.STAGE == "training"
+    drive(app, body)
     assert sorted(p.name for p in runs.iterdir()) == ["old-1"]  # nothing started
 
 
@@ -70,22 +64,20 @@ def test_training_and_embedding_screens_refuse_early(tmp_path):
     (tmp_path / "empty").mkdir()
     app = training_app(tmp_path, name="zxq-cat", dataset=str(tmp_path / "empty"))
 
-    async def drive():
-        async with app.run_test(size=(80, 24)) as pilot:
-            await wait_idle(pilot)
-            await pilot.press("ctrl+n")
-            await wait_idle(pilot)
-            assert app.screen.STAGE == "training"
-            assert "holds no images" in str(app.screen.query_one("#message").content)
-            app.state.dataset = str(tmp_path / "photos")
-            app.state.name = "cat"
-            app.goto("embedding")
-            await wait_idle(pilot)
-            await pilot.press("ctrl+n")
-            await wait_idle(pilot)
-            assert app.screen.STAGE == "embedding"
-            assert "vocabulary" in str(app.screen.query_one("#message").content)
-    asyncio.run(drive())
+    async def body(pilot):
+        await pilot.press("ctrl+n")
+        await wait_idle(pilot)
+        assert app.screen.STAGE == "training"
+        assert "holds no images" in str(app.screen.query_one("#message").content)
+        app.state.dataset = str(tmp_path / "photos")
+        app.state.name = "cat"
+        app.goto("embedding")
+        await wait_idle(pilot)
+        await pilot.press("ctrl+n")
+        await wait_idle(pilot)
+        assert app.screen.STAGE == "embedding"
+        assert "vocabulary" in str(app.screen.query_one("#message").content)
+    drive(app, body)
 
 
 def test_device_cuda_without_cuda_is_refused_before_the_worker(tmp_path):
@@ -97,14 +89,12 @@ def test_device_cuda_without_cuda_is_refused_before_the_worker(tmp_path):
         pytest.skip("this machine has CUDA")
     app = training_app(tmp_path, name="zxq-cat", train={"device": "cuda"})
 
-    async def drive():
-        async with app.run_test(size=(80, 24)) as pilot:
-            await wait_idle(pilot)
-            await pilot.press("ctrl+n")
-            await wait_idle(pilot)
-            await pilot.press("y")
-            await wait_idle(pilot, timeout=120)
-            assert app.screen.STAGE == "training"
-            assert "no CUDA GPU" in str(app.screen.query_one("#message").content)
-    asyncio.run(drive())
+    async def body(pilot):
+        await pilot.press("ctrl+n")
+        await wait_idle(pilot)
+        await pilot.press("y")
+        await wait_idle(pilot, timeout=120)
+        assert app.screen.STAGE == "training"
+        assert "no CUDA GPU" in str(app.screen.query_one("#message").content)
+    drive(app, body)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
