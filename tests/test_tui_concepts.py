@@ -128,8 +128,9 @@ def test_wizard_shows_the_caption_the_trainer_uses(tmp_path, monkeypatch):
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_idle(pilot)
             field = app.screen.query_one("#cap-input")
-            assert field.value == "" and "tabby cat" in field.placeholder
+            note = app.screen.query_one("#cap-tokens")
+            assert field.value == "" and "“tabby cat”" in str(note.content)  # on a line that wraps, not cut at 80
             await pilot.press("down")
             await wait_idle(pilot)
-            assert field.value == "a cat, blue hat" and "trainer" not in field.placeholder
+            assert field.value == "a cat, blue hat" and "trainer uses" not in str(note.content)
     asyncio.run(drive())
