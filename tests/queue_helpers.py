@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from train_helpers import make_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +164,17 @@ def assert_one_worker_at_a_time(run_dir: Path, lives: int) -> None:
     for later in started[1:]:
         assert later["resumed"] and later["step"] in checkpoints
     assert [step for step, _ in RunState.fold(events).losses] == list(range(1, STEPS + 1))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()  # `add` checks that paths exist; nothing here loads the model
+    data = make_images(tmp_path / "data", n=1)
+    root = tmp_path / "runs"
+    return model, data, root, {"TIWIZ_RUNS_DIR": str(root)}
+
+
+def write_config(path, **values):
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return path

@@ -13,22 +13,8 @@ from core.errors import TiwizError
 from core.queue import jobs as qjobs
 from core.queue import scheduler as sched
 from core.training.config import TrainConfig
-from queue_helpers import ROOT, cli, write_manifest
+from queue_helpers import setup, write_config, ROOT, cli, write_manifest
 from train_helpers import make_images
-
-
-@pytest.fixture
-def setup(tmp_path):
-    model = tmp_path / "model"
-    model.mkdir()  # `add` checks that paths exist; nothing here loads the model
-    data = make_images(tmp_path / "data", n=1)
-    root = tmp_path / "runs"
-    return model, data, root, {"TIWIZ_RUNS_DIR": str(root)}
-
-
-def write_config(path, **values):
-    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
-    return path
 
 
 def test_add_writes_complete_editable_job_files(setup, tmp_path):
